@@ -1,0 +1,159 @@
+"""The on-disk dataset: ``manifest.json`` + Parquet shards per split.
+
+Layout::
+
+    DIR/manifest.json            schema version, modalities, shapes, splits, vocabularies, tokenizer
+    DIR/tokenizer.json           WordPiece tokenizer (see tokenizer.py)
+    DIR/<split>/part-00000.parquet
+    DIR/ingest_report.json       (ingested datasets) every skipped item with its reason
+
+One row per clip (see :data:`SCHEMA`). Video is stored *decoded and resized*,
+as raw uint8 ``(T, H, W, 3)`` bytes, skeletons as raw float32 ``(T, J, 3)``
+bytes; a modality absent from a row is an empty byte string and
+``present_<modality>`` is false. Why raw frames rather than re-encoded video:
+at 16×32×32 a clip is 48 KiB raw and decoding is a ``np.frombuffer`` (~µs),
+while re-encoding to H.264/MPEG-4 saves disk but costs a PyAV container open
+and decode per clip (~ms) in the data path; ``experiments/bench_data.py
+--storage`` measures both. Label ids (``action``, ``answer_ids``) index the
+manifest vocabularies, which only ever grow (appending keeps ids stable when
+another split is ingested). ``-1`` means "no label" (e.g. the pretrain split).
+
+Read with ``ray.data.read_parquet(split_paths(DIR, split))`` or pandas/pyarrow.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+#: rows per Parquet shard: big enough for efficient reads, small enough to stream
+ROWS_PER_SHARD = 512
+
+SCHEMA = pa.schema([
+    ("id", pa.string()),
+    ("video", pa.binary()),
+    ("skeleton", pa.binary()),
+    ("skeleton_bodies", pa.int32()),
+    ("captions", pa.list_(pa.string())),
+    ("questions", pa.list_(pa.string())),
+    ("answers", pa.list_(pa.string())),
+    ("answer_ids", pa.list_(pa.int64())),
+    ("question_types", pa.list_(pa.string())),
+    ("choices", pa.list_(pa.list_(pa.string()))),
+    ("action", pa.int64()),
+    ("action_name", pa.string()),
+    ("segments", pa.list_(pa.float32())),
+    ("segment_labels", pa.list_(pa.int64())),
+    ("present_video", pa.bool_()),
+    ("present_skeleton", pa.bool_()),
+    ("present_text", pa.bool_()),
+    ("attributes", pa.string()),
+])
+
+_DEFAULTS: dict[str, Any] = {
+    "video": b"", "skeleton": b"", "skeleton_bodies": 0, "captions": [], "questions": [], "answers": [],
+    "answer_ids": [], "question_types": [], "choices": [], "action": -1, "action_name": "",
+    "segments": [], "segment_labels": [], "attributes": "{}",
+}
+
+
+def complete_row(row: dict[str, Any]) -> dict[str, Any]:
+    """Fill defaults and presence flags; raise on unknown keys (a typo would otherwise vanish)."""
+    unknown = set(row) - set(SCHEMA.names)
+    if unknown:
+        raise ValueError(f"row {row.get('id')!r}: unknown column(s) {sorted(unknown)}")
+    full = {**_DEFAULTS, **row}
+    full.setdefault("present_video", len(full["video"]) > 0)
+    full.setdefault("present_skeleton", len(full["skeleton"]) > 0)
+    full.setdefault("present_text", any(c.strip() for c in full["captions"]))
+    return full
+
+
+def write_shard(rows: list[dict[str, Any]], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pylist([complete_row(r) for r in rows], schema=SCHEMA)
+    # zstd: skeleton/text compress well; raw frames with texture noise barely do, but it is cheap
+    pq.write_table(table, path, compression="zstd", row_group_size=128)
+    return path
+
+
+def write_split(rows: list[dict[str, Any]], root: Path, split: str, start_shard: int = 0) -> list[str]:
+    """Write rows as ``ROWS_PER_SHARD``-row shards; returns paths relative to ``root``."""
+    names = []
+    for i in range(0, len(rows), ROWS_PER_SHARD):
+        rel = f"{split}/part-{start_shard + i // ROWS_PER_SHARD:05d}.parquet"
+        write_shard(rows[i:i + ROWS_PER_SHARD], root / rel)
+        names.append(rel)
+    return names
+
+
+def new_manifest(shapes: dict[str, int], source: str) -> dict[str, Any]:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "source": source,
+        "modalities": ["video", "skeleton", "text"],
+        "shapes": shapes,
+        "splits": {},
+        "vocab": {"actions": [], "answers": [], "question_types": []},
+        "tokenizer": "tokenizer.json",
+        "samples": 0,
+        "storage": {"video": "uint8 (T, H, W, 3) raw bytes, decoded + resized",
+                    "skeleton": "float32 (T, J, 3) raw bytes, centred + scaled"},
+    }
+
+
+def add_split(manifest: dict[str, Any], split: str, shards: list[str], samples: int, **info: Any) -> None:
+    manifest["splits"][split] = {"samples": samples, "shards": shards, **info}
+    manifest["samples"] = sum(s["samples"] for s in manifest["splits"].values())
+
+
+def save_manifest(root: Path, manifest: dict[str, Any]) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / MANIFEST
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2))
+    tmp.replace(path)  # atomic: a reader never sees half a manifest
+    return path
+
+
+def load_manifest(root: str | Path) -> dict[str, Any]:
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no manifest.json; create it with `oskar data synth|ingest`")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON: {err}") from None
+    version = manifest.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ValueError(f"{path}: schema_version {version!r} unsupported (expected {SCHEMA_VERSION})")
+    for key in ("splits", "shapes", "vocab", "tokenizer"):
+        if key not in manifest:
+            raise ValueError(f"{path}: missing field {key!r}")
+    return manifest
+
+
+def split_info(root: str | Path, split: str, manifest: dict[str, Any] | None = None) -> dict[str, Any]:
+    manifest = manifest or load_manifest(root)
+    if split not in manifest["splits"]:
+        raise ValueError(f"{Path(root) / MANIFEST}: no split {split!r} (have {sorted(manifest['splits'])})")
+    return manifest["splits"][split]
+
+
+def split_paths(root: str | Path, split: str, manifest: dict[str, Any] | None = None) -> list[str]:
+    """Absolute shard paths of one split (what ``ray.data.read_parquet`` takes)."""
+    return [str((Path(root) / rel).resolve()) for rel in split_info(root, split, manifest)["shards"]]
+
+
+def extend_vocab(vocab: list[str], items: list[str]) -> dict[str, int]:
+    """Append unseen items in first-seen order; returns item → id (existing ids never move)."""
+    for item in items:
+        if item not in vocab:
+            vocab.append(item)
+    return {item: i for i, item in enumerate(vocab)}
