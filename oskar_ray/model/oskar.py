@@ -1,0 +1,254 @@
+"""OSKAR: predict the EMA target encoders' latents of masked tokens from a fixed budget.
+
+>>> from oskar_ray.config import load_config
+>>> from oskar_ray.model import Oskar
+>>> model = Oskar(load_config("experiments/configs/tiny.yaml"))
+>>> out = model(model.example_batch(8))
+>>> out["loss"].backward(); model.update_targets(0.996)
+
+One step:
+1. token budgets: ``input_index``/``target_index`` from the batch (drawn in the
+   data path) or drawn here by :class:`TokenBudgetSampler`;
+2. the fusion encoder sees exactly ``input_tokens`` tokens per sample;
+3. each modality's target encoder (EMA copy, no grad) encodes that modality's
+   *full* token set alone — only for samples that have targets in it — and its
+   outputs are layer-normed;
+4. the predictor maps fused tokens + target slots to predicted latents;
+5. MSE (or L1) per token, averaged per modality, then across modalities.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from ..config import OskarConfig
+from .budget import Layout, TokenBudgetSampler, batch_layout, build_modalities, presence
+from .ema import ema_update
+from .encoder import Encoder
+from .predictor import Predictor
+
+
+class Oskar(nn.Module):
+    def __init__(self, cfg: OskarConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.modalities = build_modalities(cfg)
+        names = tuple(self.modalities)
+        self.sampler = TokenBudgetSampler(cfg)
+        self._rng = np.random.default_rng(cfg.train.seed)
+        self.fusion_encoder = Encoder(self.modalities, cfg.model)
+        if cfg.ema.per_modality:
+            targets = {n: self.fusion_encoder.restricted_copy((n,)) for n in names}
+        else:
+            shared = self.fusion_encoder.restricted_copy(names)
+            targets = dict.fromkeys(names, shared)
+        self.target_encoders = nn.ModuleDict(targets)
+        if cfg.predictor.per_modality:
+            self.predictor = nn.ModuleDict({n: Predictor(cfg.model.dim, cfg.predictor) for n in names})
+        else:
+            self.predictor = Predictor(cfg.model.dim, cfg.predictor)
+        self._ema_pairs = self._pair_target_parameters()
+
+    # --- training ---------------------------------------------------------------
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        layout = batch_layout(self.modalities, batch)
+        input_index, target_index = self._indices(batch, layout)
+        tokens = self.fusion_encoder.tokenize(batch, layout.names)
+        fused = self.fusion_encoder(_gather(tokens, input_index))
+        target_modality = self._modality_ids(layout, target_index)
+        with torch.no_grad():
+            targets = self._targets(batch, layout, target_index, target_modality)
+        slots = self._slot_embeddings(layout)[target_index]
+        prediction = self._predict(fused, slots, target_modality, layout)
+        return self._loss(prediction, targets, target_modality, layout, input_index, target_index)
+
+    @torch.no_grad()
+    def update_targets(self, momentum: float | dict[str, float]) -> None:
+        """EMA step: ``target = m * target + (1 - m) * fusion`` (per modality if a dict)."""
+        for name, (targets, sources) in self._ema_pairs.items():
+            m = momentum[name] if isinstance(momentum, dict) else momentum
+            ema_update(targets, sources, float(m))
+
+    # --- features ---------------------------------------------------------------
+    @torch.no_grad()
+    def encode_tokens(
+        self, batch: dict, modalities: list[str] | None = None, encoder: str = "target"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token features ``(B, N, D)`` of the full (unmasked) sequences + validity ``(B, N)``.
+
+        ``encoder="target"``: each modality through its target encoder alone,
+        concatenated; ``"fusion"``: all requested modalities through the fusion
+        encoder together.
+        """
+        names = self._requested(batch, modalities)
+        valid = self._valid(batch, names)
+        if encoder == "fusion":
+            tokens = self.fusion_encoder.tokenize(batch, names)
+            return self.fusion_encoder(tokens, valid), valid
+        if encoder != "target":
+            raise ValueError(f"encoder must be 'target' or 'fusion', got {encoder!r}")
+        feats = [self._target_features(batch, n) for n in names]
+        return torch.cat(feats, dim=1), valid
+
+    @torch.no_grad()
+    def encode(self, batch: dict, modalities: list[str] | None = None, encoder: str = "target") -> torch.Tensor:
+        """Pooled features ``(B, D)``: mean over each modality's valid tokens, then
+        over the modalities the sample carries (so long modalities do not dominate)."""
+        names = self._requested(batch, modalities)
+        tokens, valid = self.encode_tokens(batch, list(names), encoder)
+        sizes = [self.modalities[n].num_tokens for n in names]
+        pooled, weights = [], []
+        for part, mask in zip(tokens.split(sizes, 1), valid.split(sizes, 1), strict=True):
+            count = mask.sum(1, keepdim=True)
+            pooled.append((part * mask[..., None]).sum(1) / count.clamp(min=1))
+            weights.append((count > 0).float())
+        weight = torch.stack(weights)
+        return (torch.stack(pooled) * weight).sum(0) / weight.sum(0).clamp(min=1)
+
+    # --- utilities -------------------------------------------------------------
+    def example_batch(
+        self, batch_size: int, present: dict[str, object] | None = None, seed: int = 0
+    ) -> dict:
+        """A structured random batch with every enabled modality (tests, benchmarks)."""
+        generator = torch.Generator().manual_seed(seed)
+        batch: dict = {}
+        for modality in self.modalities.values():
+            batch.update(modality.example(batch_size, generator))
+        marks = {n: torch.ones(batch_size, dtype=torch.bool) for n in self.modalities}
+        for name, value in (present or {}).items():
+            if name not in marks:
+                raise ValueError(f"present: unknown modality {name!r} (enabled: {list(marks)})")
+            marks[name] = torch.as_tensor(np.asarray(value, dtype=bool))
+            if marks[name].shape != (batch_size,):
+                raise ValueError(f"present[{name!r}] must have {batch_size} entries")
+        for name, mark in marks.items():
+            self.modalities[name].blank(batch, ~mark)
+        batch["present"] = marks
+        device = next(self.parameters()).device
+        return move_batch(batch, device)
+
+    def save_weights(self, path: str | Path) -> None:
+        save_model(self, str(path))
+
+    def load_weights(self, path: str | Path) -> None:
+        missing, unexpected = load_model(self, str(path), strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{path}: weights do not match this config "
+                             f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+    # --- internals --------------------------------------------------------------
+    def _indices(self, batch: dict, layout: Layout) -> tuple[torch.Tensor, torch.Tensor]:
+        if "input_index" not in batch:
+            drawn = self.sampler.sample_batch(batch, self._rng)
+            batch = {**batch, **drawn}
+        device = self.fusion_encoder.transformer.norm.weight.device
+        return tuple(torch.as_tensor(batch[k], device=device) for k in ("input_index", "target_index"))
+
+    def _modality_ids(self, layout: Layout, index: torch.Tensor) -> torch.Tensor:
+        bounds = torch.as_tensor(layout.offsets[1:-1], device=index.device)
+        return torch.bucketize(index, bounds, right=True)
+
+    def _slot_embeddings(self, layout: Layout) -> torch.Tensor:
+        return torch.cat([self.fusion_encoder.tokenizers[n].slot_embedding() for n in layout.names])
+
+    def _targets(self, batch, layout, target_index, target_modality) -> torch.Tensor:
+        batch_size, dim = target_index.shape[0], self.cfg.model.dim
+        full = torch.zeros(batch_size, int(layout.offsets[-1]), dim, device=target_index.device)
+        for m, name in enumerate(layout.names):
+            rows = (target_modality == m).any(dim=1).nonzero().squeeze(1)
+            if rows.numel() == 0:
+                continue
+            sub = {k: batch[k][rows] for k in self.modalities[name].batch_keys}
+            start, end = layout.offsets[m], layout.offsets[m + 1]
+            full[rows, start:end] = self._target_features(sub, name).to(full.dtype)
+        normed = F.layer_norm(full, (dim,))
+        return _gather(normed, target_index)
+
+    def _target_features(self, batch: dict, name: str) -> torch.Tensor:
+        encoder = self.target_encoders[name]
+        valid = encoder.valid_mask(batch, (name,))
+        return encoder(encoder.tokenize(batch, (name,)), valid)
+
+    def _predict(self, fused, slots, target_modality, layout) -> torch.Tensor:
+        if isinstance(self.predictor, Predictor):
+            return self.predictor(fused, slots)
+        prediction = torch.zeros_like(slots)
+        for m, name in enumerate(layout.names):
+            mine = target_modality == m
+            if not mine.any():
+                continue
+            query_mask = mine[:, :, None] & mine[:, None, :]
+            query_mask |= torch.eye(mine.shape[1], dtype=torch.bool, device=mine.device)
+            out = self.predictor[name](fused, slots, query_mask)
+            prediction = torch.where(mine[..., None], out, prediction)
+        return prediction
+
+    def _loss(self, prediction, targets, target_modality, layout, input_index, target_index) -> dict:
+        diff = prediction.float() - targets.float()
+        error = diff.abs().mean(-1) if self.cfg.model.loss == "l1" else diff.pow(2).mean(-1)
+        n_mod = len(layout.names)
+        flat = target_modality.flatten()
+        sums = torch.zeros(n_mod, device=error.device).index_add(0, flat, error.flatten())
+        counts = torch.bincount(flat, minlength=n_mod).to(error.dtype)
+        per_modality = sums / counts.clamp(min=1)
+        has = counts > 0
+        out = {"loss": per_modality[has].mean()}
+        for m, name in enumerate(layout.names):
+            if has[m]:
+                out[f"loss/{name}"] = per_modality[m].detach()
+        batch_size = input_index.shape[0]
+        out["n_input_tokens"] = torch.full((batch_size,), input_index.shape[1], device=error.device)
+        out["n_target_tokens"] = torch.full((batch_size,), target_index.shape[1], device=error.device)
+        return out
+
+    def _requested(self, batch: dict, modalities: list[str] | None) -> tuple[str, ...]:
+        names = batch_layout(self.modalities, batch).names
+        if modalities is None:
+            return names
+        missing = [m for m in modalities if m not in names]
+        if missing:
+            raise ValueError(f"modalities {missing} are not in the batch (it has {list(names)})")
+        return tuple(n for n in names if n in modalities)
+
+    def _valid(self, batch: dict, names: tuple[str, ...]) -> torch.Tensor:
+        parts = []
+        for name in names:
+            modality = self.modalities[name]
+            size = len(batch[modality.batch_keys[0]])
+            present = presence(batch, name, size)
+            parts.append(torch.as_tensor(modality.available(batch_to_numpy(batch, modality), present)))
+        device = self.fusion_encoder.transformer.norm.weight.device
+        return torch.cat(parts, dim=1).to(device)
+
+    def _pair_target_parameters(self) -> dict[str, tuple[list, list]]:
+        sources = dict(self.fusion_encoder.named_parameters())
+        pairs, seen = {}, set()
+        for name, encoder in self.target_encoders.items():
+            if id(encoder) in seen:
+                continue
+            seen.add(id(encoder))
+            named = list(encoder.named_parameters())
+            pairs[name] = ([p for _, p in named], [sources[n] for n, _ in named])
+        return pairs
+
+
+def _gather(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    return torch.gather(tokens, 1, index[..., None].expand(-1, -1, tokens.shape[-1]))
+
+
+def batch_to_numpy(batch: dict, modality) -> dict:
+    return {k: batch[k].detach().cpu().numpy() if hasattr(batch[k], "detach") else batch[k]
+            for k in modality.batch_keys}
+
+
+def move_batch(batch: dict, device: torch.device | str) -> dict:
+    """Recursively move tensors (incl. the nested ``present`` dict) to ``device``."""
+    if isinstance(batch, dict):
+        return {k: move_batch(v, device) for k, v in batch.items()}
+    return batch.to(device) if isinstance(batch, torch.Tensor) else batch
