@@ -271,20 +271,15 @@ def _coerce(hint: Any, value: Any, name: str) -> Any:
 
 
 def _coerce_scalar(hint: type, value: Any, name: str) -> Any:
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-    elif hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif hint is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is bool and isinstance(value, bool):
+        return value
+    if hint is int and is_number and float(value).is_integer():
+        return int(value)
+    if hint is float and is_number:
+        return float(value)
+    if hint is str and (is_number or isinstance(value, str)):
+        return str(value)
     raise ValueError(f"{name} must be {hint.__name__}, got {value!r}")
 
 
