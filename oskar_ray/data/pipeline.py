@@ -1,0 +1,124 @@
+"""Streaming the dataset into training: Ray Data, or plain Python for one process.
+
+Ray (a cluster, Ray Train, or a laptop)::
+
+    ds = build_dataset(cfg, "pretrain")                # read_parquet → map_batches(preprocess)
+    trainer = TorchTrainer(..., datasets={"train": ds})
+    # inside the worker loop:
+    for batch in iter_train_batches(ray.train.get_dataset_shard("train"), cfg):
+        loss = model(batch)["loss"]
+
+Without Ray (unit tests, single-process training, evaluation)::
+
+    for batch in iterate_local("data/synth", "val", cfg, batch_size=64):
+        ...
+
+Both yield the DESIGN.md batch: ``video`` (B, T, 3, H, W) float32, ``skeleton``
+(B, T, J, 3) float32, ``text_ids`` int64 / ``text_mask`` bool (B, L),
+``present`` {modality: (B,) bool}, labels on labelled splits (``action``,
+``answer``, ``question_ids``/``question_mask``, ``question_type``, ``segment``
+on untrimmed splits) and the token-budget indices ``input_index`` /
+``target_index`` drawn CPU-side.
+
+Memory stays bounded: Ray Data's streaming executor reads a few Parquet row
+groups at a time, ``map_batches`` runs in fractional-CPU tasks
+(``data.cpus_per_task``; 2-core laptops need fractions, see RAY_NOTES.md) and
+backpressure keeps the object store below its configured size, so a dataset
+far larger than the object store streams through (tested in
+tests/test_data_pipeline.py). ``iterate_local`` reads one row group at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from . import store
+from .preprocess import READ_COLUMNS, DatasetMeta, batch_rng, nest_present, preprocess_batch
+
+#: rows per map_batches call; independent of the training batch size (re-batched downstream)
+MAP_BATCH_SIZE = 64
+
+
+def _ray_preprocess(batch: dict[str, np.ndarray], cfg, meta: DatasetMeta, train: bool, seed: int,
+                    with_masks: bool) -> dict[str, np.ndarray]:
+    rng = batch_rng(batch["id"], seed)
+    return preprocess_batch(batch, cfg, meta, train=train, rng=rng, with_masks=with_masks)
+
+
+def build_dataset(cfg, split: str, *, root: str | Path | None = None, train: bool | None = None,
+                  seed: int | None = None, with_masks: bool = True):
+    """A lazy ``ray.data.Dataset`` of preprocessed flat batches for one split.
+
+    ``train`` defaults to ``split == cfg.data.train_split`` (augmentation, random caption/question,
+    shuffled block order).
+    """
+    import ray.data
+
+    root = Path(root or cfg.data.path)
+    if not str(root):
+        raise ValueError("data.path is empty: point it at a dataset directory (oskar data synth --out DIR)")
+    meta = DatasetMeta.load(root, split)
+    train = split == cfg.data.train_split if train is None else train
+    seed = cfg.train.seed if seed is None else seed
+    ds = ray.data.read_parquet(store.split_paths(root, split), columns=READ_COLUMNS)
+    if train:
+        ds = ds.randomize_block_order(seed=seed)
+    return ds.map_batches(
+        _ray_preprocess, batch_format="numpy", batch_size=MAP_BATCH_SIZE, num_cpus=cfg.data.cpus_per_task,
+        fn_kwargs={"cfg": cfg, "meta": meta, "train": train, "seed": seed, "with_masks": with_masks},
+    )
+
+
+def iter_train_batches(dataset, cfg, batch_size: int | None = None, *, train: bool = True,
+                       device: str | torch.device | None = None) -> Iterator[dict[str, Any]]:
+    """Model batches from a Dataset or a Ray Train shard (``ray.train.get_dataset_shard``)."""
+    batches = dataset.iter_torch_batches(
+        batch_size=batch_size or cfg.train.batch_size,
+        local_shuffle_buffer_size=cfg.data.shuffle_buffer if train else None,
+        local_shuffle_seed=cfg.train.seed if train else None,
+        prefetch_batches=cfg.data.prefetch_batches, drop_last=train, device=device,
+    )
+    for batch in batches:
+        yield nest_present(dict(batch))
+
+
+def iterate_local(dataset_dir: str | Path, split: str, cfg, batch_size: int, seed: int = 0, *,
+                  train: bool = False, epochs: int = 1, drop_last: bool = False,
+                  with_masks: bool = True) -> Iterator[dict[str, Any]]:
+    """The same batches without Ray: row group by row group, shuffled within a shard when training."""
+    meta = DatasetMeta.load(dataset_dir, split)
+    paths = store.split_paths(dataset_dir, split)
+    for epoch in range(epochs):
+        order = np.random.default_rng([seed, epoch]).permutation(len(paths)) if train else range(len(paths))
+        pending: dict[str, list] = {}
+        for k in order:
+            table = pq.read_table(paths[k], columns=READ_COLUMNS)
+            idx = np.random.default_rng([seed, epoch, int(k)]).permutation(len(table)) if train else None
+            rows = table.take(idx) if idx is not None else table
+            pending = _concat(pending, rows.to_pydict())
+            while len(pending.get("id", [])) >= batch_size:
+                head, pending = _split(pending, batch_size)
+                yield _to_model_batch(head, cfg, meta, train, seed, epoch, with_masks)
+        if pending.get("id") and not drop_last:
+            yield _to_model_batch(pending, cfg, meta, train, seed, epoch, with_masks)
+
+
+def _concat(a: dict[str, list], b: dict[str, list]) -> dict[str, list]:
+    return {k: a.get(k, []) + v for k, v in b.items()}
+
+
+def _split(rows: dict[str, list], n: int) -> tuple[dict[str, list], dict[str, list]]:
+    return {k: v[:n] for k, v in rows.items()}, {k: v[n:] for k, v in rows.items()}
+
+
+def _to_model_batch(rows: dict[str, list], cfg, meta: DatasetMeta, train: bool, seed: int, epoch: int,
+                    with_masks: bool) -> dict[str, Any]:
+    rng = batch_rng(rows["id"], seed, epoch)
+    flat = preprocess_batch(rows, cfg, meta, train=train, rng=rng, with_masks=with_masks)
+    return nest_present({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in flat.items()})
