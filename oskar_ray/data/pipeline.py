@@ -82,7 +82,7 @@ def iter_train_batches(dataset, cfg, batch_size: int | None = None, *, train: bo
         batch_size=batch_size or cfg.train.batch_size,
         local_shuffle_buffer_size=cfg.data.shuffle_buffer if train else None,
         local_shuffle_seed=cfg.train.seed if train else None,
-        prefetch_batches=cfg.data.prefetch_batches, drop_last=train, device=device,
+        prefetch_batches=cfg.data.prefetch_batches, drop_last=train, device=device or "auto",
     )
     for batch in batches:
         yield nest_present(dict(batch))

@@ -41,6 +41,17 @@ from ..modalities import Modality, modality_class
 
 
 @dataclass(frozen=True)
+class BudgetDraw:
+    """Boolean ``(B, N)`` masks over the concatenated token axis of a batch."""
+
+    inputs: np.ndarray
+    targets: np.ndarray
+    #: tokens hidden by each modality's mask_ratio/style (targets prefer these)
+    masked: np.ndarray
+    available: np.ndarray
+
+
+@dataclass(frozen=True)
 class Layout:
     """How a batch's modalities are concatenated into one token axis."""
 
@@ -100,11 +111,16 @@ class TokenBudgetSampler:
             name: self.modalities[name].available(batch, presence(batch, name, batch_size))
             for name in layout.names
         }
-        return self.sample(available, layout, rng)
+        draw = self.sample(available, layout, rng)
+        return {
+            "input_index": _row_indices(draw.inputs, self.budget.input_tokens, "input_tokens"),
+            "target_index": _row_indices(draw.targets, self.budget.target_tokens, "target_tokens"),
+        }
 
     def sample(
         self, available: dict[str, np.ndarray], layout: Layout, rng: np.random.Generator
-    ) -> dict[str, np.ndarray]:
+    ) -> BudgetDraw:
+        """Draw inputs and targets given each modality's ``(B, N_m)`` available tokens."""
         avail = np.concatenate([available[n] for n in layout.names], axis=1)
         masked = np.concatenate(
             [self._mask(n, available[n], rng) for n in layout.names], axis=1
@@ -124,10 +140,7 @@ class TokenBudgetSampler:
         if self.budget.exclusive:
             pools = [preferred & ~self._excluded(targets, layout), preferred]
         inputs = _draw(p_input, self.budget.input_tokens, [*pools, non_target], modality_of_token, rng)
-        return {
-            "input_index": _row_indices(inputs, self.budget.input_tokens, "input_tokens"),
-            "target_index": _row_indices(targets, self.budget.target_tokens, "target_tokens"),
-        }
+        return BudgetDraw(inputs=inputs, targets=targets, masked=masked, available=avail)
 
     # --- steps -----------------------------------------------------------------
     def _mask(self, name: str, available: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -137,10 +137,13 @@ class Oskar(nn.Module):
         save_model(self, str(path))
 
     def load_weights(self, path: str | Path) -> None:
-        missing, unexpected = load_model(self, str(path), strict=False)
+        try:
+            missing, unexpected = load_model(self, str(path), strict=False)
+        except RuntimeError as err:  # shape mismatch
+            raise ValueError(f"{path}: weights do not match this config: {err}") from None
         if missing or unexpected:
             raise ValueError(f"{path}: weights do not match this config "
-                             f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+                             f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
 
     # --- internals --------------------------------------------------------------
     def _indices(self, batch: dict, layout: Layout) -> tuple[torch.Tensor, torch.Tensor]:

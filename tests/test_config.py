@@ -1,0 +1,78 @@
+"""Config: defaults → YAML → overrides, validation naming the field, round trip."""
+
+from pathlib import Path
+
+import pytest
+
+from oskar_ray.config import config_from_dict, load_config, save_config
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "experiments/configs/tiny.yaml"
+
+
+def test_layers_apply_in_order(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("budget: {input_tokens: 40}\nmodalities: {video: {mask_ratio: 0.6}}\n")
+    cfg = load_config(path, ["budget.input_tokens=48", "train.lr=0.01"])
+    assert cfg.budget.input_tokens == 48  # override beats YAML
+    assert cfg.modalities["video"].mask_ratio == 0.6  # YAML beats default
+    assert cfg.budget.target_tokens == 32  # default kept
+    assert cfg.train.lr == 0.01
+    # naming one modality keeps the other built-ins configured
+    assert cfg.enabled_modalities == ["video", "skeleton", "text"]
+
+
+def test_shipped_configs_load():
+    tiny = load_config(TINY)
+    base = load_config(ROOT / "experiments/configs/base.yaml")
+    assert (tiny.model.dim, tiny.model.depth) == (128, 4)
+    assert (base.model.dim, base.model.depth, base.modalities["video"].height) == (768, 12, 224)
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("budget.input_tokens=0", "budget.input_tokens"),
+        ("modalities.video.mask_ratio=1.5", "modalities.video.mask_ratio"),
+        ("budget.target_tokens=500", "budget.target_tokens"),
+        ("budget.input_tokens=500", "budget.input_tokens"),
+        ("model.width=3", "model.width"),
+        ("modalities.audio.enabled=true", "modalities.audio"),
+        ("train.lr=fast", "train.lr"),
+        ("train.steps=1.5", "train.steps"),
+        ("model.heads=5", "model.dim"),
+        ("modalities.video.patch=5", "modalities.video.height"),
+        ("modalities.text.masking=tube", "modalities.text.masking"),
+        ("ema.end=1.2", "ema.end"),
+        ("predictor.kind=mlp", "predictor.kind"),
+        ("train.precision=fp8", "train.precision"),
+    ],
+)
+def test_invalid_values_name_the_field(override, field):
+    with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+        load_config(TINY, [override])
+
+
+def test_malformed_override_and_missing_file(tmp_path):
+    with pytest.raises(ValueError, match="section.field=value"):
+        load_config(None, ["budget.input_tokens"])
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a list\n")
+    with pytest.raises(ValueError, match="bad.yaml"):
+        load_config(bad)
+
+
+def test_all_modalities_disabled_is_an_error():
+    off = {m: {"enabled": False} for m in ("video", "skeleton", "text")}
+    with pytest.raises(ValueError, match="at least one modality"):
+        config_from_dict({"modalities": off})
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = load_config(TINY, ["ema.modality_start.video=0.99", "eval.tasks=action,vqa"])
+    assert cfg.eval.tasks == ["action", "vqa"]
+    again = load_config(save_config(cfg, tmp_path / "resolved.yaml"))
+    assert again == cfg
+    assert cfg.flat()["budget.input_tokens"] == 64

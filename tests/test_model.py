@@ -1,0 +1,149 @@
+"""The Oskar model: forward contract, EMA, predictor size, partial batches, features."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from oskar_ray.config import load_config
+from oskar_ray.model import Oskar, momentum_at
+
+TINY = "experiments/configs/tiny.yaml"
+
+
+def _model(*overrides):
+    torch.manual_seed(0)
+    return Oskar(load_config(TINY, list(overrides)))
+
+
+def test_forward_contract():
+    model = _model()
+    out = model(model.example_batch(6))
+    assert set(out) >= {"loss", "loss/video", "loss/skeleton", "loss/text", "n_input_tokens", "n_target_tokens"}
+    assert out["n_input_tokens"].tolist() == [64] * 6 and out["n_target_tokens"].tolist() == [32] * 6
+    assert torch.isfinite(out["loss"])
+    assert isinstance(model.target_encoders, torch.nn.ModuleDict)
+    assert set(model.target_encoders) == {"video", "skeleton", "text"}
+
+
+def test_ema_update_equation_and_no_grad_to_targets():
+    model = _model()
+    out = model(model.example_batch(4))
+    out["loss"].backward()
+    assert all(p.grad is None and not p.requires_grad for p in model.target_encoders.parameters())
+    with torch.no_grad():  # make fusion differ from targets so the update is visible
+        for p in model.fusion_encoder.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    before = copy.deepcopy(model.target_encoders.state_dict())
+    fusion = dict(model.fusion_encoder.named_parameters())
+    model.update_targets(0.9)
+    for key, new in model.target_encoders.state_dict().items():
+        name = key.split(".", 1)[1]
+        if name in fusion:
+            assert torch.allclose(new, 0.9 * before[key] + 0.1 * fusion[name], atol=1e-6), key
+
+
+def test_per_modality_momentum_and_shared_target_encoder():
+    model = _model("ema.modality_start.text=0.5")
+    with torch.no_grad():
+        for p in model.fusion_encoder.parameters():
+            p.add_(1.0)
+    video_before = model.target_encoders["video"].transformer.norm.bias.clone()
+    text_before = model.target_encoders["text"].transformer.norm.bias.clone()
+    model.update_targets({"video": 1.0, "skeleton": 1.0, "text": 0.5})
+    assert torch.equal(model.target_encoders["video"].transformer.norm.bias, video_before)
+    assert not torch.equal(model.target_encoders["text"].transformer.norm.bias, text_before)
+
+    shared = _model("ema.per_modality=false")
+    assert shared.target_encoders["video"] is shared.target_encoders["text"]
+    assert torch.isfinite(shared(shared.example_batch(4))["loss"])
+
+
+def test_momentum_schedule_endpoints():
+    cfg = load_config(TINY, ["ema.start=0.99", "ema.end=1.0", "ema.modality_start.text=0.9"])
+    assert momentum_at(cfg, 0, 100) == {"video": 0.99, "skeleton": 0.99, "text": 0.9}
+    assert momentum_at(cfg, 100, 100) == {"video": 1.0, "skeleton": 1.0, "text": 1.0}
+    mid = momentum_at(cfg, 50, 100)["video"]
+    assert 0.99 < mid < 1.0
+    linear = load_config(TINY, ["ema.schedule=linear", "ema.start=0.9"])
+    assert momentum_at(linear, 25, 100)["video"] == pytest.approx(0.925)
+
+
+def test_predictor_is_small():
+    model = _model()
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert n(model.predictor) < n(model.fusion_encoder) / 4
+
+
+def test_partially_missing_and_absent_modalities():
+    model = _model()
+    present = {"video": [True, False, True, False], "skeleton": [True, True, False, True]}
+    out = model(model.example_batch(4, present=present))
+    assert torch.isfinite(out["loss"]) and out["n_input_tokens"].tolist() == [64] * 4
+    batch = model.example_batch(4)
+    del batch["text_ids"], batch["text_mask"]
+    out = model(batch)
+    assert "loss/text" not in out and torch.isfinite(out["loss"])
+    out["loss"].backward()
+
+
+@pytest.mark.parametrize("overrides", [
+    ("predictor.per_modality=true",),
+    ("predictor.kind=concat",),
+    ("predictor.kind=concat", "predictor.per_modality=true"),
+    ("model.loss=l1", "budget.exclusive=true"),
+])
+def test_variants_train(overrides):
+    model = _model(*overrides)
+    out = model(model.example_batch(4, present={"video": [True, True, False, True]}))
+    out["loss"].backward()
+    grads = [p.grad for p in model.predictor.parameters() if p.grad is not None]
+    assert grads and torch.isfinite(out["loss"])
+
+
+def test_precomputed_indices_are_used():
+    model = _model()
+    batch = model.example_batch(2)
+    drawn = model.sampler.sample_batch(batch, np.random.default_rng(0))
+    a = model({**batch, **{k: torch.as_tensor(v) for k, v in drawn.items()}})["loss"]
+    b = model({**batch, **{k: torch.as_tensor(v) for k, v in drawn.items()}})["loss"]
+    assert torch.equal(a, b)
+
+
+def test_encode_shapes_and_absent_modalities():
+    model = _model()
+    batch = model.example_batch(5, present={"text": [True, False, True, True, True]})
+    for encoder in ("target", "fusion"):
+        pooled = model.encode(batch, encoder=encoder)
+        assert pooled.shape == (5, 128) and torch.isfinite(pooled).all()
+        tokens, valid = model.encode_tokens(batch, ["video", "text"], encoder=encoder)
+        assert tokens.shape == (5, 128 + 24, 128) and valid.shape == (5, 152)
+        assert not valid[1, 128:].any()
+    text_only = model.encode(batch, ["text"])
+    assert torch.isfinite(text_only).all() and text_only[1].abs().sum() == 0
+    with pytest.raises(ValueError, match="encoder"):
+        model.encode(batch, encoder="student")
+
+
+def test_safetensors_round_trip(tmp_path):
+    model = _model()
+    model.save_weights(tmp_path / "w.safetensors")
+    other = _model("train.seed=1")
+    with torch.no_grad():
+        for p in other.parameters():
+            p.zero_()
+    other.load_weights(tmp_path / "w.safetensors")
+    batch = model.example_batch(2)
+    assert torch.allclose(model.encode(batch), other.encode(batch))
+    wrong = _model("model.depth=2")
+    with pytest.raises(ValueError, match="do not match"):
+        wrong.load_weights(tmp_path / "w.safetensors")
+
+
+def test_example_batch_rejects_bad_presence():
+    model = _model()
+    with pytest.raises(ValueError, match="unknown modality"):
+        model.example_batch(2, present={"audio": [True, True]})
+    with pytest.raises(ValueError, match="2 entries"):
+        model.example_batch(2, present={"video": [True]})
