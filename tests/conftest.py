@@ -50,3 +50,47 @@ def synth_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth") / "ds"
     generate(SynthSpec(samples=130, seed=3, workers=1, untrimmed_frames=32), out, progress=False)
     return out
+
+
+def write_ntu(path: Path, bodies_per_frame: list[list[tuple[str, object]]], truncate_lines: int = 0) -> Path:
+    """Write an NTU RGB+D ``.skeleton`` text file: per frame a list of (bodyID, (25, 3) joints)."""
+    import numpy as np
+
+    lines = [str(len(bodies_per_frame))]
+    for bodies in bodies_per_frame:
+        lines.append(str(len(bodies)))
+        for body_id, joints in bodies:
+            lines.append(f"{body_id} 0 1 1 1 1 0 0.02 0.05 2")
+            lines.append("25")
+            for x, y, z in np.asarray(joints, dtype=float):
+                lines.append(f"{x} {y} {z} 270.1 190.2 1030.5 510.3 0.1 0.2 0.9 -0.1 2")
+    if truncate_lines:
+        lines = lines[:-truncate_lines]
+    path.write_text("\r\n".join(lines) + "\r\n")
+    return path
+
+
+@pytest.fixture
+def ntu_writer():
+    return write_ntu
+
+
+def standing_pose(offset: float = 0.0, t: float = 0.0, swing: float = 0.0):
+    """A plausible (25, 3) camera-space pose at ~3.5 m, arms swinging with ``swing`` · sin(t)."""
+    import numpy as np
+
+    from oskar_ray.data.motion import kinematics
+
+    zero = np.zeros(1)
+    angles = {"l_arm": np.stack([zero + 0.2 + swing * np.sin(t), zero, zero + 0.3, zero]),
+              "r_arm": np.stack([zero + 0.2, zero, zero + 0.3, zero]),
+              "l_leg": np.stack([zero, zero]), "r_leg": np.stack([zero, zero]),
+              "root": np.zeros((3, 1)), "pitch": zero, "heading": zero}
+    lengths = {"torso": 0.5, "neck": 0.1, "head": 0.15, "shoulder": 0.18, "upper_arm": 0.3, "forearm": 0.25,
+               "hand": 0.08, "hip": 0.1, "thigh": 0.42, "shin": 0.4, "foot": 0.12}
+    return kinematics(angles, lengths)[0] + np.array([offset, 0.0, 3.5])
+
+
+@pytest.fixture
+def pose():
+    return standing_pose
