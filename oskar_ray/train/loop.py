@@ -85,7 +85,7 @@ def train_step(
         out = model(batch)
     loss = out["loss"]
     if not torch.isfinite(loss):
-        details = {k: float(v) for k, v in out.items() if k.startswith("loss")}
+        details = {k: float(v.detach()) for k, v in out.items() if k.startswith("loss")}
         raise NonFiniteLossError(f"non-finite loss at step {step}: {details}")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
