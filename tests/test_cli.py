@@ -1,0 +1,25 @@
+"""The ``oskar`` command line: pretrain writes weights + resolved config; bad config → exit 2."""
+
+from oskar_ray.cli import main
+from oskar_ray.config import load_config
+from oskar_ray.model import Oskar
+
+TINY = "experiments/configs/tiny.yaml"
+
+
+def test_pretrain_writes_weights_and_resolved_config(tmp_path, capsys):
+    sets = ["train.steps=4", "train.batch_size=4", "train.log_every=2",
+            f"train.output_dir={tmp_path}", "tracking.run_name=smoke"]
+    assert main(["pretrain", "--config", TINY, *[a for s in sets for a in ("--set", s)]]) == 0
+    run = tmp_path / "smoke"
+    cfg = load_config(run / "config.yaml")
+    assert cfg.train.steps == 4
+    Oskar(cfg).load_weights(run / "weights.safetensors")
+    out = capsys.readouterr().out
+    assert "step      2/4" in out and "samples/s" in out
+
+
+def test_bad_config_is_a_clear_error(capsys):
+    assert main(["pretrain", "--config", TINY, "--set", "budget.input_tokens=0"]) == 2
+    assert "budget.input_tokens must be positive" in capsys.readouterr().err
+    assert main(["pretrain", "--config", "missing.yaml"]) == 2
