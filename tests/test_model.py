@@ -109,6 +109,8 @@ def test_precomputed_indices_are_used():
     a = model({**batch, **{k: torch.as_tensor(v) for k, v in drawn.items()}})["loss"]
     b = model({**batch, **{k: torch.as_tensor(v) for k, v in drawn.items()}})["loss"]
     assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="input_index"):
+        model({**batch, "input_index": torch.zeros(2, 10, dtype=torch.long), "target_index": drawn["target_index"]})
 
 
 def test_encode_shapes_and_absent_modalities():

@@ -151,7 +151,18 @@ class Oskar(nn.Module):
             drawn = self.sampler.sample_batch(batch, self._rng)
             batch = {**batch, **drawn}
         device = self.fusion_encoder.transformer.norm.weight.device
-        return tuple(torch.as_tensor(batch[k], device=device) for k in ("input_index", "target_index"))
+        budgets = {"input_index": self.cfg.budget.input_tokens, "target_index": self.cfg.budget.target_tokens}
+        indices = []
+        for key, budget in budgets.items():
+            index = torch.as_tensor(batch[key], device=device)
+            if index.dim() != 2 or index.shape[1] != budget or int(index.max()) >= layout.offsets[-1]:
+                raise ValueError(
+                    f"batch[{key!r}] has shape {tuple(index.shape)} (max {int(index.max())}) but the config "
+                    f"asks for {budget} per sample over {int(layout.offsets[-1])} tokens of {layout.names}: "
+                    f"masks drawn for another config?"
+                )
+            indices.append(index)
+        return indices[0], indices[1]
 
     def _modality_ids(self, layout: Layout, index: torch.Tensor) -> torch.Tensor:
         bounds = torch.as_tensor(layout.offsets[1:-1], device=index.device)
