@@ -52,11 +52,11 @@ def _ray_preprocess(batch: dict[str, np.ndarray], cfg, meta: DatasetMeta, train:
 
 
 def build_dataset(cfg, split: str, *, root: str | Path | None = None, train: bool | None = None,
-                  seed: int | None = None, with_masks: bool = True):
+                  seed: int | None = None, with_masks: bool = True, concurrency: int | None = None):
     """A lazy ``ray.data.Dataset`` of preprocessed flat batches for one split.
 
     ``train`` defaults to ``split == cfg.data.train_split`` (augmentation, random caption/question,
-    shuffled block order).
+    shuffled block order). ``concurrency`` caps parallel preprocessing tasks (None: Ray decides).
     """
     import ray.data
 
@@ -72,6 +72,7 @@ def build_dataset(cfg, split: str, *, root: str | Path | None = None, train: boo
     return ds.map_batches(
         _ray_preprocess, batch_format="numpy", batch_size=MAP_BATCH_SIZE, num_cpus=cfg.data.cpus_per_task,
         fn_kwargs={"cfg": cfg, "meta": meta, "train": train, "seed": seed, "with_masks": with_masks},
+        concurrency=concurrency,
     )
 
 
