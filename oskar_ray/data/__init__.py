@@ -13,3 +13,24 @@ Modules: ``motion`` (3D skeleton actions), ``render`` (stick-figure video),
 ``preprocess`` (pure batch transform), ``pipeline`` (Ray Data), ``cli``.
 Submodules import lazily so ``import oskar_ray.data`` never pulls in Ray.
 """
+
+from __future__ import annotations
+
+from typing import Any
+
+_EXPORTS = {
+    "build_dataset": "pipeline", "iter_train_batches": "pipeline", "iterate_local": "pipeline",
+    "preprocess_batch": "preprocess", "DatasetMeta": "preprocess", "nest_present": "preprocess",
+    "generate": "synth", "SynthSpec": "synth", "ingest": "ingest", "IngestOptions": "ingest",
+    "load_manifest": "store", "split_paths": "store", "load_tokenizer": "tokenizer",
+    "add_data_commands": "cli",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'oskar_ray.data' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

@@ -219,7 +219,7 @@ def _list(value: Any) -> list:
     return [] if value is None else list(value)
 
 
-_SAMPLERS: dict[int, Any] = {}
+_SAMPLERS: dict[str, Any] = {}
 
 
 def draw_masks(batch: dict[str, np.ndarray], cfg, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -231,9 +231,13 @@ def draw_masks(batch: dict[str, np.ndarray], cfg, rng: np.random.Generator) -> d
         from ..model.budget import TokenBudgetSampler
     except ImportError:
         return {}
-    sampler = _SAMPLERS.get(id(cfg))
+    # keyed by content, not id(): Ray hands every task a freshly unpickled cfg
+    key = repr((cfg.budget, cfg.modalities))
+    sampler = _SAMPLERS.get(key)
     if sampler is None:
-        sampler = _SAMPLERS[id(cfg)] = TokenBudgetSampler(cfg)
+        if len(_SAMPLERS) > 8:
+            _SAMPLERS.clear()
+        sampler = _SAMPLERS[key] = TokenBudgetSampler(cfg)
     return sampler.sample_batch(batch, rng)
 
 
