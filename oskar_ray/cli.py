@@ -4,10 +4,12 @@
     oskar data ingest --out DIR --split NAME --videos DIR ...   # your own data
     oskar pretrain    --config FILE [--set key=value ...]       # OSKAR pretraining
 
-``pretrain`` currently runs the single-process loop (the Ray Train launcher
-replaces it when it lands); it prints one line per ``train.log_every`` steps
-and writes ``weights.safetensors`` + the resolved ``config.yaml`` to
-``train.output_dir/<run name>/``.
+``pretrain`` runs Ray Train on the local Ray cluster (or ``$RAY_ADDRESS``),
+synthesising the built-in benchmark into ``data/`` when ``data.path`` is
+empty; it prints one line per ``train.log_every`` steps, writes checkpoints
+under ``train.output_dir/<run name>/`` and one MLflow run
+(``mlflow ui --backend-store-uri sqlite:///mlflow.db``). ``--resume DIR``
+continues a run; ``--local`` is a single-process smoke check without Ray.
 """
 
 from __future__ import annotations
@@ -18,35 +20,49 @@ import time
 from pathlib import Path
 
 from .config import OskarConfig, load_config, save_config
+from .data.cli import add_data_commands
 
 
-def _add_config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="experiment YAML (e.g. experiments/configs/tiny.yaml)")
+def _add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--config", required=required, help="experiment YAML (e.g. experiments/configs/tiny.yaml)")
     parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
                         help="dotted override, repeatable (e.g. --set budget.input_tokens=48)")
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    from .train.run import run_single_process  # torch import only when needed
+    if not (args.config or args.resume):
+        raise ValueError("--config FILE is required (or --resume CHECKPOINT_DIR)")
+    if args.resume and not args.config:
+        from .train.checkpoint import checkpoint_config
 
-    cfg = load_config(args.config, args.overrides)
-    run_dir = Path(cfg.train.output_dir) / (cfg.tracking.run_name or time.strftime("pretrain-%Y%m%d-%H%M%S"))
-    save_config(cfg, run_dir / "config.yaml")
-    run_single_process(cfg, run_dir)
+        cfg = checkpoint_config(args.resume)
+    else:
+        cfg = load_config(args.config, args.overrides)
+    if args.local:
+        from .train.run import run_single_process  # torch import only when needed
+
+        run_dir = Path(cfg.train.output_dir) / (cfg.tracking.run_name or time.strftime("pretrain-%Y%m%d-%H%M%S"))
+        save_config(cfg, run_dir / "config.yaml")
+        run_single_process(cfg, run_dir)
+        return 0
+    from .train.launch import pretrain
+
+    print(f"oskar pretrain: {config_summary(cfg)}", flush=True)
+    result = pretrain(cfg, resume=args.resume)
+    print(f"done: MLflow run {result.run_id}; last checkpoint {result.checkpoint}", flush=True)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="oskar", description="OSKAR-Ray: multimodal latent-prediction pretraining")
     commands = parser.add_subparsers(dest="command", required=True)
-    try:
-        from .data.cli import add_data_commands
-    except ImportError:  # the data package is optional until it lands
-        add_data_commands = None
-    if add_data_commands is not None:
-        add_data_commands(commands)
-    pretrain = commands.add_parser("pretrain", help="pretrain OSKAR from a config")
-    _add_config_args(pretrain)
+    add_data_commands(commands)
+    pretrain = commands.add_parser("pretrain", help="pretrain OSKAR from a config (Ray Train)")
+    _add_config_args(pretrain, required=False)
+    pretrain.add_argument("--resume", metavar="CHECKPOINT_DIR",
+                          help="continue from a checkpoint (its config is used when --config is omitted)")
+    pretrain.add_argument("--local", action="store_true",
+                          help="single process, no Ray, built-in example stream (a smoke check)")
     pretrain.set_defaults(func=_pretrain)
     return parser
 
@@ -55,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"oskar {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -88,6 +88,8 @@ class DataConfig:
     #: CPUs per Ray Data preprocessing task (fractions fit 2-core laptops)
     cpus_per_task: float = 0.25
     prefetch_batches: int = 2
+    #: size of the built-in benchmark synthesised when ``path`` is empty
+    synth_samples: int = 2000
 
 
 @dataclass
@@ -109,6 +111,8 @@ class TrainConfig:
     precision: str = "fp32"
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
+    #: automatic restarts from the last checkpoint after a worker failure
+    max_failures: int = 2
     log_every: int = 10
     seed: int = 0
     #: torch intra-op threads per worker; 0 leaves torch's default
@@ -304,7 +308,7 @@ def validate(cfg: OskarConfig) -> None:
     for name, (value, allowed) in choices.items():
         if value not in allowed:
             raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
-    _positive(cfg, "data.cpus_per_task", "data.shuffle_buffer", "data.prefetch_batches")
+    _positive(cfg, "data.cpus_per_task", "data.shuffle_buffer", "data.prefetch_batches", "data.synth_samples")
     _positive(cfg, "eval.rankme_every", "eval.knn_k", "eval.batch_size", "eval.collapse_patience")
 
 
@@ -384,7 +388,9 @@ def _validate_train(cfg: OskarConfig) -> None:
     _positive(cfg, "train.steps", "train.batch_size", "train.lr", "train.num_workers")
     _positive(cfg, "train.cpus_per_worker", "train.checkpoint_every", "train.keep_checkpoints")
     _positive(cfg, "train.log_every")
-    for name in ("train.min_lr", "train.warmup_steps", "train.weight_decay", "train.weight_decay_end",
+    if t.batch_size % t.num_workers:
+        raise ValueError(f"train.batch_size ({t.batch_size}) must be divisible by train.num_workers ({t.num_workers})")
+    for name in ("train.max_failures", "train.min_lr", "train.warmup_steps", "train.weight_decay", "train.weight_decay_end",
                  "train.grad_clip", "train.threads"):
         if _get(cfg, name) < 0:
             raise ValueError(f"{name} must be >= 0, got {_get(cfg, name)}")

@@ -75,16 +75,22 @@ def autocast_for(cfg: OskarConfig, device: torch.device):
 
 
 def train_step(
-    model: nn.Module, optimizer: torch.optim.Optimizer, batch: dict, step: int, cfg: OskarConfig
+    model: nn.Module, optimizer: torch.optim.Optimizer, batch: dict, step: int, cfg: OskarConfig,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
-    """Schedules → forward → finite check → backward → clip → AdamW → EMA."""
+    """Schedules → forward → finite check → backward → clip → AdamW → EMA.
+
+    ``reduce`` averages the loss across data-parallel ranks before the finite
+    check, so every rank stops at the same step instead of hanging in backward.
+    """
     metrics = apply_schedules(optimizer, cfg, step)
     model.train()
     device = next(unwrap(model).parameters()).device
     with autocast_for(cfg, device):
         out = model(batch)
     loss = out["loss"]
-    if not torch.isfinite(loss):
+    loss_value = reduce(loss.detach()) if reduce is not None else loss.detach()
+    if not torch.isfinite(loss_value):
         details = {k: float(v.detach()) for k, v in out.items() if k.startswith("loss")}
         raise NonFiniteLossError(f"non-finite loss at step {step}: {details}")
     optimizer.zero_grad(set_to_none=True)
@@ -95,7 +101,8 @@ def train_step(
     optimizer.step()
     momentum = momentum_at(cfg, step, cfg.train.steps)
     unwrap(model).update_targets(momentum)
-    metrics.update({k: float(v.detach()) for k, v in out.items() if k.startswith("loss")})
+    metrics.update({k: float(v.detach()) for k, v in out.items() if k.startswith("loss/")})
+    metrics["loss"] = float(loss_value)
     metrics["grad_norm"] = float(grad_norm)
     metrics["momentum"] = float(np.mean(list(momentum.values())))
     return metrics

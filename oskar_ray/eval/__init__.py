@@ -1,0 +1,5 @@
+"""Downstream evaluation and representation health."""
+
+from .health import feature_std, health_metrics, rankme
+
+__all__ = ["feature_std", "health_metrics", "rankme"]

@@ -1,0 +1,236 @@
+"""The Ray Train worker loop: ``train_step`` under DDP, checkpoints, health, logging.
+
+Runs inside every ``TorchTrainer`` worker (see ``launch.py``). Rank 0 logs to
+MLflow (the run id comes from the driver) and prints one console line per
+``train.log_every`` steps; every rank calls ``ray.train.report`` at the same
+steps (it is a collective in Train V2), rank 0 attaching the checkpoint.
+
+Restart semantics: on a worker failure Ray restarts the group and
+``ray.train.get_checkpoint()`` returns the last reported checkpoint; the loop
+restores weights, optimizer, RNG states and the step, so schedules continue
+exactly. A non-finite loss is *not* retried: every rank sees the same reduced
+loss, reports ``error`` and returns; the driver marks the MLflow run FAILED.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+
+from ..config import OskarConfig, config_from_dict
+from ..eval.health import health_metrics
+from ..model import Oskar, move_batch
+from ..tracking import client_for, log_metrics, set_tags
+from .checkpoint import TrainState, load_checkpoint, save_checkpoint
+from .loop import NonFiniteLossError, build_optimizer, seed_everything, train_step, unwrap
+
+
+def _quiet_ray_train_logs() -> None:
+    """Our progress line says it all; Ray Train's per-report INFO lines are noise."""
+    from ray.train.v2._internal.execution import context
+
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)  # that module names its logger by path
+
+
+class HealthMonitor:
+    """RankMe/std on a fixed held-out batch; raises the collapse alarm after K low readings."""
+
+    def __init__(self, cfg: OskarConfig, batch: dict):
+        self.cfg, self.batch, self.low_streak = cfg, batch, 0
+
+    def check(self, model: Oskar) -> dict[str, float]:
+        model.eval()
+        metrics = health_metrics(model, self.batch)
+        stds = [v for k, v in metrics.items() if k.endswith("/std")]
+        self.low_streak = self.low_streak + 1 if stds and min(stds) < self.cfg.eval.collapse_std else 0
+        metrics["health/collapse_alarm"] = float(self.low_streak >= self.cfg.eval.collapse_patience)
+        return metrics
+
+
+def prepare_ddp(model: Oskar):
+    """Ray's DDP wrapping. A batch may lack a modality key (or have no targets for a
+    per-modality predictor), leaving those parameters without gradient: DDP must look."""
+    return ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
+
+
+def _held_out_batch(cfg: OskarConfig, model: Oskar, device) -> dict:
+    if cfg.data.path:
+        from ..data.pipeline import iterate_local
+
+        try:
+            return move_batch(next(iterate_local(cfg.data.path, cfg.data.val_split, cfg,
+                                                 batch_size=cfg.eval.batch_size)), device)
+        except (FileNotFoundError, KeyError, ValueError, StopIteration):
+            pass  # no val split (e.g. an ingested pretrain-only set): fall back below
+    return move_batch(model.example_batch(cfg.eval.batch_size, seed=10_007), device)
+
+
+def _batches(cfg: OskarConfig, model: Oskar, per_worker: int, rank: int) -> Iterator[dict]:
+    shard = ray.train.get_dataset_shard("train") if cfg.data.path else None
+    if shard is None:
+        from .loop import example_stream
+
+        yield from example_stream(model, per_worker, cfg.train.seed * 7919 + rank)
+        return
+    from ..data.pipeline import iter_train_batches
+
+    while True:  # epochs
+        yielded = False
+        for batch in iter_train_batches(shard, cfg, per_worker, train=True):
+            yielded = True
+            yield batch
+        if not yielded:
+            raise ValueError(f"{cfg.data.path}: split {cfg.data.train_split!r} gave no batch of {per_worker} "
+                             f"samples per worker (fewer samples than train.batch_size?)")
+
+
+def _mean_across_ranks(value: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized():
+        value = value.clone()
+        dist.all_reduce(value)
+        value /= dist.get_world_size()
+    return value
+
+
+class _Throughput:
+    def __init__(self, cfg: OskarConfig, world: int):
+        self.samples_per_step = cfg.train.batch_size
+        self.tokens_per_sample = cfg.budget.input_tokens + cfg.budget.target_tokens
+        self.started, self.steps, self.data_wait, self.total = time.perf_counter(), 0, 0.0, 0.0
+
+    def add(self, waited: float, took: float) -> None:
+        self.steps, self.data_wait, self.total = self.steps + 1, self.data_wait + waited, self.total + took
+
+    def metrics(self) -> dict[str, float]:
+        rate = self.steps * self.samples_per_step / max(self.total, 1e-9)
+        out = {"samples_per_s": rate, "tokens_per_s": rate * self.tokens_per_sample,
+               "data_wait_fraction": self.data_wait / max(self.total, 1e-9)}
+        self.steps, self.data_wait, self.total = 0, 0.0, 0.0
+        return out
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    _quiet_ray_train_logs()
+    cfg = config_from_dict(config["cfg"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    seed_everything(cfg.train.seed)
+    model = Oskar(cfg)
+    state = TrainState(run_id=config.get("run_id", ""))
+    checkpoint = ray.train.get_checkpoint()
+    optimizer_dir = None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            state = load_checkpoint(directory, model)
+            optimizer_state = torch.load(Path(directory) / "optimizer.pt", map_location="cpu", weights_only=True)
+    elif config.get("resume"):
+        state = load_checkpoint(config["resume"], model)
+        optimizer_dir = config["resume"]
+    state.run_id = config.get("run_id") or state.run_id
+    wrapped = prepare_ddp(model)
+    optimizer = build_optimizer(wrapped, cfg)
+    if checkpoint is not None:
+        optimizer.load_state_dict(optimizer_state)
+    elif optimizer_dir:
+        optimizer.load_state_dict(torch.load(Path(optimizer_dir) / "optimizer.pt", map_location="cpu",
+                                             weights_only=True))
+    _run_steps(cfg, config, wrapped, optimizer, state, rank, world)
+
+
+def _run_steps(cfg, config, wrapped, optimizer, state: TrainState, rank: int, world: int) -> None:
+    model = unwrap(wrapped)
+    device = next(model.parameters()).device
+    per_worker = cfg.train.batch_size // world
+    batches = _batches(cfg, model, per_worker, rank)
+    client = client_for(config["tracking_uri"]) if rank == 0 and state.run_id else None
+    monitor = HealthMonitor(cfg, _held_out_batch(cfg, model, device)) if rank == 0 else None
+    throughput = _Throughput(cfg, world)
+    fail_at = config.get("fail_at_step")
+    started = time.perf_counter()
+    for step in range(state.step, cfg.train.steps):
+        if fail_at is not None and step == fail_at and rank == 0 and _first_time(config["fail_marker"]):
+            raise RuntimeError(f"injected worker failure at step {step}")
+        tick = time.perf_counter()
+        batch = move_batch(next(batches), device)
+        waited = time.perf_counter() - tick
+        try:
+            metrics = train_step(wrapped, optimizer, batch, step, cfg, reduce=_mean_across_ranks)
+        except NonFiniteLossError as err:
+            _report_error(client, state, str(err), step)
+            return
+        throughput.add(waited, time.perf_counter() - tick)
+        done = step + 1
+        if done % cfg.train.log_every == 0 or done == cfg.train.steps:
+            metrics.update(throughput.metrics())
+            if monitor is not None and (done % cfg.eval.rankme_every == 0 or done == cfg.train.steps):
+                metrics.update(monitor.check(model))
+            if rank == 0:
+                _log(client, state, cfg, metrics, done, started)
+            if cfg.eval.collapse_fatal and _flag_from_rank0(metrics.get("health/collapse_alarm", 0.0)):
+                _report_error(client, state, f"representation collapse at step {done}", step)
+                return
+        if done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps:
+            _checkpoint(model, optimizer, cfg, TrainState(done, state.run_id, _scalars(metrics)), rank)
+
+
+def _flag_from_rank0(value: float) -> bool:
+    """Rank 0's health verdict, shared so every rank stops at the same step."""
+    flag = torch.tensor([float(value)])
+    if dist.is_available() and dist.is_initialized():
+        flag = flag.to("cuda" if dist.get_backend() == "nccl" else "cpu")
+        dist.broadcast(flag, src=0)
+    return bool(flag.item())
+
+
+def _first_time(marker: str) -> bool:
+    path = Path(marker)
+    if path.exists():
+        return False
+    path.touch()
+    return True
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+def _log(client, state: TrainState, cfg: OskarConfig, metrics: dict, done: int, started: float) -> None:
+    if client is not None:
+        log_metrics(client, state.run_id, metrics, step=done)
+        if metrics.get("health/collapse_alarm"):
+            set_tags(client, state.run_id, {"health.collapse_alarm": f"step {done}"})
+    elapsed = time.perf_counter() - started
+    eta = elapsed / max(done - state.step, 1) * (cfg.train.steps - done)
+    parts = " ".join(f"{k[5:]}={v:.3f}" for k, v in metrics.items() if k.startswith("loss/"))
+    print(f"step {done:>6}/{cfg.train.steps}  loss {metrics['loss']:.4f} ({parts})  "
+          f"{metrics['samples_per_s']:.1f} samples/s  data wait {metrics['data_wait_fraction']:.0%}  "
+          f"ETA {eta:.0f}s", flush=True)
+
+
+def _checkpoint(model: Oskar, optimizer, cfg: OskarConfig, state: TrainState, rank: int) -> None:
+    metrics = {"step": state.step, **state.metrics}
+    if rank != 0:
+        ray.train.report(metrics, checkpoint=None)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        save_checkpoint(tmp, model, optimizer, cfg, state)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def _report_error(client, state: TrainState, message: str, step: int) -> None:
+    if client is not None:
+        set_tags(client, state.run_id, {"error": message})
+    print(f"stopping: {message}", flush=True)
+    ray.train.report({"step": step, "error": message}, checkpoint=None)

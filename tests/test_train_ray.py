@@ -1,0 +1,197 @@
+"""Ray Train pretraining: learning + checkpoints + MLflow, DDP equivalence, EMA sync,
+fault tolerance, resume, a real MLflow server, and the non-finite guard.
+
+All slow (real local Ray, ~30-60 s each on 2 cores); they still run in CI.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray.cloudpickle
+import torch
+from mlflow.tracking import MlflowClient
+
+from oskar_ray.config import load_config
+from oskar_ray.train import lr_at
+from oskar_ray.train.checkpoint import read_state
+from oskar_ray.train.launch import pretrain
+
+pytestmark = pytest.mark.slow
+TINY = Path(__file__).resolve().parents[1] / "experiments/configs/tiny.yaml"
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import tests/
+
+
+def _cfg(tmp_path, synth_dir, *overrides):
+    return load_config(TINY, [
+        f"data.path={synth_dir}", "train.batch_size=8", "train.steps=20", "train.log_every=5",
+        "train.checkpoint_every=10", "train.keep_checkpoints=5", "train.warmup_steps=5", "eval.rankme_every=10",
+        "eval.batch_size=16", f"train.output_dir={tmp_path / 'runs'}", f"tracking.uri=sqlite:///{tmp_path}/m.db",
+        "tracking.experiment=test", "data.shuffle_buffer=16", *overrides])
+
+
+def _runs(cfg):
+    client = MlflowClient(cfg.tracking.uri)
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    return client, client.search_runs([experiment.experiment_id])
+
+
+def test_one_worker_learns_checkpoints_and_tracks(ray_local, synth_dir, tmp_path):
+    cfg = _cfg(tmp_path, synth_dir, "train.steps=30")
+    result = pretrain(cfg, run_name="learn")
+    checkpoints = sorted(p for p in (tmp_path / "runs" / "learn").glob("checkpoint_*") if p.is_dir())
+    assert [read_state(c).step for c in checkpoints] == [10, 20, 30]
+    client, runs = _runs(cfg)
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED" and runs[0].info.run_id == result.run_id
+    run = runs[0]
+    losses = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)]
+    assert len(losses) == 6 and losses[-1] < 0.8 * losses[0]
+    for key in ("loss/video", "loss/skeleton", "loss/text", "lr", "momentum", "grad_norm", "samples_per_s",
+                "tokens_per_s", "data_wait_fraction", "health/video/rankme", "health/skeleton/std"):
+        assert key in run.data.metrics, key
+    assert run.data.params["budget.input_tokens"] == "64"
+    assert {"git_sha", "data_fingerprint", "version.torch", "version.ray", "version.mlflow"} <= set(run.data.tags)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "loss_curve.png", "weights"} <= artifacts
+
+
+def _ddp_loop(config):
+    """2 workers x B vs 1 worker x 2B on the same samples and masks (video only: loss = token mean)."""
+    import ray.train
+
+    from oskar_ray.config import config_from_dict
+    from oskar_ray.model import Oskar
+    from oskar_ray.train import build_optimizer, train_step
+    from oskar_ray.train.worker import _mean_across_ranks, prepare_ddp
+
+    cfg = config_from_dict(config["cfg"])
+    rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
+    torch.manual_seed(0)
+    model = Oskar(cfg)
+    wrapped = prepare_ddp(model)
+    optimizer = build_optimizer(wrapped, cfg)
+    rows = slice(rank * config["per_worker"], (rank + 1) * config["per_worker"])
+    result = {}
+    for step, batch in enumerate(_fixed_batches(model, config["per_worker"] * world, steps=3)):
+        part = {k: v[rows] for k, v in batch.items() if k != "present"}
+        part["present"] = {k: v[rows] for k, v in batch["present"].items()}
+        metrics = train_step(wrapped, optimizer, part, step, cfg, reduce=_mean_across_ranks)
+        if step == 0:
+            result["loss"] = metrics["loss"]
+            result["grads"] = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    result["targets"] = [p.detach().clone() for p in model.target_encoders.parameters()]
+    torch.save(result, Path(config["out"]) / f"rank{rank}_of{world}.pt")
+
+
+def _fixed_batches(model, batch_size, steps):
+    for step in range(steps):
+        batch = model.example_batch(batch_size, seed=100 + step)
+        for key in ("skeleton", "text_ids", "text_mask"):
+            del batch[key]
+        batch["present"] = {"video": batch["present"]["video"]}
+        drawn = model.sampler.sample_batch(batch, np.random.default_rng(step))
+        yield {**batch, **{k: torch.as_tensor(v) for k, v in drawn.items()}}
+
+
+def _run_ddp(cfg, workers, per_worker, out):
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    TorchTrainer(_ddp_loop, train_loop_config={"cfg": cfg.to_dict(), "per_worker": per_worker, "out": str(out)},
+                 scaling_config=ray.train.ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 0.5}),
+                 run_config=ray.train.RunConfig(storage_path=str(out))).fit()
+    return [torch.load(out / f"rank{r}_of{workers}.pt") for r in range(workers)]
+
+
+def test_ddp_matches_single_worker_and_ema_stays_in_sync(ray_local, tmp_path):
+    cfg = load_config(TINY, ["train.grad_clip=0", "train.batch_size=8"])
+    one = _run_ddp(cfg, 1, 8, tmp_path)
+    two = _run_ddp(cfg, 2, 4, tmp_path)
+    assert two[0]["loss"] == pytest.approx(one[0]["loss"], rel=1e-5)
+    assert len(two[0]["grads"]) == len(one[0]["grads"])
+    for g2, g1 in zip(two[0]["grads"], one[0]["grads"], strict=True):
+        torch.testing.assert_close(g2, g1, rtol=1e-4, atol=1e-6)
+    for t0, t1 in zip(two[0]["targets"], two[1]["targets"], strict=True):
+        assert torch.equal(t0, t1)  # identical EMA on every rank
+
+
+def test_worker_failure_resumes_from_checkpoint_in_the_same_run(ray_local, synth_dir, tmp_path):
+    cfg = _cfg(tmp_path, synth_dir, "train.steps=20", "train.max_failures=1")
+    result = pretrain(cfg, run_name="faulty", fail_at_step=15)
+    assert (tmp_path / "runs" / "faulty" / ".injected_failure").exists()
+    assert read_state(result.checkpoint).step == 20
+    client, runs = _runs(cfg)
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")]
+    assert max(steps) == 20 and steps.count(15) == 2  # step 15 logged before the crash and again after
+
+
+def test_resume_continues_step_counter_schedules_and_run(ray_local, synth_dir, tmp_path):
+    cfg = _cfg(tmp_path, synth_dir, "train.steps=10")
+    first = pretrain(cfg, run_name="part1")
+    longer = _cfg(tmp_path, synth_dir, "train.steps=20")
+    second = pretrain(longer, resume=first.checkpoint, run_name="part2")
+    assert second.run_id == first.run_id
+    assert read_state(second.checkpoint).step == 20
+    client, runs = _runs(cfg)
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    lr = {m.step: m.value for m in client.get_metric_history(first.run_id, "lr")}
+    assert lr[20] == pytest.approx(lr_at(longer.train, 19))
+    assert min(lr) == 5 and max(lr) == 20
+
+
+def test_non_finite_loss_fails_the_run_with_a_clear_error(ray_local, synth_dir, tmp_path):
+    cfg = _cfg(tmp_path, synth_dir, "train.lr=1e30", "train.warmup_steps=0", "train.grad_clip=0")
+    with pytest.raises(RuntimeError, match="non-finite loss at step"):
+        pretrain(cfg, run_name="nan")
+    _, runs = _runs(cfg)
+    assert runs[0].info.status == "FAILED" and "non-finite" in runs[0].data.tags["error"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_tracks_to_a_real_mlflow_server(ray_local, synth_dir, tmp_path):
+    port = _free_port()
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "PATH": str(Path(sys.executable).parent)}
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
+         f"sqlite:///{tmp_path}/server.db", "--artifacts-destination", str(tmp_path / "artifacts"),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                if urllib.request.urlopen(f"{url}/health", timeout=1).read() == b"OK":
+                    break
+            except OSError:
+                time.sleep(0.5)
+        cfg = _cfg(tmp_path, synth_dir, "train.steps=10", f"tracking.uri={url}")
+        result = pretrain(cfg, run_name="served")
+        request = urllib.request.Request(
+            f"{url}/api/2.0/mlflow/runs/search", method="POST", headers={"Content-Type": "application/json"},
+            data=json.dumps({"experiment_ids": [_experiment_id(url)]}).encode())
+        runs = json.loads(urllib.request.urlopen(request, timeout=10).read())["runs"]
+        assert [r["info"]["run_id"] for r in runs] == [result.run_id]
+        metrics = {m["key"]: m["value"] for m in runs[0]["data"]["metrics"]}
+        assert "loss" in metrics and runs[0]["info"]["status"] == "FINISHED"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _experiment_id(url: str) -> str:
+    query = f"{url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=test"
+    return json.loads(urllib.request.urlopen(query, timeout=10).read())["experiment"]["experiment_id"]
