@@ -390,8 +390,8 @@ def _validate_train(cfg: OskarConfig) -> None:
     _positive(cfg, "train.log_every")
     if t.batch_size % t.num_workers:
         raise ValueError(f"train.batch_size ({t.batch_size}) must be divisible by train.num_workers ({t.num_workers})")
-    for name in ("train.max_failures", "train.min_lr", "train.warmup_steps", "train.weight_decay", "train.weight_decay_end",
-                 "train.grad_clip", "train.threads"):
+    for name in ("train.max_failures", "train.min_lr", "train.warmup_steps", "train.weight_decay",
+                 "train.weight_decay_end", "train.grad_clip", "train.threads"):
         if _get(cfg, name) < 0:
             raise ValueError(f"{name} must be >= 0, got {_get(cfg, name)}")
     for name in ("train.beta1", "train.beta2"):

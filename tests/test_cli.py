@@ -10,7 +10,7 @@ TINY = "experiments/configs/tiny.yaml"
 def test_pretrain_writes_weights_and_resolved_config(tmp_path, capsys):
     sets = ["train.steps=4", "train.batch_size=4", "train.log_every=2",
             f"train.output_dir={tmp_path}", "tracking.run_name=smoke"]
-    assert main(["pretrain", "--config", TINY, *[a for s in sets for a in ("--set", s)]]) == 0
+    assert main(["pretrain", "--local", "--config", TINY, *[a for s in sets for a in ("--set", s)]]) == 0
     run = tmp_path / "smoke"
     cfg = load_config(run / "config.yaml")
     assert cfg.train.steps == 4
