@@ -13,7 +13,7 @@ TINY = ROOT / "experiments/configs/tiny.yaml"
 def test_layers_apply_in_order(tmp_path):
     path = tmp_path / "exp.yaml"
     path.write_text("budget: {input_tokens: 40}\nmodalities: {video: {mask_ratio: 0.6}}\n")
-    cfg = load_config(path, ["budget.input_tokens=48", "train.lr=0.01"])
+    cfg = load_config(path, ["budget.input_tokens=48", "train.lr=1e-2"])
     assert cfg.budget.input_tokens == 48  # override beats YAML
     assert cfg.modalities["video"].mask_ratio == 0.6  # YAML beats default
     assert cfg.budget.target_tokens == 32  # default kept

@@ -98,7 +98,8 @@ def pretrain(cfg: OskarConfig, *, resume: str | None = None, fail_at_step: int |
     except BaseException as err:
         end_run(client, run_id, error=f"{type(err).__name__}: {err}")
         raise
-    error = result.metrics.get("error") if result.metrics else None
+    # a non-finite loss or fatal collapse ends the loop cleanly (no retry); rank 0 tags the run
+    error = client.get_run(run_id).data.tags.get("error")
     if error:
         end_run(client, run_id, error=error)
         raise RuntimeError(f"pretraining stopped: {error} (MLflow run {run_id} marked FAILED)")
@@ -114,6 +115,8 @@ def _run_id(cfg: OskarConfig, resume: str | None, name: str) -> str:
         client = client_for(tracking_uri(cfg))
         if previous and _run_exists(client, previous):
             client.update_run(previous, status="RUNNING")
+            if "error" in client.get_run(previous).data.tags:  # a retry of a failed run starts clean
+                client.delete_tag(previous, "error")
             return previous
     return start_run(cfg, run_name=name)[1]
 
