@@ -223,14 +223,12 @@ _SAMPLERS: dict[str, Any] = {}
 
 
 def draw_masks(batch: dict[str, np.ndarray], cfg, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """``input_index`` / ``target_index`` from the model's budget sampler; {} if it is unavailable.
+    """``input_index`` / ``target_index`` from the model's budget sampler, drawn CPU-side.
 
-    Without these keys the model draws the masks itself (slower: on the training thread).
+    Drawing them here (V-JEPA-style, in the data path) keeps the training thread free;
+    batches without these keys make the model draw them itself.
     """
-    try:
-        from ..model.budget import TokenBudgetSampler
-    except ImportError:
-        return {}
+    from ..model.budget import TokenBudgetSampler  # lazy: keeps torch out of light imports
     # keyed by content, not id(): Ray hands every task a freshly unpickled cfg
     key = repr((cfg.budget, cfg.modalities))
     sampler = _SAMPLERS.get(key)
