@@ -37,3 +37,23 @@ def health_metrics(model, batch: dict) -> dict[str, float]:
         out[f"health/{name}/rankme"] = rankme(feats)
         out[f"health/{name}/std"] = feature_std(feats)
     return out
+
+
+def features_health(features: dict[str, torch.Tensor]) -> dict[str, float]:
+    """``<name>/rankme`` and ``<name>/std`` for each ``(N, D)`` matrix (e.g. test features per view)."""
+    out = {}
+    for name, feats in features.items():
+        if len(feats) < 2:
+            continue
+        out[f"{name}/rankme"] = rankme(feats)
+        out[f"{name}/std"] = feature_std(feats)
+    return out
+
+
+def run_health(ctx) -> dict[str, float]:
+    """The eval task: RankMe and std of pooled test features per modality (target) and fused."""
+    from .context import ACTION_VIEWS
+
+    views = {**ACTION_VIEWS, "text": "target:text"}
+    feats = {short: ctx.cache.get("test", view).pooled for short, view in views.items() if view in ctx.cache.views}
+    return features_health(feats)

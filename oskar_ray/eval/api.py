@@ -1,0 +1,169 @@
+"""``evaluate``: one call runs the downstream suite on a checkpoint or an in-memory model.
+
+Runbook::
+
+    from oskar_ray.eval import evaluate
+    metrics = evaluate("runs/pretrain-.../checkpoint_000002", tasks=["action", "retrieval"])
+    metrics["eval/action/video/attentive/top1"]
+    metrics = evaluate(model, "data/synth", ["action"], cfg, log=False)      # sweeps, in-process
+    metrics = evaluate(ckpt, baseline="random")                             # same protocol, random init
+
+``checkpoint_or_model``: a checkpoint directory (``model.safetensors`` or
+``weights.safetensors`` + ``config.yaml``; ``state.json`` names the MLflow run),
+a weights file next to a ``config.yaml``, or an :class:`Oskar`. ``dataset``
+defaults to ``cfg.data.path`` (the built-in benchmark is synthesised if that is
+empty). Tasks: :data:`TASKS`. Returned keys are ``eval/<task>/<metric>``; the
+same go to MLflow — onto the pretraining run, or a child run for a baseline,
+or a fresh run for an external checkpoint — with ``summary.json`` and the PNGs.
+Every task starts from the same seed, so results do not depend on task order.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import OskarConfig, load_config
+from .action import run_action
+from .context import EvalContext, TaskResult
+from .features import FeatureCache
+from .health import run_health
+from .localization import run_localization
+from .lowshot import run_lowshot
+from .report import log_eval, write_report
+from .retrieval import run_retrieval
+from .robustness import run_robustness
+from .vqa import run_vqa
+
+TASKS: dict[str, Callable[[EvalContext], TaskResult]] = {
+    "action": run_action, "lowshot": run_lowshot, "localization": run_localization, "retrieval": run_retrieval,
+    "vqa": run_vqa, "health": lambda ctx: TaskResult(metrics=run_health(ctx)), "robustness": run_robustness,
+}
+#: every view a task may ask the cache for
+VIEWS = ["target:video", "target:skeleton", "target:text", "fusion:video+skeleton", "fusion:video",
+         "fusion:skeleton", "fusion:video+question"]
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]
+    artifacts: list[Path] = field(default_factory=list)
+    run_id: str = ""
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def evaluate(checkpoint_or_model: Any, dataset: str | Path | None = None, tasks: list[str] | None = None,
+             cfg: OskarConfig | None = None, **kwargs: Any) -> dict[str, float]:
+    """The flat ``eval/<task>/<metric>`` dict (see :func:`evaluate_full` for keyword options)."""
+    return evaluate_full(checkpoint_or_model, dataset, tasks, cfg, **kwargs).metrics
+
+
+def evaluate_full(checkpoint_or_model: Any, dataset: str | Path | None = None, tasks: list[str] | None = None,
+                  cfg: OskarConfig | None = None, *, baseline: str | None = None, log: bool = True,
+                  run_id: str | None = None, out_dir: str | Path | None = None, seed: int | None = None,
+                  progress: bool = True, cache_dir: str | Path | None = None) -> EvalResult:
+    model, cfg, source = load_model(checkpoint_or_model, cfg)
+    tasks = _check_tasks(tasks or cfg.eval.tasks)
+    dataset = _dataset(dataset, cfg)
+    pretrain_run = run_id if run_id is not None else source.get("run_id", "")
+    if baseline:
+        from .baselines import baseline_model
+
+        model, cfg = baseline_model(baseline, cfg, dataset, cache_dir, progress)
+    seed = cfg.train.seed if seed is None else seed
+    ctx = _context(model, cfg, dataset, seed, progress, cache_dir)
+    metrics, plots, seconds = _run_tasks(ctx, tasks)
+    result = EvalResult(metrics, seconds=seconds)
+    info = {"tasks": tasks, "dataset": str(dataset), "baseline": baseline or "", "seconds": seconds,
+            "checkpoint": source.get("path", "")}
+    with tempfile.TemporaryDirectory() as tmp:
+        result.artifacts = write_report(metrics, plots, out_dir or tmp, info)
+        if log:
+            name = f"eval-baseline-{baseline}" if baseline else "eval"
+            own = pretrain_run if not baseline else ""
+            result.run_id = log_eval(cfg, metrics, result.artifacts, run_id=own, step=source.get("step", 0),
+                                     parent_run_id=pretrain_run if baseline else "", run_name=name,
+                                     tags={"eval.baseline": baseline or "none", "eval.tasks": ",".join(tasks)})
+        if out_dir is None:
+            result.artifacts = []  # the temporary copies are gone; they live in MLflow
+    return result
+
+
+def load_model(obj: Any, cfg: OskarConfig | None) -> tuple[Any, OskarConfig, dict[str, Any]]:
+    """(model in eval mode, its config, {"path", "run_id", "step"} when loaded from disk)."""
+    from ..model import Oskar
+
+    if isinstance(obj, Oskar):
+        return obj.eval(), cfg or obj.cfg, {}
+    path = Path(obj)
+    directory = path if path.is_dir() else path.parent
+    weights = path if path.is_file() else next(
+        (directory / n for n in ("model.safetensors", "weights.safetensors") if (directory / n).is_file()), None)
+    if weights is None:
+        raise FileNotFoundError(f"{path}: no model.safetensors or weights.safetensors (not a checkpoint)")
+    if cfg is None:
+        config = directory / "config.yaml"
+        if not config.is_file():
+            raise FileNotFoundError(f"{config}: missing; pass --config FILE for a bare weights file")
+        cfg = load_config(config)
+    model = Oskar(cfg)
+    model.load_weights(weights)
+    source: dict[str, Any] = {"path": str(path)}
+    state = directory / "state.json"
+    if state.is_file():
+        raw = json.loads(state.read_text())
+        source.update(run_id=raw.get("run_id", ""), step=int(raw.get("step", 0)))
+    return model.eval(), cfg, source
+
+
+def _check_tasks(tasks: list[str]) -> list[str]:
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise ValueError(f"unknown eval task(s) {unknown} (eval.tasks / --tasks; valid: {sorted(TASKS)})")
+    return list(dict.fromkeys(tasks))
+
+
+def _dataset(dataset: str | Path | None, cfg: OskarConfig) -> Path:
+    if dataset is None:
+        from ..train.launch import resolve_data
+
+        dataset = resolve_data(cfg).data.path
+    root = Path(dataset)
+    if not (root / "manifest.json").is_file():
+        raise FileNotFoundError(f"{root}: no manifest.json (create a dataset with `oskar data synth --out DIR`)")
+    return root
+
+
+def _context(model, cfg: OskarConfig, dataset: Path, seed: int, progress: bool,
+             cache_dir: str | Path | None) -> EvalContext:
+    e = cfg.eval
+    cache = FeatureCache(model, dataset, cfg, VIEWS, batch_size=e.batch_size, progress=progress,
+                         cache_dir=Path(cache_dir) / "features" if cache_dir else None)
+    return EvalContext(model=model, cfg=cfg, dataset=dataset, cache=cache, seed=seed, progress=progress,
+                       probe_epochs=e.probe_epochs, finetune_epochs=e.finetune_epochs, knn_k=e.knn_k,
+                       batch_size=e.batch_size)
+
+
+def _run_tasks(ctx: EvalContext, tasks: list[str]) -> tuple[dict[str, float], dict, dict[str, float]]:
+    metrics: dict[str, float] = {}
+    plots: dict[str, Any] = {}
+    seconds: dict[str, float] = {}
+    for task in tasks:
+        start = time.perf_counter()
+        torch.manual_seed(ctx.seed)  # each task from the same seed: order-independent results
+        result = TASKS[task](ctx)
+        metrics.update({f"eval/{task}/{k}": float(v) for k, v in result.metrics.items()})
+        if result.plots:
+            plots[task] = result.plots
+        seconds[task] = round(time.perf_counter() - start, 2)
+        if ctx.progress:
+            print(f"eval {task}: {seconds[task]:.1f}s  " + "  ".join(
+                f"{k}={v:.3f}" for k, v in sorted(result.metrics.items())[:6]), flush=True)
+    return metrics, plots, seconds

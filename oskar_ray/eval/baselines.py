@@ -1,0 +1,75 @@
+"""Baselines on the same protocol: a random-init encoder and a video-only pretraining.
+
+Runbook::
+
+    model, cfg = baseline_model("random", cfg, dataset_dir)       # Oskar(cfg), seeded, untrained
+    model, cfg = baseline_model("video_only", cfg, dataset_dir)   # pretrained with skeleton and text off
+
+``video_only`` runs the OSKAR objective single-process (:func:`oskar_ray.train.train`,
+the same step as Ray Train) with the *same* budgets, steps, batch size, LR and
+seed as ``cfg``, on the same pretraining split, with every modality but video
+disabled — so a gap to the full model is the multimodal signal, not compute.
+The trained weights are cached per config in ``cache_dir`` when it
+``cache_dir`` is given (a second eval reuses it).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from pathlib import Path
+
+from ..config import OskarConfig
+from ..model import Oskar
+
+KINDS = ("random", "video_only")
+
+
+def video_only_config(cfg: OskarConfig) -> OskarConfig:
+    cfg = copy.deepcopy(cfg)
+    for name, modality in cfg.modalities.items():
+        modality.enabled = name == "video"
+    return cfg
+
+
+def baseline_model(kind: str, cfg: OskarConfig, dataset_dir: str | Path, cache_dir: str | Path | None = None,
+                   progress: bool = True) -> tuple[Oskar, OskarConfig]:
+    if kind not in KINDS:
+        raise ValueError(f"--baseline must be one of {KINDS}, got {kind!r}")
+    from ..train import seed_everything
+
+    seed_everything(cfg.train.seed)
+    if kind == "random":
+        return Oskar(cfg).eval(), cfg
+    vcfg = video_only_config(cfg)
+    model = Oskar(vcfg)
+    weights = _cached_weights(vcfg, cache_dir)
+    if weights is not None and weights.is_file():
+        model.load_weights(weights)
+        return model.eval(), vcfg
+    _pretrain(model, vcfg, dataset_dir, progress)
+    if weights is not None:
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        model.save_weights(weights)
+    return model.eval(), vcfg
+
+
+def _pretrain(model: Oskar, cfg: OskarConfig, dataset_dir: str | Path, progress: bool) -> None:
+    from tqdm import tqdm
+
+    from ..data.pipeline import iterate_local
+    from ..train import train
+
+    # enough epochs for train.steps batches whatever the split size; the loop stops at train.steps
+    batches = iterate_local(dataset_dir, cfg.data.train_split, cfg, cfg.train.batch_size, seed=cfg.train.seed,
+                            train=True, epochs=10_000, drop_last=True)
+    bar = tqdm(total=cfg.train.steps, desc="video-only pretraining", disable=not progress, leave=False)
+    train(cfg, batches, model=model, on_step=lambda step, metrics: bar.update(1))
+    bar.close()
+
+
+def _cached_weights(cfg: OskarConfig, cache_dir: str | Path | None) -> Path | None:
+    if cache_dir is None:
+        return None
+    key = hashlib.sha256(repr(cfg.to_dict()).encode()).hexdigest()[:12]
+    return Path(cache_dir) / f"video_only-{key}.safetensors"

@@ -1,0 +1,56 @@
+"""What every evaluation task receives: the frozen model, the data, the feature cache, the knobs.
+
+Tasks are functions ``run(ctx) -> TaskResult``; ``TaskResult.metrics`` keys are
+relative (``video/linear/top1``) and the API prefixes ``eval/<task>/``;
+``TaskResult.plots`` carries what :mod:`oskar_ray.eval.report` draws.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..data import store
+from .features import FeatureCache
+
+#: the action views: target encoders (unimodal) and the fusion encoder over video + skeleton
+ACTION_VIEWS = {"video": "target:video", "skeleton": "target:skeleton", "fusion": "fusion:video+skeleton"}
+
+
+@dataclass
+class EvalContext:
+    model: Any
+    cfg: Any
+    dataset: Path
+    cache: FeatureCache
+    seed: int = 0
+    progress: bool = True
+    probe_epochs: int = 30
+    finetune_epochs: int = 3
+    knn_k: int = 20
+    batch_size: int = 64
+
+    @property
+    def manifest(self) -> dict:
+        return store.load_manifest(self.dataset)
+
+    def vocab(self, name: str) -> list[str]:
+        vocab = self.manifest.get("vocab", {}).get(name)
+        if not vocab:
+            raise ValueError(f"{self.dataset}/manifest.json: vocab.{name} is missing or empty")
+        return list(vocab)
+
+    def has_split(self, split: str) -> bool:
+        return split in self.manifest.get("splits", {})
+
+    def require_split(self, split: str, task: str) -> None:
+        if not self.has_split(split):
+            raise ValueError(f"{self.dataset}/manifest.json: task {task!r} needs split {split!r} "
+                             f"(splits: {sorted(self.manifest.get('splits', {}))})")
+
+
+@dataclass
+class TaskResult:
+    metrics: dict[str, float] = field(default_factory=dict)
+    plots: dict[str, Any] = field(default_factory=dict)

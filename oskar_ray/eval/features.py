@@ -1,0 +1,199 @@
+"""Frozen features: extracted once per (split, view), cached for every probe.
+
+Runbook::
+
+    cache = FeatureCache(model, "data/synth", cfg)
+    train = cache.get("train", "target:video")     # Features(pooled (N, D), tokens (N, T, D), valid, labels)
+    test = cache.get("test", "fusion:video+skeleton")
+
+A *view* names the encoder and the modalities it sees: ``target:<m>`` is the
+unimodal target encoder of ``m`` (DESIGN.md: the downstream backbone),
+``fusion:<m1>+<m2>`` the fusion encoder over those modalities together. The
+pseudo-modality ``question`` feeds the question tokens through the text
+tokenizer (video QA). Pooling matches :meth:`Oskar.encode`: mean over each
+modality's valid tokens, then over the modalities a sample carries.
+
+Rows are read straight from the Parquet shards and preprocessed with the
+training code (:func:`preprocess_batch`, eval mode, no augmentation), which lets
+VQA expand a clip into one row per question and localization into sliding windows.
+With ``cache_dir`` set, features also persist on disk (``<split>__<view>.pt``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from tqdm import tqdm
+
+from ..data import store
+from ..data.preprocess import READ_COLUMNS, DatasetMeta, nest_present, preprocess_batch
+
+#: label columns carried into Features (present only on labelled splits)
+LABEL_KEYS = ("action", "answer", "question_type")
+#: tokens are kept in half precision: the attentive probe does not need more, memory halves
+TOKEN_DTYPE = torch.float16
+
+Expand = Callable[[dict[str, Any]], list[dict[str, Any]]]
+
+
+@dataclass
+class Features:
+    pooled: torch.Tensor
+    tokens: torch.Tensor
+    valid: torch.Tensor
+    labels: dict[str, torch.Tensor] = field(default_factory=dict)
+    extra: dict[str, list] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.pooled)
+
+
+def parse_view(view: str) -> tuple[str, list[str]]:
+    encoder, sep, mods = view.partition(":")
+    if not sep or encoder not in ("target", "fusion") or not mods:
+        raise ValueError(f"view {view!r} must look like 'target:video' or 'fusion:video+skeleton'")
+    names = mods.split("+")
+    if encoder == "target" and len(names) != 1:
+        raise ValueError(f"view {view!r}: a target encoder sees one modality")
+    return encoder, names
+
+
+def view_available(model, view: str) -> bool:
+    """Whether the model has every modality the view needs (a video-only baseline has no skeleton)."""
+    _, names = parse_view(view)
+    return all(("text" if n == "question" else n) in model.modalities for n in names)
+
+
+def read_rows(dataset_dir: str | Path, split: str, columns: list[str] | None = None) -> Iterator[dict[str, Any]]:
+    """Rows of a split as dicts, shard by shard, in stored order."""
+    for path in store.split_paths(dataset_dir, split):
+        table = pq.read_table(path, columns=columns or READ_COLUMNS)
+        yield from table.to_pylist()
+
+
+def iterate_batches(dataset_dir: str | Path, split: str, cfg, batch_size: int, expand: Expand | None = None,
+                    columns: list[str] | None = None) -> Iterator[tuple[dict, list[dict]]]:
+    """Model batches (eval preprocessing) with the raw rows they came from."""
+    meta = DatasetMeta.load(dataset_dir, split)
+    pending: list[dict] = []
+    for row in read_rows(dataset_dir, split, columns):
+        pending += expand(row) if expand else [row]
+        while len(pending) >= batch_size:
+            yield _batch(pending[:batch_size], cfg, meta), pending[:batch_size]
+            pending = pending[batch_size:]
+    if pending:
+        yield _batch(pending, cfg, meta), pending
+
+
+def _batch(rows: list[dict], cfg, meta: DatasetMeta) -> dict:
+    columns = {k: [r.get(k) for r in rows] for k in READ_COLUMNS}
+    flat = preprocess_batch(columns, cfg, meta, train=False, rng=np.random.default_rng(0), with_masks=False)
+    return nest_present({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in flat.items()})
+
+
+def per_question(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per (clip, question): eval preprocessing reads the first question only."""
+    questions = row.get("questions") or []
+    return [{**row, "questions": [q], "answer_ids": [row["answer_ids"][k]],
+             "question_types": [row["question_types"][k]]} for k, q in enumerate(questions)]
+
+
+def encode_view(model, batch: dict, view: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(pooled (B, D), tokens (B, N, D), valid (B, N)) of one view of a batch."""
+    encoder, names = parse_view(view)
+    if "question" in names:
+        batch = {**batch, "text_ids": batch["question_ids"], "text_mask": batch["question_mask"],
+                 "present": {**batch["present"], "text": batch["question_mask"].any(1)}}
+        names = ["text" if n == "question" else n for n in names]
+    tokens, valid = model.encode_tokens(batch, names, encoder=encoder)
+    sizes = [model.modalities[n].num_tokens for n in model._requested(batch, names)]
+    return pool(tokens, valid, sizes), tokens, valid
+
+
+def pool(tokens: torch.Tensor, valid: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """Mean over each modality's valid tokens, then over the modalities present."""
+    pooled, weights = [], []
+    for part, mask in zip(tokens.split(sizes, 1), valid.split(sizes, 1), strict=True):
+        count = mask.sum(1, keepdim=True)
+        pooled.append((part * mask[..., None]).sum(1) / count.clamp(min=1))
+        weights.append((count > 0).float())
+    weight = torch.stack(weights)
+    return (torch.stack(pooled) * weight).sum(0) / weight.sum(0).clamp(min=1)
+
+
+@torch.no_grad()
+def extract(model, batches: Iterator[tuple[dict, list[dict]]], views: list[str], desc: str = "features",
+            progress: bool = True) -> dict[str, Features]:
+    """Run every view over the batches once; concatenated features per view."""
+    model.eval()
+    device = next(model.parameters()).device
+    parts: dict[str, list] = {v: [] for v in views}
+    labels: dict[str, list] = {k: [] for k in LABEL_KEYS}
+    for batch, _ in tqdm(batches, desc=desc, disable=not progress, leave=False):
+        batch = _to(batch, device)
+        for view in views:
+            pooled, tokens, valid = encode_view(model, batch, view)
+            parts[view].append((pooled.float().cpu(), tokens.to(TOKEN_DTYPE).cpu(), valid.cpu()))
+        for key in LABEL_KEYS:
+            if key in batch:
+                labels[key].append(batch[key].cpu())
+    if not any(parts.values()):
+        raise ValueError(f"{desc}: the split has no rows")
+    merged = {k: torch.cat(v) for k, v in labels.items() if v}
+    return {view: Features(*(torch.cat(p) for p in zip(*chunks, strict=True)), labels=merged)
+            for view, chunks in parts.items()}
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    from ..model.oskar import move_batch
+
+    return batch if device.type == "cpu" else move_batch(batch, device)
+
+
+class FeatureCache:
+    """Features per (split, view), extracted lazily: all clip views of a split in one pass."""
+
+    def __init__(self, model, dataset_dir: str | Path, cfg, views: list[str], batch_size: int = 64,
+                 cache_dir: str | Path | None = None, progress: bool = True):
+        self.model, self.root, self.cfg = model, Path(dataset_dir), cfg
+        self.views = [v for v in views if view_available(model, v)]
+        self.batch_size, self.progress = batch_size, progress
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self._store: dict[tuple[str, str, str], Features] = {}
+
+    def has_split(self, split: str) -> bool:
+        return split in store.load_manifest(self.root).get("splits", {})
+
+    def get(self, split: str, view: str) -> Features:
+        """Features of ``view`` on ``split``; views with ``question`` have one row per question."""
+        if view not in self.views:
+            raise ValueError(f"view {view!r} is not available for this model (available: {self.views})")
+        mode = "qa" if "question" in view else "clip"
+        key = (split, view, mode)
+        if key not in self._store:
+            self._load(split, mode)
+        return self._store[key]
+
+    def _load(self, split: str, mode: str) -> None:
+        views = [v for v in self.views if (mode == "qa") == ("question" in v)]
+        disk = self._disk_path(split, mode)
+        if disk is not None and disk.is_file():
+            loaded = torch.load(disk, weights_only=False)
+        else:
+            batches = iterate_batches(self.root, split, self.cfg, self.batch_size,
+                                      expand=per_question if mode == "qa" else None)
+            loaded = extract(self.model, batches, views, desc=f"features {split}", progress=self.progress)
+            if disk is not None:
+                disk.parent.mkdir(parents=True, exist_ok=True)
+                torch.save(loaded, disk)
+        for view, feats in loaded.items():
+            self._store[(split, view, mode)] = feats
+
+    def _disk_path(self, split: str, mode: str) -> Path | None:
+        return self.cache_dir / f"{split}__{mode}.pt" if self.cache_dir else None

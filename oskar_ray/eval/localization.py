@@ -1,0 +1,230 @@
+"""Temporal action localization on untrimmed sequences: frozen features + a light per-timestep head.
+
+Runbook::
+
+    result = run_localization(ctx)
+    result.metrics["mAP@0.5"]
+
+1. Features: a clip-length window (``modalities.video.frames``) slides over each
+   untrimmed sequence with stride :data:`WINDOW_STRIDE` frames; each window goes
+   through the frozen video target encoder exactly like a training clip and
+   its pooled feature describes the window centre (one timestep).
+2. Head: a 1-D convolution over time (kernel 3: each timestep sees its
+   neighbours) classifies every timestep into background or an action class.
+   The ``untrimmed`` split is divided in stored order: the first
+   :data:`TRAIN_SHARE` of the sequences train the head, the rest are scored.
+3. Segments: for each class and each threshold in :data:`THRESHOLDS`, runs of
+   timesteps above it become candidate segments scored by their mean
+   probability; per-class NMS at tIoU :data:`NMS_TIOU` removes duplicates.
+4. mAP at tIoU 0.3/0.5/0.7: per class, detections sorted by score are greedily
+   matched to unmatched ground truth; AP is the area under the monotone
+   precision envelope; classes without ground truth in the test part are skipped.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.preprocess import READ_COLUMNS, DatasetMeta
+from .context import EvalContext, TaskResult
+from .features import encode_view, iterate_batches
+
+LOC_VIEW = "target:video"
+SPLIT = "untrimmed"
+WINDOW_STRIDE = 4
+TRAIN_SHARE = 0.6
+TIOUS = (0.3, 0.5, 0.7)
+THRESHOLDS = tuple(np.round(np.arange(0.1, 1.0, 0.1), 2))
+NMS_TIOU = 0.5
+HEAD_STEPS = 300
+HEAD_LR = 1e-2
+
+Segment = tuple[float, float]
+Detection = tuple[object, float, float, float]  # (video key, start, end, score)
+
+
+# --- metric -------------------------------------------------------------------
+def tiou(a: Segment, b: Segment) -> float:
+    inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
+    union = max(a[1], b[1]) - min(a[0], b[0])
+    return inter / union if union > 0 else 0.0
+
+
+def precision_recall(detections: list[Detection], truth: dict[object, list[Segment]],
+                     threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Precision and recall after each detection (sorted by score) at one tIoU threshold."""
+    n_truth = sum(len(v) for v in truth.values())
+    used = {k: np.zeros(len(v), bool) for k, v in truth.items()}
+    hits = []
+    for key, start, end, _ in sorted(detections, key=lambda d: -d[3]):
+        gts = truth.get(key, [])
+        overlaps = [tiou((start, end), g) if not used[key][i] else -1.0 for i, g in enumerate(gts)]
+        best = int(np.argmax(overlaps)) if overlaps else -1
+        hit = best >= 0 and overlaps[best] >= threshold
+        if hit:
+            used[key][best] = True
+        hits.append(hit)
+    tp = np.cumsum(hits)
+    precision = tp / np.arange(1, len(hits) + 1)
+    recall = tp / max(n_truth, 1)
+    return precision, recall
+
+
+def average_precision(detections: list[Detection], truth: dict[object, list[Segment]], threshold: float) -> float:
+    if not any(truth.values()):
+        return float("nan")
+    precision, recall = precision_recall(detections, truth, threshold)
+    if len(precision) == 0:
+        return 0.0
+    envelope = np.maximum.accumulate(precision[::-1])[::-1]
+    steps = np.diff(np.concatenate([[0.0], recall]))
+    return float((envelope * steps).sum())
+
+
+def mean_average_precision(detections: dict[int, list[Detection]], truth: dict[int, dict[object, list[Segment]]],
+                           thresholds: tuple[float, ...] = TIOUS) -> dict[float, float]:
+    """mAP over the classes that have ground truth, per tIoU threshold."""
+    classes = [c for c, t in truth.items() if any(t.values())]
+    if not classes:
+        raise ValueError("localization: no ground-truth segments to score against")
+    return {th: float(np.mean([average_precision(detections.get(c, []), truth[c], th) for c in classes]))
+            for th in thresholds}
+
+
+# --- decoding -----------------------------------------------------------------
+def segments_from_scores(scores: np.ndarray, times: np.ndarray, half_width: float) -> list[tuple[float, float, float]]:
+    """Candidate (start, end, score) from runs above each threshold of one class's per-timestep scores."""
+    found = []
+    for threshold in THRESHOLDS:
+        above = np.concatenate([[False], scores >= threshold, [False]])
+        edges = np.flatnonzero(np.diff(above.astype(int)))
+        for s, e in zip(edges[::2], edges[1::2], strict=True):
+            start, end = max(0.0, times[s] - half_width), min(1.0, times[e - 1] + half_width)
+            found.append((float(start), float(end), float(scores[s:e].mean())))
+    return nms(found)
+
+
+def nms(segments: list[tuple[float, float, float]], threshold: float = NMS_TIOU) -> list[tuple[float, float, float]]:
+    kept: list[tuple[float, float, float]] = []
+    for seg in sorted(segments, key=lambda s: -s[2]):
+        if all(tiou(seg[:2], k[:2]) < threshold for k in kept):
+            kept.append(seg)
+    return kept
+
+
+# --- features and head ----------------------------------------------------------
+def _windows(meta: DatasetMeta, clip_len: int, stride: int):
+    frame_bytes = meta.height * meta.width * 3
+    joint_bytes = meta.joints * 3 * 4
+
+    def expand(row: dict) -> list[dict]:
+        if not row.get("video"):
+            return []
+        frames = len(row["video"]) // frame_bytes
+        starts = range(0, max(frames - clip_len, 0) + 1, stride)
+        out = []
+        for s in starts:
+            e = min(s + clip_len, frames)
+            skel = row.get("skeleton") or b""
+            out.append({**row, "video": row["video"][s * frame_bytes:e * frame_bytes],
+                        "skeleton": skel[s * joint_bytes:e * joint_bytes] if skel else skel,
+                        "_centre": (s + e) / 2 / frames, "_frames": frames})
+        return out
+
+    return expand
+
+
+@torch.no_grad()
+def sequence_features(ctx: EvalContext, view: str = LOC_VIEW):
+    """Per sequence: (features (T, D), centre times (T,), segments, labels)."""
+    meta = DatasetMeta.load(ctx.dataset, SPLIT)
+    clip_len = ctx.cfg.modalities["video"].frames
+    expand = _windows(meta, clip_len, WINDOW_STRIDE)
+    columns = [*READ_COLUMNS, "segment_labels"]
+    seqs: dict[str, dict] = defaultdict(lambda: {"feats": [], "times": []})
+    ctx.model.eval()
+    for batch, rows in iterate_batches(ctx.dataset, SPLIT, ctx.cfg, ctx.batch_size, expand, columns):
+        pooled, _, _ = encode_view(ctx.model, batch, view)
+        for row, feat in zip(rows, pooled, strict=True):
+            seq = seqs[row["id"]]
+            seq["feats"].append(feat)
+            seq["times"].append(row["_centre"])
+            seq["half"] = WINDOW_STRIDE / 2 / row["_frames"]
+            flat = row.get("segments") or []
+            seq["segments"] = [(flat[i], flat[i + 1]) for i in range(0, len(flat) - 1, 2)]
+            seq["labels"] = list(row.get("segment_labels") or [])
+    return [{**s, "feats": torch.stack(s["feats"]).float(), "times": np.asarray(s["times"])} for s in seqs.values()]
+
+
+def timestep_labels(times: np.ndarray, segments: list[Segment], labels: list[int], background: int) -> torch.Tensor:
+    out = torch.full((len(times),), background, dtype=torch.long)
+    for (start, end), label in zip(segments, labels, strict=False):
+        out[torch.from_numpy((times >= start) & (times < end))] = int(label)
+    return out
+
+
+class TimestepHead(nn.Module):
+    def __init__(self, dim: int, n_classes: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.conv = nn.Conv1d(dim, n_classes + 1, kernel_size=3, padding=1)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, C + 1)
+        return self.conv(self.norm(feats).transpose(1, 2)).transpose(1, 2)
+
+
+def train_head(seqs: list[dict], n_classes: int, seed: int) -> TimestepHead:
+    torch.manual_seed(seed)
+    feats = nn.utils.rnn.pad_sequence([s["feats"] for s in seqs], batch_first=True)
+    labels = nn.utils.rnn.pad_sequence([s["target"] for s in seqs], batch_first=True, padding_value=-100)
+    head = TimestepHead(feats.shape[-1], n_classes)
+    opt = torch.optim.AdamW(head.parameters(), lr=HEAD_LR, weight_decay=0.01)
+    for _ in range(HEAD_STEPS):
+        opt.zero_grad()
+        F.cross_entropy(head(feats).flatten(0, 1), labels.flatten(), ignore_index=-100).backward()
+        opt.step()
+    return head
+
+
+def detect(head: TimestepHead, seqs: list[dict], n_classes: int) -> dict[int, list[Detection]]:
+    detections: dict[int, list[Detection]] = defaultdict(list)
+    with torch.no_grad():
+        for i, seq in enumerate(seqs):
+            probs = head(seq["feats"][None])[0].softmax(-1).numpy()
+            for c in range(n_classes):
+                for start, end, score in segments_from_scores(probs[:, c], seq["times"], seq["half"]):
+                    detections[c].append((i, start, end, score))
+    return detections
+
+
+def run_localization(ctx: EvalContext) -> TaskResult:
+    ctx.require_split(SPLIT, "localization")
+    if LOC_VIEW not in ctx.cache.views:
+        return TaskResult()
+    n_classes = len(ctx.vocab("actions"))
+    seqs = sequence_features(ctx)
+    if len(seqs) < 2:
+        raise ValueError(f"{ctx.dataset}: split {SPLIT!r} needs at least 2 sequences (train + test part)")
+    for seq in seqs:
+        seq["target"] = timestep_labels(seq["times"], seq["segments"], seq["labels"], n_classes)
+    cut = min(max(1, int(len(seqs) * TRAIN_SHARE)), len(seqs) - 1)
+    head = train_head(seqs[:cut], n_classes, ctx.seed)
+    test = seqs[cut:]
+    detections = detect(head, test, n_classes)
+    truth: dict[int, dict[object, list[Segment]]] = defaultdict(lambda: defaultdict(list))
+    for i, seq in enumerate(test):
+        for segment, label in zip(seq["segments"], seq["labels"], strict=False):
+            truth[int(label)][i].append(segment)
+    maps = mean_average_precision(detections, truth)
+    metrics = {f"mAP@{th}": value for th, value in maps.items()}
+    metrics["mAP"] = float(np.mean(list(maps.values())))
+    pooled = [((c, d[0]), *d[1:]) for c, dets in detections.items() for d in dets]
+    pooled_truth = {(c, k): v for c, t in truth.items() for k, v in t.items()}
+    precision, recall = precision_recall(pooled, pooled_truth, 0.5)
+    return TaskResult(metrics=metrics, plots={"pr": {"precision": precision.tolist(), "recall": recall.tolist(),
+                                                      "tiou": 0.5}})

@@ -1,0 +1,212 @@
+"""Frozen-feature probes: linear (LR sweep on val), kNN (cosine), attentive (V-JEPA).
+
+Runbook::
+
+    res = linear_probe(x_train, y_train, x_val, y_val, x_test, y_test, n_classes)
+    res.top1, res.top5, res.logits         # test metrics + test logits (confusion matrix)
+    knn_probe(x_train, y_train, x_test, y_test, n_classes, k=20)
+    attentive_probe(tok_train, valid_train, y_train, tok_val, ..., n_classes, epochs=30)
+
+All probes train on cached features only (the encoder never runs here), pick
+their hyper-parameters on val and report on test, and are deterministic for a
+given ``seed``. Full-batch Adam for the linear probe (hundreds of steps on a
+few thousand rows cost milliseconds); mini-batch AdamW for the attentive probe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+#: learning rates swept by the linear probe (chosen on val top-1)
+LINEAR_LRS = (1e-3, 1e-2, 1e-1)
+LINEAR_STEPS = 300
+LINEAR_WEIGHT_DECAY = 1e-4
+#: learning rates swept by the attentive probe
+ATTENTIVE_LRS = (1e-3, 3e-3)
+ATTENTIVE_BATCH = 64
+KNN_TEMPERATURE = 0.07
+
+
+@dataclass
+class ProbeResult:
+    top1: float
+    top5: float
+    logits: torch.Tensor
+    val_top1: float = float("nan")
+    lr: float = float("nan")
+
+
+def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
+    """Share of rows whose label is among the ``k`` highest scores (k clipped to the class count)."""
+    if len(labels) == 0:
+        return float("nan")
+    k = min(k, logits.shape[1])
+    hits = (logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1)
+    return float(hits.float().mean())
+
+
+def standardize(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
+    """z-score with train statistics (the probes are scale-sensitive; encoders differ in scale)."""
+    mean, std = train.mean(0, keepdim=True), train.std(0, keepdim=True).clamp(min=1e-6)
+    return [(x.float() - mean) / std for x in (train, *others)]
+
+
+def _check(x: torch.Tensor, y: torch.Tensor, name: str) -> None:
+    if len(x) != len(y):
+        raise ValueError(f"{name}: {len(x)} feature rows but {len(y)} labels")
+    if len(x) == 0:
+        raise ValueError(f"{name}: no rows")
+
+
+def _fit_linear(x: torch.Tensor, y: torch.Tensor, n_classes: int, lr: float, seed: int) -> nn.Linear:
+    torch.manual_seed(seed)
+    head = nn.Linear(x.shape[1], n_classes)
+    opt = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=LINEAR_WEIGHT_DECAY)
+    for _ in range(LINEAR_STEPS):
+        opt.zero_grad()
+        F.cross_entropy(head(x), y).backward()
+        opt.step()
+    return head
+
+
+@dataclass
+class LinearModel:
+    """A fitted linear probe: train-set standardisation + the linear layer."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    head: nn.Linear
+    val_top1: float
+    lr: float
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.head((x.float() - self.mean) / self.std)
+
+
+def fit_linear(x_train, y_train, x_val, y_val, n_classes: int, seed: int = 0,
+               lrs: tuple[float, ...] = LINEAR_LRS) -> LinearModel:
+    """Logistic regression on standardised features; the LR with the best val top-1 wins."""
+    _check(x_train, y_train, "linear probe train")
+    _check(x_val, y_val, "linear probe val")
+    mean, std = x_train.float().mean(0, keepdim=True), x_train.float().std(0, keepdim=True).clamp(min=1e-6)
+    best: LinearModel | None = None
+    for lr in lrs:
+        model = LinearModel(mean, std, _fit_linear((x_train.float() - mean) / std, y_train, n_classes, lr, seed),
+                            float("nan"), lr)
+        model.val_top1 = topk_accuracy(model(x_val), y_val, 1)
+        if best is None or model.val_top1 > best.val_top1:
+            best = model
+    assert best is not None
+    return best
+
+
+def linear_probe(x_train, y_train, x_val, y_val, x_test, y_test, n_classes: int, seed: int = 0,
+                 lrs: tuple[float, ...] = LINEAR_LRS) -> ProbeResult:
+    """Fit on train, select on val, score on test (top-1, top-5)."""
+    _check(x_test, y_test, "linear probe test")
+    model = fit_linear(x_train, y_train, x_val, y_val, n_classes, seed, lrs)
+    logits = model(x_test)
+    return ProbeResult(topk_accuracy(logits, y_test, 1), topk_accuracy(logits, y_test, 5), logits,
+                       model.val_top1, model.lr)
+
+
+def knn_scores(x_train, y_train, x_query, n_classes: int, k: int = 20,
+               temperature: float = KNN_TEMPERATURE) -> torch.Tensor:
+    """Class scores of a cosine kNN with exp(sim / T) weighted votes (as in DINO's kNN eval)."""
+    train = F.normalize(x_train.float(), dim=1)
+    query = F.normalize(x_query.float(), dim=1)
+    sims = query @ train.T
+    k = min(k, len(train))
+    top, idx = sims.topk(k, dim=1)
+    votes = torch.zeros(len(query), n_classes)
+    votes.scatter_add_(1, y_train[idx], (top / temperature).exp())
+    return votes
+
+
+def knn_probe(x_train, y_train, x_test, y_test, n_classes: int, k: int = 20) -> ProbeResult:
+    _check(x_train, y_train, "kNN train")
+    _check(x_test, y_test, "kNN test")
+    scores = knn_scores(x_train, y_train, x_test, n_classes, k)
+    return ProbeResult(topk_accuracy(scores, y_test, 1), topk_accuracy(scores, y_test, 5), scores)
+
+
+class AttentiveHead(nn.Module):
+    """One learned query cross-attends the frozen tokens; LayerNorm + linear classifier (V-JEPA)."""
+
+    def __init__(self, dim: int, n_classes: int, heads: int = 4):
+        super().__init__()
+        self.query = nn.Parameter(torch.zeros(1, 1, dim))
+        nn.init.trunc_normal_(self.query, std=0.02)
+        self.norm_in = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm_out = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, n_classes)
+
+    def forward(self, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        keys = self.norm_in(tokens.float())
+        # a row without valid tokens (modality absent) attends everywhere rather than producing NaN
+        valid = valid | ~valid.any(dim=1, keepdim=True)
+        query = self.query.expand(len(tokens), -1, -1)
+        pooled, _ = self.attn(query, keys, keys, key_padding_mask=~valid, need_weights=False)
+        return self.head(self.norm_out(pooled[:, 0]))
+
+
+def predict_attentive(head: nn.Module, tokens, valid, batch: int = 256) -> torch.Tensor:
+    head.eval()
+    with torch.no_grad():
+        return torch.cat([head(tokens[i:i + batch], valid[i:i + batch]) for i in range(0, len(tokens), batch)])
+
+
+def _fit_attentive(tokens, valid, labels, n_classes: int, lr: float, epochs: int, seed: int,
+                   progress: bool) -> AttentiveHead:
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    head = AttentiveHead(tokens.shape[-1], n_classes)
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.05)
+    steps = epochs * -(-len(tokens) // ATTENTIVE_BATCH)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
+    for _ in tqdm(range(epochs), desc=f"attentive probe lr={lr:g}", disable=not progress, leave=False):
+        head.train()
+        for idx in torch.randperm(len(tokens), generator=generator).split(ATTENTIVE_BATCH):
+            opt.zero_grad()
+            F.cross_entropy(head(tokens[idx], valid[idx]), labels[idx]).backward()
+            opt.step()
+            sched.step()
+    return head
+
+
+def fit_attentive(train: tuple, val: tuple, n_classes: int, epochs: int = 30, seed: int = 0,
+                  progress: bool = False, lrs: tuple[float, ...] = ATTENTIVE_LRS) -> tuple[AttentiveHead, float]:
+    """The attentive head with the best val top-1 over ``lrs`` and that top-1."""
+    for (tok, _, y), name in ((train, "train"), (val, "val")):
+        _check(tok, y, f"attentive probe {name}")
+    best: tuple[AttentiveHead, float] | None = None
+    for lr in lrs:
+        head = _fit_attentive(*train, n_classes, lr, epochs, seed, progress)
+        val_top1 = topk_accuracy(predict_attentive(head, val[0], val[1]), val[2], 1)
+        if best is None or val_top1 > best[1]:
+            best = (head, val_top1)
+    assert best is not None
+    return best
+
+
+def attentive_probe(train: tuple, val: tuple, test: tuple, n_classes: int, epochs: int = 30, seed: int = 0,
+                    progress: bool = False, lrs: tuple[float, ...] = ATTENTIVE_LRS) -> ProbeResult:
+    """``train``/``val``/``test`` are ``(tokens (N, T, D), valid (N, T), labels (N,))``."""
+    _check(test[0], test[2], "attentive probe test")
+    head, val_top1 = fit_attentive(train, val, n_classes, epochs, seed, progress, lrs)
+    logits = predict_attentive(head, test[0], test[1])
+    return ProbeResult(topk_accuracy(logits, test[2], 1), topk_accuracy(logits, test[2], 5), logits, val_top1)
+
+
+def confusion_matrix(logits: torch.Tensor, labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """``(n_classes, n_classes)`` counts, rows = true class, columns = predicted."""
+    matrix = torch.zeros(n_classes, n_classes, dtype=torch.long)
+    matrix.index_put_((labels, logits.argmax(1)), torch.ones(len(labels), dtype=torch.long), accumulate=True)
+    return matrix

@@ -1,0 +1,116 @@
+"""Evaluation artifacts: a JSON summary and one PNG per task, logged to MLflow.
+
+Runbook::
+
+    paths = write_report(metrics, plots, out_dir)      # summary.json, action_confusion.png, ...
+    run_id = log_eval(cfg, metrics, paths, run_id=...) # eval/<task>/<metric> + artifacts under eval/
+
+PNGs: confusion matrix of the video attentive probe (action), the pooled
+precision–recall curve at tIoU 0.5 (localization), Recall@K for K = 1..50 in
+both directions (retrieval). Metrics go to the pretraining run when its id is
+known and still exists, else to a new run (a child of ``parent_run_id`` if given).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+ARTIFACT_DIR = "eval"
+
+
+def write_report(metrics: dict[str, float], plots: dict[str, dict[str, Any]], out_dir: str | Path,
+                 info: dict[str, Any] | None = None) -> list[Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = out / "summary.json"
+    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in sorted(metrics.items())}
+    summary.write_text(json.dumps({"metrics": clean, **(info or {})}, indent=2))
+    paths = [summary]
+    drawers = {"action": _confusion, "localization": _pr_curve, "retrieval": _recall_curve}
+    for task, data in plots.items():
+        if task in drawers and data:
+            paths.append(drawers[task](data, out / f"{task}.png"))
+    return paths
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _confusion(data: dict[str, Any], path: Path) -> Path:
+    plt = _figure()
+    matrix, classes = data["confusion"]["matrix"].numpy(), data["confusion"]["classes"]
+    fig, ax = plt.subplots(figsize=(6, 5))
+    image = ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(classes)), classes, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(classes)), classes, fontsize=7)
+    ax.set(xlabel="predicted", ylabel="true", title=f"action: {data['confusion']['title']} (test)")
+    fig.colorbar(image, ax=ax)
+    return _save(fig, plt, path)
+
+
+def _pr_curve(data: dict[str, Any], path: Path) -> Path:
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.plot(data["pr"]["recall"], data["pr"]["precision"])
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02),
+           title=f"localization PR, all classes, tIoU {data['pr']['tiou']}")
+    ax.grid(alpha=0.3)
+    return _save(fig, plt, path)
+
+
+def _recall_curve(data: dict[str, Any], path: Path) -> Path:
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for name, curve in data["recall"].items():
+        ax.plot(range(1, len(curve) + 1), curve, label=name)
+    ax.set(xlabel="K", ylabel="Recall@K (%)", title="video–text retrieval (test)", xscale="log", ylim=(0, 101))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, plt, path)
+
+
+def _save(fig, plt, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def log_eval(cfg, metrics: dict[str, float], artifacts: list[Path], *, run_id: str = "",
+             parent_run_id: str = "", run_name: str = "eval", tags: dict[str, str] | None = None,
+             step: int = 0) -> str:
+    """Log metrics (NaN skipped) and artifacts; returns the run id used."""
+    from ..tracking import client_for, end_run, log_metrics, set_tags, start_run, tracking_uri
+
+    client = client_for(tracking_uri(cfg))
+    own_run = not (run_id and _exists(client, run_id))
+    if own_run:
+        client, run_id = start_run(cfg, run_name=run_name, parent_run_id=parent_run_id or None,
+                                   extra_tags={"oskar.kind": "eval"})
+    finite = {k: v for k, v in metrics.items() if not math.isnan(v)}
+    log_metrics(client, run_id, finite, step=step)
+    set_tags(client, run_id, {"eval.finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **(tags or {})})
+    for path in artifacts:
+        client.log_artifact(run_id, str(path), artifact_path=ARTIFACT_DIR)
+    if own_run:
+        end_run(client, run_id)
+    return run_id
+
+
+def _exists(client, run_id: str) -> bool:
+    try:
+        client.get_run(run_id)
+    except Exception:  # MlflowException for an unknown id
+        return False
+    return True
+
