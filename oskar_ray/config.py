@@ -13,6 +13,7 @@ dataclass (see ``oskar_ray/modalities``), so a new modality brings its own keys.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import types
 import typing
@@ -277,10 +278,8 @@ def _coerce(hint: Any, value: Any, name: str) -> Any:
 def _coerce_scalar(hint: type, value: Any, name: str) -> Any:
     if hint is float and isinstance(value, str):
         # YAML 1.1 reads "1e-3" (no dot) as a string; users type it that way
-        try:
+        with contextlib.suppress(ValueError):
             value = float(value)
-        except ValueError:
-            pass
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if hint is bool and isinstance(value, bool):
         return value

@@ -19,6 +19,7 @@ from the last checkpoint; ``CheckpointConfig`` keeps ``train.keep_checkpoints``.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import tempfile
 import time
@@ -33,6 +34,10 @@ from .checkpoint import WEIGHTS, read_state
 QUIET_ENV = {"RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_USAGE_STATS_ENABLED": "0",
              "RAY_DATA_LOG_LEVEL": "WARNING", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
              "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
+
+
+#: beyond this many epochs per stream the worker simply re-iterates the shard
+MAX_UNION_EPOCHS = 64
 
 
 @dataclass
@@ -133,7 +138,6 @@ def _fit(cfg: OskarConfig, name: str, run_id: str, resume: str | None, fail_at_s
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from ..data.pipeline import build_dataset
     from .worker import train_loop_per_worker
 
     t = cfg.train
@@ -153,9 +157,27 @@ def _fit(cfg: OskarConfig, name: str, run_id: str, resume: str | None, fail_at_s
             name=name, storage_path=str(storage),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures)),
-        datasets={"train": build_dataset(cfg, cfg.data.train_split)},
+        datasets={"train": training_stream(cfg)},
     )
     return trainer.fit()
+
+
+def training_stream(cfg: OskarConfig):
+    """All the epochs a run needs as one Ray Data stream.
+
+    Re-iterating a dataset per epoch restarts Ray Data's executor (seconds of
+    idle workers each time); a union of per-epoch datasets streams straight
+    through, and each epoch gets its own seed, so block order, augmentation and
+    token-budget masks differ from epoch to epoch.
+    """
+    from ..data.pipeline import build_dataset
+    from ..data.store import split_info
+
+    samples = split_info(cfg.data.path, cfg.data.train_split)["samples"]
+    epochs = max(1, math.ceil(cfg.train.steps * cfg.train.batch_size / max(samples, 1))) + 1
+    epochs = min(epochs, MAX_UNION_EPOCHS)
+    streams = [build_dataset(cfg, cfg.data.train_split, seed=cfg.train.seed + 1_000_003 * e) for e in range(epochs)]
+    return streams[0].union(*streams[1:]) if len(streams) > 1 else streams[0]
 
 
 def _log_artifacts(client, run_id: str, cfg: OskarConfig, checkpoint: str | None) -> None:

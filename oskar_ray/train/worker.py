@@ -15,6 +15,7 @@ loss, reports ``error`` and returns; the driver marks the MLflow run FAILED.
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -124,8 +125,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg = config_from_dict(config["cfg"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+    # Ray sets OMP_NUM_THREADS to the worker's (fractional → 1) CPU share; give torch the node's
+    # cores split across the workers on it instead (or exactly train.threads)
+    torch.set_num_threads(cfg.train.threads or max(1, (os.cpu_count() or 1) // ctx.get_local_world_size()))
     seed_everything(cfg.train.seed)
     model = Oskar(cfg)
     state = TrainState(run_id=config.get("run_id", ""))
