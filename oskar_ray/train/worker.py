@@ -104,10 +104,12 @@ def _mean_across_ranks(value: torch.Tensor) -> torch.Tensor:
 
 
 class _Throughput:
-    def __init__(self, cfg: OskarConfig, world: int):
+    """Samples/s, tokens/s and the share of step time spent waiting on data, per log window."""
+
+    def __init__(self, cfg: OskarConfig):
         self.samples_per_step = cfg.train.batch_size
         self.tokens_per_sample = cfg.budget.input_tokens + cfg.budget.target_tokens
-        self.started, self.steps, self.data_wait, self.total = time.perf_counter(), 0, 0.0, 0.0
+        self.steps, self.data_wait, self.total = 0, 0.0, 0.0
 
     def add(self, waited: float, took: float) -> None:
         self.steps, self.data_wait, self.total = self.steps + 1, self.data_wait + waited, self.total + took
@@ -130,25 +132,29 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.set_num_threads(cfg.train.threads or max(1, (os.cpu_count() or 1) // ctx.get_local_world_size()))
     seed_everything(cfg.train.seed)
     model = Oskar(cfg)
-    state = TrainState(run_id=config.get("run_id", ""))
-    checkpoint = ray.train.get_checkpoint()
-    optimizer_dir = None
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            state = load_checkpoint(directory, model)
-            optimizer_state = torch.load(Path(directory) / "optimizer.pt", map_location="cpu", weights_only=True)
-    elif config.get("resume"):
-        state = load_checkpoint(config["resume"], model)
-        optimizer_dir = config["resume"]
+    state, optimizer_state = _restore(model, config)
     state.run_id = config.get("run_id") or state.run_id
     wrapped = prepare_ddp(model)
     optimizer = build_optimizer(wrapped, cfg)
-    if checkpoint is not None:
+    if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
-    elif optimizer_dir:
-        optimizer.load_state_dict(torch.load(Path(optimizer_dir) / "optimizer.pt", map_location="cpu",
-                                             weights_only=True))
     _run_steps(cfg, config, wrapped, optimizer, state, rank, world)
+
+
+def _restore(model: Oskar, config: dict[str, Any]) -> tuple[TrainState, dict | None]:
+    """After a failure Ray hands back the last reported checkpoint; else ``--resume`` if given."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            return _load(directory, model)
+    if config.get("resume"):
+        return _load(config["resume"], model)
+    return TrainState(), None
+
+
+def _load(directory: str | Path, model: Oskar) -> tuple[TrainState, dict]:
+    state = load_checkpoint(directory, model)
+    return state, torch.load(Path(directory) / "optimizer.pt", map_location="cpu", weights_only=True)
 
 
 def _run_steps(cfg, config, wrapped, optimizer, state: TrainState, rank: int, world: int) -> None:
@@ -158,7 +164,7 @@ def _run_steps(cfg, config, wrapped, optimizer, state: TrainState, rank: int, wo
     batches = _batches(cfg, model, per_worker, rank)
     client = client_for(config["tracking_uri"]) if rank == 0 and state.run_id else None
     monitor = HealthMonitor(cfg, _held_out_batch(cfg, model, device)) if rank == 0 else None
-    throughput = _Throughput(cfg, world)
+    throughput = _Throughput(cfg)
     fail_at = config.get("fail_at_step")
     started = time.perf_counter()
     for step in range(state.step, cfg.train.steps):
