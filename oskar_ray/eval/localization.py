@@ -3,7 +3,7 @@
 Runbook::
 
     result = run_localization(ctx)
-    result.metrics["mAP@0.5"]
+    result.metrics["mAP_0.5"]
 
 1. Features: a clip-length window (``modalities.video.frames``) slides over each
    untrimmed sequence with stride :data:`WINDOW_STRIDE` frames; each window goes
@@ -33,6 +33,7 @@ from torch import nn
 from ..data.preprocess import READ_COLUMNS, DatasetMeta
 from .context import EvalContext, TaskResult
 from .features import encode_view, iterate_batches
+from .probes import single_threaded
 
 LOC_VIEW = "target:video"
 SPLIT = "untrimmed"
@@ -178,6 +179,7 @@ class TimestepHead(nn.Module):
         return self.conv(self.norm(feats).transpose(1, 2)).transpose(1, 2)
 
 
+@single_threaded
 def train_head(seqs: list[dict], n_classes: int, seed: int) -> TimestepHead:
     torch.manual_seed(seed)
     feats = nn.utils.rnn.pad_sequence([s["feats"] for s in seqs], batch_first=True)
@@ -221,7 +223,8 @@ def run_localization(ctx: EvalContext) -> TaskResult:
         for segment, label in zip(seq["segments"], seq["labels"], strict=False):
             truth[int(label)][i].append(segment)
     maps = mean_average_precision(detections, truth)
-    metrics = {f"mAP@{th}": value for th, value in maps.items()}
+    # "@" would become "_" in MLflow keys anyway: one spelling everywhere
+    metrics = {f"mAP_{th}": value for th, value in maps.items()}
     metrics["mAP"] = float(np.mean(list(maps.values())))
     pooled = [((c, d[0]), *d[1:]) for c, dets in detections.items() for d in dets]
     pooled_truth = {(c, k): v for c, t in truth.items() for k, v in t.items()}

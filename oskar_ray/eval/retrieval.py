@@ -3,7 +3,7 @@
 Runbook::
 
     result = run_retrieval(ctx)
-    result.metrics["t2v/R@1"], result.metrics["v2t/medR"]
+    result.metrics["t2v/R1"], result.metrics["v2t/medR"]
 
 Frozen pooled features of the video target encoder and the text target
 encoder (each clip's first caption) on the train split train one linear
@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .context import EvalContext, TaskResult
+from .probes import single_threaded
 
 PROJ_DIM = 128
 RETRIEVAL_STEPS = 300
@@ -46,6 +47,7 @@ def info_nce(sim: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
+@single_threaded
 def train_heads(video: torch.Tensor, text: torch.Tensor, steps: int = RETRIEVAL_STEPS,
                 seed: int = 0) -> ProjectionHeads:
     if len(video) != len(text):
@@ -73,7 +75,7 @@ def retrieval_metrics(sim: torch.Tensor) -> dict[str, float]:
     for name, matrix in (("t2v", sim), ("v2t", sim.T)):
         r = ranks(matrix).float()
         for k in RECALL_AT:
-            out[f"{name}/R@{k}"] = float((r <= k).float().mean() * 100)
+            out[f"{name}/R{k}"] = float((r <= k).float().mean() * 100)
         out[f"{name}/medR"] = float(r.median())
     return out
 

@@ -1,0 +1,101 @@
+"""End to end: a short pretraining on a small SynthAction set, evaluated through the CLI and the API."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from oskar_ray.config import load_config
+from oskar_ray.tracking import end_run, start_run
+
+TINY = Path(__file__).resolve().parents[1] / "experiments/configs/tiny.yaml"
+FAST_EVAL = ["eval.probe_epochs=3", "eval.finetune_epochs=1", "eval.batch_size=32"]
+
+
+def _cfg(tmp_path, synth_dir, *overrides):
+    return load_config(TINY, [
+        f"data.path={synth_dir}", "train.batch_size=8", "train.steps=8", "train.warmup_steps=2",
+        f"tracking.uri=sqlite:///{tmp_path}/m.db", "tracking.experiment=eval-test", *FAST_EVAL, *overrides])
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, synth_dir):
+    """A real checkpoint directory (Ray-Train format) from a few single-process steps, with its MLflow run."""
+    from oskar_ray.data.pipeline import iterate_local
+    from oskar_ray.model import Oskar
+    from oskar_ray.train import build_optimizer, train
+    from oskar_ray.train.checkpoint import TrainState, save_checkpoint
+
+    tmp = tmp_path_factory.mktemp("eval_e2e")
+    cfg = _cfg(tmp, synth_dir)
+    client, run_id = start_run(cfg, run_name="pretrain")
+    model = Oskar(cfg)
+    batches = iterate_local(synth_dir, "pretrain", cfg, cfg.train.batch_size, train=True, epochs=5, drop_last=True)
+    train(cfg, batches, model=model)
+    end_run(client, run_id)
+    ckpt = save_checkpoint(tmp / "ckpt", model, build_optimizer(model, cfg), cfg, TrainState(8, run_id))
+    return tmp, cfg, ckpt, run_id
+
+
+def test_cli_evaluates_every_task_and_logs_to_the_pretraining_run(pretrained, tmp_path):
+    from oskar_ray.eval.cli import main
+
+    tmp, cfg, ckpt, run_id = pretrained
+    out = tmp_path / "report"
+    assert main(["--checkpoint", str(ckpt), "--out", str(out), "--quiet",
+                 "--tasks", "action,lowshot,localization,retrieval,vqa,health,robustness"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    metrics = summary["metrics"]
+    for key in ("eval/action/video/attentive/top1", "eval/action/video/linear/top5", "eval/action/skeleton/knn/top1",
+                "eval/action/fusion/linear/top1", "eval/action/video/finetune/top1",
+                "eval/lowshot/10pct/video/linear/top1", "eval/localization/mAP_0.5", "eval/retrieval/t2v/R1",
+                "eval/retrieval/v2t/medR", "eval/vqa/accuracy", "eval/vqa/type/colour/accuracy",
+                "eval/health/video/rankme", "eval/robustness/video_only/attentive/top1"):
+        assert key in metrics, key
+    assert all(0.0 <= v <= 1.0 for k, v in metrics.items() if k.endswith("top1") and v is not None)
+    assert {p.name for p in out.glob("*.png")} == {"action.png", "localization.png", "retrieval.png"}
+    run = MlflowClient(cfg.tracking.uri).get_run(run_id)
+    assert run.data.metrics["eval/action/video/linear/top1"] == pytest.approx(metrics["eval/action/video/linear/top1"])
+    artifacts = {a.path for a in MlflowClient(cfg.tracking.uri).list_artifacts(run_id, "eval")}
+    assert "eval/summary.json" in artifacts and "eval/action.png" in artifacts
+
+
+def test_api_is_deterministic_and_baselines_log_to_child_runs(pretrained):
+    from oskar_ray.eval import evaluate
+    from oskar_ray.eval.api import evaluate_full
+
+    tmp, cfg, ckpt, run_id = pretrained
+    first = evaluate(ckpt, tasks=["retrieval", "health"], log=False, progress=False)
+    again = evaluate(ckpt, tasks=["health", "retrieval"], log=False, progress=False)
+    assert first == again
+    random = evaluate_full(ckpt, tasks=["retrieval"], baseline="random", progress=False)
+    child = MlflowClient(cfg.tracking.uri).get_run(random.run_id)
+    assert child.data.tags["mlflow.parentRunId"] == run_id and child.data.tags["eval.baseline"] == "random"
+    assert "eval/retrieval/t2v/R1" in child.data.metrics
+
+
+def test_bad_inputs_name_the_problem(pretrained, tmp_path):
+    from oskar_ray.eval import evaluate
+
+    _, cfg, ckpt, _ = pretrained
+    with pytest.raises(ValueError, match="unknown eval task"):
+        evaluate(ckpt, tasks=["nope"], log=False)
+    with pytest.raises(FileNotFoundError, match="not a checkpoint"):
+        evaluate(tmp_path, log=False)
+    with pytest.raises(FileNotFoundError, match="no manifest.json"):
+        evaluate(ckpt, dataset=tmp_path, tasks=["action"], log=False)
+
+
+@pytest.mark.slow
+def test_video_only_baseline_trains_the_same_steps_and_skips_other_modalities(pretrained, tmp_path):
+    from oskar_ray.eval.api import evaluate_full
+
+    _, _, ckpt, _ = pretrained
+    result = evaluate_full(ckpt, tasks=["action", "retrieval", "robustness", "health"], baseline="video_only",
+                           log=False, progress=False, cache_dir=tmp_path)
+    assert "eval/action/video/linear/top1" in result.metrics
+    assert not any("skeleton" in k or "retrieval" in k or "robustness" in k for k in result.metrics)
+    assert list(tmp_path.glob("video_only-*.safetensors"))  # cached for the next eval

@@ -1,0 +1,186 @@
+"""Each evaluation protocol on inputs whose right answer is known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from oskar_ray.eval.health import features_health, rankme
+from oskar_ray.eval.localization import (
+    mean_average_precision,
+    nms,
+    segments_from_scores,
+    timestep_labels,
+)
+from oskar_ray.eval.probes import (
+    attentive_probe,
+    confusion_matrix,
+    knn_probe,
+    linear_probe,
+    topk_accuracy,
+)
+from oskar_ray.eval.retrieval import ranks, retrieval_metrics, train_heads
+from oskar_ray.eval.vqa import multiple_choice_accuracy, option_sets, per_type_accuracy
+
+N_CLASSES = 5
+
+
+def one_hot_features(n: int, dim: int = 16, noise: float = 0.1, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % N_CLASSES
+    feats = torch.randn(n, dim, generator=g) * noise
+    feats[torch.arange(n), labels] += 1.0
+    return feats, labels
+
+
+def random_features(n: int, dim: int = 16, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, dim, generator=g), torch.randint(0, N_CLASSES, (n,), generator=g)
+
+
+def splits(make):
+    return [make(n, seed=s) for n, s in ((200, 0), (100, 1), (300, 2))]
+
+
+def test_topk_and_confusion():
+    logits = torch.tensor([[3.0, 2.0, 1.0], [1.0, 3.0, 2.0], [1.0, 2.0, 3.0]])
+    labels = torch.tensor([0, 2, 0])
+    assert topk_accuracy(logits, labels, 1) == pytest.approx(1 / 3)
+    assert topk_accuracy(logits, labels, 2) == pytest.approx(2 / 3)
+    assert topk_accuracy(logits, labels, 10) == 1.0  # k clipped to the class count
+    matrix = confusion_matrix(logits, labels, 3)
+    assert matrix.tolist() == [[1, 0, 1], [0, 0, 0], [0, 1, 0]]
+
+
+def test_linear_probe_one_hot_is_perfect_and_random_is_chance():
+    (xtr, ytr), (xva, yva), (xte, yte) = splits(one_hot_features)
+    assert linear_probe(xtr, ytr, xva, yva, xte, yte, N_CLASSES).top1 > 0.98
+    (xtr, ytr), (xva, yva), (xte, yte) = splits(random_features)
+    res = linear_probe(xtr, ytr, xva, yva, xte, yte, N_CLASSES)
+    assert res.top1 < 0.35  # chance = 0.2
+    assert res.logits.shape == (300, N_CLASSES)
+
+
+def test_knn_one_hot_is_perfect_and_random_is_chance():
+    (xtr, ytr), _, (xte, yte) = splits(one_hot_features)
+    assert knn_probe(xtr, ytr, xte, yte, N_CLASSES, k=20).top1 > 0.98
+    (xtr, ytr), _, (xte, yte) = splits(random_features)
+    assert knn_probe(xtr, ytr, xte, yte, N_CLASSES, k=20).top1 < 0.35
+
+
+def test_probe_rejects_mismatched_rows():
+    x, y = one_hot_features(10)
+    with pytest.raises(ValueError, match="train: 10 feature rows but 9 labels"):
+        linear_probe(x, y[:9], x, y, x, y, N_CLASSES)
+
+
+def token_set(n: int, seed: int, informative: bool = True):
+    """8 noise tokens per sample; one of them (random position) carries the class one-hot."""
+    g = torch.Generator().manual_seed(seed)
+    feats, labels = one_hot_features(n, seed=seed) if informative else random_features(n, seed=seed)
+    tokens = torch.randn(n, 8, 16, generator=g) * 0.3
+    where = torch.randint(0, 8, (n,), generator=g)
+    tokens[torch.arange(n), where] = feats * 3
+    valid = torch.ones(n, 8, dtype=torch.bool)
+    return tokens, valid, labels
+
+
+def test_attentive_probe_finds_the_informative_token():
+    train, val, test = token_set(200, 0), token_set(100, 1), token_set(200, 2)
+    assert attentive_probe(train, val, test, N_CLASSES, epochs=20).top1 > 0.9
+    train, val, test = (token_set(n, s, informative=False) for n, s in ((200, 0), (100, 1), (200, 2)))
+    assert attentive_probe(train, val, test, N_CLASSES, epochs=5).top1 < 0.35
+
+
+def test_attentive_probe_ignores_invalid_tokens():
+    tokens, valid, labels = token_set(64, 0)
+    valid[:, 4:] = False
+    noisy = tokens.clone()
+    noisy[:, 4:] = 1e3  # padding garbage must not change the prediction
+    from oskar_ray.eval.probes import AttentiveHead
+
+    head = AttentiveHead(16, N_CLASSES).eval()
+    with torch.no_grad():
+        assert torch.allclose(head(tokens, valid), head(noisy, valid), atol=1e-5)
+
+
+def test_retrieval_identity_is_perfect_and_ties_are_not():
+    metrics = retrieval_metrics(torch.eye(20))
+    assert metrics["t2v/R1"] == 100.0 and metrics["v2t/R1"] == 100.0
+    assert metrics["t2v/medR"] == 1.0
+    assert ranks(torch.ones(5, 5)).tolist() == [5] * 5  # a collapsed encoder is last, not first
+
+
+def test_retrieval_heads_on_identical_features():
+    feats, _ = random_features(64, dim=32)
+    heads = train_heads(feats, feats, steps=100)
+    with torch.no_grad():
+        metrics = retrieval_metrics(heads.similarity(feats, feats))
+    assert metrics["t2v/R1"] == 100.0 and metrics["v2t/R1"] == 100.0
+    shuffled = retrieval_metrics(torch.randn(64, 64, generator=torch.Generator().manual_seed(0)))
+    assert shuffled["t2v/R1"] < 15.0
+
+
+def _truth():
+    return {0: {0: [(0.1, 0.4)], 1: [(0.5, 0.8)]}, 1: {0: [(0.6, 0.9)]}}
+
+
+def test_localization_map_perfect_and_shifted():
+    truth = _truth()
+    perfect = {c: [(k, s, e, 0.9) for k, segs in t.items() for s, e in segs] for c, t in truth.items()}
+    assert mean_average_precision(perfect, truth) == {0.3: 1.0, 0.5: 1.0, 0.7: 1.0}
+    shifted = {c: [(k, s + 0.1, e + 0.1, 0.9) for k, segs in t.items() for s, e in segs] for c, t in truth.items()}
+    maps = mean_average_precision(shifted, truth)  # tIoU of a 0.3 segment shifted by 0.1 = 0.5
+    assert maps[0.3] == 1.0 and maps[0.7] == 0.0
+    wrong_class = {1 - c: d for c, d in perfect.items()}
+    assert mean_average_precision(wrong_class, truth)[0.5] == 0.0
+    with pytest.raises(ValueError, match="no ground-truth"):
+        mean_average_precision(perfect, {})
+
+
+def test_segments_from_scores_recovers_a_block():
+    times = (np.arange(16) + 0.5) / 16
+    scores = np.where((times > 0.25) & (times < 0.5), 0.95, 0.02)
+    segs = segments_from_scores(scores, times, half_width=0.5 / 16)
+    assert len(segs) == 1
+    start, end, score = segs[0]
+    assert start == pytest.approx(0.25) and end == pytest.approx(0.5) and score == pytest.approx(0.95)
+    assert len(nms([(0.1, 0.4, 0.9), (0.12, 0.4, 0.8), (0.6, 0.7, 0.5)])) == 2
+
+
+def test_timestep_labels():
+    times = np.array([0.05, 0.25, 0.45, 0.65])
+    assert timestep_labels(times, [(0.2, 0.5)], [3], background=9).tolist() == [9, 3, 3, 9]
+
+
+def test_rankme_identity_and_rank_one():
+    assert rankme(torch.eye(32)) == pytest.approx(32, rel=1e-3)
+    rank_one = torch.randn(100, 1) @ torch.randn(1, 32)
+    assert rankme(rank_one) == pytest.approx(1.0, abs=0.05)
+    out = features_health({"video": torch.eye(8), "tiny": torch.ones(1, 8)})
+    assert set(out) == {"video/rankme", "video/std"}
+
+
+def test_vqa_multiple_choice_and_per_type():
+    answers = torch.tensor([0, 1, 2, 3])
+    types = torch.tensor([0, 0, 1, 1])
+    options = option_sets(answers, types, n_answers=4, n_types=2)
+    assert options.tolist() == [[True, True, False, False], [False, False, True, True]]
+    logits = torch.tensor([[0.0, -1.0, 5.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [9.0, 0, 0, 1.0]])
+    assert multiple_choice_accuracy(logits, answers, types, options) == 1.0  # options rescue rows 0 and 3
+    per_type = per_type_accuracy(logits, answers, types, ["action", "colour"])
+    assert per_type == {"type/action/accuracy": 0.5, "type/colour/accuracy": 0.5}
+
+
+def test_pooling_matches_model_encode(tiny_cfg):
+    from oskar_ray.eval.features import encode_view
+    from oskar_ray.model import Oskar
+
+    model = Oskar(tiny_cfg).eval()
+    batch = model.example_batch(4, present={"skeleton": [True, False, True, True]})
+    pooled, tokens, valid = encode_view(model, batch, "fusion:video+skeleton")
+    assert torch.allclose(pooled, model.encode(batch, ["video", "skeleton"], encoder="fusion"), atol=1e-5)
+    assert tokens.shape[:2] == valid.shape
+    with pytest.raises(ValueError, match="must look like"):
+        encode_view(model, batch, "video")
