@@ -89,7 +89,6 @@ def test_bad_inputs_name_the_problem(pretrained, tmp_path):
         evaluate(ckpt, dataset=tmp_path, tasks=["action"], log=False)
 
 
-@pytest.mark.slow
 def test_video_only_baseline_trains_the_same_steps_and_skips_other_modalities(pretrained, tmp_path):
     from oskar_ray.eval.api import evaluate_full
 
