@@ -144,11 +144,22 @@ def _dataset(dataset: str | Path | None, cfg: OskarConfig) -> Path:
 def _context(model, cfg: OskarConfig, dataset: Path, seed: int, progress: bool,
              cache_dir: str | Path | None) -> EvalContext:
     e = cfg.eval
-    cache = FeatureCache(model, dataset, cfg, VIEWS, batch_size=e.batch_size, progress=progress,
-                         cache_dir=Path(cache_dir) / "features" if cache_dir else None)
+    # features depend on the weights and the data: key the on-disk cache by both
+    where = Path(cache_dir) / "features" / _fingerprint(model, dataset) if cache_dir else None
+    cache = FeatureCache(model, dataset, cfg, VIEWS, batch_size=e.batch_size, progress=progress, cache_dir=where)
     return EvalContext(model=model, cfg=cfg, dataset=dataset, cache=cache, seed=seed, progress=progress,
                        probe_epochs=e.probe_epochs, finetune_epochs=e.finetune_epochs, knn_k=e.knn_k,
                        batch_size=e.batch_size)
+
+
+def _fingerprint(model, dataset: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256((dataset / "manifest.json").read_bytes())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _run_tasks(ctx: EvalContext, tasks: list[str]) -> tuple[dict[str, float], dict, dict[str, float]]:
