@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from oskar_ray.config import OskarConfig, load_config
 from oskar_ray.data.pipeline import iterate_local
@@ -39,6 +40,8 @@ from oskar_ray.train.launch import pretrain, resolve_data
 
 def single_process(cfg: OskarConfig, skip: int) -> float:
     seed_everything(cfg.train.seed)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
     model = Oskar(cfg)
     optimizer = build_optimizer(model, cfg)
     batches = iterate_local(cfg.data.path, cfg.data.train_split, cfg, cfg.train.batch_size, seed=0, train=True,
