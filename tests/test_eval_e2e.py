@@ -98,3 +98,14 @@ def test_video_only_baseline_trains_the_same_steps_and_skips_other_modalities(pr
     assert "eval/action/video/linear/top1" in result.metrics
     assert not any("skeleton" in k or "retrieval" in k or "robustness" in k for k in result.metrics)
     assert list(tmp_path.glob("video_only-*.safetensors"))  # cached for the next eval
+
+
+def test_feature_cache_is_keyed_by_weights(pretrained, tmp_path):
+    from oskar_ray.eval import evaluate
+
+    _, _, ckpt, _ = pretrained
+    trained = evaluate(ckpt, tasks=["health"], log=False, progress=False, cache_dir=tmp_path)
+    random = evaluate(ckpt, tasks=["health"], baseline="random", log=False, progress=False, cache_dir=tmp_path)
+    assert trained != random  # the random encoder must not be served the trained encoder's cached features
+    assert len(list((tmp_path / "features").iterdir())) == 2
+    assert evaluate(ckpt, tasks=["health"], log=False, progress=False, cache_dir=tmp_path) == trained

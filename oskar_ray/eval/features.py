@@ -136,7 +136,7 @@ def extract(model, batches: Iterator[tuple[dict, list[dict]]], views: list[str],
     parts: dict[str, list] = {v: [] for v in views}
     labels: dict[str, list] = {k: [] for k in LABEL_KEYS}
     for batch, _ in tqdm(batches, desc=desc, disable=not progress, leave=False):
-        batch = _to(batch, device)
+        batch = to_device(batch, device)
         for view in views:
             pooled, tokens, valid = encode_view(model, batch, view)
             parts[view].append((pooled.float().cpu(), tokens.to(TOKEN_DTYPE).cpu(), valid.cpu()))
@@ -150,7 +150,7 @@ def extract(model, batches: Iterator[tuple[dict, list[dict]]], views: list[str],
             for view, chunks in parts.items()}
 
 
-def _to(batch: dict, device: torch.device) -> dict:
+def to_device(batch: dict, device: torch.device) -> dict:
     from ..model.oskar import move_batch
 
     return batch if device.type == "cpu" else move_batch(batch, device)

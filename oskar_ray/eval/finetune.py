@@ -23,7 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..data.pipeline import iterate_local
-from .features import iterate_batches, parse_view, pool
+from .features import iterate_batches, parse_view, pool, to_device
 from .probes import ProbeResult, topk_accuracy
 
 FINETUNE_LR = 1e-3
@@ -51,13 +51,15 @@ def finetune(model, view: str, dataset_dir, cfg, *, train_split: str, test_split
              epochs: int, batch_size: int = 32, seed: int = 0, progress: bool = True) -> ProbeResult:
     """Fine-tune on ``train_split`` for ``epochs``; top-1/top-5 on ``test_split``."""
     torch.manual_seed(seed)
-    net = FineTuned(model, view, n_classes)
+    device = next(model.parameters()).device
+    net = FineTuned(model, view, n_classes).to(device)
     opt = torch.optim.AdamW([{"params": net.encoder.parameters(), "lr": FINETUNE_LR * ENCODER_LR_SCALE},
                              {"params": net.head.parameters(), "lr": FINETUNE_LR}], weight_decay=0.05)
     batches = iterate_local(dataset_dir, train_split, cfg, batch_size, seed=seed, train=True, epochs=epochs,
                             with_masks=False)
     net.train()
     for batch in tqdm(batches, desc=f"fine-tune {view}", disable=not progress, leave=False):
+        batch = to_device(batch, device)
         opt.zero_grad()
         F.cross_entropy(net(batch), batch["action"]).backward()
         opt.step()
@@ -65,7 +67,8 @@ def finetune(model, view: str, dataset_dir, cfg, *, train_split: str, test_split
     logits, labels = [], []
     with torch.no_grad():
         for batch, _ in iterate_batches(dataset_dir, test_split, cfg, batch_size):
-            logits.append(net(batch))
-            labels.append(batch["action"])
+            batch = to_device(batch, device)
+            logits.append(net(batch).cpu())
+            labels.append(batch["action"].cpu())
     out, y = torch.cat(logits), torch.cat(labels)
     return ProbeResult(topk_accuracy(out, y, 1), topk_accuracy(out, y, 5), out)

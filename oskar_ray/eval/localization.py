@@ -7,7 +7,7 @@ Runbook::
 
 1. Features: a clip-length window (``modalities.video.frames``) slides over each
    untrimmed sequence with stride :data:`WINDOW_STRIDE` frames; each window goes
-   through the frozen video target encoder exactly like a training clip and
+   through a frozen target encoder (video; skeleton too, as ``skeleton/...``) exactly like a training clip and
    its pooled feature describes the window centre (one timestep).
 2. Head: a 1-D convolution over time (kernel 3: each timestep sees its
    neighbours) classifies every timestep into background or an action class.
@@ -32,10 +32,11 @@ from torch import nn
 
 from ..data.preprocess import READ_COLUMNS, DatasetMeta
 from .context import EvalContext, TaskResult
-from .features import encode_view, iterate_batches
+from .features import encode_view, iterate_batches, to_device
 from .probes import single_threaded
 
-LOC_VIEW = "target:video"
+#: metric prefix -> view; video is the headline (DESIGN.md), skeleton shows what the same head gets from pose
+LOC_VIEWS = {"": "target:video", "skeleton/": "target:skeleton"}
 SPLIT = "untrimmed"
 WINDOW_STRIDE = 4
 TRAIN_SHARE = 0.6
@@ -141,7 +142,7 @@ def _windows(meta: DatasetMeta, clip_len: int, stride: int):
 
 
 @torch.no_grad()
-def sequence_features(ctx: EvalContext, view: str = LOC_VIEW):
+def sequence_features(ctx: EvalContext, view: str = "target:video"):
     """Per sequence: (features (T, D), centre times (T,), segments, labels)."""
     meta = DatasetMeta.load(ctx.dataset, SPLIT)
     clip_len = ctx.cfg.modalities["video"].frames
@@ -149,8 +150,10 @@ def sequence_features(ctx: EvalContext, view: str = LOC_VIEW):
     columns = [*READ_COLUMNS, "segment_labels"]
     seqs: dict[str, dict] = defaultdict(lambda: {"feats": [], "times": []})
     ctx.model.eval()
+    device = next(ctx.model.parameters()).device
     for batch, rows in iterate_batches(ctx.dataset, SPLIT, ctx.cfg, ctx.batch_size, expand, columns):
-        pooled, _, _ = encode_view(ctx.model, batch, view)
+        pooled, _, _ = encode_view(ctx.model, to_device(batch, device), view)
+        pooled = pooled.float().cpu()
         for row, feat in zip(rows, pooled, strict=True):
             seq = seqs[row["id"]]
             seq["feats"].append(feat)
@@ -205,11 +208,21 @@ def detect(head: TimestepHead, seqs: list[dict], n_classes: int) -> dict[int, li
 
 
 def run_localization(ctx: EvalContext) -> TaskResult:
+    """``mAP_<tIoU>`` on video features (the headline) and ``skeleton/mAP_<tIoU>`` on skeleton windows."""
     ctx.require_split(SPLIT, "localization")
-    if LOC_VIEW not in ctx.cache.views:
-        return TaskResult()
+    result = TaskResult()
+    for prefix, view in LOC_VIEWS.items():
+        if view not in ctx.cache.views:
+            continue
+        metrics, pr = _localize(ctx, view)
+        result.metrics.update({f"{prefix}{k}": v for k, v in metrics.items()})
+        result.plots.setdefault("pr", pr)  # the first (video) view is plotted
+    return result
+
+
+def _localize(ctx: EvalContext, view: str) -> tuple[dict[str, float], dict]:
     n_classes = len(ctx.vocab("actions"))
-    seqs = sequence_features(ctx)
+    seqs = sequence_features(ctx, view)
     if len(seqs) < 2:
         raise ValueError(f"{ctx.dataset}: split {SPLIT!r} needs at least 2 sequences (train + test part)")
     for seq in seqs:
@@ -229,5 +242,4 @@ def run_localization(ctx: EvalContext) -> TaskResult:
     pooled = [((c, d[0]), *d[1:]) for c, dets in detections.items() for d in dets]
     pooled_truth = {(c, k): v for c, t in truth.items() for k, v in t.items()}
     precision, recall = precision_recall(pooled, pooled_truth, 0.5)
-    return TaskResult(metrics=metrics, plots={"pr": {"precision": precision.tolist(), "recall": recall.tolist(),
-                                                      "tiou": 0.5}})
+    return metrics, {"precision": precision.tolist(), "recall": recall.tolist(), "tiou": 0.5}
