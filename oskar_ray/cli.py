@@ -3,6 +3,7 @@
     oskar data synth  --out DIR [--samples N --seed S]          # built-in benchmark
     oskar data ingest --out DIR --split NAME --videos DIR ...   # your own data
     oskar pretrain    --config FILE [--set key=value ...]       # OSKAR pretraining
+    oskar eval        --checkpoint PATH [--tasks action,...]    # downstream evaluation
 
 ``pretrain`` runs Ray Train on the local Ray cluster (or ``$RAY_ADDRESS``),
 synthesising the built-in benchmark into ``data/`` when ``data.path`` is
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from .config import OskarConfig, load_config, save_config
 from .data.cli import add_data_commands
+from .eval.cli import add_eval_commands
 
 
 def _add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -64,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--local", action="store_true",
                           help="single process, no Ray, built-in example stream (a smoke check)")
     pretrain.set_defaults(func=_pretrain)
+    add_eval_commands(commands)
     return parser
 
 
