@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from ..data import store
 from ..data.preprocess import READ_COLUMNS, DatasetMeta, nest_present, preprocess_batch
+from ..model.oskar import pool_by_modality
 
 #: label columns carried into Features (present only on labelled splits)
 LABEL_KEYS = ("action", "answer", "question_type")
@@ -113,18 +114,7 @@ def encode_view(model, batch: dict, view: str) -> tuple[torch.Tensor, torch.Tens
         names = ["text" if n == "question" else n for n in names]
     tokens, valid = model.encode_tokens(batch, names, encoder=encoder)
     sizes = [model.modalities[n].num_tokens for n in model._requested(batch, names)]
-    return pool(tokens, valid, sizes), tokens, valid
-
-
-def pool(tokens: torch.Tensor, valid: torch.Tensor, sizes: list[int]) -> torch.Tensor:
-    """Mean over each modality's valid tokens, then over the modalities present."""
-    pooled, weights = [], []
-    for part, mask in zip(tokens.split(sizes, 1), valid.split(sizes, 1), strict=True):
-        count = mask.sum(1, keepdim=True)
-        pooled.append((part * mask[..., None]).sum(1) / count.clamp(min=1))
-        weights.append((count > 0).float())
-    weight = torch.stack(weights)
-    return (torch.stack(pooled) * weight).sum(0) / weight.sum(0).clamp(min=1)
+    return pool_by_modality(tokens, valid, sizes), tokens, valid
 
 
 @torch.no_grad()

@@ -23,7 +23,8 @@ from torch import nn
 from tqdm import tqdm
 
 from ..data.pipeline import iterate_local
-from .features import iterate_batches, parse_view, pool, to_device
+from ..model.oskar import pool_by_modality
+from .features import iterate_batches, parse_view, to_device
 from .probes import ProbeResult, topk_accuracy
 
 FINETUNE_LR = 1e-3
@@ -44,7 +45,7 @@ class FineTuned(nn.Module):
     def forward(self, batch: dict) -> torch.Tensor:
         valid = self._valid(batch, self.names)
         tokens = self.encoder(self.encoder.tokenize(batch, self.names), valid)
-        return self.head(pool(tokens, valid, self.sizes))
+        return self.head(pool_by_modality(tokens, valid, self.sizes))
 
 
 def finetune(model, view: str, dataset_dir, cfg, *, train_split: str, test_split: str, n_classes: int,

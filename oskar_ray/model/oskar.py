@@ -102,14 +102,7 @@ class Oskar(nn.Module):
         over the modalities the sample carries (so long modalities do not dominate)."""
         names = self._requested(batch, modalities)
         tokens, valid = self.encode_tokens(batch, list(names), encoder)
-        sizes = [self.modalities[n].num_tokens for n in names]
-        pooled, weights = [], []
-        for part, mask in zip(tokens.split(sizes, 1), valid.split(sizes, 1), strict=True):
-            count = mask.sum(1, keepdim=True)
-            pooled.append((part * mask[..., None]).sum(1) / count.clamp(min=1))
-            weights.append((count > 0).float())
-        weight = torch.stack(weights)
-        return (torch.stack(pooled) * weight).sum(0) / weight.sum(0).clamp(min=1)
+        return pool_by_modality(tokens, valid, [self.modalities[n].num_tokens for n in names])
 
     # --- utilities -------------------------------------------------------------
     def example_batch(
@@ -250,6 +243,18 @@ class Oskar(nn.Module):
             named = list(encoder.named_parameters())
             pairs[name] = ([p for _, p in named], [sources[n] for n, _ in named])
         return pairs
+
+
+def pool_by_modality(tokens: torch.Tensor, valid: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """``(B, N, D)`` → ``(B, D)``: mean over each modality's valid tokens (``sizes`` split N),
+    then over the modalities the sample carries."""
+    pooled, weights = [], []
+    for part, mask in zip(tokens.split(sizes, 1), valid.split(sizes, 1), strict=True):
+        count = mask.sum(1, keepdim=True)
+        pooled.append((part * mask[..., None]).sum(1) / count.clamp(min=1))
+        weights.append((count > 0).float())
+    weight = torch.stack(weights)
+    return (torch.stack(pooled) * weight).sum(0) / weight.sum(0).clamp(min=1)
 
 
 def _gather(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
