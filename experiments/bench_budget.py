@@ -31,6 +31,7 @@ from torch import nn
 from oskar_ray.config import OskarConfig, load_config
 from oskar_ray.model import Oskar
 from oskar_ray.model.blocks import Transformer
+from oskar_ray.model.budget import build_modalities
 from oskar_ray.train import build_optimizer, train_step
 
 MODALITY_SETS = (("video",), ("video", "skeleton"), ("video", "skeleton", "text"))
@@ -77,7 +78,8 @@ def _naive_config(cfg: OskarConfig, names: tuple[str, ...]) -> OskarConfig:
     so the sampler spills into the masked ones — i.e. nothing is dropped.
     """
     naive = copy.deepcopy(cfg)
-    total = sum(Oskar(cfg).modalities[n].num_tokens for n in names)
+    modalities = build_modalities(cfg)
+    total = sum(modalities[n].num_tokens for n in names)
     naive.budget.input_tokens = total - cfg.budget.target_tokens
     return naive
 

@@ -147,9 +147,7 @@ def _context(model, cfg: OskarConfig, dataset: Path, seed: int, progress: bool,
     # features depend on the weights and the data: key the on-disk cache by both
     where = Path(cache_dir) / "features" / _fingerprint(model, dataset) if cache_dir else None
     cache = FeatureCache(model, dataset, cfg, VIEWS, batch_size=e.batch_size, progress=progress, cache_dir=where)
-    return EvalContext(model=model, cfg=cfg, dataset=dataset, cache=cache, seed=seed, progress=progress,
-                       probe_epochs=e.probe_epochs, finetune_epochs=e.finetune_epochs, knn_k=e.knn_k,
-                       batch_size=e.batch_size)
+    return EvalContext(model=model, cfg=cfg, dataset=dataset, cache=cache, seed=seed, progress=progress)
 
 
 def _fingerprint(model, dataset: Path) -> str:

@@ -8,6 +8,7 @@ relative (``video/linear/top1``) and the API prefixes ``eval/<task>/``;
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +27,25 @@ class EvalContext:
     cache: FeatureCache
     seed: int = 0
     progress: bool = True
-    probe_epochs: int = 30
-    finetune_epochs: int = 3
-    knn_k: int = 20
-    batch_size: int = 64
+
+    # eval settings come from the config: one source of truth
+    @property
+    def probe_epochs(self) -> int:
+        return self.cfg.eval.probe_epochs
 
     @property
+    def finetune_epochs(self) -> int:
+        return self.cfg.eval.finetune_epochs
+
+    @property
+    def knn_k(self) -> int:
+        return self.cfg.eval.knn_k
+
+    @property
+    def batch_size(self) -> int:
+        return self.cfg.eval.batch_size
+
+    @cached_property
     def manifest(self) -> dict:
         return store.load_manifest(self.dataset)
 

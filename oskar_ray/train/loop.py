@@ -108,6 +108,15 @@ def train_step(
     return metrics
 
 
+def progress_line(done: int, total: int, metrics: dict[str, float], samples_per_s: float, eta_s: float,
+                  data_wait: float | None = None) -> str:
+    """The one console line per log step, shared by the plain loop and the Ray worker."""
+    parts = " ".join(f"{k[5:]}={v:.3f}" for k, v in metrics.items() if k.startswith("loss/"))
+    wait = "" if data_wait is None else f"  data wait {data_wait:.0%}"
+    return (f"step {done:>6}/{total}  loss {metrics['loss']:.4f} ({parts})  lr {metrics['lr']:.2e}  "
+            f"{samples_per_s:.1f} samples/s{wait}  ETA {eta_s:.0f}s")
+
+
 def example_stream(model: Oskar, batch_size: int, seed: int) -> Iterator[dict]:
     """An endless, deterministic stream of structured example batches."""
     index = 0

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..config import OskarConfig
 from ..model import Oskar
-from .loop import seed_everything, train
+from .loop import progress_line, seed_everything, train
 
 
 def progress_printer(cfg: OskarConfig, started: float):
@@ -24,9 +24,7 @@ def progress_printer(cfg: OskarConfig, started: float):
         elapsed = time.perf_counter() - started
         rate = done * cfg.train.batch_size / elapsed
         eta = elapsed / done * (cfg.train.steps - done)
-        parts = " ".join(f"{k[5:]}={v:.4f}" for k, v in metrics.items() if k.startswith("loss/"))
-        print(f"step {done:>6}/{cfg.train.steps}  loss {metrics['loss']:.4f} ({parts})  "
-              f"lr {metrics['lr']:.2e}  {rate:.1f} samples/s  ETA {eta:.0f}s", flush=True)
+        print(progress_line(done, cfg.train.steps, metrics, rate, eta), flush=True)
 
     return on_step
 

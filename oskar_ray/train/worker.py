@@ -32,7 +32,7 @@ from ..eval.health import health_metrics
 from ..model import Oskar, move_batch
 from ..tracking import client_for, log_metrics, set_tags
 from .checkpoint import TrainState, load_checkpoint, save_checkpoint
-from .loop import NonFiniteLossError, build_optimizer, seed_everything, train_step, unwrap
+from .loop import NonFiniteLossError, build_optimizer, progress_line, seed_everything, train_step, unwrap
 
 
 def _quiet_ray_train_logs() -> None:
@@ -76,16 +76,12 @@ def _held_out_batch(cfg: OskarConfig, model: Oskar, device) -> dict:
     return move_batch(model.example_batch(cfg.eval.batch_size, seed=10_007), device)
 
 
-def _batches(cfg: OskarConfig, model: Oskar, per_worker: int, rank: int) -> Iterator[dict]:
-    shard = ray.train.get_dataset_shard("train") if cfg.data.path else None
-    if shard is None:
-        from .loop import example_stream
-
-        yield from example_stream(model, per_worker, cfg.train.seed * 7919 + rank)
-        return
+def _batches(cfg: OskarConfig, per_worker: int) -> Iterator[dict]:
+    """This worker's shard of the launcher's stream (which already spans the run's epochs)."""
     from ..data.pipeline import iter_train_batches
 
-    while True:  # epochs
+    shard = ray.train.get_dataset_shard("train")
+    while True:  # re-iterate only if a run outlives the stream
         yielded = False
         for batch in iter_train_batches(shard, cfg, per_worker, train=True):
             yielded = True
@@ -161,7 +157,7 @@ def _run_steps(cfg, config, wrapped, optimizer, state: TrainState, rank: int, wo
     model = unwrap(wrapped)
     device = next(model.parameters()).device
     per_worker = cfg.train.batch_size // world
-    batches = _batches(cfg, model, per_worker, rank)
+    batches = _batches(cfg, per_worker)
     client = client_for(config["tracking_uri"]) if rank == 0 and state.run_id else None
     monitor = HealthMonitor(cfg, _held_out_batch(cfg, model, device)) if rank == 0 else None
     throughput = _Throughput(cfg)
@@ -221,10 +217,8 @@ def _log(client, state: TrainState, cfg: OskarConfig, metrics: dict, done: int, 
             set_tags(client, state.run_id, {"health.collapse_alarm": f"step {done}"})
     elapsed = time.perf_counter() - started
     eta = elapsed / max(done - state.step, 1) * (cfg.train.steps - done)
-    parts = " ".join(f"{k[5:]}={v:.3f}" for k, v in metrics.items() if k.startswith("loss/"))
-    print(f"step {done:>6}/{cfg.train.steps}  loss {metrics['loss']:.4f} ({parts})  "
-          f"{metrics['samples_per_s']:.1f} samples/s  data wait {metrics['data_wait_fraction']:.0%}  "
-          f"ETA {eta:.0f}s", flush=True)
+    print(progress_line(done, cfg.train.steps, metrics, metrics["samples_per_s"], eta,
+                        metrics["data_wait_fraction"]), flush=True)
 
 
 def _checkpoint(model: Oskar, optimizer, cfg: OskarConfig, state: TrainState, rank: int) -> None:

@@ -1,0 +1,116 @@
+"""Config validation: every rule, each raising ``ValueError`` that names its dotted field.
+
+Called by ``oskar_ray.config.load_config`` / ``config_from_dict`` after the
+defaults → YAML → overrides merge, so no run starts on an invalid config.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .modalities import modality_class
+
+if TYPE_CHECKING:
+    from .config import OskarConfig
+
+
+def validate(cfg: OskarConfig) -> None:
+    _validate_model(cfg)
+    _validate_budget(cfg)
+    _validate_ema(cfg)
+    _validate_train(cfg)
+    choices = {"data.video_norm": (cfg.data.video_norm, ("clip", "dataset"))}
+    for name, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+    _positive(cfg, "data.cpus_per_task", "data.shuffle_buffer", "data.prefetch_batches", "data.synth_samples")
+    _positive(cfg, "eval.rankme_every", "eval.knn_k", "eval.batch_size", "eval.collapse_patience")
+
+
+def _get(cfg: OskarConfig, dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _positive(cfg: OskarConfig, *names: str) -> None:
+    for name in names:
+        value = _get(cfg, name)
+        if value <= 0:
+            raise ValueError(f"{name} must be positive, got {value}")
+
+
+def _validate_model(cfg: OskarConfig) -> None:
+    _positive(cfg, "model.dim", "model.depth", "model.heads", "model.mlp_ratio")
+    _positive(cfg, "predictor.dim", "predictor.depth", "predictor.heads", "predictor.mlp_ratio")
+    for section in ("model", "predictor"):
+        dim, heads = _get(cfg, f"{section}.dim"), _get(cfg, f"{section}.heads")
+        if dim % heads:
+            raise ValueError(f"{section}.dim ({dim}) must be divisible by {section}.heads ({heads})")
+    if cfg.model.loss not in ("mse", "l1"):
+        raise ValueError(f"model.loss must be 'mse' or 'l1', got {cfg.model.loss!r}")
+    if cfg.predictor.kind not in ("cross", "concat"):
+        raise ValueError(f"predictor.kind must be 'cross' or 'concat', got {cfg.predictor.kind!r}")
+    if not cfg.enabled_modalities:
+        raise ValueError("modalities: at least one modality must be enabled")
+    for name, mcfg in cfg.modalities.items():
+        modality_class(name)(mcfg).validate(f"modalities.{name}")
+
+
+def _validate_budget(cfg: OskarConfig) -> None:
+    b = cfg.budget
+    _positive(cfg, "budget.input_tokens", "budget.target_tokens", "budget.input_alpha")
+    _positive(cfg, "budget.target_alpha", "budget.time_bins")
+    if not 0.0 <= b.cross_modal_share <= 1.0:
+        raise ValueError(f"budget.cross_modal_share must be in [0, 1], got {b.cross_modal_share}")
+    visible = masked = 0
+    for name in cfg.enabled_modalities:
+        mcfg = cfg.modalities[name]
+        n = modality_class(name)(mcfg).num_tokens
+        n_masked = round(mcfg.mask_ratio * n)
+        visible, masked = visible + n - n_masked, masked + n_masked
+    if b.target_tokens > masked:
+        raise ValueError(
+            f"budget.target_tokens ({b.target_tokens}) exceeds the {masked} masked tokens "
+            f"the enabled modalities can provide (raise mask_ratio or lower the budget)"
+        )
+    if b.input_tokens > visible:
+        raise ValueError(
+            f"budget.input_tokens ({b.input_tokens}) exceeds the {visible} visible tokens "
+            f"the enabled modalities can provide (lower mask_ratio or the budget)"
+        )
+
+
+def _validate_ema(cfg: OskarConfig) -> None:
+    e = cfg.ema
+    for name in ("ema.start", "ema.end"):
+        if not 0.0 <= _get(cfg, name) <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {_get(cfg, name)}")
+    if e.schedule not in ("cosine", "linear", "constant"):
+        raise ValueError(f"ema.schedule must be cosine, linear or constant, got {e.schedule!r}")
+    for name, start in e.modality_start.items():
+        if name not in cfg.modalities:
+            raise ValueError(f"ema.modality_start.{name}: unknown modality (configured: {list(cfg.modalities)})")
+        if not 0.0 <= start <= 1.0:
+            raise ValueError(f"ema.modality_start.{name} must be in [0, 1], got {start}")
+    if e.modality_start and not e.per_modality:
+        raise ValueError("ema.modality_start needs ema.per_modality=true (one shared target encoder)")
+
+
+def _validate_train(cfg: OskarConfig) -> None:
+    t = cfg.train
+    _positive(cfg, "train.steps", "train.batch_size", "train.lr", "train.num_workers")
+    _positive(cfg, "train.cpus_per_worker", "train.checkpoint_every", "train.keep_checkpoints")
+    _positive(cfg, "train.log_every")
+    if t.batch_size % t.num_workers:
+        raise ValueError(f"train.batch_size ({t.batch_size}) must be divisible by train.num_workers ({t.num_workers})")
+    for name in ("train.max_failures", "train.min_lr", "train.warmup_steps", "train.weight_decay",
+                 "train.weight_decay_end", "train.grad_clip", "train.threads"):
+        if _get(cfg, name) < 0:
+            raise ValueError(f"{name} must be >= 0, got {_get(cfg, name)}")
+    for name in ("train.beta1", "train.beta2"):
+        if not 0.0 <= _get(cfg, name) < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {_get(cfg, name)}")
+    if t.precision not in ("fp32", "bf16"):
+        raise ValueError(f"train.precision must be 'fp32' or 'bf16', got {t.precision!r}")
