@@ -4,6 +4,7 @@
     oskar data ingest --out DIR --split NAME --videos DIR ...   # your own data
     oskar pretrain    --config FILE [--set key=value ...]       # OSKAR pretraining
     oskar eval        --checkpoint PATH [--tasks action,...]    # downstream evaluation
+    oskar report      --experiment NAME --out DIR               # sweep comparison page (HTML + PNGs)
 
 ``pretrain`` runs Ray Train on the local Ray cluster (or ``$RAY_ADDRESS``),
 synthesising the built-in benchmark into ``data/`` when ``data.path`` is
@@ -11,6 +12,8 @@ empty; it prints one line per ``train.log_every`` steps, writes checkpoints
 under ``train.output_dir/<run name>/`` and one MLflow run
 (``mlflow ui --backend-store-uri sqlite:///mlflow.db``). ``--resume DIR``
 continues a run; ``--local`` is a single-process smoke check without Ray.
+``report`` builds ``DIR/report.html`` from a sweep's MLflow runs (see
+:mod:`oskar_ray.report`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pathlib import Path
 from .config import OskarConfig, load_config, save_config
 from .data.cli import add_data_commands
 from .eval.cli import add_eval_commands
+from .report.cli import add_report_commands
 
 
 def _add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -67,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="single process, no Ray, built-in example stream (a smoke check)")
     pretrain.set_defaults(func=_pretrain)
     add_eval_commands(commands)
+    add_report_commands(commands)
     return parser
 
 

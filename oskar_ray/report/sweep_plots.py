@@ -1,0 +1,160 @@
+"""Downstream metrics vs the swept parameters: one PNG per metric.
+
+* one swept param, numeric → every trial as a point, the mean per value as a line;
+* one swept param, categorical → bars (mean, ± std when repeated) with the trials
+  as points, plus grouped bars of the accuracy-type headline metrics per value;
+* two swept params on a grid (≤ 12 values each) → a heatmap, cells annotated,
+  missing cells (failed/stopped trials) marked ``n/a``; off-grid (random
+  search over continuous values) → a scatter coloured by the metric;
+* three or more → the metric vs each param in turn (marginals).
+
+Runs without the metric (failed, stopped early) are simply absent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+
+from .figures import Plot, new_figure, save
+from .labels import fmt_value, metric_unit, short_names
+from .runs import SweepRuns, as_values
+
+SECTION = "Downstream metrics vs swept parameters"
+_MAX_GRID = 12
+
+
+def metric_plots(sweep: SweepRuns, metrics: list[str], headline: list[str], out_dir: Path) -> list[Plot]:
+    swept = [k for k in sweep.swept if sweep.param(k).notna().any()]
+    metrics = [m for m in metrics if sweep.metric(m).notna().any()]
+    if not swept or not metrics:
+        return []
+    if len(swept) == 1:
+        values, numeric = as_values(sweep.param(swept[0]))
+        plots = [_one_param(sweep, m, swept[0], values, numeric, out_dir) for m in metrics]
+        if not numeric:
+            plots += _grouped_bars(sweep, headline, swept[0], values, out_dir)
+        return plots
+    if len(swept) == 2:
+        return [_two_params(sweep, m, swept, out_dir) for m in metrics]
+    return [_marginals(sweep, m, swept, out_dir) for m in metrics]
+
+
+def _one_param(sweep, metric, key, values, numeric, out_dir) -> Plot:
+    fig, (ax,) = new_figure(1, width=6.5)
+    _draw_1d(ax, values, sweep.metric(metric), numeric)
+    name = short_names([key])[key]
+    ax.set(xlabel=_param_label(key, numeric), ylabel=metric_unit(metric), title=f"{metric}\nvs {name}")
+    return save(fig, out_dir, f"metric_{metric}_vs_{key}", f"{metric} vs {key}", SECTION)
+
+
+def _draw_1d(ax, values: pd.Series, y: pd.Series, numeric: bool) -> None:
+    data = pd.DataFrame({"x": values, "y": y}).dropna()
+    if data.empty:
+        ax.text(0.5, 0.5, "no finished trial has this metric", ha="center", va="center", transform=ax.transAxes)
+        return
+    if numeric:
+        mean = data.groupby("x")["y"].mean().sort_index()
+        ax.plot(mean.index, mean.values, "-", color="tab:blue", lw=2, label="mean per value")
+        ax.scatter(data["x"], data["y"], color="tab:orange", zorder=3, label="trial")
+        xs = np.sort(data["x"].unique())
+        if xs.min() > 0 and xs.max() / xs.min() >= 8:
+            ax.set_xscale("log", base=2)
+        ax.set_xticks(xs, [fmt_value(float(x)) for x in xs])
+    else:
+        order = list(pd.unique(data["x"].astype(str)))
+        data["pos"] = data["x"].astype(str).map({c: i for i, c in enumerate(order)})
+        stats = data.groupby("pos")["y"].agg(["mean", "std"]).reindex(range(len(order)))
+        ax.bar(stats.index, stats["mean"], yerr=stats["std"].fillna(0), color="tab:blue", alpha=0.7,
+               capsize=4, label="mean (± std)")
+        ax.scatter(data["pos"], data["y"], color="tab:orange", zorder=3, label="trial")
+        ax.set_xticks(range(len(order)), order, rotation=20 if max(map(len, order)) > 8 else 0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def _grouped_bars(sweep, headline, key, values, out_dir) -> list[Plot]:
+    """Groups = accuracy-type headline metrics (same 0–1 scale), one bar per param value."""
+    metrics = [m for m in headline if "0–1" in metric_unit(m) and sweep.metric(m).notna().any()]
+    if not metrics:
+        return []
+    order = list(pd.unique(values.dropna().astype(str)))
+    fig, (ax,) = new_figure(1, width=max(6.5, 1.6 * len(metrics) * max(1, len(order)) / 2))
+    width = 0.8 / max(1, len(order))
+    for i, category in enumerate(order):
+        mask = values.astype(str) == category
+        means = [sweep.metric(m)[mask].mean() for m in metrics]
+        ax.bar(np.arange(len(metrics)) + (i - (len(order) - 1) / 2) * width, means, width, label=category)
+    ax.set_xticks(range(len(metrics)), [m.removeprefix("eval/") for m in metrics], rotation=15)
+    name = short_names([key])[key]
+    ax.set(ylabel="score (fraction, 0–1)", title=f"Headline metrics by {name}")
+    ax.legend(title=name, fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return [save(fig, out_dir, f"grouped_bars_{key}", f"headline metrics by {key} (grouped bars)", SECTION)]
+
+
+def _two_params(sweep, metric, swept, out_dir) -> Plot:
+    (rows, rows_numeric), (cols, cols_numeric) = (as_values(sweep.param(k)) for k in swept)
+    on_grid = rows.nunique() <= _MAX_GRID and cols.nunique() <= _MAX_GRID
+    if not on_grid and rows_numeric and cols_numeric:
+        return _scatter_2d(sweep, metric, swept, rows, cols, out_dir)
+    data = pd.DataFrame({"r": rows, "c": cols, "y": sweep.metric(metric)}).dropna(subset=["r", "c"])
+    table = data.pivot_table(index="r", columns="c", values="y", aggfunc="mean", dropna=False)
+    row_order = sorted(data["r"].unique(), key=_sort_key)
+    col_order = sorted(data["c"].unique(), key=_sort_key)
+    table = table.reindex(index=row_order, columns=col_order)
+    fig, (ax,) = new_figure(1, width=max(5.5, 1.1 * len(col_order) + 3), height=max(4.0, 0.8 * len(row_order) + 2))
+    _heatmap(fig, ax, table.to_numpy(dtype=float), metric)
+    ax.set_xticks(range(len(col_order)), [fmt_value(c) for c in col_order])
+    ax.set_yticks(range(len(row_order)), [fmt_value(r) for r in row_order])
+    names = short_names(swept)
+    ax.set(xlabel=_param_label(swept[1], cols_numeric), ylabel=_param_label(swept[0], rows_numeric),
+           title=f"{metric}\n{names[swept[0]]} × {names[swept[1]]} (mean over trials per cell)")
+    return save(fig, out_dir, f"heatmap_{metric}", f"{metric}: heatmap over {swept[0]} × {swept[1]}", SECTION)
+
+
+def _heatmap(fig, ax, matrix: np.ndarray, metric: str) -> None:
+    shown = np.ma.masked_invalid(matrix)
+    cmap = colormaps["viridis"].with_extremes(bad="#dddddd")
+    image = ax.imshow(shown, origin="lower", cmap=cmap, aspect="auto")
+    fig.colorbar(image, ax=ax, label=metric_unit(metric))
+    finite = matrix[np.isfinite(matrix)]
+    middle = (finite.min() + finite.max()) / 2 if finite.size else 0.0
+    for (i, j), value in np.ndenumerate(matrix):
+        text = "n/a" if not np.isfinite(value) else fmt_value(float(value))
+        color = "black" if not np.isfinite(value) or value > middle else "white"
+        ax.text(j, i, text, ha="center", va="center", color=color, fontsize=9)
+
+
+def _scatter_2d(sweep, metric, swept, rows, cols, out_dir) -> Plot:
+    data = pd.DataFrame({"r": rows, "c": cols, "y": sweep.metric(metric)}).dropna()
+    fig, (ax,) = new_figure(1, width=6.5)
+    points = ax.scatter(data["c"], data["r"], c=data["y"], cmap="viridis", s=60, edgecolors="black")
+    fig.colorbar(points, ax=ax, label=metric_unit(metric))
+    ax.set(xlabel=_param_label(swept[1], True), ylabel=_param_label(swept[0], True), title=metric)
+    ax.grid(alpha=0.3)
+    return save(fig, out_dir, f"scatter_{metric}", f"{metric} over {swept[0]} × {swept[1]}", SECTION)
+
+
+def _marginals(sweep, metric, swept, out_dir) -> Plot:
+    fig, axes = new_figure(len(swept), ncols=3, width=4.8, height=3.8)
+    names = short_names(swept)
+    for ax, key in zip(axes, swept, strict=True):
+        values, numeric = as_values(sweep.param(key))
+        _draw_1d(ax, values, sweep.metric(metric), numeric)
+        ax.set(xlabel=_param_label(key, numeric), ylabel=metric_unit(metric), title=f"vs {names[key]}")
+    fig.suptitle(f"{metric} vs each swept parameter (other parameters vary too)")
+    fig.tight_layout()
+    return save(fig, out_dir, f"marginals_{metric}", f"{metric} vs each swept parameter", SECTION)
+
+
+def _param_label(key: str, numeric: bool) -> str:
+    unit = " (tokens per sample)" if key.endswith("_tokens") else ""
+    return f"{key}{unit}" if numeric else f"{key} (categorical)"
+
+
+def _sort_key(value):
+    return (0, float(value), "") if isinstance(value, (int, float, np.number)) else (1, 0.0, str(value))

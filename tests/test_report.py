@@ -1,0 +1,228 @@
+"""``oskar report``: a real SQLite MLflow store with sweep parents and trial runs → HTML + PNGs.
+
+One store per module (creating a SQLite store costs seconds); each test uses its own experiment.
+"""
+
+from __future__ import annotations
+
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from oskar_ray.cli import main
+from oskar_ray.report import build_report
+from oskar_ray.report.curves import pareto_front
+
+TOP1 = "eval/action/video/linear/top1"
+BASE_PARAMS = {"train.steps": "4", "tracking.experiment": "x", "model.dim": "64", "predictor.kind": "cross_attention",
+               "budget.input_tokens": "64", "budget.target_tokens": "32", "ema.start": "0.996"}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    return uri, MlflowClient(tracking_uri=uri)
+
+
+def score(params: dict[str, str]) -> float:
+    """A made-up top-1 that depends on the swept values (so cells are distinguishable)."""
+    kind_bonus = 0.05 if params.get("predictor.kind") == "self_attention" else 0.0
+    return round(float(params["budget.input_tokens"]) / 1000 + float(params["budget.target_tokens"]) / 10000
+                 + kind_bonus, 6)
+
+
+def log_trial(client, exp_id, parent_id, params, *, status="FINISHED", trial_id="t0", swept="", with_eval=True):
+    tags = {"oskar.role": "trial", "oskar.trial_id": trial_id, "oskar.swept_params": swept, "oskar.sweep": "s"}
+    if parent_id:
+        tags["mlflow.parentRunId"] = parent_id
+    run_id = client.create_run(exp_id, run_name=f"trial-{trial_id}", tags=tags).info.run_id
+    full = {**BASE_PARAMS, **params}
+    now = int(time.time() * 1000)
+    steps = 2 if status == "FAILED" else 5
+    metrics = [Metric(key, value / (step + 1), now, step) for step in range(steps)
+               for key, value in (("loss", 1.0), ("loss/video", 1.2), ("loss/skeleton", 0.8))]
+    metrics += [Metric("health/video/rankme", 10.0 + step, now, step) for step in range(steps)]
+    metrics += [Metric("flops_per_step", 1e9 * float(full["budget.input_tokens"]), now, 0)]
+    if with_eval:
+        top1 = score(full)
+        metrics += [Metric(TOP1, top1, now, steps), Metric("eval/retrieval/t2v/R1", 100 * top1, now, steps),
+                    Metric("eval/vqa/accuracy", top1 / 2, now, steps),
+                    Metric("train_flops", 4e9 * float(full["budget.input_tokens"]), now, steps)]
+    client.log_batch(run_id, metrics=metrics, params=[Param(k, v) for k, v in full.items()],
+                     tags=[RunTag(k, v) for k, v in tags.items()])
+    client.set_terminated(run_id, status=status)
+    return run_id
+
+
+def make_sweep(store, experiment, grid: list[dict[str, str]], swept: list[str], failed: dict | None = None):
+    """A parent run + one child per grid point (+ one FAILED child without eval metrics)."""
+    _, client = store
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    swept_text = ",".join(swept)
+    parent = client.create_run(exp_id, run_name="sweep", tags={"oskar.role": "sweep", "oskar.sweep": experiment,
+                                                               "oskar.swept_params": swept_text}).info.run_id
+    ids = [log_trial(client, exp_id, parent, p, trial_id=f"t{i}", swept=swept_text) for i, p in enumerate(grid)]
+    if failed is not None:
+        ids.append(log_trial(client, exp_id, parent, failed, status="FAILED", trial_id="tX", swept=swept_text,
+                             with_eval=False))
+    return parent, ids
+
+
+class TableParser(HTMLParser):
+    """Rows of ``table#trials``: headers, and per row its attributes and (text, data-v) cells."""
+
+    def __init__(self):
+        super().__init__()
+        self.headers, self.rows, self._in_table, self._cell = [], [], False, None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "table" and attrs.get("id") == "trials":
+            self._in_table = True
+        elif self._in_table and tag == "tr" and "data-run-id" in attrs:
+            self.rows.append({"attrs": attrs, "cells": []})
+        elif self._in_table and tag in ("th", "td"):
+            self._cell = [tag, "", attrs.get("data-v")]
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell[1] += data
+
+    def handle_endtag(self, tag):
+        if tag == "table":
+            self._in_table = False
+        elif self._cell is not None and tag in ("th", "td"):
+            kind, text, value = self._cell
+            if kind == "th":
+                self.headers.append(text)
+            else:
+                self.rows[-1]["cells"].append((text, value))
+            self._cell = None
+
+    def table(self) -> dict[str, dict[str, tuple[str, str | None]]]:
+        """run id → header → (text, data-v)."""
+        return {row["attrs"]["data-run-id"]: dict(zip(self.headers, row["cells"], strict=True)) for row in self.rows}
+
+
+def parse_table(page: Path) -> TableParser:
+    parser = TableParser()
+    parser.feed(page.read_text(encoding="utf-8"))
+    return parser
+
+
+GRID = [{"budget.input_tokens": i, "budget.target_tokens": t} for i in ("32", "64") for t in ("16", "32")]
+GRID_KEYS = ["budget.input_tokens", "budget.target_tokens"]
+
+
+def test_grid_report_plots_table_and_failed_trial(store, tmp_path):
+    uri, client = store
+    parent, ids = make_sweep(store, "grid", GRID, GRID_KEYS, failed={"budget.input_tokens": "64",
+                                                                     "budget.target_tokens": "64"})
+    page = build_report("grid", tmp_path / "rep", tracking_uri=uri, parent_run_id=parent)
+    assert page == tmp_path / "rep" / "report.html"
+    names = {p.name for p in page.parent.glob("*.png")}
+    assert {"heatmap_eval_action_video_linear_top1.png", "curves_loss.png", "curves_rankme.png",
+            "pareto_flops.png"} <= names
+    text = page.read_text(encoding="utf-8")
+    assert text.count("data:image/png;base64,") == len(names)  # every PNG embedded: opens without a server
+    assert "http://" not in text and "https://" not in text and "<script src" not in text
+    parser = parse_table(page)
+    table = parser.table()
+    assert set(table) == set(ids)
+    for run_id in ids:
+        run = client.get_run(run_id)
+        row = table[run_id]
+        assert row["status"][0] == run.info.status
+        assert row["run name"][0] == run.info.run_name
+        assert row["input_tokens"][0] == run.data.params["budget.input_tokens"]
+        if run.info.status == "FINISHED":
+            assert float(row["action/video/linear/top1"][1]) == pytest.approx(run.data.metrics[TOP1])
+            assert float(row["retrieval/t2v/R1"][1]) == pytest.approx(run.data.metrics["eval/retrieval/t2v/R1"])
+    failed = table[ids[-1]]
+    assert failed["status"][0] == "FAILED" and failed["action/video/linear/top1"] == ("—", "")
+    best = [r for r in parser.rows if r["attrs"].get("class") == "best"]
+    assert [r["attrs"]["data-run-id"] for r in best] == [ids[3]]  # 64 x 32 scores highest
+    assert (page.parent / "trials.csv").is_file()
+
+
+def test_cli_uses_latest_sweep_and_parent_run(store, tmp_path, capsys):
+    uri, _ = store
+    first, first_ids = make_sweep(store, "twice", GRID[:2], GRID_KEYS)
+    _, second_ids = make_sweep(store, "twice", GRID[2:], GRID_KEYS)
+    out = tmp_path / "latest"
+    assert main(["report", "--experiment", "twice", "--out", str(out), "--tracking-uri", uri]) == 0
+    assert str(out / "report.html") in capsys.readouterr().out
+    assert set(parse_table(out / "report.html").table()) == set(second_ids)
+    out = tmp_path / "first"
+    assert main(["report", "--experiment", "twice", "--out", str(out), "--tracking-uri", uri,
+                 "--parent-run", first]) == 0
+    assert set(parse_table(out / "report.html").table()) == set(first_ids)
+
+
+def test_one_dimensional_sweep_is_a_line_plot(store, tmp_path):
+    uri, _ = store
+    grid = [{"budget.input_tokens": v} for v in ("32", "64", "128")]
+    make_sweep(store, "oned", grid, ["budget.input_tokens"])
+    page = build_report("oned", tmp_path, tracking_uri=uri)
+    names = {p.name for p in tmp_path.glob("*.png")}
+    assert "metric_eval_action_video_linear_top1_vs_budget.input_tokens.png" in names
+    assert not any(n.startswith("heatmap_") for n in names)
+    assert len(parse_table(page).rows) == 3
+
+
+def test_categorical_sweep_has_grouped_bars(store, tmp_path):
+    uri, _ = store
+    grid = [{"predictor.kind": k} for k in ("cross_attention", "self_attention", "self_attention")]
+    _, ids = make_sweep(store, "cat", grid, ["predictor.kind"])
+    page = build_report("cat", tmp_path, tracking_uri=uri)
+    names = {p.name for p in tmp_path.glob("*.png")}
+    assert "grouped_bars_predictor.kind.png" in names
+    assert "metric_eval_vqa_accuracy_vs_predictor.kind.png" in names
+    table = parse_table(page).table()
+    assert [table[i]["predictor.kind"][0] for i in ids] == ["cross_attention", "self_attention", "self_attention"]
+
+
+def test_plain_runs_without_sweep_parent_infer_varying_params(store, tmp_path):
+    uri, client = store
+    exp_id = client.create_experiment("plain")
+    ids = [log_trial(client, exp_id, None, {"ema.start": v}, trial_id=v) for v in ("0.99", "0.996")]
+    page = build_report("plain", tmp_path, tracking_uri=uri)
+    text = page.read_text(encoding="utf-8")
+    assert "no sweep parent run" in text
+    assert "metric_eval_action_video_linear_top1_vs_ema.start.png" in {p.name for p in tmp_path.glob("*.png")}
+    assert set(parse_table(page).table()) == set(ids)
+
+
+def test_clear_errors(store, tmp_path, capsys):
+    uri, client = store
+    with pytest.raises(ValueError, match="experiment 'nope' not found in sqlite:///"):
+        build_report("nope", tmp_path, tracking_uri=uri)
+    client.create_experiment("empty")
+    with pytest.raises(ValueError, match="no trial runs under experiment 'empty'"):
+        build_report("empty", tmp_path, tracking_uri=uri)
+    missing = f"sqlite:///{tmp_path / 'absent.db'}"
+    with pytest.raises(FileNotFoundError, match="no MLflow store"):
+        build_report("x", tmp_path, tracking_uri=missing)
+    assert not (tmp_path / "absent.db").exists()
+    assert main(["report", "--experiment", "nope", "--out", str(tmp_path), "--tracking-uri", uri]) == 2
+    assert "experiment 'nope' not found" in capsys.readouterr().err
+
+
+def test_pareto_front():
+    flops = np.array([1.0, 2.0, 2.0, 3.0, 4.0])
+    acc = np.array([0.5, 0.4, 0.6, 0.55, 0.7])
+    assert pareto_front(flops, acc).tolist() == [True, False, True, False, True]
+    assert pareto_front(flops, acc, maximize=False).tolist() == [True, True, False, False, False]
+
+
+def test_unknown_parent_run_is_a_clear_error(store, tmp_path):
+    uri, _ = store
+    make_sweep(store, "parentless", GRID[:1], GRID_KEYS)
+    with pytest.raises(ValueError, match="parent run 'deadbeef' not found .*'parentless' in sqlite:///"):
+        build_report("parentless", tmp_path, tracking_uri=uri, parent_run_id="deadbeef")
