@@ -36,6 +36,12 @@ class ModelConfig:
     qkv_bias: bool = True
     #: "mse" or "l1" between predicted and target features
     loss: str = "mse"
+    #: "layer": layer-normed target latents (I-JEPA); "slot": layer norm, then each target slot
+    #: (modality token position) centred and scaled by running statistics, so the part of a
+    #: target that only encodes *where* the token is cannot be predicted without the inputs
+    target_norm: str = "layer"
+    #: momentum of the running per-slot statistics used by target_norm="slot"
+    target_stats_momentum: float = 0.9
 
 
 @dataclass
@@ -63,6 +69,11 @@ class BudgetConfig:
     exclusive: bool = False
     #: resolution of clip time used by exclusivity
     time_bins: int = 8
+    #: per-modality weights on the Dirichlet shares ({} = all 1); 0 keeps a modality out of
+    #: that budget unless a sample has nothing else (e.g. inputs {video: 1, skeleton: 0, text: 0}
+    #: with targets {skeleton: 1} is DESIGN's video -> skeleton routing)
+    input_weights: dict[str, float] = field(default_factory=dict)
+    target_weights: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -134,6 +145,13 @@ class EvalConfig:
     collapse_std: float = 1e-3
     collapse_patience: int = 3
     collapse_fatal: bool = False
+    #: every this many steps rank 0 scores a leave-one-out kNN probe on held-out labelled clips
+    #: (``probe/<view>/knn_top1``, the sweeps' early-stopping signal); 0 = off
+    online_probe_every: int = 0
+    online_probe_samples: int = 256
+    online_probe_k: int = 10
+    #: views it scores: video / skeleton (target encoders), fusion (video + skeleton)
+    online_probe_views: list[str] = field(default_factory=lambda: ["video", "skeleton", "fusion"])
 
 
 @dataclass

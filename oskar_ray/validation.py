@@ -25,6 +25,12 @@ def validate(cfg: OskarConfig) -> None:
             raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
     _positive(cfg, "data.cpus_per_task", "data.shuffle_buffer", "data.prefetch_batches", "data.synth_samples")
     _positive(cfg, "eval.rankme_every", "eval.knn_k", "eval.batch_size", "eval.collapse_patience")
+    _positive(cfg, "eval.online_probe_samples", "eval.online_probe_k")
+    if cfg.eval.online_probe_every < 0:
+        raise ValueError(f"eval.online_probe_every must be >= 0 (0 = off), got {cfg.eval.online_probe_every}")
+    unknown = sorted(set(cfg.eval.online_probe_views) - {"video", "skeleton", "fusion"})
+    if unknown:
+        raise ValueError(f"eval.online_probe_views: unknown view {unknown[0]!r} (valid: video, skeleton, fusion)")
 
 
 def _get(cfg: OskarConfig, dotted: str) -> Any:
@@ -50,6 +56,10 @@ def _validate_model(cfg: OskarConfig) -> None:
             raise ValueError(f"{section}.dim ({dim}) must be divisible by {section}.heads ({heads})")
     if cfg.model.loss not in ("mse", "l1"):
         raise ValueError(f"model.loss must be 'mse' or 'l1', got {cfg.model.loss!r}")
+    if cfg.model.target_norm not in ("layer", "slot"):
+        raise ValueError(f"model.target_norm must be 'layer' or 'slot', got {cfg.model.target_norm!r}")
+    if not 0.0 <= cfg.model.target_stats_momentum < 1.0:
+        raise ValueError(f"model.target_stats_momentum must be in [0, 1), got {cfg.model.target_stats_momentum}")
     if cfg.predictor.kind not in ("cross", "concat"):
         raise ValueError(f"predictor.kind must be 'cross' or 'concat', got {cfg.predictor.kind!r}")
     if not cfg.enabled_modalities:
@@ -64,6 +74,8 @@ def _validate_budget(cfg: OskarConfig) -> None:
     _positive(cfg, "budget.target_alpha", "budget.time_bins")
     if not 0.0 <= b.cross_modal_share <= 1.0:
         raise ValueError(f"budget.cross_modal_share must be in [0, 1], got {b.cross_modal_share}")
+    for field_name in ("input_weights", "target_weights"):
+        _check_weights(cfg, field_name)
     visible = masked = 0
     for name in cfg.enabled_modalities:
         mcfg = cfg.modalities[name]
@@ -114,3 +126,14 @@ def _validate_train(cfg: OskarConfig) -> None:
             raise ValueError(f"{name} must be in [0, 1), got {_get(cfg, name)}")
     if t.precision not in ("fp32", "bf16"):
         raise ValueError(f"train.precision must be 'fp32' or 'bf16', got {t.precision!r}")
+
+
+def _check_weights(cfg: OskarConfig, field_name: str) -> None:
+    weights = getattr(cfg.budget, field_name)
+    for name, weight in weights.items():
+        if name not in cfg.modalities:
+            raise ValueError(f"budget.{field_name}.{name}: unknown modality (configured: {list(cfg.modalities)})")
+        if not isinstance(weight, (int, float)) or weight < 0:
+            raise ValueError(f"budget.{field_name}.{name} must be a number >= 0, got {weight!r}")
+    if weights and not any(weights.get(n, 1.0) > 0 for n in cfg.enabled_modalities):
+        raise ValueError(f"budget.{field_name}: every enabled modality has weight 0")

@@ -156,3 +156,26 @@ def test_sample_batch_gives_sorted_global_indices():
     assert out["input_index"].shape == (4, 64) and out["target_index"].shape == (4, 32)
     assert out["input_index"].max() < 128 + 100
     assert (np.diff(out["input_index"], axis=1) > 0).all()
+
+
+def test_modality_weights_route_inputs_and_targets():
+    """DESIGN's video -> skeleton routing: inputs only from video, targets only from skeleton."""
+    n = 200
+    present = {"video": np.ones(n, bool), "skeleton": np.ones(n, bool), "text": np.ones(n, bool)}
+    present["video"][:10] = False  # no video: inputs fall back to what the sample has
+    routing = ["budget.input_weights={video: 1, skeleton: 0, text: 0}",
+               "budget.target_weights={video: 0, skeleton: 1, text: 0}"]
+    cfg, layout, draw = _draw(routing, present)
+    _check(draw, cfg)
+    inputs, targets = _modality_shares(draw, layout, "inputs"), _modality_shares(draw, layout, "targets")
+    assert (inputs[10:, 0] == 1.0).all() and (targets[:, 1] == 1.0).all()
+    assert (inputs[:10, 0] == 0.0).all()
+
+
+def test_modality_weights_validated():
+    with pytest.raises(ValueError, match="budget.input_weights.audio"):
+        load_config(TINY, ["budget.input_weights={audio: 1}"])
+    with pytest.raises(ValueError, match="budget.target_weights.video"):
+        load_config(TINY, ["budget.target_weights={video: -1}"])
+    with pytest.raises(ValueError, match="every enabled modality has weight 0"):
+        load_config(TINY, ["budget.input_weights={video: 0, skeleton: 0, text: 0}"])

@@ -149,3 +149,39 @@ def test_example_batch_rejects_bad_presence():
         model.example_batch(2, present={"audio": [True, True]})
     with pytest.raises(ValueError, match="2 entries"):
         model.example_batch(2, present={"video": [True]})
+
+
+def test_slot_statistics_remove_what_only_encodes_the_slot():
+    """target_norm=slot: a per-slot constant is centred away, sample differences are kept at unit scale."""
+    from oskar_ray.model.oskar import SlotStatistics
+
+    torch.manual_seed(0)
+    slots, dim, batch = 6, 8, 64
+    stats = SlotStatistics(slots, dim, momentum=0.5)
+    slot_part = torch.randn(slots, dim) * 5
+    rows = torch.arange(slots)
+    target_index = torch.arange(slots).repeat(batch, 1)
+    for _ in range(40):
+        sample_part = torch.randn(batch, 1, dim) * 0.3
+        normed = stats(slot_part[None] + sample_part, rows, target_index, update=True)
+    assert torch.allclose(stats.mean, slot_part + 0.0, atol=0.15)
+    assert normed.pow(2).mean().sqrt().item() == pytest.approx(1.0, abs=0.15)
+    centred = normed - normed.mean(0, keepdim=True)
+    assert torch.allclose(normed.mean(0), torch.zeros(slots, dim), atol=0.4)
+    assert centred.std().item() > 0.5
+    frozen = stats.mean.clone()
+    stats(slot_part[None] + sample_part, rows, target_index, update=False)
+    assert torch.equal(stats.mean, frozen)
+
+
+def test_slot_target_norm_trains_and_round_trips(tmp_path):
+    model = _model("model.target_norm=slot")
+    batch = model.example_batch(8)
+    model(batch)["loss"].backward()
+    assert (model.target_stats.mean != 0).any()
+    model.save_weights(tmp_path / "w.safetensors")
+    other = _model("model.target_norm=slot")
+    other.load_weights(tmp_path / "w.safetensors")
+    assert torch.equal(other.target_stats.mean, model.target_stats.mean)
+    with pytest.raises(ValueError, match="model.target_norm"):
+        _model("model.target_norm=batch")

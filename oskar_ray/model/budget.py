@@ -128,8 +128,10 @@ class TokenBudgetSampler:
         present = np.stack([available[n].any(axis=1) for n in layout.names], axis=1)
         _check_samples(present, avail, self.budget.input_tokens + self.budget.target_tokens, layout)
 
-        p_input = _dirichlet(self.budget.input_alpha, present, rng)
-        p_target = _route_away(_dirichlet(self.budget.target_alpha, present, rng), p_input,
+        w_input = self._weights(self.budget.input_weights, layout)
+        w_target = self._weights(self.budget.target_weights, layout)
+        p_input = _dirichlet(self.budget.input_alpha, present, rng, w_input)
+        p_target = _route_away(_dirichlet(self.budget.target_alpha, present, rng, w_target), p_input,
                                self.budget.cross_modal_share)
         modality_of_token = layout.modality_of_token
         targets = _draw(p_target, self.budget.target_tokens, [masked, avail], modality_of_token, rng)
@@ -143,6 +145,10 @@ class TokenBudgetSampler:
         return BudgetDraw(inputs=inputs, targets=targets, masked=masked, available=avail)
 
     # --- steps -----------------------------------------------------------------
+    @staticmethod
+    def _weights(weights: dict[str, float], layout: Layout) -> np.ndarray:
+        return np.array([float(weights.get(n, 1.0)) for n in layout.names])
+
     def _mask(self, name: str, available: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         modality = self.modalities[name]
         scores = np.where(available, modality.mask_scores(len(available), rng), -np.inf)
@@ -176,9 +182,16 @@ def _rank_descending(scores: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def _dirichlet(alpha: float, present: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Symmetric Dirichlet over each sample's present modalities (zeros elsewhere)."""
+def _dirichlet(alpha: float, present: np.ndarray, rng: np.random.Generator,
+               weights: np.ndarray | None = None) -> np.ndarray:
+    """Symmetric Dirichlet over each sample's present modalities (zeros elsewhere), times ``weights``.
+
+    A sample whose present modalities all weigh 0 falls back to an even split
+    over what it has, so a budget is never left unfillable.
+    """
     gamma = rng.standard_gamma(alpha, size=present.shape) * present
+    if weights is not None:
+        gamma = gamma * weights[None, :]
     total = gamma.sum(axis=1, keepdims=True)
     # tiny alphas can underflow every gamma to 0: fall back to an even split
     uniform = present / np.maximum(present.sum(axis=1, keepdims=True), 1)

@@ -54,6 +54,9 @@ class Oskar(nn.Module):
         else:
             self.predictor = Predictor(cfg.model.dim, cfg.predictor)
         self._ema_pairs = self._pair_target_parameters()
+        if cfg.model.target_norm == "slot":
+            self.target_stats = SlotStatistics(sum(m.num_tokens for m in self.modalities.values()),
+                                               cfg.model.dim, cfg.model.target_stats_momentum)
 
     # --- training ---------------------------------------------------------------
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
@@ -175,7 +178,16 @@ class Oskar(nn.Module):
             start, end = layout.offsets[m], layout.offsets[m + 1]
             full[rows, start:end] = self._target_features(sub, name).to(full.dtype)
         normed = F.layer_norm(full, (dim,))
+        if self.cfg.model.target_norm == "slot":
+            normed = self.target_stats(normed, self._slot_positions(layout), target_index, self.training)
         return _gather(normed, target_index)
+
+    def _slot_positions(self, layout: Layout) -> torch.Tensor:
+        """Each batch token's row in the statistics (all enabled modalities, config order)."""
+        starts = np.concatenate([[0], np.cumsum([m.num_tokens for m in self.modalities.values()])])
+        rows = {n: starts[i] for i, n in enumerate(self.modalities)}
+        return torch.cat([torch.arange(rows[n], rows[n] + s) for n, s in zip(layout.names, layout.sizes,
+                                                                             strict=True)])
 
     def _target_features(self, batch: dict, name: str) -> torch.Tensor:
         encoder = self.target_encoders[name]
@@ -243,6 +255,48 @@ class Oskar(nn.Module):
             named = list(encoder.named_parameters())
             pairs[name] = ([p for _, p in named], [sources[n] for n, _ in named])
         return pairs
+
+
+class SlotStatistics(nn.Module):
+    """Running per-slot mean and scale of the target latents (``model.target_norm="slot"``).
+
+    After layer norm, most of a skeleton or text target is the same for every
+    sample at that slot (it encodes the joint/time or word position: 73 % and
+    99.7 % of the variance at init on SynthAction). A predictor can then drive
+    the loss down from slot embeddings alone without reading its inputs.
+    Centring each slot on its running mean and dividing by its running RMS
+    leaves only what differs between samples, which has to come from the inputs.
+    Statistics are updated in training mode from the slots that are targets.
+    """
+
+    def __init__(self, slots: int, dim: int, momentum: float):
+        super().__init__()
+        self.momentum = momentum
+        # start as plain layer norm (mean 0, scale 1) and move towards the statistics
+        self.register_buffer("mean", torch.zeros(slots, dim))
+        self.register_buffer("scale", torch.ones(slots))
+
+    @torch.no_grad()
+    def forward(self, normed: torch.Tensor, slot_rows: torch.Tensor, target_index: torch.Tensor,
+                update: bool) -> torch.Tensor:
+        slot_rows = slot_rows.to(normed.device)
+        if update:
+            self._update(normed, slot_rows, target_index)
+        centred = normed - self.mean[slot_rows]
+        return centred / self.scale[slot_rows, None]
+
+    def _update(self, normed: torch.Tensor, slot_rows: torch.Tensor, target_index: torch.Tensor) -> None:
+        is_target = torch.zeros(normed.shape[:2], device=normed.device)
+        is_target.scatter_(1, target_index, 1.0)
+        count = is_target.sum(0)
+        keep = 1.0 - (1.0 - self.momentum) * (count > 0).float()  # slots without targets keep their stats
+        mean = (is_target[..., None] * normed).sum(0) / count.clamp(min=1)[:, None]
+        self.mean[slot_rows] = keep[:, None] * self.mean[slot_rows] + (1 - keep[:, None]) * mean.to(self.mean.dtype)
+        # a spread needs two samples; the floor keeps a near-constant slot from being blown up
+        residual = (normed - self.mean[slot_rows]).pow(2).mean(-1)
+        rms = ((is_target * residual).sum(0) / count.clamp(min=1)).sqrt().clamp(min=0.1)
+        keep = torch.where(count > 1, keep, torch.ones_like(keep))
+        self.scale[slot_rows] = keep * self.scale[slot_rows] + (1 - keep) * rms.to(self.scale.dtype)
 
 
 def pool_by_modality(tokens: torch.Tensor, valid: torch.Tensor, sizes: list[int]) -> torch.Tensor:
