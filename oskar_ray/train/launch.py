@@ -14,6 +14,11 @@ Ray Data pipeline and a ``TorchTrainer`` whose workers run
 artifacts (resolved config, final weights, loss curves) or FAILED with the
 error. ``FailureConfig(max_failures=train.max_failures)`` restarts workers
 from the last checkpoint; ``CheckpointConfig`` keeps ``train.keep_checkpoints``.
+
+``build_trainer`` is the one place a ``TorchTrainer`` is made: ``oskar
+pretrain`` fits it directly, a Ray Tune sweep trial (``oskar_ray.tune.trial``)
+calls :func:`pretrain` with its own MLflow child run and Ray's
+``TuneReportCallback`` so every worker report reaches Tune.
 """
 
 from __future__ import annotations
@@ -77,29 +82,80 @@ def resolve_data(cfg: OskarConfig) -> OskarConfig:
     return cfg
 
 
-def init_ray() -> None:
+def init_ray(log_to_driver: bool = True, *, for_sweep: bool = False) -> None:
+    """Connect to ``$RAY_ADDRESS`` or start a quiet local Ray (no-op when already connected).
+
+    ``for_sweep``: a local cluster for Ray Tune trials. When ASHA kills a trial,
+    only Ray Train's ``PlacementGroupCleaner`` frees its workers' resources, and
+    it finds the controller through the dashboard's state API by auto-detecting
+    the cluster — which fails as soon as another Ray instance runs on the host
+    (``Found multiple active Ray instances``), leaking the trial's CPUs until the
+    next trials wait forever. So sweeps start the dashboard, pin the GCS port and
+    export this cluster's address to every worker as ``RAY_ADDRESS``; and they
+    declare :data:`SWEEP_CPU_FACTOR` logical CPUs per core, because each trial
+    reserves CPUs for its driver and trainer and Ray Data would otherwise find
+    none left for its read tasks and hang (concurrency is capped by physical
+    cores instead, see ``oskar_ray.tune.runner.max_concurrent``).
+    """
     import ray
 
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")
-    # a local cluster without the dashboard saves ~0.5 GB on a laptop
-    kwargs = {} if address else {"include_dashboard": False}
     env = {k: os.environ[k] for k in QUIET_ENV}
-    ray.init(address=address, logging_level="WARNING", runtime_env={"env_vars": env}, **kwargs)
+    # a local cluster without the dashboard saves ~0.5 GB on a laptop
+    kwargs: dict = {} if address else {"include_dashboard": False}
+    pinned = for_sweep and not address
+    if pinned:
+        port = _free_port()
+        env["RAY_ADDRESS"] = f"{_node_ip()}:{port}"
+        kwargs = {"include_dashboard": True, "num_cpus": SWEEP_CPU_FACTOR * (os.cpu_count() or 1)}
+        os.environ["RAY_GCS_SERVER_PORT"] = str(port)  # read by the local head node at start
+    try:
+        ray.init(address=address, logging_level="WARNING", runtime_env={"env_vars": env},
+                 log_to_driver=log_to_driver, **kwargs)
+    finally:
+        if pinned:
+            os.environ.pop("RAY_GCS_SERVER_PORT", None)
+
+
+#: logical CPUs per physical core of a local sweep cluster (see init_ray)
+SWEEP_CPU_FACTOR = 2
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
+def _node_ip() -> str:
+    from ray._private.services import get_node_ip_address
+
+    return get_node_ip_address()
 
 
 def pretrain(cfg: OskarConfig, *, resume: str | None = None, fail_at_step: int | None = None,
-             run_name: str = "") -> PretrainResult:
-    """Run (or resume) a pretraining; returns the MLflow run id and final checkpoint path."""
+             run_name: str = "", run_id: str | None = None, callbacks: list | None = None,
+             finish: bool = True, log_weights: bool = True) -> PretrainResult:
+    """Run (or resume) a pretraining; returns the MLflow run id and final checkpoint path.
+
+    ``run_id``: train into this existing MLflow run (a sweep trial's child run)
+    instead of creating one; ``callbacks``: Ray Train ``UserCallback``s (e.g.
+    ``TuneReportCallback``); ``finish=False`` leaves a successful run RUNNING
+    for the caller (who evaluates next); ``log_weights=False`` skips the
+    weights artifact (the checkpoint stays under ``train.output_dir``).
+    """
     configure_environment()
     cfg = resolve_data(cfg)
     init_ray()
     name = run_name or cfg.tracking.run_name or time.strftime("pretrain-%Y%m%d-%H%M%S")
-    run_id = _run_id(cfg, resume, name)
+    run_id = run_id or _run_id(cfg, resume, name)
     client = client_for(tracking_uri(cfg))
     try:
-        result = _fit(cfg, name, run_id, resume, fail_at_step)
+        result = build_trainer(cfg, name, run_id, resume, fail_at_step, callbacks).fit()
     except BaseException as err:
         end_run(client, run_id, error=f"{type(err).__name__}: {err}")
         raise
@@ -109,8 +165,9 @@ def pretrain(cfg: OskarConfig, *, resume: str | None = None, fail_at_step: int |
         end_run(client, run_id, error=error)
         raise RuntimeError(f"pretraining stopped: {error} (MLflow run {run_id} marked FAILED)")
     checkpoint = result.checkpoint.path if result.checkpoint else None
-    _log_artifacts(client, run_id, cfg, checkpoint)
-    end_run(client, run_id)
+    _log_artifacts(client, run_id, cfg, checkpoint if log_weights else None)
+    if finish:
+        end_run(client, run_id)
     return PretrainResult(run_id, checkpoint, dict(result.metrics or {}), str(Path(cfg.train.output_dir) / name))
 
 
@@ -134,7 +191,14 @@ def _run_exists(client, run_id: str) -> bool:
     return True
 
 
-def _fit(cfg: OskarConfig, name: str, run_id: str, resume: str | None, fail_at_step: int | None):
+def build_trainer(cfg: OskarConfig, name: str, run_id: str, resume: str | None = None,
+                  fail_at_step: int | None = None, callbacks: list | None = None):
+    """The ``TorchTrainer`` of one pretraining run, its Ray Train run at ``train.output_dir/<name>``.
+
+    A second trainer with the same name and ``output_dir`` continues from that
+    run's last checkpoint (Ray Train V2 restores its checkpoint manager from
+    storage): how an interrupted sweep trial resumes.
+    """
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -156,10 +220,10 @@ def _fit(cfg: OskarConfig, name: str, run_id: str, resume: str | None, fail_at_s
         run_config=ray.train.RunConfig(
             name=name, storage_path=str(storage),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints),
-            failure_config=ray.train.FailureConfig(max_failures=t.max_failures)),
+            failure_config=ray.train.FailureConfig(max_failures=t.max_failures), callbacks=list(callbacks or [])),
         datasets={"train": training_stream(cfg)},
     )
-    return trainer.fit()
+    return trainer
 
 
 def training_stream(cfg: OskarConfig):

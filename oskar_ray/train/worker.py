@@ -2,8 +2,12 @@
 
 Runs inside every ``TorchTrainer`` worker (see ``launch.py``). Rank 0 logs to
 MLflow (the run id comes from the driver) and prints one console line per
-``train.log_every`` steps; every rank calls ``ray.train.report`` at the same
-steps (it is a collective in Train V2), rank 0 attaching the checkpoint.
+``train.log_every`` steps. Every rank calls ``ray.train.report`` at the same
+steps (it is a collective in Train V2): each log step, each online-probe step
+(``eval.online_probe_every``) and each checkpoint step, rank 0 attaching the
+checkpoint. Ray passes on rank 0's metrics only (a sweep's
+``TuneReportCallback`` forwards them to Tune: the intermediate results ASHA
+decides on), so rank 0 alone runs the monitor and the probe.
 
 Restart semantics: on a worker failure Ray restarts the group and
 ``ray.train.get_checkpoint()`` returns the last reported checkpoint; the loop
@@ -31,6 +35,7 @@ from ..config import OskarConfig, config_from_dict
 from ..eval.health import health_metrics
 from ..model import Oskar, move_batch
 from ..tracking import client_for, log_metrics, set_tags
+from ..tune.signal import OnlineProbe
 from .checkpoint import TrainState, load_checkpoint, save_checkpoint
 from .loop import NonFiniteLossError, build_optimizer, progress_line, seed_everything, train_step, unwrap
 
@@ -160,6 +165,7 @@ def _run_steps(cfg, config, wrapped, optimizer, state: TrainState, rank: int, wo
     batches = _batches(cfg, per_worker)
     client = client_for(config["tracking_uri"]) if rank == 0 and state.run_id else None
     monitor = HealthMonitor(cfg, _held_out_batch(cfg, model, device)) if rank == 0 else None
+    probe = OnlineProbe.from_config(cfg, device) if rank == 0 else None
     throughput = _Throughput(cfg)
     fail_at = config.get("fail_at_step")
     started = time.perf_counter()
@@ -176,17 +182,28 @@ def _run_steps(cfg, config, wrapped, optimizer, state: TrainState, rank: int, wo
             return
         throughput.add(waited, time.perf_counter() - tick)
         done = step + 1
-        if done % cfg.train.log_every == 0 or done == cfg.train.steps:
+        log_now, probe_now = _due(done, cfg.train.log_every, cfg), _due(done, cfg.eval.online_probe_every, cfg)
+        if probe_now and probe is not None:
+            metrics.update(probe(model))
+        if log_now:
             metrics.update(throughput.metrics())
-            if monitor is not None and (done % cfg.eval.rankme_every == 0 or done == cfg.train.steps):
+            if monitor is not None and _due(done, cfg.eval.rankme_every, cfg):
                 metrics.update(monitor.check(model))
             if rank == 0:
                 _log(client, state, cfg, metrics, done, started)
             if cfg.eval.collapse_fatal and _flag_from_rank0(metrics.get("health/collapse_alarm", 0.0)):
                 _report_error(client, state, f"representation collapse at step {done}", step)
                 return
-        if done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps:
-            _checkpoint(model, optimizer, cfg, TrainState(done, state.run_id, _scalars(metrics)), rank)
+        elif probe_now and client is not None:
+            log_metrics(client, state.run_id, {k: v for k, v in metrics.items() if k.startswith("probe/")}, done)
+        checkpoint_now = _due(done, cfg.train.checkpoint_every, cfg)
+        if log_now or probe_now or checkpoint_now:
+            _report(model, optimizer, cfg, TrainState(done, state.run_id, _scalars(metrics)), rank, checkpoint_now)
+
+
+def _due(done: int, every: int, cfg: OskarConfig) -> bool:
+    """Whether a periodic action (every ``every`` steps, 0 = never) is due; all are due at the last step."""
+    return every > 0 and (done % every == 0 or done == cfg.train.steps)
 
 
 def _flag_from_rank0(value: float) -> bool:
@@ -221,9 +238,10 @@ def _log(client, state: TrainState, cfg: OskarConfig, metrics: dict, done: int, 
                         metrics["data_wait_fraction"]), flush=True)
 
 
-def _checkpoint(model: Oskar, optimizer, cfg: OskarConfig, state: TrainState, rank: int) -> None:
+def _report(model: Oskar, optimizer, cfg: OskarConfig, state: TrainState, rank: int, checkpoint: bool) -> None:
+    """One ``ray.train.report`` per rank; at checkpoint steps rank 0 attaches the checkpoint."""
     metrics = {"step": state.step, **state.metrics}
-    if rank != 0:
+    if rank != 0 or not checkpoint:
         ray.train.report(metrics, checkpoint=None)
         return
     with tempfile.TemporaryDirectory() as tmp:

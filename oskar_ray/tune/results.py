@@ -1,0 +1,199 @@
+"""What a sweep leaves behind: per-trial rows, MLflow bookkeeping, the report, the console summary.
+
+* :class:`SweepCallback` (Tune callback, in the driver): one console line per
+  trial event; marks the child run of a trial ASHA stopped ``KILLED`` (tag
+  ``oskar.trial_status=early_stopped``, ``steps_trained``, actual ``train_flops``)
+  and of a failed trial ``FAILED`` with the error.
+* :func:`summarize`: the Tune ``ResultGrid`` as :class:`TrialRow` s.
+* :func:`log_sweep_results`: counts, total compute, the best trial and
+  ``trials.csv`` on the parent run.
+* :func:`write_report`: ``oskar_ray.report.build_report`` (the comparison
+  dashboard) when installed, logged under ``report/`` on the parent run.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+from ..tracking import client_for, end_run, log_metrics, set_tags
+from .flops import flops_per_step
+from .spec import SweepSpec, trial_overrides
+from .trial import STATUS, find_trial_run
+
+
+@dataclass
+class TrialRow:
+    trial_id: str
+    point: dict[str, Any]
+    status: str  # completed | early_stopped | error
+    steps: int
+    flops_per_step: float
+    metrics: dict[str, float] = field(default_factory=dict)
+    error: str = ""
+
+    @property
+    def train_flops(self) -> float:
+        return self.steps * self.flops_per_step
+
+
+@dataclass
+class SweepOutcome:
+    spec: SweepSpec
+    experiment_dir: Path
+    parent_run_id: str
+    tracking_uri: str
+    trials: list[TrialRow]
+    best: TrialRow | None
+    report: Path | None
+    seconds: float
+
+
+class SweepCallback(Callback):
+    """Console progress and child-run status for trials the trainable itself cannot close."""
+
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, signal: str):
+        self.uri, self.experiment_id, self.parent, self.signal = tracking_uri, experiment_id, parent_run_id, signal
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        print(f"[{trial.trial_id}] started: {_point(trial.config)}", flush=True)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if self.signal in result and not any(k.startswith("eval/") for k in result):
+            print(f"[{trial.trial_id}] step {result.get('step')}: {self.signal}={result[self.signal]:.3f} "
+                  f"loss={result.get('loss', math.nan):.4f}", flush=True)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        client = client_for(self.uri)
+        run = find_trial_run(client, self.experiment_id, self.parent, trial.trial_id)
+        step = int((trial.last_result or {}).get("step", 0))
+        if run is None:
+            return
+        flops = run.data.metrics.get("flops_per_step", math.nan)
+        log_metrics(client, run.info.run_id, {"steps_trained": step, "train_flops": flops * step}, step=step)
+        if run.info.status == "RUNNING":  # killed mid-training by the scheduler
+            set_tags(client, run.info.run_id, {STATUS: "early_stopped", "oskar.stopped_at_step": str(step)})
+            client.set_terminated(run.info.run_id, status="KILLED")
+            print(f"[{trial.trial_id}] stopped early by ASHA at step {step}", flush=True)
+        else:
+            print(f"[{trial.trial_id}] completed ({step} steps, evaluated)", flush=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        error = _first_line(trial.get_error())
+        run = find_trial_run(client_for(self.uri), self.experiment_id, self.parent, trial.trial_id)
+        if run is not None and run.info.status == "RUNNING":
+            end_run(client_for(self.uri), run.info.run_id, error=error)
+        print(f"[{trial.trial_id}] ERROR: {error}", flush=True)
+
+
+def _first_line(error: Any) -> str:
+    text = str(error or "unknown error").strip()
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    # Tune wraps the trainable's exception; its last line names it
+    return lines[-1][:500] if lines else text[:500]
+
+
+def _point(config: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in config.items())
+
+
+def summarize(grid, spec: SweepSpec, base_overrides: list[str]) -> list[TrialRow]:
+    """One row per trial of a Tune ``ResultGrid``, in trial order."""
+    rows = []
+    for result in grid:
+        metrics = dict(result.metrics or {})
+        trial_id = metrics.get("trial_id") or Path(result.path).name.removeprefix("trial_")
+        point = {k: v for k, v in (result.config or {}).items()}
+        if result.error:
+            status = "error"
+        elif any(k.startswith("eval/") for k in metrics):
+            status = "completed"
+        else:
+            status = "early_stopped"
+        try:
+            flops = flops_per_step(spec.base_config(base_overrides + trial_overrides(spec, point)))
+        except ValueError:
+            flops = math.nan
+        numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        rows.append(TrialRow(trial_id, point, status, int(metrics.get("step", 0)), flops, numeric,
+                             _first_line(result.error) if result.error else ""))
+    return sorted(rows, key=lambda r: r.trial_id)
+
+
+def rows_frame(rows: list[TrialRow], spec: SweepSpec):
+    import pandas as pd
+
+    keep = [spec.select.metric, spec.scheduler.metric, "loss"]
+    return pd.DataFrame([{"trial_id": r.trial_id, **r.point, "status": r.status, "steps": r.steps,
+                          "flops_per_step": r.flops_per_step, "train_flops": r.train_flops,
+                          **{k: r.metrics.get(k, math.nan) for k in keep}, "error": r.error} for r in rows])
+
+
+def log_sweep_results(client, parent_run_id: str, spec: SweepSpec, rows: list[TrialRow], best: TrialRow | None,
+                      exp_dir: Path, seconds: float) -> None:
+    counts = {s: sum(r.status == s for r in rows) for s in ("completed", "early_stopped", "error")}
+    metrics = {"sweep/trials": len(rows), **{f"sweep/{k}": v for k, v in counts.items()}, "sweep/wall_s": seconds,
+               "sweep/train_flops": sum(r.train_flops for r in rows if not math.isnan(r.flops_per_step))}
+    tags = {}
+    if best is not None:
+        metrics[f"best/{spec.select.metric}"] = best.metrics[spec.select.metric]
+        run = find_trial_run(client, client.get_run(parent_run_id).info.experiment_id, parent_run_id, best.trial_id)
+        tags = {"oskar.best_trial_id": best.trial_id, "oskar.best_point": _point(best.point),
+                "oskar.best_run_id": run.info.run_id if run else ""}
+    log_metrics(client, parent_run_id, metrics, step=0)
+    set_tags(client, parent_run_id, {"oskar.experiment_dir": str(exp_dir), **tags})
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "trials.csv"
+        rows_frame(rows, spec).to_csv(path, index=False)
+        client.log_artifact(parent_run_id, str(path))
+
+
+def write_report(spec: SweepSpec, setup, exp_dir: Path) -> Path | None:
+    """The comparison report (``oskar report``) for this sweep, logged on the parent run."""
+    try:
+        from ..report import build_report
+    except ImportError:
+        print("note: oskar_ray.report is not available; skipping the HTML report", flush=True)
+        return None
+    try:
+        html = Path(build_report(spec.mlflow_experiment, exp_dir / "report", tracking_uri=setup.tracking_uri,
+                                 parent_run_id=setup.parent_run_id))
+    except Exception as err:  # the sweep's results stand without the report; say why it is missing
+        print(f"warning: the report failed ({type(err).__name__}: {err}); the runs are in MLflow", flush=True)
+        set_tags(client_for(setup.tracking_uri), setup.parent_run_id, {"oskar.report_error": str(err)})
+        return None
+    client_for(setup.tracking_uri).log_artifacts(setup.parent_run_id, str(html.parent), artifact_path="report")
+    return html
+
+
+def mlflow_ui_command(uri: str) -> str:
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri} (a tracking server is already serving the UI)"
+    return f"mlflow ui --backend-store-uri {uri}"
+
+
+def print_summary(outcome: SweepOutcome) -> None:
+    spec, rows = outcome.spec, outcome.trials
+    counts = {s: sum(r.status == s for r in rows) for s in ("completed", "early_stopped", "error")}
+    print(f"\nsweep {spec.name}: {len(rows)} trials ({counts['completed']} completed, {counts['early_stopped']} "
+          f"stopped early, {counts['error']} errored) in {outcome.seconds:.0f} s", flush=True)
+    frame = rows_frame(rows, spec).drop(columns=["error", "flops_per_step"])
+    print(frame.to_string(index=False, float_format=lambda v: f"{v:.4g}"), flush=True)
+    for row in rows:
+        if row.error:
+            print(f"  {row.trial_id} error: {row.error}", flush=True)
+    if outcome.best is not None:
+        b = outcome.best
+        print(f"best trial {b.trial_id}: {_point(b.point)}  {spec.select.metric} = "
+              f"{b.metrics[spec.select.metric]:.4f}", flush=True)
+    else:
+        print(f"no completed trial reported {spec.select.metric}", flush=True)
+    print(f"report: {outcome.report if outcome.report else '(not built)'}", flush=True)
+    print(f"sweep directory: {outcome.experiment_dir}", flush=True)
+    print(f"compare the trials (experiment {spec.mlflow_experiment}, parent run {outcome.parent_run_id}):\n  "
+          f"{mlflow_ui_command(outcome.tracking_uri)}", flush=True)

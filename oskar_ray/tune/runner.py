@@ -1,0 +1,194 @@
+"""The sweep driver: parent MLflow run, Ray Tune ``Tuner`` (or ``Tuner.restore``), ASHA, summary, report.
+
+Runbook::
+
+    from oskar_ray.tune import load_spec, run_sweep
+    outcome = run_sweep(load_spec("experiments/configs/sweeps/token_budget.yaml", profile="smoke"))
+    outcome.best            # the best completed trial (select.metric), or None
+    run_sweep(spec, resume="latest")   # or the experiment directory printed at the start
+
+Layout: ``<storage_path>/<name>-<time>/`` is the Tune experiment (Tune's own
+state, ``oskar_sweep.json`` with the parent run id and the resolved spec,
+``train/<trial id>/`` the Ray Train runs and checkpoints, ``report/``). One
+MLflow parent run per sweep (tags ``oskar.role=sweep``, ``oskar.sweep``,
+``oskar.swept_params``; params ``sweep.*``; the best trial; the report and a
+``trials.csv`` summary as artifacts), one child run per trial (``trial.py``).
+
+Resume: ``Tuner.restore`` continues unfinished trials (each from its Ray Train
+checkpoint) and never re-runs finished ones; a trial finished in MLflow but
+not yet in Tune's saved state re-reports its metrics without training again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+from ..tracking import client_for, ensure_experiment, git_sha, log_params, versions
+from .results import SweepCallback, SweepOutcome, TrialRow, log_sweep_results, print_summary, summarize, write_report
+from .schedulers import make_scheduler
+from .spec import SweepSpec, spec_from_dict, tune_space, validate_points
+from .trial import ROLE, SWEEP, SWEPT, TrialSetup, run_trial
+
+STATE_FILE = "oskar_sweep.json"
+#: Tune saves its experiment state at least this often (s): what an interrupted sweep resumes from
+SAVE_EVERY_S = "10"
+
+
+def run_sweep(spec: SweepSpec, *, resume: str | None = None, report: bool = True) -> SweepOutcome:
+    """Run (or resume) a sweep end to end; prints the best trial, the report and the mlflow ui command."""
+    from ..train.launch import configure_environment, init_ray
+
+    started = time.perf_counter()
+    configure_environment()
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", SAVE_EVERY_S)
+    # the early-stopping signal comes every eval.online_probe_every steps, other reports lack it (ASHA skips those)
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    exp_dir = find_experiment(spec, resume) if resume else None
+    state = json.loads((exp_dir / STATE_FILE).read_text()) if exp_dir else None
+    if state:
+        spec = spec_from_dict({k: v for k, v in state["spec"].items() if k != "profile"}, state["spec"]["profile"])
+    else:
+        n_points = validate_points(spec)
+        exp_dir = Path(spec.storage_path).resolve() / f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        print(f"sweep {spec.name}: {n_points} grid point(s) x {spec.num_samples} sample(s); {exp_dir}", flush=True)
+    # results come from memory; Tune's file loggers are off (launch.QUIET_ENV), so it warns it cannot read them
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    init_ray(log_to_driver=False, for_sweep=True)  # trials interleave: the sweep callback prints one line each
+    setup, state = _setup(spec, exp_dir, state)
+    tuner = _tuner(spec, setup, exp_dir, state, restoring=resume is not None)
+    grid = tuner.fit()
+    rows = summarize(grid, spec, setup.base_overrides)
+    outcome = _finish(spec, setup, exp_dir, rows, report, time.perf_counter() - started)
+    print_summary(outcome)
+    return outcome
+
+
+def find_experiment(spec: SweepSpec, resume: str) -> Path:
+    """``resume``: an experiment directory, or "latest" (newest ``<name>-*`` under storage_path)."""
+    if resume != "latest":
+        path = Path(resume).resolve()
+        if not (path / STATE_FILE).is_file():
+            raise FileNotFoundError(f"--resume {resume}: no {STATE_FILE} there (not a sweep directory)")
+        return path
+    root = Path(spec.storage_path).resolve()
+    found = sorted(p for p in root.glob(f"{spec.name}-*") if (p / STATE_FILE).is_file())
+    if not found:
+        raise FileNotFoundError(f"--resume: no {spec.name} sweep under {root} to resume")
+    return found[-1]
+
+
+def _setup(spec: SweepSpec, exp_dir: Path, state: dict | None) -> tuple[TrialSetup, dict]:
+    """Resolve data/tracking/paths once in the driver (trials run in their own directories)."""
+    from ..tracking import tracking_uri
+    from ..train.launch import resolve_data
+
+    if state is None:
+        base = resolve_data(spec.base_config())
+        uri = tracking_uri(base)
+        if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_absolute():
+            uri = f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
+        overrides = [f"data.path={base.data.path}", f"tracking.uri={uri}",
+                     f"tracking.experiment={spec.mlflow_experiment}", f"train.output_dir={exp_dir / 'train'}"]
+        if base.train.threads == 0:
+            # trials share nodes: each trial's torch threads = its workers' CPU reservation, not the node's cores
+            overrides.append(f"train.threads={max(1, round(base.train.cpus_per_worker))}")
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        parent = _parent_run(spec, base, uri)
+        state = {"spec": spec.to_dict(), "base_overrides": overrides, "parent_run_id": parent, "tracking_uri": uri,
+                 "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        (exp_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
+    client = client_for(state["tracking_uri"])
+    client.update_run(state["parent_run_id"], status="RUNNING")
+    experiment_id = client.get_run(state["parent_run_id"]).info.experiment_id
+    return TrialSetup(spec, state["base_overrides"], state["parent_run_id"], state["tracking_uri"],
+                      experiment_id), state
+
+
+def _parent_run(spec: SweepSpec, base, uri: str) -> str:
+    import tempfile
+
+    import yaml
+
+    from ..config import save_config
+    from ..tracking import data_fingerprint
+
+    client = client_for(uri)
+    experiment_id = ensure_experiment(client, spec.mlflow_experiment)
+    tags = {ROLE: "sweep", SWEEP: spec.name, SWEPT: ",".join(spec.swept_keys()), "git_sha": git_sha(),
+            "data_fingerprint": data_fingerprint(base), **versions()}
+    run = client.create_run(experiment_id, run_name=f"sweep {spec.name} {time.strftime('%m-%d %H:%M')}", tags=tags)
+    params = {f"sweep.{k}": v for k, v in spec.to_dict().items() if k not in ("space", "scheduler", "select")}
+    params.update({f"sweep.space.{k}": v for k, v in spec.space.items()})
+    params.update({f"sweep.scheduler.{k}": v for k, v in spec.to_dict()["scheduler"].items()})
+    params.update({f"sweep.select.{k}": v for k, v in spec.to_dict()["select"].items()})
+    log_params(client, run.info.run_id, params)
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "sweep.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+        client.log_artifact(run.info.run_id, str(Path(tmp) / "sweep.yaml"))
+        client.log_artifact(run.info.run_id, str(save_config(base, Path(tmp) / "base_config.yaml")))
+    return run.info.run_id
+
+
+def max_concurrent(spec: SweepSpec, cfg) -> int:
+    """Trials at once. On a cluster (``$RAY_ADDRESS``): its CPUs (and GPUs) over one trial's
+    reservation. Locally: physical cores over one trial's torch threads (the local sweep cluster
+    declares more logical CPUs than cores, see ``launch.init_ray``)."""
+    import ray
+
+    t = cfg.train
+    if os.environ.get("RAY_ADDRESS"):
+        resources = ray.cluster_resources()
+        per_trial = spec.trial_cpu + t.num_workers * t.cpus_per_worker + cfg.data.cpus_per_task
+        fit = int(resources.get("CPU", 1) // per_trial)
+        if t.use_gpu:
+            fit = min(fit, int(resources.get("GPU", 0) // t.num_workers))
+    else:
+        fit = (os.cpu_count() or 1) // max(1, t.num_workers * max(t.threads, 1))
+    fit = max(1, fit)
+    return min(fit, spec.max_concurrent) if spec.max_concurrent else fit
+
+
+def _tuner(spec: SweepSpec, setup: TrialSetup, exp_dir: Path, state: dict, restoring: bool):
+    from ray import tune
+
+    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), {"cpu": spec.trial_cpu})
+    if restoring:
+        print(f"resuming sweep {spec.name} from {exp_dir}", flush=True)
+        return tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True)
+    cfg = spec.base_config(setup.base_overrides)
+    concurrent = max_concurrent(spec, cfg)
+    print(f"sweep {spec.name}: up to {concurrent} trial(s) at once; MLflow parent run {setup.parent_run_id}",
+          flush=True)
+    return tune.Tuner(
+        trainable, param_space=tune_space(spec),
+        tune_config=tune.TuneConfig(num_samples=spec.num_samples, scheduler=make_scheduler(spec, cfg),
+                                    max_concurrent_trials=concurrent, trial_dirname_creator=trial_dirname),
+        run_config=tune.RunConfig(name=exp_dir.name, storage_path=str(exp_dir.parent), verbose=0,
+                                  callbacks=[SweepCallback(setup.tracking_uri, setup.experiment_id,
+                                                           setup.parent_run_id, spec.scheduler.metric)],
+                                  failure_config=tune.FailureConfig(max_failures=0)))
+
+
+def trial_dirname(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def _finish(spec: SweepSpec, setup: TrialSetup, exp_dir: Path, rows: list[TrialRow], report: bool,
+            seconds: float) -> SweepOutcome:
+    client = client_for(setup.tracking_uri)
+    best = best_trial(rows, spec)
+    log_sweep_results(client, setup.parent_run_id, spec, rows, best, exp_dir, seconds)
+    html = write_report(spec, setup, exp_dir) if report else None
+    client.set_terminated(setup.parent_run_id, status="FINISHED")
+    return SweepOutcome(spec, exp_dir, setup.parent_run_id, setup.tracking_uri, rows, best, html, seconds)
+
+
+def best_trial(rows: list[TrialRow], spec: SweepSpec) -> TrialRow | None:
+    metric, sign = spec.select.metric, 1.0 if spec.select.mode == "max" else -1.0
+    scored = [r for r in rows if r.status == "completed" and not math.isnan(r.metrics.get(metric, math.nan))]
+    return max(scored, key=lambda r: sign * r.metrics[metric]) if scored else None

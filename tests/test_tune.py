@@ -1,0 +1,122 @@
+"""Sweep machinery without Ray: specs, grid validation, FLOPs, the online probe, the ASHA variant."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from oskar_ray.config import load_config
+from oskar_ray.tune.flops import flops_per_step
+from oskar_ray.tune.signal import loo_knn_top1
+from oskar_ray.tune.spec import edit_spec, load_spec, spec_from_dict, trial_overrides, validate_points
+
+REPO = Path(__file__).resolve().parents[1]
+SWEEPS = REPO / "experiments" / "configs" / "sweeps"
+TINY = REPO / "experiments" / "configs" / "tiny.yaml"
+
+
+@pytest.mark.parametrize("path", sorted(SWEEPS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_sweep_and_profile_is_valid(path):
+    import yaml
+
+    for profile in ["", *sorted((yaml.safe_load(path.read_text()).get("profiles") or {}))]:
+        spec = load_spec(path, profile)
+        assert validate_points(spec) >= 2
+        assert spec.swept_keys()
+
+
+def test_token_budget_defaults_and_smoke_profile():
+    spec = load_spec(SWEEPS / "token_budget.yaml")
+    assert spec.space == {"budget.input_tokens": {"grid": [32, 64, 128]}, "budget.target_tokens": {"grid": [16, 32, 64]}}
+    assert validate_points(spec) == 9
+    smoke = load_spec(SWEEPS / "token_budget.yaml", "smoke")
+    assert validate_points(smoke) == 2
+    assert smoke.overrides[: len(spec.overrides)] == spec.overrides  # profile overrides are appended
+    assert smoke.scheduler.grace_period < smoke.base_config().train.steps
+
+
+def test_invalid_grid_points_are_all_named_up_front():
+    spec = spec_from_dict({"name": "bad", "base": str(TINY), "space": {
+        "budget.input_tokens": [32, 128], "budget.target_tokens": [16, 200]}})
+    with pytest.raises(ValueError) as err:
+        validate_points(spec)
+    text = str(err.value)
+    assert "3 of 4 grid points are invalid" in text
+    assert "budget.input_tokens=128, budget.target_tokens=16" in text and "exceeds" in text
+
+
+def test_spec_errors_name_the_field():
+    base = {"name": "x", "base": str(TINY), "space": {"train.lr": [1e-3]}}
+    for change, field in [({"scheduler": {"kind": "hyperband"}}, "scheduler.kind"),
+                          ({"space": {"train.lr": {"uniform": [1]}}}, "space.train.lr.uniform"),
+                          ({"surprise": 1}, "surprise"), ({"select": {"mode": "up"}}, "select.mode")]:
+        with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+            spec_from_dict({**base, **change})
+
+
+def test_cli_edits_and_variant_axes():
+    spec = spec_from_dict({"name": "m", "base": str(TINY), "space": {"mods": {"variants": {
+        "video": ["modalities.skeleton.enabled=false", "modalities.text.enabled=false"], "all": []}}}})
+    assert spec.swept_keys() == ["modalities.skeleton.enabled", "modalities.text.enabled"]
+    assert trial_overrides(spec, {"mods": "video"}) == ["modalities.skeleton.enabled=false",
+                                                        "modalities.text.enabled=false"]
+    edited = edit_spec(spec, grid=["train.lr=0.001,0.01"], overrides=["train.steps=5"], max_concurrent=1,
+                       scheduler_kind="fifo")
+    assert edited.space["train.lr"] == {"grid": [0.001, 0.01]} and edited.overrides == ["train.steps=5"]
+    assert edited.scheduler.kind == "fifo" and edited.max_concurrent == 1 and spec.scheduler.kind == "asha"
+    assert trial_overrides(edited, {"train.lr": 0.01, "eval.online_probe_views": ["fusion"]}) == [
+        "train.lr=0.01", "eval.online_probe_views=[fusion]"]
+    assert validate_points(edited) == 4
+
+
+def test_flops_estimate_matches_torch_flop_counter():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from oskar_ray.model import Oskar
+
+    for overrides in ([], ["budget.input_tokens=32", "predictor.kind=concat"]):
+        cfg = load_config(TINY, ["train.batch_size=4", *overrides])
+        model = Oskar(cfg)
+        with FlopCounterMode(display=False) as counter:
+            model(model.example_batch(4))["loss"].backward()
+        assert flops_per_step(cfg) == pytest.approx(counter.get_total_flops(), rel=0.15)
+    small, big = (flops_per_step(load_config(TINY, [f"budget.input_tokens={n}"])) for n in (32, 96))
+    assert big > small
+
+
+def test_leave_one_out_knn():
+    torch.manual_seed(0)
+    labels = torch.arange(4).repeat_interleave(10)
+    centres = torch.randn(4, 16) * 10
+    separable = centres[labels] + torch.randn(40, 16)
+    assert loo_knn_top1(separable, labels, k=5, n_classes=4) == 1.0
+    noise = torch.randn(400, 16)
+    assert loo_knn_top1(noise, torch.randint(0, 4, (400,)), k=5, n_classes=4) < 0.4
+    duplicates = torch.randn(2, 16).repeat_interleave(2, 0)
+    # a point may not vote for itself: its twin carries the other label
+    assert loo_knn_top1(duplicates, torch.tensor([0, 1, 0, 1]), k=1, n_classes=2) == 0.0
+
+
+def test_asha_never_stops_a_trial_that_finished_training():
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from oskar_ray.tune.schedulers import make_scheduler
+
+    spec = spec_from_dict({"name": "a", "base": str(TINY), "space": {"train.lr": [1e-3]},
+                           "scheduler": {"metric": "probe/mean", "grace_period": 10, "reduction_factor": 2}})
+    cfg = load_config(TINY, ["train.steps=40"])
+    sched = make_scheduler(spec, cfg)
+    good, bad, late = (SimpleNamespace(trial_id=n) for n in ("good", "bad", "late"))
+    for trial in (good, bad, late):
+        sched.on_trial_add(None, trial)
+    assert sched.on_trial_result(None, good, {"step": 10, "probe/mean": 0.9}) == TrialScheduler.CONTINUE
+    assert sched.on_trial_result(None, bad, {"step": 10, "probe/mean": 0.1}) == TrialScheduler.STOP
+    assert sched.on_trial_result(None, late, {"step": 5, "loss": 1.0}) == TrialScheduler.CONTINUE  # no signal yet
+    # plain Ray ASHA would stop at step >= max_t, killing the trial before its evaluation
+    assert sched.on_trial_result(None, good, {"step": 40, "probe/mean": 0.0}) == TrialScheduler.CONTINUE
+    with pytest.raises(ValueError, match="grace_period"):
+        make_scheduler(spec, load_config(TINY, ["train.steps=10"]))
