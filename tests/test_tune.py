@@ -21,7 +21,7 @@ TINY = REPO / "experiments" / "configs" / "tiny.yaml"
 def test_every_shipped_sweep_and_profile_is_valid(path):
     import yaml
 
-    for profile in ["", *sorted((yaml.safe_load(path.read_text()).get("profiles") or {}))]:
+    for profile in ["", *sorted(yaml.safe_load(path.read_text()).get("profiles") or {})]:
         spec = load_spec(path, profile)
         assert validate_points(spec) >= 2
         assert spec.swept_keys()
@@ -29,7 +29,8 @@ def test_every_shipped_sweep_and_profile_is_valid(path):
 
 def test_token_budget_defaults_and_smoke_profile():
     spec = load_spec(SWEEPS / "token_budget.yaml")
-    assert spec.space == {"budget.input_tokens": {"grid": [32, 64, 128]}, "budget.target_tokens": {"grid": [16, 32, 64]}}
+    assert spec.space == {"budget.input_tokens": {"grid": [32, 64, 128]},
+                          "budget.target_tokens": {"grid": [16, 32, 64]}}
     assert validate_points(spec) == 9
     smoke = load_spec(SWEEPS / "token_budget.yaml", "smoke")
     assert validate_points(smoke) == 2
