@@ -19,6 +19,12 @@ manifest vocabularies, which only ever grow (appending keeps ids stable when
 another split is ingested). ``-1`` means "no label" (e.g. the pretrain split).
 
 Read with ``ray.data.read_parquet(split_paths(DIR, split))`` or pandas/pyarrow.
+``DIR`` may be an object-store URI (``s3://bucket/ds``, ``gs://...``, ``file://...``):
+the manifest is read through pyarrow filesystems (:mod:`oskar_ray.storage`),
+shard paths stay URIs (Ray Data and pyarrow read them directly) and
+:func:`tokenizer_file` hands back a node-local copy of the tokenizer. Writers
+(``oskar data synth|ingest``) write locally; upload a finished dataset with
+``python -m oskar_ray.storage copy DIR s3://bucket/prefix/DIR``.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from .. import storage
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -113,21 +121,24 @@ def add_split(manifest: dict[str, Any], split: str, shards: list[str], samples: 
     manifest["samples"] = sum(s["samples"] for s in manifest["splits"].values())
 
 
-def save_manifest(root: Path, manifest: dict[str, Any]) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / MANIFEST
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    tmp.replace(path)  # atomic: a reader never sees half a manifest
-    return path
+def save_manifest(root: str | Path, manifest: dict[str, Any]) -> str:
+    """Write ``manifest.json`` atomically (a reader never sees half a manifest); local or URI."""
+    storage.makedirs(root)
+    return storage.write_text(manifest_path(root), json.dumps(manifest, indent=2))
+
+
+def manifest_path(root: str | Path) -> str:
+    return storage.join(root, MANIFEST)
 
 
 def load_manifest(root: str | Path) -> dict[str, Any]:
-    path = Path(root) / MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no manifest.json; create it with `oskar data synth|ingest`")
+    path = manifest_path(root)
     try:
-        manifest = json.loads(path.read_text())
+        text = storage.read_text(path)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise FileNotFoundError(f"{path}: no manifest.json; create it with `oskar data synth|ingest`") from None
+    try:
+        manifest = json.loads(text)
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON: {err}") from None
     version = manifest.get("schema_version")
@@ -142,13 +153,21 @@ def load_manifest(root: str | Path) -> dict[str, Any]:
 def split_info(root: str | Path, split: str, manifest: dict[str, Any] | None = None) -> dict[str, Any]:
     manifest = manifest or load_manifest(root)
     if split not in manifest["splits"]:
-        raise ValueError(f"{Path(root) / MANIFEST}: no split {split!r} (have {sorted(manifest['splits'])})")
+        raise ValueError(f"{manifest_path(root)}: no split {split!r} (have {sorted(manifest['splits'])})")
     return manifest["splits"][split]
 
 
 def split_paths(root: str | Path, split: str, manifest: dict[str, Any] | None = None) -> list[str]:
-    """Absolute shard paths of one split (what ``ray.data.read_parquet`` takes)."""
-    return [str((Path(root) / rel).resolve()) for rel in split_info(root, split, manifest)["shards"]]
+    """Shard locations of one split (what ``ray.data.read_parquet`` takes): absolute local
+    paths for a local dataset, URIs for one on object storage."""
+    # root="": a relative dataset path stays relative to the working directory, never to $OSKAR_STORAGE
+    return [storage.resolve(storage.join(root, rel), root="") for rel in split_info(root, split, manifest)["shards"]]
+
+
+def tokenizer_file(root: str | Path, manifest: dict[str, Any] | None = None) -> str:
+    """A local path to the dataset's tokenizer file (downloaded and cached per node for a URI dataset)."""
+    manifest = manifest or load_manifest(root)
+    return storage.local_file(storage.join(root, manifest["tokenizer"]))
 
 
 def extend_vocab(vocab: list[str], items: list[str]) -> dict[str, int]:
