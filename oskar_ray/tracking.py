@@ -75,10 +75,12 @@ def data_fingerprint(cfg: OskarConfig) -> str:
     """sha256 of the dataset manifest (or the name of the built-in example stream)."""
     if not cfg.data.path:
         return "example-stream"
-    manifest = Path(cfg.data.path) / "manifest.json"
-    if not manifest.is_file():
+    from . import storage
+
+    manifest = storage.join(cfg.data.path, "manifest.json")
+    if not storage.is_file(manifest):
         return "unknown"
-    return hashlib.sha256(manifest.read_bytes()).hexdigest()[:16]
+    return hashlib.sha256(storage.read_bytes(manifest)).hexdigest()[:16]
 
 
 def start_run(cfg: OskarConfig, *, run_name: str = "", parent_run_id: str | None = None,

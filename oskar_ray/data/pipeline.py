@@ -60,8 +60,9 @@ def build_dataset(cfg, split: str, *, root: str | Path | None = None, train: boo
     """
     import ray.data
 
-    root = Path(root or cfg.data.path)
-    if not str(root):
+    # a URI must stay a string: Path('s3://b/x') collapses to 's3:/b/x'
+    root = str(root or cfg.data.path)
+    if not root:
         raise ValueError("data.path is empty: point it at a dataset directory (oskar data synth --out DIR)")
     meta = DatasetMeta.load(root, split)
     train = split == cfg.data.train_split if train is None else train

@@ -64,7 +64,7 @@ class DatasetMeta:
         shapes, stats = manifest["shapes"], manifest.get("video_stats", {})
         return cls(
             root=str(root), split=split, height=shapes["height"], width=shapes["width"],
-            joints=shapes["joints"], tokenizer=str(Path(root) / manifest["tokenizer"]),
+            joints=shapes["joints"], tokenizer=store.tokenizer_file(root, manifest),
             labelled=bool(info.get("labelled", True)), has_segments=bool(info.get("has_segments", False)),
             question_types=list(manifest["vocab"].get("question_types", [])),
             video_mean=tuple(stats.get("mean", (0.5,) * 3)), video_std=tuple(stats.get("std", (0.25,) * 3)),

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from .. import storage
 from ..config import OskarConfig, load_config
 from .action import run_action
 from .context import EvalContext, TaskResult
@@ -130,18 +131,19 @@ def _check_tasks(tasks: list[str]) -> list[str]:
     return list(dict.fromkeys(tasks))
 
 
-def _dataset(dataset: str | Path | None, cfg: OskarConfig) -> Path:
+def _dataset(dataset: str | Path | None, cfg: OskarConfig) -> str:
+    """The dataset root as a string: a local directory or an object-store URI."""
     if dataset is None:
         from ..train.launch import resolve_data
 
         dataset = resolve_data(cfg).data.path
-    root = Path(dataset)
-    if not (root / "manifest.json").is_file():
+    root = str(dataset)
+    if not storage.is_file(storage.join(root, "manifest.json")):
         raise FileNotFoundError(f"{root}: no manifest.json (create a dataset with `oskar data synth --out DIR`)")
     return root
 
 
-def _context(model, cfg: OskarConfig, dataset: Path, seed: int, progress: bool,
+def _context(model, cfg: OskarConfig, dataset: str, seed: int, progress: bool,
              cache_dir: str | Path | None) -> EvalContext:
     e = cfg.eval
     # features depend on the weights and the data: key the on-disk cache by both
@@ -150,10 +152,10 @@ def _context(model, cfg: OskarConfig, dataset: Path, seed: int, progress: bool,
     return EvalContext(model=model, cfg=cfg, dataset=dataset, cache=cache, seed=seed, progress=progress)
 
 
-def _fingerprint(model, dataset: Path) -> str:
+def _fingerprint(model, dataset: str) -> str:
     import hashlib
 
-    digest = hashlib.sha256((dataset / "manifest.json").read_bytes())
+    digest = hashlib.sha256(storage.read_bytes(storage.join(dataset, "manifest.json")))
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())

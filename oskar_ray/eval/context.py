@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
 from ..data import store
@@ -23,7 +22,7 @@ ACTION_VIEWS = {"video": "target:video", "skeleton": "target:skeleton", "fusion"
 class EvalContext:
     model: Any
     cfg: Any
-    dataset: Path
+    dataset: str  # local directory or object-store URI
     cache: FeatureCache
     seed: int = 0
     progress: bool = True

@@ -151,7 +151,7 @@ class FeatureCache:
 
     def __init__(self, model, dataset_dir: str | Path, cfg, views: list[str], batch_size: int = 64,
                  cache_dir: str | Path | None = None, progress: bool = True):
-        self.model, self.root, self.cfg = model, Path(dataset_dir), cfg
+        self.model, self.root, self.cfg = model, str(dataset_dir), cfg
         self.views = [v for v in views if view_available(model, v)]
         self.batch_size, self.progress = batch_size, progress
         self.cache_dir = Path(cache_dir) if cache_dir else None

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import storage
 from ..config import OskarConfig, load_config, save_config
 from ..model import Oskar
 
@@ -55,10 +56,10 @@ def save_checkpoint(directory: str | Path, model: Oskar, optimizer: torch.optim.
 
 
 def read_state(directory: str | Path) -> TrainState:
-    path = Path(directory) / STATE
-    if not path.is_file():
+    path = storage.join(directory, STATE)  # local directory or object-store URI
+    if not storage.is_file(path):
         raise FileNotFoundError(f"{directory}: not a checkpoint (no {STATE})")
-    raw = json.loads(path.read_text())
+    raw = json.loads(storage.read_text(path))
     return TrainState(step=int(raw["step"]), run_id=raw.get("run_id", ""), metrics=raw.get("metrics", {}))
 
 
@@ -80,4 +81,4 @@ def load_checkpoint(directory: str | Path, model: Oskar, optimizer: torch.optim.
 
 
 def checkpoint_config(directory: str | Path) -> OskarConfig:
-    return load_config(Path(directory) / "config.yaml")
+    return load_config(storage.local_file(storage.join(directory, "config.yaml")))
