@@ -160,9 +160,12 @@ def write_report(spec: SweepSpec, setup, exp_dir: Path) -> Path | None:
     except ImportError:
         print("note: oskar_ray.report is not available; skipping the HTML report", flush=True)
         return None
+    import inspect
+
+    extra = {"metric": spec.select.metric} if "metric" in inspect.signature(build_report).parameters else {}
     try:
         html = Path(build_report(spec.mlflow_experiment, exp_dir / "report", tracking_uri=setup.tracking_uri,
-                                 parent_run_id=setup.parent_run_id))
+                                 parent_run_id=setup.parent_run_id, **extra))
     except Exception as err:  # the sweep's results stand without the report; say why it is missing
         print(f"warning: the report failed ({type(err).__name__}: {err}); the runs are in MLflow", flush=True)
         set_tags(client_for(setup.tracking_uri), setup.parent_run_id, {"oskar.report_error": str(err)})

@@ -1,0 +1,212 @@
+"""ASHA vs the full grid on the default token-budget sweep: compute, best trial, early signal.
+
+Runbook::
+
+    python experiments/bench_sweep.py                             # both sweeps (~35 min on 2 cores), then compare
+    python experiments/bench_sweep.py --full runs/sweeps_fullgrid/token_budget-<time> \\
+                                      --asha runs/sweeps/token_budget-<time>       # compare two finished sweeps
+    python experiments/bench_sweep.py --full DIR                  # signal study + simulated ASHA only
+
+1. the full grid (``--scheduler fifo``, every trial to the end, probe on all
+   views and RankMe every 25 steps) — unless ``--full`` names a finished one;
+2. the default sweep under ASHA (``sweep_token_budget.py``) — unless ``--asha``;
+3. prints: compute spent (sum over trials of steps trained x FLOPs per step)
+   ASHA / grid (goal <= 0.6) and whether both pick the same best trial on
+   ``select.metric``; the Spearman rank correlation, across the grid's trials,
+   of each candidate early signal at each ASHA rung with the final metric; and
+   ASHA replayed offline on the grid's recorded curves for each signal over
+   random trial orders (compute ratio, how often the true best survives).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+REPO = Path(__file__).resolve().parents[1]
+SWEEP = REPO / "experiments" / "sweep_token_budget.py"
+#: candidate early signals (mode max unless listed in MINIMISE)
+SIGNALS = ["probe/fusion/knn_top1", "probe/skeleton/knn_top1", "probe/video/knn_top1", "probe/mean",
+           "health/video/rankme", "health/skeleton/rankme", "loss"]
+MINIMISE = {"loss"}
+FINALS = ["eval/action/fusion/linear/top1", "eval/action/fusion/knn/top1", "eval/action/skeleton/linear/top1",
+          "eval/action/video/linear/top1"]
+
+
+def run(args: list[str]) -> Path:
+    """Run the sweep script; returns its directory (printed as 'sweep directory: ...')."""
+    out = subprocess.run([sys.executable, str(SWEEP), *args], cwd=REPO, text=True, capture_output=True)
+    sys.stdout.write(out.stdout[-4000:])
+    if out.returncode != 0:
+        sys.exit(f"sweep failed ({out.returncode}):\n{out.stderr[-4000:]}")
+    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("sweep directory: "))
+    return Path(line.removeprefix("sweep directory: ").strip())
+
+
+def load(exp_dir: Path) -> tuple[dict, pd.DataFrame, dict]:
+    """(sweep state, one row per trial: point, status, steps, flops, finals; curves[trial][signal] = {step: v})."""
+    state = json.loads((exp_dir / "oskar_sweep.json").read_text())
+    client = MlflowClient(state["tracking_uri"])
+    parent = client.get_run(state["parent_run_id"])
+    runs = client.search_runs([parent.info.experiment_id],
+                              filter_string=f"tags.`mlflow.parentRunId` = '{state['parent_run_id']}'")
+    swept = state["spec"]["space"].keys()
+    rows, curves = [], {}
+    for r in runs:
+        trial, metrics = r.data.tags["oskar.trial_id"], r.data.metrics
+        steps = int(metrics.get("steps_trained", 0))
+        rows.append({"trial": trial, **{k: r.data.params.get(k) for k in swept},
+                     "status": r.data.tags.get("oskar.trial_status", r.info.status), "steps": steps,
+                     "flops_per_step": metrics.get("flops_per_step", math.nan),
+                     **{k: metrics.get(k, math.nan) for k in FINALS}})
+        curves[trial] = {s: {m.step: m.value for m in client.get_metric_history(r.info.run_id, s)} for s in SIGNALS}
+    frame = pd.DataFrame(rows).sort_values("trial").reset_index(drop=True)
+    frame["train_flops"] = frame["steps"] * frame["flops_per_step"]
+    return state, frame, curves
+
+
+def best_point(frame: pd.DataFrame, state: dict) -> tuple[str, float]:
+    select = state["spec"]["select"]
+    done = frame.dropna(subset=[select["metric"]])
+    row = done.loc[done[select["metric"]].idxmax() if select["mode"] == "max" else done[select["metric"]].idxmin()]
+    keys = list(state["spec"]["space"])
+    return ", ".join(f"{k}={row[k]}" for k in keys), float(row[select["metric"]])
+
+
+def rungs(state: dict) -> list[int]:
+    s, steps = state["spec"]["scheduler"], _steps(state)
+    out, r = [], s["grace_period"]
+    while r < steps:
+        out.append(int(r))
+        r *= s["reduction_factor"]
+    return out
+
+
+def _steps(state: dict) -> int:
+    from oskar_ray.tune.spec import spec_from_dict
+
+    spec = spec_from_dict({k: v for k, v in state["spec"].items() if k != "profile"})
+    return spec.base_config(state["base_overrides"]).train.steps
+
+
+def signal_table(state: dict, frame: pd.DataFrame, curves: dict) -> pd.DataFrame:
+    """Spearman correlation (across trials) of each signal at each rung with each final metric."""
+    rows = []
+    for signal in SIGNALS:
+        for rung in rungs(state):
+            values = pd.Series({t: curves[t][signal].get(rung, math.nan) for t in frame["trial"]})
+            if values.isna().all():
+                continue
+            sign = -1.0 if signal in MINIMISE else 1.0
+            row = {"signal": signal, "step": rung}
+            for final in FINALS:
+                target = frame.set_index("trial")[final]
+                row[final.removeprefix("eval/action/")] = (sign * values).corr(target, method="spearman")
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def replay_asha(state: dict, frame: pd.DataFrame, curves: dict, signal: str, order: list[str],
+                concurrent: int = 2) -> tuple[float, set[str]]:
+    """Offline ASHA on recorded curves: (compute spent / grid compute, trials that ran to the end).
+
+    Time advances one step per running trial; a freed slot starts the next trial in ``order``.
+    Decisions use the same scheduler class and rungs as the sweep.
+    """
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from oskar_ray.tune.schedulers import TrainedTrialsFinishASHA
+
+    s, steps = state["spec"]["scheduler"], _steps(state)
+    mode = "min" if signal in MINIMISE else "max"
+    sched = TrainedTrialsFinishASHA(time_attr="step", metric=signal, mode=mode, max_t=steps,
+                                    grace_period=s["grace_period"], reduction_factor=s["reduction_factor"])
+    flops = frame.set_index("trial")["flops_per_step"]
+    pending, running, spent, finished = list(order), {}, 0.0, set()
+    while pending or running:
+        while pending and len(running) < concurrent:
+            trial = pending.pop(0)
+            running[trial] = 0
+            sched.on_trial_add(None, SimpleNamespace(trial_id=trial))
+        for trial in list(running):
+            running[trial] += 1
+            step = running[trial]
+            spent += flops[trial]
+            value = curves[trial][signal].get(step)
+            if value is not None and step < steps:
+                result = {"step": step, signal: value}
+                if sched.on_trial_result(None, SimpleNamespace(trial_id=trial), result) == TrialScheduler.STOP:
+                    del running[trial]
+                    continue
+            if step >= steps:
+                finished.add(trial)
+                del running[trial]
+    return spent / float((flops * steps).sum()), finished
+
+
+def replay_table(state: dict, frame: pd.DataFrame, curves: dict, orders: int = 50) -> pd.DataFrame:
+    select = state["spec"]["select"]
+    best = frame.loc[frame[select["metric"]].idxmax() if select["mode"] == "max"
+                     else frame[select["metric"]].idxmin(), "trial"]
+    rng = np.random.default_rng(0)
+    trials = list(frame["trial"])
+    perms = [trials] + [list(rng.permutation(trials)) for _ in range(orders - 1)]
+    rows = []
+    for signal in SIGNALS:
+        if all(not curves[t][signal] for t in trials):
+            continue
+        runs = [replay_asha(state, frame, curves, signal, order) for order in perms]
+        rows.append({"signal": signal, "compute_ratio_grid_order": runs[0][0],
+                     "compute_ratio_mean": float(np.mean([r[0] for r in runs])),
+                     "best_survives_grid_order": best in runs[0][1],
+                     "best_survives_share": float(np.mean([best in r[1] for r in runs]))})
+    return pd.DataFrame(rows)
+
+
+def compare(full_dir: Path, asha_dir: Path | None) -> None:
+    state, full, curves = load(full_dir)
+    pd.set_option("display.width", 200)
+    fmt = {"float_format": lambda v: f"{v:.3f}"}
+    print(f"\n== full grid: {full_dir}\n" + full.drop(columns=["flops_per_step"]).to_string(index=False, **fmt))
+    grid_best = best_point(full, state)
+    print(f"best on {state['spec']['select']['metric']}: {grid_best[0]} ({grid_best[1]:.3f})")
+    print(f"\n== Spearman rank correlation of each early signal (at the ASHA rungs) with the final metrics "
+          f"({len(full)} trials)\n" + signal_table(state, full, curves).to_string(index=False, **fmt))
+    print("\n== ASHA replayed on the grid's curves (concurrency 2; grid order and 50 random orders)\n"
+          + replay_table(state, full, curves).to_string(index=False, **fmt))
+    if asha_dir is None:
+        return
+    a_state, asha, _ = load(asha_dir)
+    ratio = asha["train_flops"].sum() / full["train_flops"].sum()
+    asha_best = best_point(asha, a_state)
+    print(f"\n== ASHA sweep: {asha_dir}\n" + asha.drop(columns=["flops_per_step"]).to_string(index=False, **fmt))
+    print(f"\ncompute (sum of steps x FLOPs/step): ASHA {asha['train_flops'].sum():.3e} vs grid "
+          f"{full['train_flops'].sum():.3e} -> ratio {ratio:.2f} (goal <= 0.6)")
+    print(f"best trial: grid {grid_best[0]} ({grid_best[1]:.3f}); ASHA {asha_best[0]} ({asha_best[1]:.3f}) -> "
+          f"{'same' if grid_best[0] == asha_best[0] else 'DIFFERENT'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--full", type=Path, help="a finished full-grid sweep directory (else it is run)")
+    parser.add_argument("--asha", type=Path, help="a finished ASHA sweep directory (else it is run)")
+    args = parser.parse_args()
+    full = args.full or run(["--scheduler", "fifo", "--experiment", "oskar-sweep-token_budget-fullgrid",
+                             "--set", "eval.online_probe_views=[video,skeleton,fusion]", "--set",
+                             "eval.rankme_every=25", "--storage-path", "runs/sweeps_fullgrid"])
+    asha = args.asha or (None if args.full else run([]))
+    compare(full, asha)
+
+
+if __name__ == "__main__":
+    main()

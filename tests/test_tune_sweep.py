@@ -1,0 +1,171 @@
+"""Ray Tune sweeps end to end on the local Ray: a smoke sweep through an interrupt + --resume, ASHA.
+
+Slow (each sweep starts Ray Train trials, ~1 min on 2 cores); they run in CI. Tiny
+model, a handful of steps, the session's 130-clip synthetic set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from oskar_ray.tune.runner import run_sweep
+from oskar_ray.tune.spec import load_spec
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+#: a trial as short as the machinery allows: 12 steps of 4 clips, signal every 4 steps, one-epoch probes
+TRIAL = ["train.steps=12", "train.batch_size=4", "train.warmup_steps=2", "train.log_every=4",
+         "train.checkpoint_every=4", "eval.rankme_every=4", "eval.online_probe_every=4", "eval.batch_size=16",
+         "eval.online_probe_views=[fusion]", "eval.tasks=[action]", "eval.probe_epochs=1", "eval.finetune_epochs=0",
+         "data.shuffle_buffer=8"]
+
+
+def _sweep_file(tmp_path: Path, synth_dir: Path, space: dict, scheduler: dict, name: str = "t",
+                concurrent: int = 1) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": name, "base": str(REPO / "experiments/configs/tiny.yaml"),
+        "overrides": [*TRIAL, f"data.path={synth_dir}", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"],
+        "space": space, "scheduler": scheduler, "select": {"metric": "eval/action/fusion/linear/top1"},
+        "max_concurrent": concurrent, "storage_path": str(tmp_path / "sweeps")}))
+    return path
+
+
+def _children(tmp_path: Path, outcome_or_parent) -> tuple[MlflowClient, list]:
+    parent = getattr(outcome_or_parent, "parent_run_id", outcome_or_parent)
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_run(parent).info.experiment_id
+    runs = client.search_runs([experiment], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
+    return client, runs
+
+
+def test_asha_stops_a_trial_that_does_not_learn(ray_local, synth_dir, tmp_path):
+    # max_concurrent=1 and grid order: the learning trial sets the rung, the frozen one (lr ~ 0) is cut there
+    spec = load_spec(_sweep_file(tmp_path, synth_dir, {"train.lr": [2e-3, 1e-12]},
+                                 {"kind": "asha", "metric": "loss", "mode": "min", "grace_period": 4,
+                                  "reduction_factor": 2}))
+    spec.overrides.append("eval.tasks=[health]")  # evaluation is not under test here: the cheapest task
+    spec.select.metric = "eval/health/fusion/rankme"
+    outcome = run_sweep(spec, report=False)
+    rows = {r.point["train.lr"]: r for r in outcome.trials}
+    assert rows[2e-3].status == "completed" and rows[2e-3].steps == 12
+    assert rows[1e-12].status == "early_stopped" and rows[1e-12].steps < 12
+    client, children = _children(tmp_path, outcome)
+    stopped = next(c for c in children if c.data.params["train.lr"] == "1e-12")
+    assert stopped.info.status == "KILLED" and stopped.data.tags["oskar.trial_status"] == "early_stopped"
+    assert not any(k.startswith("eval/") for k in stopped.data.metrics)
+    assert stopped.data.metrics["steps_trained"] < 12
+    assert stopped.data.metrics["train_flops"] < outcome.best.train_flops
+
+
+def _driver(sweep: Path, *args: str) -> list[str]:
+    code = "import sys; from oskar_ray.tune.cli import sweep_main; sys.exit(sweep_main(sys.argv[1], sys.argv[2:]))"
+    return [sys.executable, "-c", code, str(sweep), *args]
+
+
+def test_smoke_sweep_end_to_end_through_an_interrupt_and_resume(ray_local, synth_dir, tmp_path):
+    """2 trials; the driver is killed while the second trains; --resume finishes the sweep.
+
+    Then: 1 parent + 2 nested runs with pretraining and eval metrics, each trial
+    evaluated exactly once, the interrupted one continued in its own child run
+    from its Ray Train checkpoint, and the report (when the package is there).
+    """
+    import ray
+
+    sweep = _sweep_file(tmp_path, synth_dir, {"budget.input_tokens": [32, 48]},
+                        {"kind": "asha", "metric": "probe/fusion/knn_top1", "grace_period": 4}, name="r")
+    # the driver joins the session's cluster (as on a real cluster) so killing it ends only its own job
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    log = tmp_path / "driver.log"
+    with log.open("w") as out:
+        driver = subprocess.Popen(_driver(sweep, "--no-report"), env=env, cwd=tmp_path, stdout=out,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        parent = json.loads(_wait_for_state(tmp_path / "sweeps", driver, log).read_text())["parent_run_id"]
+        interrupted = _wait_for_second_trial_past_a_checkpoint(tmp_path, parent, driver, log)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver dies mid-trial: no cleanup, no final bookkeeping
+        driver.wait(timeout=60)
+    resumed = subprocess.run(_driver(sweep, "--resume"), env=env, cwd=tmp_path, capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "resuming sweep r" in resumed.stdout and "mlflow ui --backend-store-uri sqlite:///" in resumed.stdout
+    client, children = _children(tmp_path, parent)
+    assert len(children) == 2 and len({c.data.tags["oskar.trial_id"] for c in children}) == 2  # no duplicates
+    assert interrupted in {c.info.run_id for c in children}  # the interrupted trial kept its run
+    for child in children:
+        _assert_trial_run(client, child)
+    steps = [m.step for m in client.get_metric_history(interrupted, "loss")]
+    assert steps.count(4) == 1 and max(steps) == 12  # continued from a checkpoint, not from scratch
+    _assert_parent_run(client, parent, children)
+
+
+def _assert_trial_run(client, child) -> None:
+    tags, metrics = child.data.tags, child.data.metrics
+    assert child.info.status == "FINISHED" and tags["oskar.trial_status"] == "completed"
+    assert tags["oskar.role"] == "trial" and tags["oskar.sweep"] == "r" and tags["oskar.trial_id"]
+    assert tags["oskar.swept_params"] == "budget.input_tokens" and child.data.params["budget.input_tokens"]
+    assert {"loss", "loss/video", "probe/fusion/knn_top1", "health/video/rankme", "eval/action/fusion/linear/top1",
+            "eval/action/skeleton/knn/top1"} <= set(metrics)
+    assert metrics["train_flops"] == pytest.approx(12 * metrics["flops_per_step"])
+    history = client.get_metric_history(child.info.run_id, "eval/action/fusion/linear/top1")
+    assert len(history) == 1  # evaluated exactly once
+
+
+def _assert_parent_run(client, parent_id: str, children) -> None:
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["oskar.role"] == "sweep" and parent.data.tags["oskar.sweep"] == "r"
+    assert parent.data.tags["oskar.swept_params"] == "budget.input_tokens"
+    assert parent.data.params["sweep.space.budget.input_tokens"] == "[32, 48]"
+    assert parent.data.tags["oskar.best_run_id"] in {c.info.run_id for c in children}
+    artifacts = {a.path for a in client.list_artifacts(parent_id)}
+    assert {"trials.csv", "sweep.yaml"} <= artifacts
+    try:
+        import oskar_ray.report  # noqa: F401  (the report is optional for the sweep)
+    except ImportError:
+        return
+    assert "report" in artifacts
+
+
+def _wait_for_state(root: Path, driver: subprocess.Popen, log: Path, timeout: float = 300) -> Path:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = list(root.glob("r-*/oskar_sweep.json"))
+        if found:
+            return found[0]
+        _check_alive(driver, log)
+        time.sleep(1)
+    raise TimeoutError("the sweep never wrote its state file")
+
+
+def _wait_for_second_trial_past_a_checkpoint(tmp_path: Path, parent: str, driver: subprocess.Popen, log: Path,
+                                             timeout: float = 400) -> str:
+    """The second trial's run id, once the first trial is done and Ray Train has registered a
+    checkpoint of the second (its snapshot file: what a restarted trainer resumes from)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        _, children = _children(tmp_path, parent)
+        if len(children) == 2 and any(c.info.status == "FINISHED" for c in children):
+            running = next((c for c in children if c.info.status == "RUNNING"), None)
+            trial = running.data.tags["oskar.trial_id"] if running else "-"
+            if running and list((tmp_path / "sweeps").glob(f"r-*/train/{trial}/checkpoint_manager_snapshot.json")):
+                return running.info.run_id
+        _check_alive(driver, log)
+        time.sleep(0.3)
+    raise TimeoutError(f"the second trial never got past its first checkpoint:\n{log.read_text()[-3000:]}")
+
+
+def _check_alive(driver: subprocess.Popen, log: Path) -> None:
+    if driver.poll() is not None:
+        raise AssertionError(f"the sweep driver exited early ({driver.returncode}):\n{log.read_text()[-3000:]}")
