@@ -62,10 +62,27 @@ def run_sweep(spec: SweepSpec, *, resume: str | None = None, report: bool = True
     setup, state = _setup(spec, exp_dir, state)
     tuner = _tuner(spec, setup, exp_dir, state, restoring=resume is not None)
     grid = tuner.fit()
+    warn_if_resources_held()
     rows = summarize(grid, spec, setup.base_overrides)
     outcome = _finish(spec, setup, exp_dir, rows, report, time.perf_counter() - started)
     print_summary(outcome)
     return outcome
+
+
+def warn_if_resources_held(wait_s: float = 10.0) -> None:
+    """After the last trial every CPU of a local cluster should be free again; say so when a killed trial's is not."""
+    import ray
+
+    if os.environ.get("RAY_ADDRESS"):
+        return  # a shared cluster: other jobs hold resources too
+    total = ray.cluster_resources().get("CPU", 0.0)
+    deadline = time.time() + wait_s
+    while (held := total - ray.available_resources().get("CPU", 0.0)) > 1e-6 and time.time() < deadline:
+        time.sleep(1)  # Ray Train's PlacementGroupCleaner polls every few seconds
+    if held > 1e-6:
+        print(f"warning: {held:g} CPU(s) are still reserved after the sweep: the placement groups of trials "
+              f"ASHA stopped were not released (Ray Train's PlacementGroupCleaner needs the dashboard's state "
+              f"API; see oskar_ray.train.launch.init_ray)", flush=True)
 
 
 def find_experiment(spec: SweepSpec, resume: str) -> Path:
@@ -83,30 +100,35 @@ def find_experiment(spec: SweepSpec, resume: str) -> Path:
 
 
 def _setup(spec: SweepSpec, exp_dir: Path, state: dict | None) -> tuple[TrialSetup, dict]:
-    """Resolve data/tracking/paths once in the driver (trials run in their own directories)."""
-    from ..tracking import tracking_uri
-    from ..train.launch import resolve_data
-
-    if state is None:
-        base = resolve_data(spec.base_config())
-        uri = tracking_uri(base)
-        if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_absolute():
-            uri = f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
-        overrides = [f"data.path={base.data.path}", f"tracking.uri={uri}",
-                     f"tracking.experiment={spec.mlflow_experiment}", f"train.output_dir={exp_dir / 'train'}"]
-        if base.train.threads == 0:
-            # trials share nodes: each trial's torch threads = its workers' CPU reservation, not the node's cores
-            overrides.append(f"train.threads={max(1, round(base.train.cpus_per_worker))}")
-        exp_dir.mkdir(parents=True, exist_ok=True)
-        parent = _parent_run(spec, base, uri)
-        state = {"spec": spec.to_dict(), "base_overrides": overrides, "parent_run_id": parent, "tracking_uri": uri,
-                 "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        (exp_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
+    """The trials' shared setup: from the saved state on resume, else resolved now and saved."""
+    state = state or _new_state(spec, exp_dir)
     client = client_for(state["tracking_uri"])
     client.update_run(state["parent_run_id"], status="RUNNING")
     experiment_id = client.get_run(state["parent_run_id"]).info.experiment_id
     return TrialSetup(spec, state["base_overrides"], state["parent_run_id"], state["tracking_uri"],
                       experiment_id), state
+
+
+def _new_state(spec: SweepSpec, exp_dir: Path) -> dict:
+    """Resolve data (synthesised if absent), tracking URI and paths once, in the driver: trials run
+    in their own working directories, possibly on other nodes. Creates the parent run."""
+    from ..tracking import tracking_uri
+    from ..train.launch import resolve_data
+
+    base = resolve_data(spec.base_config())
+    uri = tracking_uri(base)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_absolute():
+        uri = f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
+    overrides = [f"data.path={base.data.path}", f"tracking.uri={uri}",
+                 f"tracking.experiment={spec.mlflow_experiment}", f"train.output_dir={exp_dir / 'train'}"]
+    if base.train.threads == 0:
+        # trials share nodes: each trial's torch threads = its workers' CPU reservation, not the node's cores
+        overrides.append(f"train.threads={max(1, round(base.train.cpus_per_worker))}")
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    state = {"spec": spec.to_dict(), "base_overrides": overrides, "parent_run_id": _parent_run(spec, base, uri),
+             "tracking_uri": uri, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    (exp_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
+    return state
 
 
 def _parent_run(spec: SweepSpec, base, uri: str) -> str:
