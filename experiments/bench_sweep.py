@@ -25,6 +25,7 @@ import json
 import math
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -98,7 +99,9 @@ def _steps(state: dict) -> int:
 
 
 def signal_table(state: dict, frame: pd.DataFrame, curves: dict) -> pd.DataFrame:
-    """Spearman correlation (across trials) of each signal at each rung with each final metric."""
+    """Spearman correlation (across trials) of each signal at each rung with each final metric
+    (NaN where a signal is the same for every trial: saturated, it cannot rank)."""
+    warnings.filterwarnings("ignore", message="An input array is constant")
     rows = []
     for signal in SIGNALS:
         for rung in rungs(state):
@@ -155,9 +158,8 @@ def replay_asha(state: dict, frame: pd.DataFrame, curves: dict, signal: str, ord
 
 
 def replay_table(state: dict, frame: pd.DataFrame, curves: dict, orders: int = 50) -> pd.DataFrame:
-    select = state["spec"]["select"]
-    best = frame.loc[frame[select["metric"]].idxmax() if select["mode"] == "max"
-                     else frame[select["metric"]].idxmin(), "trial"]
+    """Compute ratio and whether the grid's best trial (on each fusion final metric) runs to the end."""
+    bests = {final.removeprefix("eval/action/"): frame.loc[frame[final].idxmax(), "trial"] for final in FINALS[:2]}
     rng = np.random.default_rng(0)
     trials = list(frame["trial"])
     perms = [trials] + [list(rng.permutation(trials)) for _ in range(orders - 1)]
@@ -166,15 +168,17 @@ def replay_table(state: dict, frame: pd.DataFrame, curves: dict, orders: int = 5
         if all(not curves[t][signal] for t in trials):
             continue
         runs = [replay_asha(state, frame, curves, signal, order) for order in perms]
-        rows.append({"signal": signal, "compute_ratio_grid_order": runs[0][0],
-                     "compute_ratio_mean": float(np.mean([r[0] for r in runs])),
-                     "best_survives_grid_order": best in runs[0][1],
-                     "best_survives_share": float(np.mean([best in r[1] for r in runs]))})
+        row = {"signal": signal, "ratio_grid_order": runs[0][0], "ratio_mean": float(np.mean([r[0] for r in runs]))}
+        for name, best in bests.items():
+            row[f"best {name} kept (grid order)"] = best in runs[0][1]
+            row[f"best {name} kept (share)"] = float(np.mean([best in r[1] for r in runs]))
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
 def compare(full_dir: Path, asha_dir: Path | None) -> None:
     state, full, curves = load(full_dir)
+    full = full[full["status"] == "completed"].reset_index(drop=True)  # a grid still running: its finished part
     pd.set_option("display.width", 200)
     fmt = {"float_format": lambda v: f"{v:.3f}"}
     print(f"\n== full grid: {full_dir}\n" + full.drop(columns=["flops_per_step"]).to_string(index=False, **fmt))
@@ -194,6 +198,11 @@ def compare(full_dir: Path, asha_dir: Path | None) -> None:
           f"{full['train_flops'].sum():.3e} -> ratio {ratio:.2f} (goal <= 0.6)")
     print(f"best trial: grid {grid_best[0]} ({grid_best[1]:.3f}); ASHA {asha_best[0]} ({asha_best[1]:.3f}) -> "
           f"{'same' if grid_best[0] == asha_best[0] else 'DIFFERENT'}")
+    for metric in FINALS:  # the same question for the other final metrics
+        g, a = (best_point(f, {"spec": {**s["spec"], "select": {"metric": metric, "mode": "max"}}})
+                for f, s in ((full, state), (asha, a_state)))
+        print(f"  on {metric}: grid {g[0]} ({g[1]:.3f}), ASHA {a[0]} ({a[1]:.3f}) -> "
+              f"{'same' if g[0] == a[0] else 'different'}")
 
 
 def main() -> None:

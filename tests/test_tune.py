@@ -10,7 +10,14 @@ import torch
 from oskar_ray.config import load_config
 from oskar_ray.tune.flops import flops_per_step
 from oskar_ray.tune.signal import loo_knn_top1
-from oskar_ray.tune.spec import edit_spec, load_spec, spec_from_dict, trial_overrides, validate_points
+from oskar_ray.tune.spec import (
+    edit_spec,
+    load_spec,
+    spec_from_dict,
+    trial_overrides,
+    tune_space,
+    validate_points,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEPS = REPO / "experiments" / "configs" / "sweeps"
@@ -121,3 +128,15 @@ def test_asha_never_stops_a_trial_that_finished_training():
     assert sched.on_trial_result(None, good, {"step": 40, "probe/mean": 0.0}) == TrialScheduler.CONTINUE
     with pytest.raises(ValueError, match="grace_period"):
         make_scheduler(spec, load_config(TINY, ["train.steps=10"]))
+
+
+def test_grid_points_start_in_a_seeded_shuffled_order():
+    spec = load_spec(SWEEPS / "token_budget.yaml")
+    space, points = tune_space(spec)
+    assert set(space) == {"budget.input_tokens", "budget.target_tokens"}
+    grid = [{"budget.input_tokens": i, "budget.target_tokens": t} for i in (32, 64, 128) for t in (16, 32, 64)]
+    assert sorted(map(str, points)) == sorted(map(str, grid)) and points != grid  # each point once, not sorted
+    assert tune_space(spec)[1] == points  # deterministic (seed)
+    repeated = tune_space(edit_spec(spec, num_samples=2))[1]
+    assert len(repeated) == 18 and repeated[:9] == points
+    assert tune_space(edit_spec(spec, order="grid"))[1] == []  # Tune's own grid order

@@ -177,6 +177,7 @@ def max_concurrent(spec: SweepSpec, cfg) -> int:
 
 def _tuner(spec: SweepSpec, setup: TrialSetup, exp_dir: Path, state: dict, restoring: bool):
     from ray import tune
+    from ray.tune.search import BasicVariantGenerator
 
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), {"cpu": spec.trial_cpu})
     if restoring:
@@ -186,10 +187,13 @@ def _tuner(spec: SweepSpec, setup: TrialSetup, exp_dir: Path, state: dict, resto
     concurrent = max_concurrent(spec, cfg)
     print(f"sweep {spec.name}: up to {concurrent} trial(s) at once; MLflow parent run {setup.parent_run_id}",
           flush=True)
+    space, points = tune_space(spec)
+    search = BasicVariantGenerator(points_to_evaluate=points, random_state=spec.seed) if points else None
     return tune.Tuner(
-        trainable, param_space=tune_space(spec),
-        tune_config=tune.TuneConfig(num_samples=spec.num_samples, scheduler=make_scheduler(spec, cfg),
-                                    max_concurrent_trials=concurrent, trial_dirname_creator=trial_dirname),
+        trainable, param_space=space,
+        tune_config=tune.TuneConfig(num_samples=len(points) or spec.num_samples, search_alg=search,
+                                    scheduler=make_scheduler(spec, cfg), max_concurrent_trials=concurrent,
+                                    trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(name=exp_dir.name, storage_path=str(exp_dir.parent), verbose=0,
                                   callbacks=[SweepCallback(setup.tracking_uri, setup.experiment_id,
                                                            setup.parent_run_id, spec.scheduler.metric)],

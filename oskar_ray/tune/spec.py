@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import itertools
 import os
+import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,10 @@ class SweepSpec:
     storage_path: str = "runs/sweeps"
     experiment: str = ""
     description: str = ""
+    #: "shuffled": grid points start in a seeded random order (ASHA assumes random arrival: a sorted
+    #: grid would let whatever comes first — here the cheapest budgets — pass every first rung); "grid"
+    order: str = "shuffled"
+    seed: int = 0
     profile: str = ""
 
     @property
@@ -181,6 +186,8 @@ def check_spec(spec: SweepSpec) -> None:
     if s.grace_period < 1 or s.reduction_factor <= 1:
         raise ValueError(f"sweep.scheduler: grace_period must be >= 1 and reduction_factor > 1, got "
                          f"{s.grace_period} and {s.reduction_factor}")
+    if spec.order not in ("shuffled", "grid"):
+        raise ValueError(f"sweep.order must be 'shuffled' or 'grid', got {spec.order!r}")
     if spec.num_samples < 1 or spec.max_concurrent < 0 or spec.trial_cpu <= 0:
         raise ValueError("sweep: num_samples >= 1, max_concurrent >= 0 and trial_cpu > 0 are required")
     if not spec.space:
@@ -262,15 +269,31 @@ def _describe(point: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in point.items())
 
 
-def tune_space(spec: SweepSpec) -> dict[str, Any]:
-    """Ray Tune ``param_space``: flat, keyed by dotted config key (or variant-axis name)."""
+def tune_space(spec: SweepSpec) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Ray Tune ``param_space`` (flat, keyed by dotted config key or variant-axis name) and the
+    grid points to start with, in trial order (``points_to_evaluate`` of Tune's variant generator).
+
+    With ``order: shuffled`` the grid/variant axes become ``tune.choice`` in the space and every
+    combination is listed once per sample, shuffled with ``seed``: each point replaces one sample,
+    so the trials are exactly the grid, in that order. Random axes are sampled per trial either way.
+    """
     from ray import tune
 
     make = {"grid": tune.grid_search, "choice": tune.choice, "variants": lambda v: tune.grid_search(list(v)),
             "uniform": lambda v: tune.uniform(*v), "loguniform": lambda v: tune.loguniform(*v),
             "randint": lambda v: tune.randint(*v)}
-    space = {}
-    for name, axis in spec.space.items():
-        kind = axis_kind(axis)
-        space[name] = make[kind](axis if isinstance(axis, list) else axis[kind])
-    return space
+    enumerated = {n: a for n, a in spec.space.items() if axis_kind(a) in ("grid", "variants")}
+    if spec.order == "grid" or not enumerated:
+        return {n: make[axis_kind(a)](_values(a)) for n, a in spec.space.items()}, []
+    space = {n: tune.choice(list(_values(a))) if n in enumerated else make[axis_kind(a)](_values(a))
+             for n, a in spec.space.items()}
+    combos = [dict(zip(enumerated, c, strict=True)) for c in itertools.product(*map(_values, enumerated.values()))]
+    rng = random.Random(spec.seed)
+    points = []
+    for _ in range(spec.num_samples):
+        points += rng.sample(combos, len(combos))
+    return space, points
+
+
+def _values(axis: Any) -> Any:
+    return axis if isinstance(axis, list) else axis[axis_kind(axis)]
