@@ -188,11 +188,14 @@ def _tuner(spec: SweepSpec, setup: TrialSetup, exp_dir: Path, state: dict, resto
     print(f"sweep {spec.name}: up to {concurrent} trial(s) at once; MLflow parent run {setup.parent_run_id}",
           flush=True)
     space, points = tune_space(spec)
-    search = BasicVariantGenerator(points_to_evaluate=points, random_state=spec.seed) if points else None
+    # Tune ignores max_concurrent_trials for a search generator: the generator limits itself
+    search = (BasicVariantGenerator(points_to_evaluate=points, random_state=spec.seed, max_concurrent=concurrent)
+              if points else None)
     return tune.Tuner(
         trainable, param_space=space,
         tune_config=tune.TuneConfig(num_samples=len(points) or spec.num_samples, search_alg=search,
-                                    scheduler=make_scheduler(spec, cfg), max_concurrent_trials=concurrent,
+                                    scheduler=make_scheduler(spec, cfg),
+                                    max_concurrent_trials=None if search else concurrent,
                                     trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(name=exp_dir.name, storage_path=str(exp_dir.parent), verbose=0,
                                   callbacks=[SweepCallback(setup.tracking_uri, setup.experiment_id,
