@@ -50,10 +50,11 @@ def _children(tmp_path: Path, outcome_or_parent) -> tuple[MlflowClient, list]:
 
 
 def test_asha_stops_a_trial_that_does_not_learn(ray_local, synth_dir, tmp_path):
-    # max_concurrent=1 and grid order: the learning trial sets the rung, the frozen one (lr ~ 0) is cut there
+    # one trial at a time, in grid order: the learning trial sets the rung, the frozen one (lr ~ 0) is cut there
     spec = load_spec(_sweep_file(tmp_path, synth_dir, {"train.lr": [2e-3, 1e-12]},
                                  {"kind": "asha", "metric": "loss", "mode": "min", "grace_period": 4,
                                   "reduction_factor": 2}))
+    spec.order = "grid"  # the learning trial first: it sets the rung the frozen one is cut at
     spec.overrides.append("eval.tasks=[health]")  # evaluation is not under test here: the cheapest task
     spec.select.metric = "eval/health/fusion/rankme"
     outcome = run_sweep(spec, report=False)
