@@ -193,10 +193,12 @@ def compare(full_dir: Path, asha_dir: Path | None) -> None:
     a_state, asha, _ = load(asha_dir)
     ratio = asha["train_flops"].sum() / full["train_flops"].sum()
     asha_best = best_point(asha, a_state)
+    grid_best = best_point(full, {**state, "spec": {**state["spec"], "select": a_state["spec"]["select"]}})
     print(f"\n== ASHA sweep: {asha_dir}\n" + asha.drop(columns=["flops_per_step"]).to_string(index=False, **fmt))
     print(f"\ncompute (sum of steps x FLOPs/step): ASHA {asha['train_flops'].sum():.3e} vs grid "
           f"{full['train_flops'].sum():.3e} -> ratio {ratio:.2f} (goal <= 0.6)")
-    print(f"best trial: grid {grid_best[0]} ({grid_best[1]:.3f}); ASHA {asha_best[0]} ({asha_best[1]:.3f}) -> "
+    print(f"best trial on the ASHA sweep's {a_state['spec']['select']['metric']}: grid {grid_best[0]} "
+          f"({grid_best[1]:.3f}); ASHA {asha_best[0]} ({asha_best[1]:.3f}) -> "
           f"{'same' if grid_best[0] == asha_best[0] else 'DIFFERENT'}")
     for metric in FINALS:  # the same question for the other final metrics
         g, a = (best_point(f, {"spec": {**s["spec"], "select": {"metric": metric, "mode": "max"}}})
