@@ -58,11 +58,15 @@ def run_sweep(spec: SweepSpec, *, resume: str | None = None, report: bool = True
         print(f"sweep {spec.name}: {n_points} grid point(s) x {spec.num_samples} sample(s); {exp_dir}", flush=True)
     # results come from memory; Tune's file loggers are off (launch.QUIET_ENV), so it warns it cannot read them
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    import ray
+
+    own_cluster = not ray.is_initialized() and not os.environ.get("RAY_ADDRESS")
     init_ray(log_to_driver=False, for_sweep=True)  # trials interleave: the sweep callback prints one line each
     setup, state = _setup(spec, exp_dir, state)
     tuner = _tuner(spec, setup, exp_dir, state, restoring=resume is not None)
     grid = tuner.fit()
-    warn_if_resources_held()
+    if own_cluster:
+        warn_if_resources_held()
     rows = summarize(grid, spec, setup.base_overrides)
     outcome = _finish(spec, setup, exp_dir, rows, report, time.perf_counter() - started)
     print_summary(outcome)
@@ -70,11 +74,10 @@ def run_sweep(spec: SweepSpec, *, resume: str | None = None, report: bool = True
 
 
 def warn_if_resources_held(wait_s: float = 10.0) -> None:
-    """After the last trial every CPU of a local cluster should be free again; say so when a killed trial's is not."""
+    """After the last trial every CPU of the sweep's own local cluster should be free again (a shared
+    cluster's other jobs hold some); say so when a killed trial's placement group was not released."""
     import ray
 
-    if os.environ.get("RAY_ADDRESS"):
-        return  # a shared cluster: other jobs hold resources too
     total = ray.cluster_resources().get("CPU", 0.0)
     deadline = time.time() + wait_s
     while (held := total - ray.available_resources().get("CPU", 0.0)) > 1e-6 and time.time() < deadline:
