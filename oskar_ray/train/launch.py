@@ -144,9 +144,11 @@ def pretrain(cfg: OskarConfig, *, resume: str | None = None, fail_at_step: int |
 
     ``run_id``: train into this existing MLflow run (a sweep trial's child run)
     instead of creating one; ``callbacks``: Ray Train ``UserCallback``s (e.g.
-    ``TuneReportCallback``); ``finish=False`` leaves a successful run RUNNING
-    for the caller (who evaluates next); ``log_weights=False`` skips the
-    weights artifact (the checkpoint stays under ``train.output_dir``).
+    ``TuneReportCallback``); ``finish=False``: the caller owns the run's status
+    (a sweep trial evaluates next, and its driver records stops and failures:
+    a trial killed by ASHA must not race it with a FAILED of its own);
+    ``log_weights=False`` skips the weights artifact (the checkpoint stays
+    under ``train.output_dir``).
     """
     configure_environment()
     cfg = resolve_data(cfg)
@@ -157,12 +159,14 @@ def pretrain(cfg: OskarConfig, *, resume: str | None = None, fail_at_step: int |
     try:
         result = build_trainer(cfg, name, run_id, resume, fail_at_step, callbacks).fit()
     except BaseException as err:
-        end_run(client, run_id, error=f"{type(err).__name__}: {err}")
+        if finish:
+            end_run(client, run_id, error=f"{type(err).__name__}: {err}")
         raise
     # a non-finite loss or fatal collapse ends the loop cleanly (no retry); rank 0 tags the run
     error = client.get_run(run_id).data.tags.get("error")
     if error:
-        end_run(client, run_id, error=error)
+        if finish:
+            end_run(client, run_id, error=error)
         raise RuntimeError(f"pretraining stopped: {error} (MLflow run {run_id} marked FAILED)")
     checkpoint = result.checkpoint.path if result.checkpoint else None
     _log_artifacts(client, run_id, cfg, checkpoint if log_weights else None)

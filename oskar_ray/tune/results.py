@@ -69,25 +69,31 @@ class SweepCallback(Callback):
                   f"loss={result.get('loss', math.nan):.4f}", flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        """Completed = evaluated; a trial Tune ended without its eval metrics was stopped by the scheduler."""
         client = client_for(self.uri)
         run = find_trial_run(client, self.experiment_id, self.parent, trial.trial_id)
-        step = int((trial.last_result or {}).get("step", 0))
+        last = trial.last_result or {}
+        step = int(last.get("step", 0))
         if run is None:
             return
         flops = run.data.metrics.get("flops_per_step", math.nan)
         log_metrics(client, run.info.run_id, {"steps_trained": step, "train_flops": flops * step}, step=step)
-        if run.info.status == "RUNNING":  # killed mid-training by the scheduler
-            set_tags(client, run.info.run_id, {STATUS: "early_stopped", "oskar.stopped_at_step": str(step)})
-            client.set_terminated(run.info.run_id, status="KILLED")
-            print(f"[{trial.trial_id}] stopped early by ASHA at step {step}", flush=True)
-        else:
+        if any(k.startswith("eval/") for k in last):
             print(f"[{trial.trial_id}] completed ({step} steps, evaluated)", flush=True)
+            return
+        set_tags(client, run.info.run_id, {STATUS: "early_stopped", "oskar.stopped_at_step": str(step)})
+        if run.data.tags.get("error"):
+            client.delete_tag(run.info.run_id, "error")  # the dying trial's own exception, not a failure
+        client.set_terminated(run.info.run_id, status="KILLED")
+        print(f"[{trial.trial_id}] stopped early by ASHA at step {step}", flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         error = _first_line(trial.get_error())
-        run = find_trial_run(client_for(self.uri), self.experiment_id, self.parent, trial.trial_id)
-        if run is not None and run.info.status == "RUNNING":
-            end_run(client_for(self.uri), run.info.run_id, error=error)
+        client = client_for(self.uri)
+        run = find_trial_run(client, self.experiment_id, self.parent, trial.trial_id)
+        if run is not None and run.info.status != "FINISHED":
+            end_run(client, run.info.run_id, error=error)
+            set_tags(client, run.info.run_id, {STATUS: "error"})
         print(f"[{trial.trial_id}] ERROR: {error}", flush=True)
 
 

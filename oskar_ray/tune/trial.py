@@ -18,8 +18,10 @@ Runbook (what :func:`run_trial` does inside its Tune trial actor)::
        ``eval/<task>/<metric>`` logged onto the child run; the run is FINISHED;
     6. ``ray.tune.report`` of the final metrics (step, flops, eval/*).
 
-A trial stopped early by ASHA is killed mid-training; the driver's
-:class:`oskar_ray.tune.runner.SweepCallback` then marks its child run KILLED.
+The trial never marks its own run FAILED: a trial stopped early by ASHA is
+killed mid-training and may die with an exception, racing the driver. The
+driver's :class:`oskar_ray.tune.results.SweepCallback` owns those outcomes:
+KILLED (``oskar.trial_status=early_stopped``) or FAILED with Tune's error.
 """
 
 from __future__ import annotations
@@ -86,14 +88,10 @@ def train_and_evaluate(cfg, run_id: str, trial_id: str) -> dict[str, float]:
     result = pretrain(cfg, run_name=trial_id, run_id=run_id, callbacks=[TuneReportCallback()], finish=False,
                       log_weights=False)
     if result.checkpoint is None:
-        end_run(client, run_id, error="pretraining produced no checkpoint")
         raise RuntimeError(f"trial {trial_id}: pretraining produced no checkpoint")
-    try:
-        evaluated = evaluate_full(result.checkpoint, cfg.data.path, cfg.eval.tasks, cfg, log=True, run_id=run_id,
-                                  progress=False)
-    except BaseException as err:
-        end_run(client, run_id, error=f"evaluation: {type(err).__name__}: {err}")
-        raise
+    # an error from here on reaches the driver, whose SweepCallback marks the run FAILED with it
+    evaluated = evaluate_full(result.checkpoint, cfg.data.path, cfg.eval.tasks, cfg, log=True, run_id=run_id,
+                              progress=False)
     set_tags(client, run_id, {STATUS: "completed"})
     flops = flops_per_step(cfg)
     return {"step": cfg.train.steps, "flops_per_step": flops, "train_flops": flops * cfg.train.steps,
