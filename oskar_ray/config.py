@@ -160,6 +160,9 @@ class TrackingConfig:
     #: "" → $MLFLOW_TRACKING_URI, else a SQLite store in the working directory
     uri: str = ""
     run_name: str = ""
+    #: auto | always | never — Ray workers log through an actor on the driver's node (oskar_ray/relay.py);
+    #: auto: when the driver joined a cluster ($RAY_ADDRESS) and the URI only works on its node
+    relay: str = "auto"
 
 
 def _default_modalities() -> dict[str, ModalityConfig]:
@@ -209,10 +212,15 @@ def config_from_dict(raw: dict[str, Any]) -> OskarConfig:
     return cfg
 
 
+def config_yaml(cfg: OskarConfig) -> str:
+    """The resolved config as the YAML text ``load_config`` reads back."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
 def save_config(cfg: OskarConfig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    path.write_text(config_yaml(cfg))
     return path
 
 

@@ -2,6 +2,9 @@
 
 * URI: ``tracking.uri`` → ``$MLFLOW_TRACKING_URI`` → ``sqlite:///<cwd>/mlflow.db``
   (no server needed; ``mlflow ui --backend-store-uri sqlite:///mlflow.db``).
+* On a cluster whose store only the head reaches (SQLite file, server on the
+  head's 127.0.0.1), workers log through a relay actor on the driver's node
+  (``oskar_ray/relay.py``, ``tracking.relay``); :func:`client_for` picks it.
 * One run per pretraining run; the *driver* creates it and owns its status
   (FINISHED / FAILED with the error recorded), rank 0 logs metrics into it by
   id, and a resumed run continues the same id — retries never duplicate runs.
@@ -38,7 +41,12 @@ def tracking_uri(cfg: OskarConfig) -> str:
 
 
 def client_for(uri: str) -> MlflowClient:
-    return MlflowClient(tracking_uri=uri)
+    """A client for ``uri``; in a Ray worker of a job whose driver started a relay for it
+    (``oskar_ray.relay``: the store is reachable from the driver's node only), the relay's."""
+    from . import relay
+
+    actor = relay.find(uri)
+    return relay.RelayClient(uri, actor) if actor is not None else MlflowClient(tracking_uri=uri)
 
 
 def ensure_experiment(client: MlflowClient, name: str) -> str:

@@ -19,7 +19,8 @@ def validate(cfg: OskarConfig) -> None:
     _validate_budget(cfg)
     _validate_ema(cfg)
     _validate_train(cfg)
-    choices = {"data.video_norm": (cfg.data.video_norm, ("clip", "dataset"))}
+    choices = {"data.video_norm": (cfg.data.video_norm, ("clip", "dataset")),
+               "tracking.relay": (cfg.tracking.relay, ("auto", "always", "never"))}
     for name, (value, allowed) in choices.items():
         if value not in allowed:
             raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")

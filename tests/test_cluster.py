@@ -154,6 +154,8 @@ def test_local_cluster_round_trip_with_a_failing_and_a_finishing_job(synth_dir, 
                       "--set", "train.steps=10", "--set", "train.checkpoint_every=5", "--set", "train.warmup_steps=2",
                       "--set", "data.shuffle_buffer=16", "--set", "eval.batch_size=16", timeout=480)
         assert good.returncode == 0, good.stdout[-6000:] + good.stderr[-3000:]
+        # a job joined the cluster with a store on the head: its workers log through the relay
+        assert "workers log through a relay" in good.stdout, good.stdout[-3000:]
         phases["jobs"] = time.time() - started - phases["up"]
         status = script("status", timeout=60)
         assert "ray.worker.gpu" in status.stdout, status.stdout  # the autoscaler added worker nodes
@@ -246,8 +248,10 @@ def _lose_a_node_mid_run(cluster, nodes, out: Path, synth: str) -> None:
         f"data.path={synth}", "train.batch_size=8", f"train.steps={STEPS}", "train.log_every=5",
         "train.checkpoint_every=5", "train.keep_checkpoints=10", "train.warmup_steps=5", "train.num_workers=2",
         "train.cpus_per_worker=2", "train.max_failures=2", "eval.rankme_every=100", "eval.batch_size=16",
-        "data.shuffle_buffer=16", f"train.output_dir={out / 'runs'}", f"tracking.uri=sqlite:///{out}/m.db",
-        "tracking.experiment=node-loss"])
+        # storage given as a URI (pyarrow's file:// filesystem: the code path of s3://) and MLflow through
+        # the relay on the head: rank 0 sits on a worker node, as on a cluster whose store only the head reaches
+        "data.shuffle_buffer=16", f"train.output_dir={(out / 'runs').as_uri()}", f"tracking.uri=sqlite:///{out}/m.db",
+        "tracking.experiment=node-loss", "tracking.relay=always"])
     run_dir = out / "runs" / "nodeloss"
     outcome: dict = {}
 

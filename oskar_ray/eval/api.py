@@ -97,13 +97,26 @@ def evaluate_full(checkpoint_or_model: Any, dataset: str | Path | None = None, t
     return result
 
 
+def _local_checkpoint(location: Any) -> Path:
+    """A local path for a checkpoint directory or weights file given as a path or a URI; one on
+    object storage (a cluster run's ``s3://.../checkpoint_...``) is downloaded to a temp dir first."""
+    text = str(location)
+    if not storage.is_uri(text):
+        return Path(text)
+    if storage.is_local(text):
+        return Path(storage.filesystem_and_path(text)[1])
+    target = Path(tempfile.mkdtemp(prefix="oskar-checkpoint-")) / storage.name(text)
+    storage.copy(text, target)
+    return target
+
+
 def load_model(obj: Any, cfg: OskarConfig | None) -> tuple[Any, OskarConfig, dict[str, Any]]:
     """(model in eval mode, its config, {"path", "run_id", "step"} when loaded from disk)."""
     from ..model import Oskar
 
     if isinstance(obj, Oskar):
         return obj.eval(), cfg or obj.cfg, {}
-    path = Path(obj)
+    path = _local_checkpoint(obj)
     directory = path if path.is_dir() else path.parent
     weights = path if path.is_file() else next(
         (directory / n for n in ("model.safetensors", "weights.safetensors") if (directory / n).is_file()), None)

@@ -31,7 +31,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import OskarConfig, save_config
+from .. import relay, storage
+from ..config import OskarConfig, config_yaml, save_config
 from ..tracking import client_for, end_run, log_loss_curve, start_run, tracking_uri
 from .checkpoint import WEIGHTS, read_state
 
@@ -62,10 +63,10 @@ def resolve_data(cfg: OskarConfig) -> OskarConfig:
     """A copy of ``cfg`` whose ``data.path`` points at a dataset, synthesised if needed."""
     cfg = copy.deepcopy(cfg)
     if cfg.data.path:
-        if not (Path(cfg.data.path) / "manifest.json").is_file() and "://" not in cfg.data.path:
+        cfg.data.path = storage.resolve(cfg.data.path)
+        if not storage.is_file(storage.join(cfg.data.path, "manifest.json")):
             raise FileNotFoundError(f"data.path={cfg.data.path}: no manifest.json there "
                                     f"(create one with `oskar data synth --out DIR`)")
-        cfg.data.path = str(Path(cfg.data.path).resolve()) if "://" not in cfg.data.path else cfg.data.path
         return cfg
     from ..data.synth import SynthSpec, generate
 
@@ -79,6 +80,13 @@ def resolve_data(cfg: OskarConfig) -> OskarConfig:
                          width=video.width, joints=skeleton.joints)
         generate(spec, root)
     cfg.data.path = str(root)
+    shared = storage.storage_root()
+    if shared and not storage.is_local(shared):
+        # a cluster: workers on other nodes read the benchmark from object storage, not this disk
+        cfg.data.path = storage.join(shared, "data", name)
+        if not storage.is_file(storage.join(cfg.data.path, "manifest.json")):
+            print(f"uploading the built-in benchmark to {cfg.data.path}", flush=True)
+            storage.copy(root, cfg.data.path)
     return cfg
 
 
@@ -153,6 +161,7 @@ def pretrain(cfg: OskarConfig, *, resume: str | None = None, fail_at_step: int |
     configure_environment()
     cfg = resolve_data(cfg)
     init_ray()
+    relay.start(tracking_uri(cfg), cfg.tracking.relay)
     name = run_name or cfg.tracking.run_name or time.strftime("pretrain-%Y%m%d-%H%M%S")
     run_id = run_id or _run_id(cfg, resume, name)
     client = client_for(tracking_uri(cfg))
@@ -168,11 +177,12 @@ def pretrain(cfg: OskarConfig, *, resume: str | None = None, fail_at_step: int |
         if finish:
             end_run(client, run_id, error=error)
         raise RuntimeError(f"pretraining stopped: {error} (MLflow run {run_id} marked FAILED)")
-    checkpoint = result.checkpoint.path if result.checkpoint else None
+    checkpoint = storage.to_uri(result.checkpoint.filesystem, result.checkpoint.path) if result.checkpoint else None
     _log_artifacts(client, run_id, cfg, checkpoint if log_weights else None)
     if finish:
         end_run(client, run_id)
-    return PretrainResult(run_id, checkpoint, dict(result.metrics or {}), str(Path(cfg.train.output_dir) / name))
+    return PretrainResult(run_id, checkpoint, dict(result.metrics or {}),
+                          storage.join(storage.resolve(cfg.train.output_dir), name))
 
 
 def _run_id(cfg: OskarConfig, resume: str | None, name: str) -> str:
@@ -209,12 +219,14 @@ def build_trainer(cfg: OskarConfig, name: str, run_id: str, resume: str | None =
     from .worker import train_loop_per_worker
 
     t = cfg.train
-    storage = Path(t.output_dir).resolve()
+    # a local directory, or object storage that every node reaches ($OSKAR_STORAGE, s3://...)
+    root = storage.resolve(t.output_dir)
+    run_dir = storage.join(root, name)
     loop_config = {"cfg": cfg.to_dict(), "run_id": run_id, "tracking_uri": tracking_uri(cfg),
-                   "resume": str(Path(resume).resolve()) if resume else None, "fail_at_step": fail_at_step,
-                   "fail_marker": str(storage / name / ".injected_failure")}
-    (storage / name).mkdir(parents=True, exist_ok=True)
-    save_config(cfg, storage / name / "config.yaml")
+                   "resume": storage.resolve(resume) if resume else None, "fail_at_step": fail_at_step,
+                   "fail_marker": storage.join(run_dir, ".injected_failure")}
+    storage.makedirs(run_dir)
+    storage.write_text(storage.join(run_dir, "config.yaml"), config_yaml(cfg))
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -222,7 +234,7 @@ def build_trainer(cfg: OskarConfig, name: str, run_id: str, resume: str | None =
             num_workers=t.num_workers, use_gpu=t.use_gpu,
             resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}),
         run_config=ray.train.RunConfig(
-            name=name, storage_path=str(storage),
+            name=name, storage_path=root,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures), callbacks=list(callbacks or [])),
         datasets={"train": training_stream(cfg)},
@@ -259,5 +271,6 @@ def _log_artifacts(client, run_id: str, cfg: OskarConfig, checkpoint: str | None
     with tempfile.TemporaryDirectory() as tmp:
         client.log_artifact(run_id, str(save_config(cfg, Path(tmp) / "config.yaml")))
         log_loss_curve(client, run_id, Path(tmp) / "loss_curve.png")
-    if checkpoint and (Path(checkpoint) / WEIGHTS).is_file():
-        client.log_artifact(run_id, str(Path(checkpoint) / WEIGHTS), artifact_path="weights")
+    weights = storage.join(checkpoint, WEIGHTS) if checkpoint else None
+    if weights and storage.is_file(weights):
+        client.log_artifact(run_id, storage.local_file(weights), artifact_path="weights")

@@ -145,12 +145,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 def _restore(model: Oskar, config: dict[str, Any]) -> tuple[TrainState, dict | None]:
     """After a failure Ray hands back the last reported checkpoint; else ``--resume`` if given."""
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            return _load(directory, model)
-    if config.get("resume"):
-        return _load(config["resume"], model)
-    return TrainState(), None
+    if checkpoint is None and config.get("resume"):
+        checkpoint = ray.train.Checkpoint(config["resume"])  # a local path or an object-store URI
+    if checkpoint is None:
+        return TrainState(), None
+    with checkpoint.as_directory() as directory:  # downloads one on object storage
+        return _load(directory, model)
 
 
 def _load(directory: str | Path, model: Oskar) -> tuple[TrainState, dict]:
@@ -216,10 +216,13 @@ def _flag_from_rank0(value: float) -> bool:
 
 
 def _first_time(marker: str) -> bool:
-    path = Path(marker)
-    if path.exists():
+    """Whether the injected failure has not fired yet (the marker lives in the run's storage,
+    which every node sees)."""
+    from .. import storage
+
+    if storage.exists(marker):
         return False
-    path.touch()
+    storage.write_text(marker, "")
     return True
 
 

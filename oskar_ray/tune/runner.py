@@ -41,6 +41,7 @@ SAVE_EVERY_S = "10"
 
 def run_sweep(spec: SweepSpec, *, resume: str | None = None, report: bool = True) -> SweepOutcome:
     """Run (or resume) a sweep end to end; prints the best trial, the report and the mlflow ui command."""
+    from .. import relay
     from ..train.launch import configure_environment, init_ray
 
     started = time.perf_counter()
@@ -63,6 +64,8 @@ def run_sweep(spec: SweepSpec, *, resume: str | None = None, report: bool = True
     own_cluster = not ray.is_initialized() and not os.environ.get("RAY_ADDRESS")
     init_ray(log_to_driver=False, for_sweep=True)  # trials interleave: the sweep callback prints one line each
     setup, state = _setup(spec, exp_dir, state)
+    # trials and their workers may run on nodes that cannot reach a head-local store
+    relay.start(setup.tracking_uri, spec.base_config(setup.base_overrides).tracking.relay)
     tuner = _tuner(spec, setup, exp_dir, state, restoring=resume is not None)
     grid = tuner.fit()
     if own_cluster:
@@ -123,7 +126,7 @@ def _new_state(spec: SweepSpec, exp_dir: Path) -> dict:
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_absolute():
         uri = f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
     overrides = [f"data.path={base.data.path}", f"tracking.uri={uri}",
-                 f"tracking.experiment={spec.mlflow_experiment}", f"train.output_dir={exp_dir / 'train'}"]
+                 f"tracking.experiment={spec.mlflow_experiment}", f"train.output_dir={_train_dir(exp_dir)}"]
     if base.train.threads == 0:
         # trials share nodes: each trial's torch threads = its workers' CPU reservation, not the node's cores
         overrides.append(f"train.threads={max(1, round(base.train.cpus_per_worker))}")
@@ -132,6 +135,15 @@ def _new_state(spec: SweepSpec, exp_dir: Path) -> dict:
              "tracking_uri": uri, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
     (exp_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
     return state
+
+
+def _train_dir(exp_dir: Path) -> str:
+    """Where the trials' Ray Train runs (checkpoints) go: beside the sweep on a laptop, on the
+    cluster's object storage (``$OSKAR_STORAGE``) when set — trials run on any node."""
+    from .. import storage
+
+    shared = storage.storage_root()
+    return storage.join(shared, "sweeps", exp_dir.name, "train") if shared else str(exp_dir / "train")
 
 
 def _parent_run(spec: SweepSpec, base, uri: str) -> str:
