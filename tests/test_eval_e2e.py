@@ -109,3 +109,17 @@ def test_feature_cache_is_keyed_by_weights(pretrained, tmp_path):
     assert trained != random  # the random encoder must not be served the trained encoder's cached features
     assert len(list((tmp_path / "features").iterdir())) == 2
     assert evaluate(ckpt, tasks=["health"], log=False, progress=False, cache_dir=tmp_path) == trained
+
+
+def test_a_checkpoint_given_as_a_storage_uri_evaluates_like_its_path(pretrained, tmp_path):
+    """Cluster runs hand back checkpoints as URIs (``s3://…``; ``file://`` takes the same pyarrow path)."""
+    from oskar_ray.eval import evaluate
+    from oskar_ray.eval.cli import main
+
+    _, _, ckpt, _ = pretrained
+    by_path = evaluate(ckpt, tasks=["health"], log=False, progress=False)
+    assert evaluate(ckpt.as_uri(), tasks=["health"], log=False, progress=False) == by_path
+    out = tmp_path / "report"  # overrides on top of the checkpoint's own config.yaml, read through the URI
+    assert main(["--checkpoint", ckpt.as_uri(), "--tasks", "health", "--out", str(out), "--quiet", "--no-log",
+                 "--set", "eval.batch_size=16"]) == 0
+    assert json.loads((out / "summary.json").read_text())["metrics"]

@@ -45,14 +45,13 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from ..config import load_config
     from .api import evaluate_full
 
     cfg = None
     if args.config or args.overrides:
-        base = args.config or _checkpoint_config(Path(args.checkpoint))
+        base = args.config or _checkpoint_config(args.checkpoint)
         cfg = load_config(base, args.overrides)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     result = evaluate_full(args.checkpoint, args.data, tasks, cfg, baseline=args.baseline, log=not args.no_log,
@@ -65,12 +64,15 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _checkpoint_config(path):
-    directory = path if path.is_dir() else path.parent
-    config = directory / "config.yaml"
-    if not config.is_file():
+def _checkpoint_config(location: str) -> str:
+    """The config.yaml beside a checkpoint (a directory or weights file, local or a URI), as a local file."""
+    from .. import storage
+
+    directory = location if storage.is_dir(location) else storage.parent(location)
+    config = storage.join(directory, "config.yaml")
+    if not storage.is_file(config):
         raise FileNotFoundError(f"{config}: missing; pass --config FILE")
-    return config
+    return storage.local_file(config)
 
 
 def main(argv: list[str] | None = None) -> int:
