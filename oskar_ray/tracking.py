@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,8 @@ def tracking_uri(cfg: OskarConfig) -> str:
 def client_for(uri: str) -> MlflowClient:
     """A client for ``uri``; in a Ray worker of a job whose driver started a relay for it
     (``oskar_ray.relay``: the store is reachable from the driver's node only), the relay's."""
+    if "ray" not in sys.modules:  # not a Ray process, so no relay: never import Ray just to look
+        return MlflowClient(tracking_uri=uri)
     from . import relay
 
     actor = relay.find(uri)
