@@ -101,8 +101,11 @@ class DataConfig:
     #: CPUs per Ray Data preprocessing task (fractions fit 2-core laptops)
     cpus_per_task: float = 0.25
     prefetch_batches: int = 2
-    #: size of the built-in benchmark synthesised when ``path`` is empty
+    #: size of the built-in benchmark synthesised when ``path`` is empty (labelled splits: shares of it)
     synth_samples: int = 2000
+    #: its unlabelled pretrain split: large enough that a default run or sweep trial streams one epoch
+    #: (Ray Data starts every epoch of a multi-epoch stream at once: 75-95 s to the first batch for 5)
+    synth_pretrain_samples: int = 5000
 
 
 @dataclass

@@ -25,6 +25,9 @@ def validate(cfg: OskarConfig) -> None:
         if value not in allowed:
             raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
     _positive(cfg, "data.cpus_per_task", "data.shuffle_buffer", "data.prefetch_batches", "data.synth_samples")
+    if cfg.data.synth_pretrain_samples < 0:
+        raise ValueError(f"data.synth_pretrain_samples must be >= 0 (0 = half of data.synth_samples), "
+                         f"got {cfg.data.synth_pretrain_samples}")
     _positive(cfg, "eval.rankme_every", "eval.knn_k", "eval.batch_size", "eval.collapse_patience")
     _positive(cfg, "eval.online_probe_samples", "eval.online_probe_k")
     if cfg.eval.online_probe_every < 0:

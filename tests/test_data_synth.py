@@ -112,3 +112,23 @@ def test_parallel_equals_serial_and_cli(tmp_path, capsys):
         a = pq.read_table(store.split_paths(tmp_path / "a", split)).to_pydict()
         b = pq.read_table(store.split_paths(tmp_path / "b", split)).to_pydict()
         assert a == b
+
+
+def test_pretrain_split_sized_alone_labelled_splits_unchanged(tmp_path):
+    from oskar_ray.data.cli import main
+
+    generate(SynthSpec(samples=40, workers=1), tmp_path / "half", progress=False)
+    assert main(["synth", "--out", str(tmp_path / "big"), "--samples", "40", "--pretrain-samples", "70",
+                 "--workers", "1"]) == 0
+    half = json.loads((tmp_path / "half" / store.MANIFEST).read_text())["splits"]
+    big = json.loads((tmp_path / "big" / store.MANIFEST).read_text())["splits"]
+    assert big["pretrain"]["samples"] == 70 and half["pretrain"]["samples"] == 20
+    for split in ("train", "val", "test"):
+        assert big[split]["samples"] == half[split]["samples"]
+        assert pq.read_table(store.split_paths(tmp_path / "big", split)).to_pydict() == \
+            pq.read_table(store.split_paths(tmp_path / "half", split)).to_pydict()
+    # a larger pretrain split only adds clips: the first 20 are the default split's
+    first = pq.read_table(store.split_paths(tmp_path / "big", "pretrain")).slice(0, 20).to_pydict()
+    assert first == pq.read_table(store.split_paths(tmp_path / "half", "pretrain")).to_pydict()
+    with pytest.raises(SystemExit, match="--pretrain-samples"):
+        main(["synth", "--out", str(tmp_path / "bad"), "--samples", "40", "--pretrain-samples", "-1"])

@@ -25,6 +25,8 @@ def add_data_commands(subparsers) -> argparse.ArgumentParser:
     synth = sub.add_parser("synth", help="generate the SynthAction benchmark")
     synth.add_argument("--out", required=True, type=Path, help="new dataset directory")
     synth.add_argument("--samples", type=int, default=2000, help="total clips over all splits")
+    synth.add_argument("--pretrain-samples", type=int, default=0,
+                       help="clips in the unlabelled pretrain split (default: its 50%% share of --samples)")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--frames", type=int, default=16, help="frames per trimmed clip")
     synth.add_argument("--size", type=int, default=32, help="frame height and width in pixels")
@@ -59,7 +61,10 @@ def run_synth(args: argparse.Namespace) -> int:
     for name in ("samples", "frames", "size", "untrimmed_frames", "workers", "vocab_size"):
         if getattr(args, name) <= 0:
             raise SystemExit(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    spec = SynthSpec(samples=args.samples, seed=args.seed, frames=args.frames, height=args.size,
+    if args.pretrain_samples < 0:
+        raise SystemExit(f"--pretrain-samples must be >= 0 (0 = half of --samples), got {args.pretrain_samples}")
+    spec = SynthSpec(samples=args.samples, pretrain_samples=args.pretrain_samples, seed=args.seed,
+                     frames=args.frames, height=args.size,
                      width=args.size, untrimmed_frames=args.untrimmed_frames, vocab_size=args.vocab_size,
                      workers=args.workers)
     start = time.perf_counter()

@@ -56,7 +56,8 @@ def build_dataset(cfg, split: str, *, root: str | Path | None = None, train: boo
     """A lazy ``ray.data.Dataset`` of preprocessed flat batches for one split.
 
     ``train`` defaults to ``split == cfg.data.train_split`` (augmentation, random caption/question,
-    shuffled block order). ``concurrency`` caps parallel preprocessing tasks (None: Ray decides).
+    shuffled shard order; rows are mixed further by the loader's local shuffle buffer).
+    ``concurrency`` caps parallel preprocessing tasks (None: Ray decides).
     """
     import ray.data
 
@@ -67,9 +68,10 @@ def build_dataset(cfg, split: str, *, root: str | Path | None = None, train: boo
     meta = DatasetMeta.load(root, split)
     train = split == cfg.data.train_split if train is None else train
     seed = cfg.train.seed if seed is None else seed
-    ds = ray.data.read_parquet(store.split_paths(root, split), columns=READ_COLUMNS)
-    if train:
-        ds = ds.randomize_block_order(seed=seed)
+    # shard order shuffled as the files are listed, not with randomize_block_order: that is an
+    # all-to-all barrier that reads the whole split before the first row is preprocessed
+    shuffle = ray.data.FileShuffleConfig(seed=seed) if train else None
+    ds = ray.data.read_parquet(store.split_paths(root, split), columns=READ_COLUMNS, shuffle=shuffle)
     return ds.map_batches(
         _ray_preprocess, batch_format="numpy", batch_size=MAP_BATCH_SIZE, num_cpus=cfg.data.cpus_per_task,
         fn_kwargs={"cfg": cfg, "meta": meta, "train": train, "seed": seed, "with_masks": with_masks},

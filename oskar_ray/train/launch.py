@@ -71,13 +71,15 @@ def resolve_data(cfg: OskarConfig) -> OskarConfig:
     from ..data.synth import SynthSpec, generate
 
     video, skeleton = cfg.modalities["video"], cfg.modalities["skeleton"]
-    name = f"synthaction-{video.frames}x{video.height}x{video.width}-n{cfg.data.synth_samples}"
+    pretrain = cfg.data.synth_pretrain_samples
+    name = f"synthaction-{video.frames}x{video.height}x{video.width}-n{cfg.data.synth_samples}" + \
+        (f"-p{pretrain}" if pretrain else "")
     root = (Path("data") / name).resolve()
     if not (root / "manifest.json").is_file():
-        print(f"built-in benchmark not found: synthesising {cfg.data.synth_samples} samples into {root}",
-              flush=True)
-        spec = SynthSpec(samples=cfg.data.synth_samples, seed=0, frames=video.frames, height=video.height,
-                         width=video.width, joints=skeleton.joints)
+        print(f"built-in benchmark not found: synthesising {cfg.data.synth_samples} labelled-split samples "
+              f"+ {pretrain or 'half as'} pretrain clips into {root}", flush=True)
+        spec = SynthSpec(samples=cfg.data.synth_samples, pretrain_samples=pretrain, seed=0, frames=video.frames,
+                         height=video.height, width=video.width, joints=skeleton.joints)
         generate(spec, root)
     cfg.data.path = str(root)
     shared = storage.storage_root()
