@@ -14,7 +14,7 @@ Grid, schedule and evaluation: ``experiments/configs/sweeps/token_budget.yaml``
 stops trials on the online kNN probe of the fusion features
 (``probe/fusion/knn_top1``, every 25 steps, rungs at 25 and 75 steps); the
 survivors are evaluated (action probes) and the best is chosen on
-``eval/action/fusion/knn/top1`` (the linear probe saturates on this benchmark). The end prints the best trial, the report
+``eval/action/fusion/knn/top1`` (the linear probe saturates here). The end prints the best trial, the report
 path and the ``mlflow ui`` command. Flags: ``--help`` (shared by all sweeps).
 """
 
