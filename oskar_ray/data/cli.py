@@ -64,9 +64,8 @@ def run_synth(args: argparse.Namespace) -> int:
     if args.pretrain_samples < 0:
         raise SystemExit(f"--pretrain-samples must be >= 0 (0 = half of --samples), got {args.pretrain_samples}")
     spec = SynthSpec(samples=args.samples, pretrain_samples=args.pretrain_samples, seed=args.seed,
-                     frames=args.frames, height=args.size,
-                     width=args.size, untrimmed_frames=args.untrimmed_frames, vocab_size=args.vocab_size,
-                     workers=args.workers)
+                     frames=args.frames, height=args.size, width=args.size, untrimmed_frames=args.untrimmed_frames,
+                     vocab_size=args.vocab_size, workers=args.workers)
     start = time.perf_counter()
     manifest = generate(spec, args.out)
     seconds = time.perf_counter() - start

@@ -67,9 +67,7 @@ class SynthSpec:
 
 def split_sizes(samples: int, pretrain_samples: int = 0) -> dict[str, int]:
     sizes = {name: max(1, int(samples * frac)) for name, frac in SPLITS.items()}
-    sizes["pretrain"] += max(0, samples - sum(sizes.values()))
-    if pretrain_samples:
-        sizes["pretrain"] = pretrain_samples
+    sizes["pretrain"] = pretrain_samples or sizes["pretrain"] + max(0, samples - sum(sizes.values()))
     return sizes
 
 

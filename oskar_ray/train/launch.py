@@ -68,7 +68,7 @@ def resolve_data(cfg: OskarConfig) -> OskarConfig:
             raise FileNotFoundError(f"data.path={cfg.data.path}: no manifest.json there "
                                     f"(create one with `oskar data synth --out DIR`)")
         return cfg
-    from ..data.synth import SynthSpec, generate
+    from ..data.synth import SynthSpec, generate, split_sizes
 
     video, skeleton = cfg.modalities["video"], cfg.modalities["skeleton"]
     pretrain = cfg.data.synth_pretrain_samples
@@ -76,8 +76,9 @@ def resolve_data(cfg: OskarConfig) -> OskarConfig:
         (f"-p{pretrain}" if pretrain else "")
     root = (Path("data") / name).resolve()
     if not (root / "manifest.json").is_file():
-        print(f"built-in benchmark not found: synthesising {cfg.data.synth_samples} labelled-split samples "
-              f"+ {pretrain or 'half as'} pretrain clips into {root}", flush=True)
+        sizes = split_sizes(cfg.data.synth_samples, pretrain)
+        print(f"built-in benchmark not found: synthesising {sum(sizes.values())} clips "
+              f"({', '.join(f'{k} {v}' for k, v in sizes.items())}) into {root}", flush=True)
         spec = SynthSpec(samples=cfg.data.synth_samples, pretrain_samples=pretrain, seed=0, frames=video.frames,
                          height=video.height, width=video.width, joints=skeleton.joints)
         generate(spec, root)
