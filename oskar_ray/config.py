@@ -42,6 +42,9 @@ class ModelConfig:
     target_norm: str = "layer"
     #: momentum of the running per-slot statistics used by target_norm="slot"
     target_stats_momentum: float = 0.9
+    #: weights of the anti-collapse terms on pooled context features (model/spread.py); 0 = off
+    var_weight: float = 0.0
+    cov_weight: float = 0.0
 
 
 @dataclass

@@ -62,6 +62,9 @@ def _validate_model(cfg: OskarConfig) -> None:
         raise ValueError(f"model.loss must be 'mse' or 'l1', got {cfg.model.loss!r}")
     if cfg.model.target_norm not in ("layer", "slot"):
         raise ValueError(f"model.target_norm must be 'layer' or 'slot', got {cfg.model.target_norm!r}")
+    for field in ("var_weight", "cov_weight"):
+        if getattr(cfg.model, field) < 0:
+            raise ValueError(f"model.{field} must be >= 0, got {getattr(cfg.model, field)}")
     if not 0.0 <= cfg.model.target_stats_momentum < 1.0:
         raise ValueError(f"model.target_stats_momentum must be in [0, 1), got {cfg.model.target_stats_momentum}")
     if cfg.predictor.kind not in ("cross", "concat"):

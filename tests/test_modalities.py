@@ -159,3 +159,30 @@ def test_new_modality_is_one_class_and_a_registry_entry(audio_registered):
     drawn = TokenBudgetSampler(cfg).sample_batch(batch, np.random.default_rng(0))
     assert drawn["input_index"].max() < 128 + 100 + 24 + 8
     assert len(train(cfg, model=model)) == 3
+
+
+def test_video_difference_planes_cancel_static_content():
+    from oskar_ray.modalities.video import _input_planes
+
+    static = torch.rand(2, 1, 3, 8, 8).expand(2, 6, 3, 8, 8).clone()
+    moving = static.clone()
+    moving[:, 3:, :, 2, 2] += 1.0  # one pixel changes at frame 3
+    assert torch.equal(_input_planes(moving, "rgb"), moving)
+    diff = _input_planes(moving, "diff")
+    assert diff.shape == moving.shape and torch.count_nonzero(_input_planes(static, "diff")) == 0
+    assert torch.allclose(diff[:, 3, :, 2, 2], torch.ones(2, 3)) and torch.count_nonzero(diff) == 2 * 3
+    both = _input_planes(moving, "rgb_diff")
+    assert both.shape == (2, 6, 6, 8, 8) and torch.equal(both[:, :, :3], moving)
+
+
+@pytest.mark.parametrize("kind", ["diff", "rgb_diff"])
+def test_video_input_kinds_build_and_train(kind):
+    model = Oskar(load_config(TINY, [f"modalities.video.input={kind}"]))
+    out = model(model.example_batch(3))
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"])
+
+
+def test_video_input_kind_is_validated():
+    with pytest.raises(ValueError, match=r"modalities.video.input must be one of"):
+        load_config(TINY, ["modalities.video.input=flow"])

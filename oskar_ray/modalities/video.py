@@ -37,6 +37,8 @@ class VideoConfig(ModalityConfig):
     masking: str = "tube"
     #: rectangles per sample for ``block`` masking
     blocks: int = 4
+    #: what a tubelet holds: ``rgb`` frames, ``diff`` temporal differences, or ``rgb_diff`` both
+    input: str = "rgb"
 
 
 @register_modality
@@ -44,6 +46,7 @@ class Video(Modality):
     name = "video"
     config_class = VideoConfig
     masking_styles = ("random", "tube", "block")
+    input_kinds = ("rgb", "diff", "rgb_diff")
     batch_keys = ("video",)
 
     @property
@@ -61,6 +64,8 @@ class Video(Modality):
         for field in ("frames", "height", "width", "channels", "tubelet", "patch", "blocks"):
             if getattr(c, field) <= 0:
                 raise ValueError(f"{prefix}.{field} must be positive, got {getattr(c, field)}")
+        if c.input not in self.input_kinds:
+            raise ValueError(f"{prefix}.input must be one of {list(self.input_kinds)}, got {c.input!r}")
         if c.frames % c.tubelet:
             raise ValueError(f"{prefix}.frames ({c.frames}) must be divisible by tubelet ({c.tubelet})")
         for field in ("height", "width"):
@@ -133,13 +138,14 @@ class VideoTokenizer(ModalityTokenizer):
     def __init__(self, modality: Video, dim: int):
         super().__init__(dim)
         c = modality.cfg
-        self.tubelet, self.patch = c.tubelet, c.patch
-        self.proj = nn.Linear(c.tubelet * c.patch * c.patch * c.channels, dim)
+        self.tubelet, self.patch, self.input = c.tubelet, c.patch, c.input
+        planes = 2 if c.input == "rgb_diff" else 1
+        self.proj = nn.Linear(c.tubelet * c.patch * c.patch * c.channels * planes, dim)
         self.register_buffer("positions", sincos_3d(*modality.grid, dim), persistent=False)
 
     def embed(self, batch: dict) -> torch.Tensor:
         patches = rearrange(
-            batch["video"],
+            _input_planes(batch["video"], self.input),
             "b (t pt) c (h ph) (w pw) -> b (t h w) (pt ph pw c)",
             pt=self.tubelet,
             ph=self.patch,
@@ -149,3 +155,16 @@ class VideoTokenizer(ModalityTokenizer):
 
     def position_embedding(self) -> torch.Tensor:
         return self.positions
+
+
+def _input_planes(video: torch.Tensor, kind: str) -> torch.Tensor:
+    """``(B, T, C, H, W)`` → the planes the tubelets hold (channels doubled for ``rgb_diff``).
+
+    Temporal differences cancel everything static (background, texture, a
+    motionless torso), so what is left to predict is the motion; the first
+    frame's difference is zero, not a wrap-around.
+    """
+    if kind == "rgb":
+        return video
+    diff = torch.cat([torch.zeros_like(video[:, :1]), video[:, 1:] - video[:, :-1]], dim=1)
+    return diff if kind == "diff" else torch.cat([video, diff], dim=2)

@@ -32,6 +32,7 @@ from .budget import Layout, TokenBudgetSampler, batch_layout, build_modalities, 
 from .ema import ema_update
 from .encoder import Encoder
 from .predictor import Predictor
+from .spread import spread_terms
 
 
 class Oskar(nn.Module):
@@ -69,7 +70,8 @@ class Oskar(nn.Module):
             targets = self._targets(batch, layout, target_index, target_modality)
         slots = self._slot_embeddings(layout)[target_index]
         prediction = self._predict(fused, slots, target_modality, layout)
-        return self._loss(prediction, targets, target_modality, layout, input_index, target_index)
+        out = self._loss(prediction, targets, target_modality, layout, input_index, target_index)
+        return self._add_spread(out, fused, layout, input_index)
 
     @torch.no_grad()
     def update_targets(self, momentum: float | dict[str, float]) -> None:
@@ -224,6 +226,15 @@ class Oskar(nn.Module):
         batch_size = input_index.shape[0]
         out["n_input_tokens"] = torch.full((batch_size,), input_index.shape[1], device=error.device)
         out["n_target_tokens"] = torch.full((batch_size,), target_index.shape[1], device=error.device)
+        return out
+
+    def _add_spread(self, out: dict, fused: torch.Tensor, layout: Layout, input_index: torch.Tensor) -> dict:
+        var_weight, cov_weight = self.cfg.model.var_weight, self.cfg.model.cov_weight
+        if not (var_weight or cov_weight):
+            return out
+        terms = spread_terms(fused, self._modality_ids(layout, input_index), len(layout.names))
+        out["loss"] = out["loss"] + var_weight * terms["var"] + cov_weight * terms["cov"]
+        out["reg/var"], out["reg/cov"] = terms["var"].detach(), terms["cov"].detach()
         return out
 
     def _requested(self, batch: dict, modalities: list[str] | None) -> tuple[str, ...]:

@@ -101,7 +101,7 @@ def train_step(
     optimizer.step()
     momentum = momentum_at(cfg, step, cfg.train.steps)
     unwrap(model).update_targets(momentum)
-    metrics.update({k: float(v.detach()) for k, v in out.items() if k.startswith("loss/")})
+    metrics.update({k: float(v.detach()) for k, v in out.items() if k.startswith(("loss/", "reg/"))})
     metrics["loss"] = float(loss_value)
     metrics["grad_norm"] = float(grad_norm)
     metrics["momentum"] = float(np.mean(list(momentum.values())))
