@@ -4,6 +4,10 @@ Runbook::
 
     .venv/bin/python experiments/eval_tiny.py                                  # tiny config, 300 steps
     .venv/bin/python experiments/eval_tiny.py --set train.steps=100 --tasks action,retrieval
+    .venv/bin/python experiments/eval_tiny.py --set modalities.video.input=diff \
+        --set model.var_weight=1.0 --set model.cov_weight=0.04 --set model.target_norm=slot \
+        --set "budget.input_weights={video: 1, skeleton: 0, text: 0}" \
+        --set "budget.target_weights={video: 0, skeleton: 1, text: 0}"      # best video recipe so far (README)
     mlflow ui --backend-store-uri sqlite:///mlflow.db                          # eval/* on the runs
 
 1. resolves the built-in benchmark (``data/synthaction-...``, synthesised if missing);
@@ -59,12 +63,13 @@ def pretrain_single_process(cfg, out: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(TINY), help="experiment YAML (default: the tiny config)")
     parser.add_argument("--set", action="append", default=[], dest="overrides")
     parser.add_argument("--tasks", default="action,retrieval,vqa,localization,health")
     parser.add_argument("--baselines", default="random,video_only")
     parser.add_argument("--out", default="runs/eval_tiny")
     args = parser.parse_args()
-    cfg = resolve_data(load_config(TINY, args.overrides))
+    cfg = resolve_data(load_config(args.config, args.overrides))
     out = Path(args.out)
     started = time.perf_counter()
     checkpoint = pretrain_single_process(cfg, out)
