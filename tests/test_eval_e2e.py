@@ -123,3 +123,27 @@ def test_a_checkpoint_given_as_a_storage_uri_evaluates_like_its_path(pretrained,
     assert main(["--checkpoint", ckpt.as_uri(), "--tasks", "health", "--out", str(out), "--quiet", "--no-log",
                  "--set", "eval.batch_size=16"]) == 0
     assert json.loads((out / "summary.json").read_text())["metrics"]
+
+
+def test_a_downloaded_checkpoint_leaves_no_copy_behind(pretrained, tmp_path, monkeypatch):
+    """A checkpoint on object storage is copied to a temp dir for loading, and that copy is removed."""
+    import tempfile
+
+    from oskar_ray import storage
+    from oskar_ray.eval.api import load_model
+
+    _, _, ckpt, _ = pretrained
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(storage, "is_local", lambda path: False)  # take the object-store branch for file://
+    copies = []
+    real_copy = storage.copy
+
+    def spy(src, dst):
+        copies.append(Path(dst))
+        return real_copy(src, dst)
+
+    monkeypatch.setattr(storage, "copy", spy)
+    model, cfg, source = load_model(ckpt.as_uri(), None)
+    assert source["path"] == ckpt.as_uri() and source["step"] > 0 and model.cfg is cfg
+    assert len(copies) == 1 and copies[0].parent.parent == tmp_path  # downloaded under the temp root ...
+    assert not copies[0].exists() and not list(tmp_path.glob("oskar-checkpoint-*"))  # ... and removed

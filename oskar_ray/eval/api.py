@@ -23,7 +23,8 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,17 +98,19 @@ def evaluate_full(checkpoint_or_model: Any, dataset: str | Path | None = None, t
     return result
 
 
-def _local_checkpoint(location: Any) -> Path:
+@contextmanager
+def _local_checkpoint(location: Any) -> Iterator[Path]:
     """A local path for a checkpoint directory or weights file given as a path or a URI; one on
-    object storage (a cluster run's ``s3://.../checkpoint_...``) is downloaded to a temp dir first."""
+    object storage (a cluster run's ``s3://.../checkpoint_...``) is downloaded to a temp dir that
+    is removed once the weights are in memory."""
     text = str(location)
-    if not storage.is_uri(text):
-        return Path(text)
     if storage.is_local(text):
-        return Path(storage.filesystem_and_path(text)[1])
-    target = Path(tempfile.mkdtemp(prefix="oskar-checkpoint-")) / storage.name(text)
-    storage.copy(text, target)
-    return target
+        yield Path(storage.filesystem_and_path(text)[1]) if storage.is_uri(text) else Path(text)
+        return
+    with tempfile.TemporaryDirectory(prefix="oskar-checkpoint-") as tmp:
+        target = Path(tmp) / storage.name(text)
+        storage.copy(text, target)
+        yield target
 
 
 def load_model(obj: Any, cfg: OskarConfig | None) -> tuple[Any, OskarConfig, dict[str, Any]]:
@@ -116,24 +119,26 @@ def load_model(obj: Any, cfg: OskarConfig | None) -> tuple[Any, OskarConfig, dic
 
     if isinstance(obj, Oskar):
         return obj.eval(), cfg or obj.cfg, {}
-    path = _local_checkpoint(obj)
-    directory = path if path.is_dir() else path.parent
-    weights = path if path.is_file() else next(
-        (directory / n for n in ("model.safetensors", "weights.safetensors") if (directory / n).is_file()), None)
-    if weights is None:
-        raise FileNotFoundError(f"{path}: no model.safetensors or weights.safetensors (not a checkpoint)")
-    if cfg is None:
-        config = directory / "config.yaml"
-        if not config.is_file():
-            raise FileNotFoundError(f"{config}: missing; pass --config FILE for a bare weights file")
-        cfg = load_config(config)
-    model = Oskar(cfg)
-    model.load_weights(weights)
-    source: dict[str, Any] = {"path": str(path)}
-    state = directory / "state.json"
-    if state.is_file():
-        raw = json.loads(state.read_text())
-        source.update(run_id=raw.get("run_id", ""), step=int(raw.get("step", 0)))
+    with _local_checkpoint(obj) as path:
+        directory = path if path.is_dir() else path.parent
+        weights = path if path.is_file() else next(
+            (directory / n for n in ("model.safetensors", "weights.safetensors") if (directory / n).is_file()),
+            None)
+        if weights is None:
+            raise FileNotFoundError(f"{obj}: no model.safetensors or weights.safetensors (not a checkpoint)")
+        if cfg is None:
+            config = directory / "config.yaml"
+            if not config.is_file():
+                raise FileNotFoundError(f"{obj}: no config.yaml beside the weights; pass --config FILE "
+                                        "for a bare weights file")
+            cfg = load_config(config)
+        model = Oskar(cfg)
+        model.load_weights(weights)
+        source: dict[str, Any] = {"path": str(obj) if storage.is_uri(str(obj)) else str(path)}
+        state = directory / "state.json"
+        if state.is_file():
+            raw = json.loads(state.read_text())
+            source.update(run_id=raw.get("run_id", ""), step=int(raw.get("step", 0)))
     return model.eval(), cfg, source
 
 
