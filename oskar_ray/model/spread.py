@@ -31,8 +31,9 @@ def spread_terms(fused: torch.Tensor, input_modality: torch.Tensor, n_modalities
     the batch contribute nothing. Returns the means over modalities.
     """
     var_terms, cov_terms = [], []
+    fused = fused.float()
     for m in range(n_modalities):
-        pooled = _pooled(fused.float(), input_modality == m)
+        pooled = _pooled(fused, input_modality == m)
         if pooled.shape[0] < 2:
             continue
         centred = pooled - pooled.mean(0)
