@@ -134,7 +134,7 @@ def load_model(obj: Any, cfg: OskarConfig | None) -> tuple[Any, OskarConfig, dic
             cfg = load_config(config)
         model = Oskar(cfg)
         model.load_weights(weights)
-        source: dict[str, Any] = {"path": str(obj) if storage.is_uri(str(obj)) else str(path)}
+        source: dict[str, Any] = {"path": str(obj)}  # where it lives, not the temp copy
         state = directory / "state.json"
         if state.is_file():
             raw = json.loads(state.read_text())

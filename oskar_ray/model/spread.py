@@ -37,11 +37,10 @@ def spread_terms(fused: torch.Tensor, input_modality: torch.Tensor, n_modalities
         if pooled.shape[0] < 2:
             continue
         centred = pooled - pooled.mean(0)
-        std = torch.sqrt(centred.pow(2).sum(0) / (pooled.shape[0] - 1) + 1e-4)
-        var_terms.append(F.relu(floor - std).mean())
         cov = centred.T @ centred / (pooled.shape[0] - 1)
-        off_diagonal = cov - torch.diag(torch.diagonal(cov))
-        cov_terms.append(off_diagonal.pow(2).sum() / pooled.shape[1])
+        variance = torch.diagonal(cov)
+        var_terms.append(F.relu(floor - torch.sqrt(variance + 1e-4)).mean())
+        cov_terms.append((cov.pow(2).sum() - variance.pow(2).sum()) / pooled.shape[1])
     zero = fused.new_zeros((), dtype=torch.float32)
     return {"var": torch.stack(var_terms).mean() if var_terms else zero,
             "cov": torch.stack(cov_terms).mean() if cov_terms else zero}
