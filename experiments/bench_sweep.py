@@ -6,6 +6,8 @@ Runbook::
     python experiments/bench_sweep.py --full runs/sweeps_fullgrid/token_budget-<time> \\
                                       --asha runs/sweeps/token_budget-<time>       # compare two finished sweeps
     python experiments/bench_sweep.py --full DIR                  # signal study + simulated ASHA only
+    python experiments/bench_sweep.py --full DIR_A DIR_B --asha DIR   # a grid run in parts (e.g. one
+                                      # --grid row per run, same data): their trials are pooled
 
 1. the full grid (``--scheduler fifo``, every trial to the end, probe on all
    views and RankMe every 25 steps) — unless ``--full`` names a finished one;
@@ -176,8 +178,33 @@ def replay_table(state: dict, frame: pd.DataFrame, curves: dict, orders: int = 5
     return pd.DataFrame(rows)
 
 
-def compare(full_dir: Path, asha_dir: Path | None) -> None:
-    state, full, curves = load(full_dir)
+def load_grid(dirs: list[Path]) -> tuple[dict, pd.DataFrame, dict]:
+    """:func:`load` over one or more full-grid sweeps (the grid run in parts), trials pooled.
+
+    The parts must share the sweep's spec apart from the grid values (same steps, scheduler,
+    selection metric), else their trials are not comparable.
+    """
+    parts = [load(d) for d in dirs]
+    state = parts[0][0]
+    for d, (other, _, _) in zip(dirs[1:], parts[1:], strict=True):
+        mismatch = [k for k in ("scheduler", "select", "overrides") if other["spec"].get(k) != state["spec"].get(k)]
+        if _run_settings(other) != _run_settings(state):
+            mismatch.append("base_overrides (data, tracking, threads)")
+        if mismatch:
+            sys.exit(f"{d}: not the same sweep as {dirs[0]} (differs in {', '.join(mismatch)})")
+    frame = pd.concat([f for _, f, _ in parts], ignore_index=True).sort_values("trial").reset_index(drop=True)
+    curves = {t: c for _, _, cs in parts for t, c in cs.items()}
+    return state, frame, curves
+
+
+def _run_settings(state: dict) -> list[str]:
+    """The sweep's base overrides less its own output directory (which differs per run by design)."""
+    return sorted(o for o in state["base_overrides"] if not o.startswith("train.output_dir="))
+
+
+def compare(full_dirs: list[Path], asha_dir: Path | None) -> None:
+    state, full, curves = load_grid(full_dirs)
+    full_dir = ", ".join(map(str, full_dirs))
     full = full[full["status"] == "completed"].reset_index(drop=True)  # a grid still running: its finished part
     pd.set_option("display.width", 200)
     fmt = {"float_format": lambda v: f"{v:.3f}"}
@@ -209,12 +236,13 @@ def compare(full_dir: Path, asha_dir: Path | None) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--full", type=Path, help="a finished full-grid sweep directory (else it is run)")
+    parser.add_argument("--full", type=Path, nargs="+",
+                        help="finished full-grid sweep directories, pooled (else the grid is run)")
     parser.add_argument("--asha", type=Path, help="a finished ASHA sweep directory (else it is run)")
     args = parser.parse_args()
-    full = args.full or run(["--scheduler", "fifo", "--experiment", "oskar-sweep-token_budget-fullgrid",
+    full = args.full or [run(["--scheduler", "fifo", "--experiment", "oskar-sweep-token_budget-fullgrid",
                              "--set", "eval.online_probe_views=[video,skeleton,fusion]", "--set",
-                             "eval.rankme_every=25", "--storage-path", "runs/sweeps_fullgrid"])
+                             "eval.rankme_every=25", "--storage-path", "runs/sweeps_fullgrid"])]
     asha = args.asha or (None if args.full else run([]))
     compare(full, asha)
 

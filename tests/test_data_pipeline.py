@@ -19,7 +19,7 @@ from oskar_ray.config import load_config
 from oskar_ray.data import store
 from oskar_ray.data.pipeline import build_dataset, iter_train_batches, iterate_local
 from oskar_ray.data.preprocess import DatasetMeta, batch_rng, preprocess_batch
-from oskar_ray.data.tokenizer import train_tokenizer
+from oskar_ray.data.tokenizer import load_tokenizer, train_tokenizer
 
 REPO_CFG = "experiments/configs/tiny.yaml"
 
@@ -97,6 +97,20 @@ def test_tokenizer_must_fit_the_text_config(synth_dir, tmp_path):
     pad = load_config(REPO_CFG, ["modalities.text.pad_id=3"])
     with pytest.raises(ValueError, match="modalities.text.pad_id"):
         preprocess_batch(rows, pad, meta, train=False, rng=np.random.default_rng(0))
+
+
+def test_tokenizer_training_is_deterministic(tmp_path):
+    """Same texts, same ids: re-synthesising a dataset must not change what the model sees."""
+    colours, parts = ["red", "blue", "green", "white", "black"], ["left arm", "right hand", "both arms", "head"]
+    texts = [f"someone wearing {c} waves the {p} {n} times, then claps!" for c in colours for p in parts
+             for n in ("two", "three", "several")] + ["what does the person in red do?", "how many times?"]
+    files = [train_tokenizer(texts, tmp_path / f"t{i}.json", 300).read_bytes() for i in range(6)]
+    assert all(f == files[0] for f in files)
+    tok = load_tokenizer(tmp_path / "t0.json")
+    assert tok.pad_token_id == 0 and tok.cls_token_id == 2 and tok.sep_token_id == 3
+    ids = tok("Someone waves the LEFT arm")["input_ids"]
+    assert ids[0] == 2 and ids[-1] == 3
+    assert tok.decode(ids, skip_special_tokens=True) == "someone waves the left arm"
 
 
 @pytest.mark.slow

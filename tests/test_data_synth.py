@@ -112,6 +112,8 @@ def test_parallel_equals_serial_and_cli(tmp_path, capsys):
         a = pq.read_table(store.split_paths(tmp_path / "a", split)).to_pydict()
         b = pq.read_table(store.split_paths(tmp_path / "b", split)).to_pydict()
         assert a == b
+    # the same texts give the same tokenizer (WordPiece training did not: different ids per run)
+    assert (tmp_path / "a" / "tokenizer.json").read_bytes() == (tmp_path / "b" / "tokenizer.json").read_bytes()
 
 
 def test_pretrain_split_sized_alone_labelled_splits_unchanged(tmp_path):

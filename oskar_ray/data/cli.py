@@ -31,7 +31,7 @@ def add_data_commands(subparsers) -> argparse.ArgumentParser:
     synth.add_argument("--frames", type=int, default=16, help="frames per trimmed clip")
     synth.add_argument("--size", type=int, default=32, help="frame height and width in pixels")
     synth.add_argument("--untrimmed-frames", type=int, default=64, help="frames per untrimmed clip")
-    synth.add_argument("--vocab-size", type=int, default=1000, help="WordPiece vocabulary size")
+    synth.add_argument("--vocab-size", type=int, default=1000, help="text tokenizer (BPE) vocabulary size")
     synth.add_argument("--workers", type=int, default=2, help="generator processes")
     synth.set_defaults(func=run_synth)
 

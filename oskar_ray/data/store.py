@@ -3,7 +3,7 @@
 Layout::
 
     DIR/manifest.json            schema version, modalities, shapes, splits, vocabularies, tokenizer
-    DIR/tokenizer.json           WordPiece tokenizer (see tokenizer.py)
+    DIR/tokenizer.json           BPE text tokenizer (see tokenizer.py)
     DIR/<split>/part-00000.parquet
     DIR/ingest_report.json       (ingested datasets) every skipped item with its reason
 

@@ -1,11 +1,20 @@
-"""The dataset's text tokenizer: WordPiece trained locally, loaded as a HF fast tokenizer.
+"""The dataset's text tokenizer: BPE trained locally, loaded as a HF fast tokenizer.
 
-Trained with ``tokenizers`` on the captions and questions at synth/ingest time,
+Trained with ``tokenizers`` on the captions and questions at synth/ingest time
+(character BPE over lower-cased, punctuation-split words marked with a
+SentencePiece-style ``▁`` word start),
 saved as ``DIR/tokenizer.json`` and loaded through
 ``transformers.PreTrainedTokenizerFast`` — no hub downloads. Special tokens
 have fixed ids so the model config can rely on them: ``[PAD]`` = 0 (the
 default ``modalities.text.pad_id``), ``[UNK]`` 1, ``[CLS]`` 2, ``[SEP]`` 3,
 ``[MASK]`` 4. Encoded text is ``[CLS] words [SEP]``.
+
+Why BPE and not WordPiece: ``WordPieceTrainer`` gives a different vocabulary
+on every run over the same texts (continuing-subword ids follow hash-map
+order and break merge ties: huggingface/tokenizers#1794), so re-synthesising
+the benchmark changed the text token ids and every run's numbers with them.
+Plain BPE training is deterministic (tested). Datasets built with the
+earlier WordPiece tokenizer keep working: the manifest points at their file.
 
 Use::
 
@@ -24,17 +33,17 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 PAD_ID = 0
-#: default WordPiece size: below the tiny config's modalities.text.vocab_size (1024)
+#: default vocabulary size: below the tiny config's modalities.text.vocab_size (1024)
 DEFAULT_VOCAB_SIZE = 1000
 
 
 def train_tokenizer(texts: Iterable[str], path: Path, vocab_size: int = DEFAULT_VOCAB_SIZE) -> Path:
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok = Tokenizer(models.BPE(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
-                                        min_frequency=1, show_progress=False)
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Punctuation(), pre_tokenizers.Metaspace()])
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+                                  min_frequency=1, show_progress=False)
     tok.train_from_iterator((t for t in texts if t and t.strip()), trainer=trainer)
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
