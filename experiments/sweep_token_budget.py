@@ -2,7 +2,7 @@
 
 Runbook::
 
-    python experiments/sweep_token_budget.py                  # tiny, CPU: 3 x 2 grid under ASHA, ~15.5 min on 2 cores
+    python experiments/sweep_token_budget.py                  # tiny, CPU: 3 x 2 grid under ASHA, ~12 min on 2 cores
     python experiments/sweep_token_budget.py --smoke          # 2 trials x 20 steps (checks the wiring)
     python experiments/sweep_token_budget.py --resume         # finish an interrupted sweep
     python experiments/sweep_token_budget.py --grid budget.input_tokens=48,96 --set train.steps=300
@@ -12,7 +12,7 @@ Runbook::
 Grid, schedule and evaluation: ``experiments/configs/sweeps/token_budget.yaml``
 (the built-in benchmark is synthesised into ``data/`` on the first run). ASHA
 stops trials on the online kNN probe of the fusion features
-(``probe/fusion/knn_top1``, every 25 steps, rungs at 25 and 75 steps); the
+(``probe/fusion/knn_top1``, every 10 steps, rungs at 10, 30 and 90 steps); the
 survivors are evaluated (action probes) and the best is chosen on
 ``eval/action/fusion/knn/top1`` (the linear probe saturates here). The end prints the best trial, the report
 path and the ``mlflow ui`` command. Flags: ``--help`` (shared by all sweeps).
