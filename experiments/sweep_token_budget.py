@@ -2,7 +2,7 @@
 
 Runbook::
 
-    python experiments/sweep_token_budget.py                  # tiny, CPU: 3 x 2 grid under ASHA, ~12 min on 2 cores
+    python experiments/sweep_token_budget.py                  # tiny, CPU: 3 x 2 grid under ASHA, 12-18 min on 2 cores
     python experiments/sweep_token_budget.py --smoke          # 2 trials x 20 steps (checks the wiring)
     python experiments/sweep_token_budget.py --resume         # finish an interrupted sweep
     python experiments/sweep_token_budget.py --grid budget.input_tokens=48,96 --set train.steps=300
