@@ -93,7 +93,7 @@ def resolve_data(cfg: OskarConfig) -> OskarConfig:
     return cfg
 
 
-def init_ray(log_to_driver: bool = True, *, for_sweep: bool = False) -> None:
+def init_ray(log_to_driver: bool = True, *, for_sweep: bool = False, trial_slots: int = 0) -> None:
     """Connect to ``$RAY_ADDRESS`` or start a quiet local Ray (no-op when already connected).
 
     ``for_sweep``: a local cluster for Ray Tune trials. When ASHA kills a trial,
@@ -106,7 +106,9 @@ def init_ray(log_to_driver: bool = True, *, for_sweep: bool = False) -> None:
     declare :data:`SWEEP_CPU_FACTOR` logical CPUs per core, because each trial
     reserves CPUs for its driver and trainer and Ray Data would otherwise find
     none left for its read tasks and hang (concurrency is capped by physical
-    cores instead, see ``oskar_ray.tune.runner.max_concurrent``).
+    cores instead, see ``oskar_ray.tune.runner.max_concurrent``). ``trial_slots``:
+    that many units of the custom resource :data:`TRIAL_SLOT` on the local
+    sweep cluster, one per running trial (a paused trial holds none).
     """
     import ray
 
@@ -121,6 +123,8 @@ def init_ray(log_to_driver: bool = True, *, for_sweep: bool = False) -> None:
         port = _free_port()
         env["RAY_ADDRESS"] = f"{_node_ip()}:{port}"
         kwargs = {"include_dashboard": True, "num_cpus": SWEEP_CPU_FACTOR * (os.cpu_count() or 1)}
+        if trial_slots:
+            kwargs["resources"] = {TRIAL_SLOT: trial_slots}
         os.environ["RAY_GCS_SERVER_PORT"] = str(port)  # read by the local head node at start
     try:
         ray.init(address=address, logging_level="WARNING", runtime_env={"env_vars": env},
@@ -132,6 +136,8 @@ def init_ray(log_to_driver: bool = True, *, for_sweep: bool = False) -> None:
 
 #: logical CPUs per physical core of a local sweep cluster (see init_ray)
 SWEEP_CPU_FACTOR = 2
+#: custom resource of a local sweep cluster that caps running trials when paused ones must not count
+TRIAL_SLOT = "oskar_trial_slot"
 
 
 def _free_port() -> int:

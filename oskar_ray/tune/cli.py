@@ -36,7 +36,8 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
                    help="config override for every trial, repeatable")
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2", help="a grid axis, repeatable")
     p.add_argument("--experiment", help="MLflow experiment name")
-    p.add_argument("--scheduler", choices=["asha", "fifo"], help="fifo = no early stopping")
+    p.add_argument("--scheduler", choices=["asha", "sha", "fifo"],
+                   help="asha: asynchronous early stopping; sha: synchronous (trials pause at each rung); fifo: none")
     p.add_argument("--storage-path", help="Tune/Ray Train output root (default runs/sweeps)")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")
     return p

@@ -1,7 +1,7 @@
 """What a sweep leaves behind: per-trial rows, MLflow bookkeeping, the report, the console summary.
 
 * :class:`SweepCallback` (Tune callback, in the driver): one console line per
-  trial event; marks the child run of a trial ASHA stopped ``KILLED`` (tag
+  trial event; marks the child run of a trial the scheduler stopped ``KILLED`` (tag
   ``oskar.trial_status=early_stopped``, ``steps_trained``, actual ``train_flops``)
   and of a failed trial ``FAILED`` with the error.
 * :func:`summarize`: the Tune ``ResultGrid`` as :class:`TrialRow` s.
@@ -68,6 +68,11 @@ class SweepCallback(Callback):
             print(f"[{trial.trial_id}] step {result.get('step')}: {self.signal}={result[self.signal]:.3f} "
                   f"loss={result.get('loss', math.nan):.4f}", flush=True)
 
+    def on_trial_save(self, iteration, trials, trial, **info):
+        """Tune saves a trial only to pause it (synchronous halving): it waits for the rung."""
+        step = (trial.last_result or {}).get("step")
+        print(f"[{trial.trial_id}] paused at step {step}: waiting for the other trials to reach it", flush=True)
+
     def on_trial_complete(self, iteration, trials, trial, **info):
         """Completed = evaluated; a trial Tune ended without its eval metrics was stopped by the scheduler."""
         client = client_for(self.uri)
@@ -85,7 +90,7 @@ class SweepCallback(Callback):
         if run.data.tags.get("error"):
             client.delete_tag(run.info.run_id, "error")  # the dying trial's own exception, not a failure
         client.set_terminated(run.info.run_id, status="KILLED")
-        print(f"[{trial.trial_id}] stopped early by ASHA at step {step}", flush=True)
+        print(f"[{trial.trial_id}] stopped early by the scheduler at step {step}", flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         error = _first_line(trial.get_error())

@@ -31,7 +31,7 @@ from pathlib import Path
 from ..tracking import client_for, ensure_experiment, git_sha, log_params, versions
 from .results import SweepCallback, SweepOutcome, TrialRow, log_sweep_results, print_summary, summarize, write_report
 from .schedulers import make_scheduler
-from .spec import SweepSpec, spec_from_dict, tune_space, validate_points
+from .spec import SweepSpec, axis_kind, spec_from_dict, tune_space, validate_points
 from .trial import ROLE, SWEEP, SWEPT, TrialSetup, run_trial
 
 STATE_FILE = "oskar_sweep.json"
@@ -62,7 +62,8 @@ def run_sweep(spec: SweepSpec, *, resume: str | None = None, report: bool = True
     import ray
 
     own_cluster = not ray.is_initialized() and not os.environ.get("RAY_ADDRESS")
-    init_ray(log_to_driver=False, for_sweep=True)  # trials interleave: the sweep callback prints one line each
+    # trials interleave: the sweep callback prints one line each
+    init_ray(log_to_driver=False, for_sweep=True, trial_slots=_trial_slots(spec) if own_cluster else 0)
     setup, state = _setup(spec, exp_dir, state)
     # trials and their workers may run on nodes that cannot reach a head-local store
     relay.start(setup.tracking_uri, spec.base_config(setup.base_overrides).tracking.relay)
@@ -190,11 +191,26 @@ def max_concurrent(spec: SweepSpec, cfg) -> int:
     return min(fit, spec.max_concurrent) if spec.max_concurrent else fit
 
 
+def _trial_slots(spec: SweepSpec) -> int:
+    """Running trials a local cluster allows, as a resource: synchronous halving pauses trials, and a
+    concurrency limit in the search generator would count paused trials as running (deadlock)."""
+    return max_concurrent(spec, spec.base_config()) if spec.scheduler.kind == "sha" else 0
+
+
+def _trial_resources(spec: SweepSpec) -> dict[str, float]:
+    import ray
+
+    from ..train.launch import TRIAL_SLOT
+
+    slots = ray.cluster_resources().get(TRIAL_SLOT, 0) if spec.scheduler.kind == "sha" else 0
+    return {"cpu": spec.trial_cpu, **({TRIAL_SLOT: 1} if slots else {})}
+
+
 def _tuner(spec: SweepSpec, setup: TrialSetup, exp_dir: Path, state: dict, restoring: bool):
     from ray import tune
     from ray.tune.search import BasicVariantGenerator
 
-    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), {"cpu": spec.trial_cpu})
+    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), _trial_resources(spec))
     if restoring:
         print(f"resuming sweep {spec.name} from {exp_dir}", flush=True)
         return tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True)
@@ -203,19 +219,28 @@ def _tuner(spec: SweepSpec, setup: TrialSetup, exp_dir: Path, state: dict, resto
     print(f"sweep {spec.name}: up to {concurrent} trial(s) at once; MLflow parent run {setup.parent_run_id}",
           flush=True)
     space, points = tune_space(spec)
-    # Tune ignores max_concurrent_trials for a search generator: the generator limits itself
-    search = (BasicVariantGenerator(points_to_evaluate=points, random_state=spec.seed, max_concurrent=concurrent)
+    # Tune ignores max_concurrent_trials for a search generator: the generator limits itself — except under
+    # synchronous halving, where paused trials would count as running: there the trial-slot resource limits
+    limit = 0 if spec.scheduler.kind == "sha" else concurrent
+    search = (BasicVariantGenerator(points_to_evaluate=points, random_state=spec.seed, max_concurrent=limit)
               if points else None)
+    num_trials = len(points) or spec.num_samples * _grid_size(spec)
     return tune.Tuner(
         trainable, param_space=space,
         tune_config=tune.TuneConfig(num_samples=len(points) or spec.num_samples, search_alg=search,
-                                    scheduler=make_scheduler(spec, cfg),
-                                    max_concurrent_trials=None if search else concurrent,
+                                    scheduler=make_scheduler(spec, cfg, num_trials),
+                                    max_concurrent_trials=None if search or not limit else limit,
                                     trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(name=exp_dir.name, storage_path=str(exp_dir.parent), verbose=0,
                                   callbacks=[SweepCallback(setup.tracking_uri, setup.experiment_id,
                                                            setup.parent_run_id, spec.scheduler.metric)],
                                   failure_config=tune.FailureConfig(max_failures=0)))
+
+
+def _grid_size(spec: SweepSpec) -> int:
+    """Trials per sample when Tune expands the space itself (``order: grid``): its grid axes' product."""
+    return math.prod(len(axis if isinstance(axis, list) else axis[axis_kind(axis)]) for axis in spec.space.values()
+                     if axis_kind(axis) in ("grid", "variants"))
 
 
 def trial_dirname(trial) -> str:

@@ -44,7 +44,8 @@ AXIS_KINDS = ("grid", "choice", "uniform", "loguniform", "randint", "variants")
 
 @dataclass
 class SchedulerSpec:
-    #: "asha" (early stopping on ``metric``) or "fifo" (every trial runs to the end)
+    #: "asha" (asynchronous early stopping on ``metric``), "sha" (synchronous: trials pause at each rung
+    #: until all reached it) or "fifo" (every trial runs to the end); see oskar_ray.tune.schedulers
     kind: str = "asha"
     metric: str = "probe/mean"
     mode: str = "max"
@@ -178,8 +179,8 @@ def axis_kind(axis: Any) -> str:
 
 def check_spec(spec: SweepSpec) -> None:
     s = spec.scheduler
-    if s.kind not in ("asha", "fifo"):
-        raise ValueError(f"sweep.scheduler.kind must be 'asha' or 'fifo', got {s.kind!r}")
+    if s.kind not in ("asha", "sha", "fifo"):
+        raise ValueError(f"sweep.scheduler.kind must be 'asha', 'sha' or 'fifo', got {s.kind!r}")
     for name, mode in (("scheduler", s.mode), ("select", spec.select.mode)):
         if mode not in ("min", "max"):
             raise ValueError(f"sweep.{name}.mode must be 'min' or 'max', got {mode!r}")

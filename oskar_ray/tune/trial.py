@@ -11,14 +11,14 @@ Runbook (what :func:`run_trial` does inside its Tune trial actor)::
        oskar.role=trial / oskar.sweep / oskar.trial_id / oskar.swept_params, metrics
        flops_per_step and train_flops (oskar_ray.tune.flops);
     4. ``launch.pretrain`` with Ray's ``TuneReportCallback`` in the trainer's RunConfig: every
-       worker report (log / probe / checkpoint steps) becomes a Tune result ASHA may stop on.
+       worker report (log / probe / checkpoint steps) becomes a Tune result the scheduler may stop (or pause) on.
        The Ray Train run is ``train.output_dir/<trial id>``: a resumed trial continues from its
        last checkpoint;
     5. ``oskar_ray.eval.evaluate_full`` in-process on the final checkpoint (``eval.tasks``),
        ``eval/<task>/<metric>`` logged onto the child run; the run is FINISHED;
     6. ``ray.tune.report`` of the final metrics (step, flops, eval/*).
 
-The trial never marks its own run FAILED: a trial stopped early by ASHA is
+The trial never marks its own run FAILED: a trial stopped early by the scheduler is
 killed mid-training and may die with an exception, racing the driver. The
 driver's :class:`oskar_ray.tune.results.SweepCallback` owns those outcomes:
 KILLED (``oskar.trial_status=early_stopped``) or FAILED with Tune's error.
@@ -61,7 +61,7 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     client = client_for(setup.tracking_uri)
     existing = find_trial_run(client, setup.experiment_id, setup.parent_run_id, trial_id)
     if existing is not None and existing.info.status in ("FINISHED", "KILLED"):
-        # evaluated (or stopped by ASHA) before the sweep was interrupted: report it again, do not retrain
+        # evaluated (or stopped by the scheduler) before the sweep was interrupted: report it again, do not retrain
         tune.report(final_metrics(existing))
         return
     overrides = trial_overrides(setup.spec, config)
