@@ -1,19 +1,20 @@
-"""ASHA vs the full grid on the default token-budget sweep: compute, best trial, early signal.
+"""The default sweep's early stopping vs the full token-budget grid: compute, best trial, early signal.
 
 Runbook::
 
     python experiments/bench_sweep.py                             # both sweeps (~35 min on 2 cores), then compare
     python experiments/bench_sweep.py --full runs/sweeps_fullgrid/token_budget-<time> \\
-                                      --asha runs/sweeps/token_budget-<time>       # compare two finished sweeps
+                                      --sweep runs/sweeps/token_budget-<time>      # compare two finished sweeps
     python experiments/bench_sweep.py --full DIR                  # signal study + simulated ASHA only
-    python experiments/bench_sweep.py --full DIR_A DIR_B --asha DIR   # a grid run in parts (e.g. one
+    python experiments/bench_sweep.py --full DIR_A DIR_B --sweep DIR  # a grid run in parts (e.g. one
                                       # --grid row per run, same data): their trials are pooled
 
 1. the full grid (``--scheduler fifo``, every trial to the end, probe on all
    views and RankMe every 25 steps) — unless ``--full`` names a finished one;
-2. the default sweep under ASHA (``sweep_token_budget.py``) — unless ``--asha``;
+2. the default sweep under its scheduler (``sweep_token_budget.py``: synchronous
+   successive halving; ``--scheduler asha`` for ASHA) — unless ``--sweep``;
 3. prints: compute spent (sum over trials of steps trained x FLOPs per step)
-   ASHA / grid (goal <= 0.6) and whether both pick the same best trial on
+   sweep / grid (goal <= 0.6) and whether both pick the same best trial on
    ``select.metric``; the Spearman rank correlation, across the grid's trials,
    of each candidate early signal at each ASHA rung with the final metric; and
    ASHA replayed offline on the grid's recorded curves for each signal over
@@ -202,7 +203,7 @@ def _run_settings(state: dict) -> list[str]:
     return sorted(o for o in state["base_overrides"] if not o.startswith("train.output_dir="))
 
 
-def compare(full_dirs: list[Path], asha_dir: Path | None) -> None:
+def compare(full_dirs: list[Path], sweep_dir: Path | None) -> None:
     state, full, curves = load_grid(full_dirs)
     full_dir = ", ".join(map(str, full_dirs))
     full = full[full["status"] == "completed"].reset_index(drop=True)  # a grid still running: its finished part
@@ -215,22 +216,23 @@ def compare(full_dirs: list[Path], asha_dir: Path | None) -> None:
           f"({len(full)} trials)\n" + signal_table(state, full, curves).to_string(index=False, **fmt))
     print("\n== ASHA replayed on the grid's curves (concurrency 2; grid order and 50 random orders)\n"
           + replay_table(state, full, curves).to_string(index=False, **fmt))
-    if asha_dir is None:
+    if sweep_dir is None:
         return
-    a_state, asha, _ = load(asha_dir)
-    ratio = asha["train_flops"].sum() / full["train_flops"].sum()
-    asha_best = best_point(asha, a_state)
+    a_state, swept, _ = load(sweep_dir)
+    kind = a_state["spec"]["scheduler"]["kind"].upper()
+    ratio = swept["train_flops"].sum() / full["train_flops"].sum()
+    sweep_best = best_point(swept, a_state)
     grid_best = best_point(full, {**state, "spec": {**state["spec"], "select": a_state["spec"]["select"]}})
-    print(f"\n== ASHA sweep: {asha_dir}\n" + asha.drop(columns=["flops_per_step"]).to_string(index=False, **fmt))
-    print(f"\ncompute (sum of steps x FLOPs/step): ASHA {asha['train_flops'].sum():.3e} vs grid "
+    print(f"\n== {kind} sweep: {sweep_dir}\n" + swept.drop(columns=["flops_per_step"]).to_string(index=False, **fmt))
+    print(f"\ncompute (sum of steps x FLOPs/step): {kind} {swept['train_flops'].sum():.3e} vs grid "
           f"{full['train_flops'].sum():.3e} -> ratio {ratio:.2f} (goal <= 0.6)")
-    print(f"best trial on the ASHA sweep's {a_state['spec']['select']['metric']}: grid {grid_best[0]} "
-          f"({grid_best[1]:.3f}); ASHA {asha_best[0]} ({asha_best[1]:.3f}) -> "
-          f"{'same' if grid_best[0] == asha_best[0] else 'DIFFERENT'}")
+    print(f"best trial on the {kind} sweep's {a_state['spec']['select']['metric']}: grid {grid_best[0]} "
+          f"({grid_best[1]:.3f}); {kind} {sweep_best[0]} ({sweep_best[1]:.3f}) -> "
+          f"{'same' if grid_best[0] == sweep_best[0] else 'DIFFERENT'}")
     for metric in FINALS:  # the same question for the other final metrics
         g, a = (best_point(f, {"spec": {**s["spec"], "select": {"metric": metric, "mode": "max"}}})
-                for f, s in ((full, state), (asha, a_state)))
-        print(f"  on {metric}: grid {g[0]} ({g[1]:.3f}), ASHA {a[0]} ({a[1]:.3f}) -> "
+                for f, s in ((full, state), (swept, a_state)))
+        print(f"  on {metric}: grid {g[0]} ({g[1]:.3f}), {kind} {a[0]} ({a[1]:.3f}) -> "
               f"{'same' if g[0] == a[0] else 'different'}")
 
 
@@ -238,13 +240,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", type=Path, nargs="+",
                         help="finished full-grid sweep directories, pooled (else the grid is run)")
-    parser.add_argument("--asha", type=Path, help="a finished ASHA sweep directory (else it is run)")
+    parser.add_argument("--sweep", "--asha", type=Path, dest="sweep",
+                        help="a finished default sweep directory, any scheduler (else it is run)")
     args = parser.parse_args()
     full = args.full or [run(["--scheduler", "fifo", "--experiment", "oskar-sweep-token_budget-fullgrid",
                              "--set", "eval.online_probe_views=[video,skeleton,fusion]", "--set",
                              "eval.rankme_every=25", "--storage-path", "runs/sweeps_fullgrid"])]
-    asha = args.asha or (None if args.full else run([]))
-    compare(full, asha)
+    sweep = args.sweep or (None if args.full else run([]))
+    compare(full, sweep)
 
 
 if __name__ == "__main__":

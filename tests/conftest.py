@@ -20,8 +20,12 @@ def ray_local(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ray")  # short enough for Ray's unix socket paths (< 107 chars)
     os.environ.setdefault("RAY_TMPDIR", str(tmp))
     if not ray.is_initialized():
-        # 4 logical CPUs on 2 cores: room for fractional map_batches tasks next to a driver/trainer
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, _temp_dir=str(tmp))
+        from oskar_ray.train.launch import TRIAL_SLOT
+
+        # 4 logical CPUs on 2 cores: room for fractional map_batches tasks next to a driver/trainer;
+        # one trial slot: sweeps under synchronous halving run one trial at a time (others wait paused)
+        ray.init(num_cpus=4, resources={TRIAL_SLOT: 1}, include_dashboard=False, log_to_driver=False,
+                 _temp_dir=str(tmp))
     yield tmp
     ray.shutdown()
 

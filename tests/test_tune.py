@@ -130,6 +130,66 @@ def test_asha_never_stops_a_trial_that_finished_training():
         make_scheduler(spec, load_config(TINY, ["train.steps=10"]))
 
 
+class _Trial:
+    """What HyperBand reads of a Tune trial; Tune itself sets ``status`` from the returned decision."""
+
+    def __init__(self, trial_id: str):
+        self.trial_id, self.status, self.is_saving = trial_id, "RUNNING", False
+
+
+class _Controller:
+    """Tune's side of stopping a paused trial: it tells the scheduler the trial is gone."""
+
+    def __init__(self):
+        self.stopped: list[str] = []
+        self.scheduler = None
+
+    def stop_trial(self, trial):
+        self.stopped.append(trial.trial_id)
+        trial.status = "TERMINATED"
+        self.scheduler.on_trial_remove(self, trial)
+
+
+def test_synchronous_halving_pauses_until_every_trial_reached_the_rung():
+    from ray.tune.schedulers import TrialScheduler
+
+    from oskar_ray.tune.schedulers import make_scheduler
+
+    spec = spec_from_dict({"name": "s", "base": str(TINY), "space": {"train.lr": [1e-3]}, "scheduler": {
+        "kind": "sha", "metric": "probe/mean", "grace_period": 10, "reduction_factor": 3}})
+    sched = make_scheduler(spec, load_config(TINY, ["train.steps=150", "train.checkpoint_every=10"]), num_trials=6)
+    ctrl, trials = _Controller(), [_Trial(f"t{i}") for i in range(6)]
+    ctrl.scheduler = sched
+    for trial in trials:
+        sched.on_trial_add(ctrl, trial)
+    scores = [0.1, 0.5, 0.3, 0.9, 0.2, 0.7]
+    assert sched.on_trial_result(ctrl, trials[0], {"step": 5, "loss": 1.0}) == TrialScheduler.CONTINUE  # no signal
+    for trial, score in zip(trials[:5], scores, strict=False):  # the first five wait at step 10 for the sixth
+        assert sched.on_trial_result(ctrl, trial, {"step": 10, "probe/mean": score}) == TrialScheduler.PAUSE
+        trial.status = "PAUSED"
+    # the last arrival decides the rung for all six: the top ceil(6/3) = 2 go on, whatever the arrival order
+    assert sched.on_trial_result(ctrl, trials[5], {"step": 10, "probe/mean": 0.7}) == TrialScheduler.CONTINUE
+    assert sorted(ctrl.stopped) == ["t0", "t1", "t2", "t4"]
+    assert sched.choose_trial_to_run(ctrl) is trials[3]  # the paused winner resumes
+    trials[3].status = "RUNNING"
+    assert sched.on_trial_result(ctrl, trials[5], {"step": 20, "probe/mean": 0.8}) == TrialScheduler.CONTINUE
+    assert sched.on_trial_result(ctrl, trials[5], {"step": 30, "probe/mean": 0.8}) == TrialScheduler.PAUSE
+    trials[5].status = "PAUSED"
+    assert sched.on_trial_result(ctrl, trials[3], {"step": 30, "probe/mean": 0.85}) == TrialScheduler.CONTINUE
+    assert ctrl.stopped[-1] == "t5"  # rung 30 keeps ceil(2/3) = 1
+    for step in (90, 100, 150):  # alone after the last rung: never paused, never stopped before its evaluation
+        assert sched.on_trial_result(ctrl, trials[3], {"step": step, "probe/mean": 0.0}) == TrialScheduler.CONTINUE
+
+
+def test_synchronous_halving_needs_a_checkpoint_at_every_rung():
+    from oskar_ray.tune.schedulers import make_scheduler
+
+    spec = spec_from_dict({"name": "s", "base": str(TINY), "space": {"train.lr": [1e-3]},
+                           "scheduler": {"kind": "sha", "grace_period": 10, "reduction_factor": 3}})
+    with pytest.raises(ValueError, match=r"steps \[10\].*checkpoint_every \(15\)"):
+        make_scheduler(spec, load_config(TINY, ["train.steps=150", "train.checkpoint_every=15"]), num_trials=6)
+
+
 def test_grid_points_start_in_a_seeded_shuffled_order():
     spec = load_spec(SWEEPS / "token_budget.yaml")
     space, points = tune_space(spec)

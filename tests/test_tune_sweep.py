@@ -1,4 +1,5 @@
-"""Ray Tune sweeps end to end on the local Ray: a smoke sweep through an interrupt + --resume, ASHA.
+"""Ray Tune sweeps end to end on the local Ray: a smoke sweep through an interrupt + --resume, ASHA, and
+synchronous halving (pause, cut, resume from the rung checkpoint).
 
 Slow (each sweep starts Ray Train trials, ~1 min on 2 cores); they run in CI. Tiny
 model, a handful of steps, the session's 130-clip synthetic set.
@@ -67,6 +68,30 @@ def test_asha_stops_a_trial_that_does_not_learn(ray_local, synth_dir, tmp_path):
     assert not any(k.startswith("eval/") for k in stopped.data.metrics)
     assert stopped.data.metrics["steps_trained"] < 12
     assert stopped.data.metrics["train_flops"] < outcome.best.train_flops
+
+
+def test_synchronous_halving_pauses_the_better_trial_and_resumes_it_from_its_checkpoint(
+        ray_local, synth_dir, tmp_path, capsys):
+    # one trial slot (conftest), grid order: the learning trial reaches the rung first and pauses, the frozen
+    # one (lr ~ 0) reaches it and is cut, the paused trial restarts from its rung checkpoint and trains on
+    spec = load_spec(_sweep_file(tmp_path, synth_dir, {"train.lr": [2e-3, 1e-12]},
+                                 {"kind": "sha", "metric": "loss", "mode": "min", "grace_period": 4,
+                                  "reduction_factor": 2}))
+    spec.order = "grid"
+    spec.overrides.append("eval.tasks=[health]")
+    spec.select.metric = "eval/health/fusion/rankme"
+    outcome = run_sweep(spec, report=False)
+    printed = capsys.readouterr().out
+    rows = {r.point["train.lr"]: r for r in outcome.trials}
+    assert rows[2e-3].status == "completed" and rows[2e-3].steps == 12
+    assert rows[1e-12].status == "early_stopped" and rows[1e-12].steps == 4
+    assert f"[{rows[2e-3].trial_id}] paused at step 4" in printed
+    client, children = _children(tmp_path, outcome)
+    assert len(children) == 2  # the resumed trial kept its child run
+    good = next(c for c in children if c.data.params["train.lr"] == "0.002")
+    assert good.info.status == "FINISHED" and "eval/health/fusion/rankme" in good.data.metrics
+    # resumed from the step-4 checkpoint: no step trained (logged) twice
+    assert [m.step for m in client.get_metric_history(good.info.run_id, "loss")] == [4, 8, 12]
 
 
 def _driver(sweep: Path, *args: str) -> list[str]:
