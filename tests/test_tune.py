@@ -162,6 +162,9 @@ def test_synchronous_halving_pauses_until_every_trial_reached_the_rung():
     ctrl.scheduler = sched
     for trial in trials:
         sched.on_trial_add(ctrl, trial)
+    finished = _Trial("restored")  # a trial Tuner.restore re-adds after it ended: it must not hold the rung
+    finished.status = "TERMINATED"
+    sched.on_trial_add(ctrl, finished)
     scores = [0.1, 0.5, 0.3, 0.9, 0.2, 0.7]
     assert sched.on_trial_result(ctrl, trials[0], {"step": 5, "loss": 1.0}) == TrialScheduler.CONTINUE  # no signal
     for trial, score in zip(trials[:5], scores, strict=False):  # the first five wait at step 10 for the sixth

@@ -2,7 +2,7 @@
 
 Runbook::
 
-    python experiments/sweep_token_budget.py                 # the default sweep (CPU, 12-18 min on 2 cores)
+    python experiments/sweep_token_budget.py                 # the default sweep (CPU, ~15 min on 2 cores)
     python experiments/sweep_token_budget.py --smoke         # 2 short trials
     python experiments/sweep_token_budget.py --resume        # finish an interrupted sweep
 
@@ -11,7 +11,7 @@ Runbook::
 
 Modules: ``spec`` (sweep YAML, profiles, grid validation), ``trial`` (the Tune
 function trainable), ``runner`` (Tuner / restore, parent run), ``schedulers``
-(ASHA on steps), ``results`` (summary, MLflow, report), ``signal`` (the online
+(ASHA / synchronous successive halving on steps), ``results`` (summary, MLflow, report), ``signal`` (the online
 kNN probe reported during pretraining), ``flops`` (FLOPs per step from the
 config), ``cli`` (the flags every sweep script shares).
 

@@ -202,8 +202,13 @@ def _trial_resources(spec: SweepSpec) -> dict[str, float]:
 
     from ..train.launch import TRIAL_SLOT
 
-    slots = ray.cluster_resources().get(TRIAL_SLOT, 0) if spec.scheduler.kind == "sha" else 0
-    return {"cpu": spec.trial_cpu, **({TRIAL_SLOT: 1} if slots else {})}
+    if spec.scheduler.kind != "sha":
+        return {"cpu": spec.trial_cpu}
+    if not ray.cluster_resources().get(TRIAL_SLOT):
+        print(f"sweep {spec.name}: synchronous halving on a cluster without the {TRIAL_SLOT!r} resource: trials "
+              f"start as its CPUs/GPUs allow (declare it on the nodes to cap them)", flush=True)
+        return {"cpu": spec.trial_cpu}
+    return {"cpu": spec.trial_cpu, TRIAL_SLOT: 1}
 
 
 def _tuner(spec: SweepSpec, setup: TrialSetup, exp_dir: Path, state: dict, restoring: bool):

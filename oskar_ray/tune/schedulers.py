@@ -21,6 +21,7 @@ every ``train.log_every`` / ``eval.online_probe_every`` / checkpoint step), so
 
 from __future__ import annotations
 
+from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler, TrialScheduler
 from ray.tune.schedulers.hyperband import _Bracket
 
@@ -62,6 +63,13 @@ class SynchronousHalving(HyperBandScheduler):
     def _create_bracket(self, s):
         return _Bracket(time_attr=self._time_attr, max_trials=self._num_trials, init_t_attr=self._grace,
                         max_t_attr=self._max_t_attr, eta=self._eta, s=self._rungs, stop_last_trials=False)
+
+    def on_trial_add(self, tune_controller, trial):
+        # Tuner.restore re-adds the sweep's finished trials: in the bracket they would hold every rung open
+        # forever (no results). The restored bracket ranks the unfinished ones, still halving from num_trials.
+        if trial.status in (Trial.TERMINATED, Trial.ERROR):
+            return
+        super().on_trial_add(tune_controller, trial)
 
     def _cur_band_filled(self) -> bool:
         return bool(self._hyperbands[self._state["band_idx"]])  # one bracket per band
