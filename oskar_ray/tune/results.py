@@ -65,8 +65,9 @@ class SweepCallback(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if self.signal in result and not any(k.startswith("eval/") for k in result):
-            print(f"[{trial.trial_id}] step {result.get('step')}: {self.signal}={result[self.signal]:.3f} "
-                  f"loss={result.get('loss', math.nan):.4f}", flush=True)
+            loss = f" loss={result['loss']:.4f}" if "loss" in result else " (re-reported after a restart)"
+            print(f"[{trial.trial_id}] step {result.get('step')}: {self.signal}={result[self.signal]:.3f}{loss}",
+                  flush=True)
 
     def on_trial_save(self, iteration, trials, trial, **info):
         """Tune saves a trial only to pause it (synchronous halving): it waits for the rung."""

@@ -1,4 +1,4 @@
-"""The sweep driver: parent MLflow run, Ray Tune ``Tuner`` (or ``Tuner.restore``), ASHA, summary, report.
+"""The sweep driver: parent MLflow run, Ray Tune ``Tuner`` (or ``Tuner.restore``), scheduler, summary, report.
 
 Runbook::
 
@@ -47,7 +47,7 @@ def run_sweep(spec: SweepSpec, *, resume: str | None = None, report: bool = True
     started = time.perf_counter()
     configure_environment()
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", SAVE_EVERY_S)
-    # the early-stopping signal comes every eval.online_probe_every steps, other reports lack it (ASHA skips those)
+    # the early-stopping signal comes every eval.online_probe_every steps; other reports lack it (schedulers skip them)
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     exp_dir = find_experiment(spec, resume) if resume else None
     state = json.loads((exp_dir / STATE_FILE).read_text()) if exp_dir else None
@@ -88,7 +88,7 @@ def warn_if_resources_held(wait_s: float = 10.0) -> None:
         time.sleep(1)  # Ray Train's PlacementGroupCleaner polls every few seconds
     if held > 1e-6:
         print(f"warning: {held:g} CPU(s) are still reserved after the sweep: the placement groups of trials "
-              f"ASHA stopped were not released (Ray Train's PlacementGroupCleaner needs the dashboard's state "
+              f"the scheduler stopped were not released (Ray Train's PlacementGroupCleaner needs the dashboard's state "
               f"API; see oskar_ray.train.launch.init_ray)", flush=True)
 
 

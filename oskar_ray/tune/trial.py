@@ -7,7 +7,8 @@ Runbook (what :func:`run_trial` does inside its Tune trial actor)::
        metrics again and stop: a trial trains and evaluates once;
     2. build the trial config: sweep base + resolved paths + the sampled point (ValueError → the
        trial errors and its child run is FAILED with the message);
-    3. create the child run (or reuse the interrupted one): params = flattened config, tags
+    3. create the child run (or reuse the interrupted one, first re-reporting its last early-stopping
+       value to Tune: ``report_last_signal``): params = flattened config, tags
        oskar.role=trial / oskar.sweep / oskar.trial_id / oskar.swept_params, metrics
        flops_per_step and train_flops (oskar_ray.tune.flops);
     4. ``launch.pretrain`` with Ray's ``TuneReportCallback`` in the trainer's RunConfig: every
@@ -72,6 +73,8 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         end_run(client, run_id, error=f"invalid trial config: {err}")
         raise
     run_id = _reuse(client, existing) if existing else _create(cfg, setup, trial_id, config)
+    if existing:
+        report_last_signal(client, run_id, setup.spec.scheduler.metric)
     metrics = train_and_evaluate(cfg, run_id, trial_id)
     end_run(client, run_id)
     tune.report(metrics)
@@ -111,6 +114,18 @@ def _limit_data_cpus(cfg) -> None:
 
     options = DataContext.get_current().execution_options
     options.resource_limits = options.resource_limits.copy(cpu=DATA_TASKS * cfg.data.cpus_per_task)
+
+
+def report_last_signal(client, run_id: str, signal: str) -> None:
+    """A restarted trial (unpaused, or its sweep resumed) first reports the last early-stopping value it
+    logged: the scheduler (rebuilt empty by ``Tuner.restore``) ranks it at that rung again instead of
+    letting it train to the next report first."""
+    from ray import tune
+
+    history = client.get_metric_history(run_id, signal)
+    if history:
+        last = max(history, key=lambda m: m.step)
+        tune.report({"step": last.step, signal: last.value})
 
 
 def final_metrics(run) -> dict[str, float]:
