@@ -2,7 +2,7 @@
 
 Runbook::
 
-    python experiments/sweep_token_budget.py                  # tiny, CPU: 3 x 2 grid, successive halving (~15 min)
+    python experiments/sweep_token_budget.py                  # tiny, CPU: 3 x 2 grid, successive halving (12-14 min)
     python experiments/sweep_token_budget.py --smoke          # 2 trials x 20 steps (checks the wiring)
     python experiments/sweep_token_budget.py --scheduler asha # asynchronous: no pauses, compute depends on order
     python experiments/sweep_token_budget.py --resume         # finish an interrupted sweep

@@ -2,7 +2,7 @@
 
 Runbook::
 
-    python experiments/sweep_token_budget.py                 # the default sweep (CPU, ~15 min on 2 cores)
+    python experiments/sweep_token_budget.py                 # the default sweep (CPU, 12-14 min on 2 cores)
     python experiments/sweep_token_budget.py --smoke         # 2 short trials
     python experiments/sweep_token_budget.py --resume        # finish an interrupted sweep
 
