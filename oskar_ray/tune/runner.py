@@ -31,7 +31,7 @@ from pathlib import Path
 from ..tracking import client_for, ensure_experiment, git_sha, log_params, versions
 from .results import SweepCallback, SweepOutcome, TrialRow, log_sweep_results, print_summary, summarize, write_report
 from .schedulers import make_scheduler
-from .spec import SweepSpec, axis_kind, spec_from_dict, tune_space, validate_points
+from .spec import SweepSpec, spec_from_dict, trial_count, tune_space, validate_points
 from .trial import ROLE, SWEEP, SWEPT, TrialSetup, run_trial
 
 STATE_FILE = "oskar_sweep.json"
@@ -229,7 +229,7 @@ def _tuner(spec: SweepSpec, setup: TrialSetup, exp_dir: Path, state: dict, resto
     limit = 0 if spec.scheduler.kind == "sha" else concurrent
     search = (BasicVariantGenerator(points_to_evaluate=points, random_state=spec.seed, max_concurrent=limit)
               if points else None)
-    num_trials = len(points) or spec.num_samples * _grid_size(spec)
+    num_trials = trial_count(spec, points)
     return tune.Tuner(
         trainable, param_space=space,
         tune_config=tune.TuneConfig(num_samples=len(points) or spec.num_samples, search_alg=search,
@@ -240,12 +240,6 @@ def _tuner(spec: SweepSpec, setup: TrialSetup, exp_dir: Path, state: dict, resto
                                   callbacks=[SweepCallback(setup.tracking_uri, setup.experiment_id,
                                                            setup.parent_run_id, spec.scheduler.metric)],
                                   failure_config=tune.FailureConfig(max_failures=0)))
-
-
-def _grid_size(spec: SweepSpec) -> int:
-    """Trials per sample when Tune expands the space itself (``order: grid``): its grid axes' product."""
-    return math.prod(len(axis if isinstance(axis, list) else axis[axis_kind(axis)]) for axis in spec.space.values()
-                     if axis_kind(axis) in ("grid", "variants"))
 
 
 def trial_dirname(trial) -> str:

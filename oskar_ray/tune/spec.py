@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import os
 import random
 from dataclasses import asdict, dataclass, field
@@ -294,6 +295,15 @@ def tune_space(spec: SweepSpec) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     for _ in range(spec.num_samples):
         points += rng.sample(combos, len(combos))
     return space, points
+
+
+def trial_count(spec: SweepSpec, points: list[dict[str, Any]]) -> int:
+    """Trials Tune will run: the listed points (``order: shuffled``), else ``num_samples`` x the product
+    of the axes Tune itself expands (grid and variants; other axes are sampled once per trial)."""
+    if points:
+        return len(points)
+    expanded = [_values(a) for a in spec.space.values() if axis_kind(a) in ("grid", "variants")]
+    return spec.num_samples * math.prod(len(v) for v in expanded)
 
 
 def _values(axis: Any) -> Any:
