@@ -1,5 +1,5 @@
 """Ray Tune sweeps end to end on the local Ray: a smoke sweep through an interrupt + --resume, ASHA, and
-synchronous halving (pause, cut, resume from the rung checkpoint).
+synchronous halving (pause, cut, resume from the rung checkpoint; a driver killed while a trial is paused).
 
 Slow (each sweep starts Ray Train trials, ~1 min on 2 cores); they run in CI. Tiny
 model, a handful of steps, the session's 130-clip synthetic set.
@@ -136,6 +136,58 @@ def test_smoke_sweep_end_to_end_through_an_interrupt_and_resume(ray_local, synth
     steps = [m.step for m in client.get_metric_history(interrupted, "loss")]
     assert steps.count(4) == 1 and max(steps) == 12  # continued from a checkpoint, not from scratch
     _assert_parent_run(client, parent, children)
+
+
+def test_synchronous_halving_resumes_a_paused_sweep_and_still_cuts_at_the_rung(ray_local, synth_dir, tmp_path):
+    """The driver dies while the better trial waits paused at the rung and the other has just started;
+    --resume must rebuild the rung (the paused trial re-reports its value) and cut the frozen trial there,
+    not let both train to the end."""
+    import ray
+
+    sweep = _sweep_file(tmp_path, synth_dir, {"train.lr": [2e-3, 1e-12]},
+                        {"kind": "sha", "metric": "loss", "mode": "min", "grace_period": 4, "reduction_factor": 2},
+                        name="r")
+    spec = yaml.safe_load(sweep.read_text())
+    spec.update(order="grid", select={"metric": "eval/health/fusion/rankme"})
+    spec["overrides"].append("eval.tasks=[health]")
+    sweep.write_text(yaml.safe_dump(spec))
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    log = tmp_path / "driver.log"
+    with log.open("w") as out:
+        driver = subprocess.Popen(_driver(sweep, "--no-report"), env=env, cwd=tmp_path, stdout=out,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        parent = json.loads(_wait_for_state(tmp_path / "sweeps", driver, log).read_text())["parent_run_id"]
+        _wait_for_frozen_trial_while_the_other_is_paused(tmp_path, parent, driver, log)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=60)
+    # with report_last_signal disabled this resume did not finish in 10 minutes (the rung never completed)
+    resumed = subprocess.run(_driver(sweep, "--resume", "--no-report"), env=env, cwd=tmp_path,
+                             capture_output=True, text=True, timeout=420)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    client, children = _children(tmp_path, parent)
+    assert len(children) == 2
+    runs = {c.data.params["train.lr"]: c for c in children}
+    good, frozen = runs["0.002"], runs["1e-12"]
+    assert good.info.status == "FINISHED" and good.data.tags["oskar.trial_status"] == "completed"
+    assert frozen.info.status == "KILLED" and frozen.data.tags["oskar.trial_status"] == "early_stopped"
+    assert frozen.data.metrics["steps_trained"] == 4
+    steps = [m.step for m in client.get_metric_history(good.info.run_id, "loss")]
+    assert steps.count(4) == 1 and max(steps) == 12  # the paused trial went on from its rung checkpoint
+
+
+def _wait_for_frozen_trial_while_the_other_is_paused(tmp_path: Path, parent: str, driver: subprocess.Popen,
+                                                    log: Path, timeout: float = 400) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if "paused at step 4" in log.read_text():
+            _, children = _children(tmp_path, parent)
+            if any(c.data.params.get("train.lr") == "1e-12" for c in children):
+                return  # its child run opens as the trial starts, well before its trainer reaches step 4
+        _check_alive(driver, log)
+        time.sleep(0.3)
+    raise TimeoutError(f"no paused trial beside a started one:\n{log.read_text()[-3000:]}")
 
 
 def _assert_trial_run(client, child) -> None:
