@@ -108,24 +108,11 @@ def test_smoke_sweep_end_to_end_through_an_interrupt_and_resume(ray_local, synth
     evaluated exactly once, the interrupted one continued in its own child run
     from its Ray Train checkpoint, and the report (when the package is there).
     """
-    import ray
-
     sweep = _sweep_file(tmp_path, synth_dir, {"budget.input_tokens": [32, 48]},
                         {"kind": "asha", "metric": "probe/fusion/knn_top1", "grace_period": 4}, name="r")
-    # the driver joins the session's cluster (as on a real cluster) so killing it ends only its own job
-    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-    log = tmp_path / "driver.log"
-    with log.open("w") as out:
-        driver = subprocess.Popen(_driver(sweep, "--no-report"), env=env, cwd=tmp_path, stdout=out,
-                                  stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        parent = json.loads(_wait_for_state(tmp_path / "sweeps", driver, log).read_text())["parent_run_id"]
-        interrupted = _wait_for_second_trial_past_a_checkpoint(tmp_path, parent, driver, log)
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)  # the driver dies mid-trial: no cleanup, no final bookkeeping
-        driver.wait(timeout=60)
-    resumed = subprocess.run(_driver(sweep, "--resume"), env=env, cwd=tmp_path, capture_output=True, text=True,
-                             timeout=600)
+    parent, interrupted = _kill_driver_once(sweep, tmp_path, _wait_for_second_trial_past_a_checkpoint)
+    resumed = subprocess.run(_driver(sweep, "--resume"), env=_cluster_env(), cwd=tmp_path, capture_output=True,
+                             text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "resuming sweep r" in resumed.stdout and "mlflow ui --backend-store-uri sqlite:///" in resumed.stdout
     client, children = _children(tmp_path, parent)
@@ -142,8 +129,6 @@ def test_synchronous_halving_resumes_a_paused_sweep_and_still_cuts_at_the_rung(r
     """The driver dies while the better trial waits paused at the rung and the other has just started;
     --resume must rebuild the rung (the paused trial re-reports its value) and cut the frozen trial there,
     not let both train to the end."""
-    import ray
-
     sweep = _sweep_file(tmp_path, synth_dir, {"train.lr": [2e-3, 1e-12]},
                         {"kind": "sha", "metric": "loss", "mode": "min", "grace_period": 4, "reduction_factor": 2},
                         name="r")
@@ -151,19 +136,9 @@ def test_synchronous_halving_resumes_a_paused_sweep_and_still_cuts_at_the_rung(r
     spec.update(order="grid", select={"metric": "eval/health/fusion/rankme"})
     spec["overrides"].append("eval.tasks=[health]")
     sweep.write_text(yaml.safe_dump(spec))
-    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-    log = tmp_path / "driver.log"
-    with log.open("w") as out:
-        driver = subprocess.Popen(_driver(sweep, "--no-report"), env=env, cwd=tmp_path, stdout=out,
-                                  stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        parent = json.loads(_wait_for_state(tmp_path / "sweeps", driver, log).read_text())["parent_run_id"]
-        _wait_for_frozen_trial_while_the_other_is_paused(tmp_path, parent, driver, log)
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait(timeout=60)
+    parent, _ = _kill_driver_once(sweep, tmp_path, _wait_for_frozen_trial_while_the_other_is_paused)
     # with report_last_signal disabled this resume did not finish in 10 minutes (the rung never completed)
-    resumed = subprocess.run(_driver(sweep, "--resume", "--no-report"), env=env, cwd=tmp_path,
+    resumed = subprocess.run(_driver(sweep, "--resume", "--no-report"), env=_cluster_env(), cwd=tmp_path,
                              capture_output=True, text=True, timeout=420)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     client, children = _children(tmp_path, parent)
@@ -188,6 +163,28 @@ def _wait_for_frozen_trial_while_the_other_is_paused(tmp_path: Path, parent: str
         _check_alive(driver, log)
         time.sleep(0.3)
     raise TimeoutError(f"no paused trial beside a started one:\n{log.read_text()[-3000:]}")
+
+
+def _cluster_env() -> dict:
+    """The driver joins the session's cluster (as on a real cluster) so killing it ends only its own job."""
+    import ray
+
+    return {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+
+
+def _kill_driver_once(sweep: Path, tmp_path: Path, wait_for) -> tuple[str, object]:
+    """Start the sweep driver, wait until ``wait_for(tmp_path, parent_run_id, driver, log)`` returns, then kill it
+    (no cleanup, no final bookkeeping). Returns the parent run id and what ``wait_for`` returned."""
+    log = tmp_path / "driver.log"
+    with log.open("w") as out:
+        driver = subprocess.Popen(_driver(sweep, "--no-report"), env=_cluster_env(), cwd=tmp_path, stdout=out,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        parent = json.loads(_wait_for_state(tmp_path / "sweeps", driver, log).read_text())["parent_run_id"]
+        return parent, wait_for(tmp_path, parent, driver, log)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=60)
 
 
 def _assert_trial_run(client, child) -> None:
