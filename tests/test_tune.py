@@ -184,6 +184,37 @@ def test_synchronous_halving_pauses_until_every_trial_reached_the_rung():
         assert sched.on_trial_result(ctrl, trials[3], {"step": step, "probe/mean": 0.0}) == TrialScheduler.CONTINUE
 
 
+@pytest.mark.parametrize("first", ["frozen", "good"])
+def test_synchronous_halving_handles_a_report_past_several_rungs(first):
+    """A restarted trial re-reports the last value it logged, which may lie past the next rung too (it trained
+    on while being paused). Ray halves one rung per report: it would leave the winner paused at rung 8 with no
+    trial left to report — a sweep that never ends (seen in CI after a resumed driver), whichever restarts first."""
+    from ray.tune.schedulers import TrialScheduler
+
+    from oskar_ray.tune.schedulers import make_scheduler
+
+    spec = spec_from_dict({"name": "s", "base": str(TINY), "space": {"train.lr": [1e-3]}, "scheduler": {
+        "kind": "sha", "metric": "loss", "mode": "min", "grace_period": 4, "reduction_factor": 2}})
+    sched = make_scheduler(spec, load_config(TINY, ["train.steps=12", "train.checkpoint_every=4"]), num_trials=2)
+    ctrl, (good, frozen) = _Controller(), (_Trial("good"), _Trial("frozen"))
+    ctrl.scheduler = sched
+    for trial in (good, frozen):
+        sched.on_trial_add(ctrl, trial)
+    if first == "frozen":
+        assert sched.on_trial_result(ctrl, frozen, {"step": 4, "loss": 1.0}) == TrialScheduler.PAUSE
+        frozen.status = "PAUSED"
+        # rung 4 (frozen cut) and rung 8 (the winner alone) are both decided by this one report
+        assert sched.on_trial_result(ctrl, good, {"step": 8, "loss": 0.6}) == TrialScheduler.CONTINUE
+        assert ctrl.stopped == ["frozen"]
+    else:
+        assert sched.on_trial_result(ctrl, good, {"step": 8, "loss": 0.6}) == TrialScheduler.PAUSE  # waits at 4
+        good.status = "PAUSED"
+        assert sched.on_trial_result(ctrl, frozen, {"step": 4, "loss": 1.0}) == TrialScheduler.STOP
+        assert sched.choose_trial_to_run(ctrl) is good  # past rung 8 alone: it must be let go on
+        good.status = "RUNNING"
+    assert sched.on_trial_result(ctrl, good, {"step": 12, "loss": 0.5}) == TrialScheduler.CONTINUE
+
+
 def test_synchronous_halving_needs_a_checkpoint_at_every_rung():
     from oskar_ray.tune.schedulers import make_scheduler
 

@@ -111,9 +111,7 @@ def test_smoke_sweep_end_to_end_through_an_interrupt_and_resume(ray_local, synth
     sweep = _sweep_file(tmp_path, synth_dir, {"budget.input_tokens": [32, 48]},
                         {"kind": "asha", "metric": "probe/fusion/knn_top1", "grace_period": 4}, name="r")
     parent, interrupted = _kill_driver_once(sweep, tmp_path, _wait_for_second_trial_past_a_checkpoint)
-    resumed = subprocess.run(_driver(sweep, "--resume"), env=_cluster_env(), cwd=tmp_path, capture_output=True,
-                             text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    resumed = _resume(sweep, tmp_path, timeout=600)
     assert "resuming sweep r" in resumed.stdout and "mlflow ui --backend-store-uri sqlite:///" in resumed.stdout
     client, children = _children(tmp_path, parent)
     assert len(children) == 2 and len({c.data.tags["oskar.trial_id"] for c in children}) == 2  # no duplicates
@@ -137,10 +135,9 @@ def test_synchronous_halving_resumes_a_paused_sweep_and_still_cuts_at_the_rung(r
     spec["overrides"].append("eval.tasks=[health]")
     sweep.write_text(yaml.safe_dump(spec))
     parent, _ = _kill_driver_once(sweep, tmp_path, _wait_for_frozen_trial_while_the_other_is_paused)
-    # with report_last_signal disabled this test failed after 718 s, the resume using up its then 600 s limit
-    resumed = subprocess.run(_driver(sweep, "--resume", "--no-report"), env=_cluster_env(), cwd=tmp_path,
-                             capture_output=True, text=True, timeout=420)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    # hung (timed out) with report_last_signal disabled; and, when the paused trial had logged a step past the
+    # rung before the kill, without SynchronousHalving halving on past several rungs in one report
+    _resume(sweep, tmp_path, "--no-report", timeout=420)
     client, children = _children(tmp_path, parent)
     assert len(children) == 2
     runs = {c.data.params["train.lr"]: c for c in children}
@@ -163,6 +160,20 @@ def _wait_for_frozen_trial_while_the_other_is_paused(tmp_path: Path, parent: str
         _check_alive(driver, log)
         time.sleep(0.3)
     raise TimeoutError(f"no paused trial beside a started one:\n{log.read_text()[-3000:]}")
+
+
+def _resume(sweep: Path, tmp_path: Path, *args: str, timeout: float) -> subprocess.CompletedProcess:
+    """``--resume`` the sweep; it must succeed within ``timeout``. On failure or timeout the assertion shows what
+    the driver printed (a hang is otherwise a bare TimeoutExpired with the output cut to a few lines)."""
+    try:
+        resumed = subprocess.run(_driver(sweep, "--resume", *args), env=_cluster_env(), cwd=tmp_path,
+                                 capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as hung:
+        out = (hung.stdout or b"").decode(errors="replace")
+        err = (hung.stderr or b"").decode(errors="replace")
+        pytest.fail(f"--resume still running after {timeout:g} s:\n{out[-4000:]}\n{err[-2000:]}")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    return resumed
 
 
 def _cluster_env() -> dict:

@@ -80,6 +80,17 @@ class SynchronousHalving(HyperBandScheduler):
             return TrialScheduler.CONTINUE
         return super().on_trial_result(tune_controller, trial, result)
 
+    def _process_bracket(self, tune_controller, bracket) -> str:
+        # Ray halves once per report. A restarted trial re-reports the last value it logged, which may lie past
+        # the next rung as well (it trained on while being paused): after one halving the winner would wait at
+        # that rung, paused, with no trial left to report — a sweep that never ends. Halve on while every live
+        # trial is past the rung; the reporting trial keeps a STOP/CONTINUE it got (a cut trial left the bracket).
+        action = super()._process_bracket(tune_controller, bracket)
+        while bracket._halves > 0 and bracket.cur_iter_done():
+            again = super()._process_bracket(tune_controller, bracket)
+            action = again if action == TrialScheduler.PAUSE else action
+        return action
+
 
 def rung_steps(grace_period: int, reduction_factor: float, max_t: int) -> list[int]:
     """The steps where trials are compared: ``grace * factor**k`` below ``max_t``."""
