@@ -234,3 +234,31 @@ def test_grid_points_start_in_a_seeded_shuffled_order():
     repeated = tune_space(edit_spec(spec, num_samples=2))[1]
     assert len(repeated) == 2 * len(grid) and repeated[:len(grid)] == points
     assert tune_space(edit_spec(spec, order="grid"))[1] == []  # Tune's own grid order
+
+
+def test_a_sweep_whose_trials_all_wait_paused_errors_instead_of_hanging():
+    from oskar_ray.tune.watchdog import StallWatchdog, SweepStalled
+
+    now = [0.0]
+    dog = StallWatchdog(grace_s=120, clock=lambda: now[0])
+    waiting, training, done = _Trial("waiting"), _Trial("training"), _Trial("done")
+    waiting.status, done.status = "PAUSED", "TERMINATED"
+    waiting.last_result = {"step": 8}
+    for t in (0, 100, 300):  # paused at a rung while another trial trains: normal, however long
+        now[0] = t
+        dog.on_step_end(1, [waiting, training, done])
+    training.status = "PENDING"  # about to start (e.g. waiting for resources): still progress
+    now[0] = 500
+    dog.on_step_end(2, [waiting, training, done])
+    training.status = "TERMINATED"  # now nothing runs and nothing will: the clock starts
+    for t in (600, 700):
+        now[0] = t
+        dog.on_step_end(3, [waiting, training, done])
+    now[0] = 721
+    with pytest.raises(SweepStalled, match=r"waiting \(step 8\).*--resume"):
+        dog.on_step_end(4, [waiting, training, done])
+    dog_after_restart = StallWatchdog(grace_s=120, clock=lambda: now[0])
+    waiting.status = "RUNNING"
+    dog_after_restart.on_step_end(5, [waiting, training, done])  # nothing paused: never raises
+    now[0] = 10_000
+    dog_after_restart.on_step_end(6, [waiting, training, done])

@@ -11,7 +11,8 @@ Runbook::
 
 Modules: ``spec`` (sweep YAML, profiles, grid validation), ``trial`` (the Tune
 function trainable), ``runner`` (Tuner / restore, parent run), ``schedulers``
-(ASHA / synchronous successive halving on steps), ``results`` (summary, MLflow, report), ``signal`` (the online
+(ASHA / synchronous successive halving on steps), ``watchdog`` (a stalled sweep errors instead of hanging),
+``results`` (summary, MLflow, report), ``signal`` (the online
 kNN probe reported during pretraining), ``flops`` (FLOPs per step from the
 config), ``cli`` (the flags every sweep script shares).
 

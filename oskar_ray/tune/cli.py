@@ -49,6 +49,8 @@ def sweep_main(sweep_yaml: str | Path, argv: list[str] | None = None, descriptio
     if args.smoke and args.profile:
         print("sweep: error: --smoke and --profile are exclusive", file=sys.stderr)
         return 2
+    from .watchdog import SweepStalled
+
     try:
         from .runner import run_sweep
 
@@ -60,6 +62,9 @@ def sweep_main(sweep_yaml: str | Path, argv: list[str] | None = None, descriptio
     except (ValueError, FileNotFoundError) as err:
         print(f"sweep: error: {err}", file=sys.stderr)
         return 2
+    except SweepStalled as err:
+        print(f"sweep: error: {err}", file=sys.stderr)
+        return 1
     finally:
         _shutdown_ray()
     return 0 if outcome.best is not None or not outcome.trials else 1

@@ -33,6 +33,7 @@ from .results import SweepCallback, SweepOutcome, TrialRow, log_sweep_results, p
 from .schedulers import make_scheduler
 from .spec import SweepSpec, spec_from_dict, trial_count, tune_space, validate_points
 from .trial import ROLE, SWEEP, SWEPT, TrialSetup, run_trial
+from .watchdog import StallWatchdog
 
 STATE_FILE = "oskar_sweep.json"
 #: Tune saves its experiment state at least this often (s): what an interrupted sweep resumes from
@@ -238,7 +239,8 @@ def _tuner(spec: SweepSpec, setup: TrialSetup, exp_dir: Path, state: dict, resto
                                     trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(name=exp_dir.name, storage_path=str(exp_dir.parent), verbose=0,
                                   callbacks=[SweepCallback(setup.tracking_uri, setup.experiment_id,
-                                                           setup.parent_run_id, spec.scheduler.metric)],
+                                                           setup.parent_run_id, spec.scheduler.metric),
+                                             StallWatchdog()],
                                   failure_config=tune.FailureConfig(max_failures=0)))
 
 
