@@ -45,6 +45,12 @@ class ModelConfig:
     #: weights of the anti-collapse terms on pooled context features (model/spread.py); 0 = off
     var_weight: float = 0.0
     cov_weight: float = 0.0
+    #: weight of the clip-level cross-modal contrastive term (model/align.py): pooled context tokens of
+    #: ``align_from`` must pick out their own clip's pooled ``align_to`` target features in the batch; 0 = off
+    align_weight: float = 0.0
+    align_from: str = "video"
+    align_to: str = "skeleton"
+    align_temperature: float = 0.1
 
 
 @dataclass

@@ -62,9 +62,11 @@ def _validate_model(cfg: OskarConfig) -> None:
         raise ValueError(f"model.loss must be 'mse' or 'l1', got {cfg.model.loss!r}")
     if cfg.model.target_norm not in ("layer", "slot"):
         raise ValueError(f"model.target_norm must be 'layer' or 'slot', got {cfg.model.target_norm!r}")
-    for field in ("var_weight", "cov_weight"):
+    for field in ("var_weight", "cov_weight", "align_weight"):
         if getattr(cfg.model, field) < 0:
             raise ValueError(f"model.{field} must be >= 0, got {getattr(cfg.model, field)}")
+    if cfg.model.align_weight:
+        _validate_alignment(cfg)
     if not 0.0 <= cfg.model.target_stats_momentum < 1.0:
         raise ValueError(f"model.target_stats_momentum must be in [0, 1), got {cfg.model.target_stats_momentum}")
     if cfg.predictor.kind not in ("cross", "concat"):
@@ -73,6 +75,19 @@ def _validate_model(cfg: OskarConfig) -> None:
         raise ValueError("modalities: at least one modality must be enabled")
     for name, mcfg in cfg.modalities.items():
         modality_class(name)(mcfg).validate(f"modalities.{name}")
+
+
+def _validate_alignment(cfg: OskarConfig) -> None:
+    m = cfg.model
+    for field in ("align_from", "align_to"):
+        if getattr(m, field) not in cfg.enabled_modalities:
+            raise ValueError(f"model.{field} must be an enabled modality ({cfg.enabled_modalities}), "
+                             f"got {getattr(m, field)!r}")
+    if m.align_from == m.align_to:
+        raise ValueError(f"model.align_from and model.align_to are both {m.align_from!r}: the term aligns two "
+                         f"different modalities")
+    if m.align_temperature <= 0:
+        raise ValueError(f"model.align_temperature must be positive, got {m.align_temperature}")
 
 
 def _validate_budget(cfg: OskarConfig) -> None:

@@ -212,3 +212,45 @@ def test_spread_weights_add_to_the_loss_and_reach_the_encoder():
     assert model.fusion_encoder.transformer.norm.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="model.var_weight must be >= 0"):
         _model("model.var_weight=-1")
+
+
+def test_alignment_picks_out_matched_pairs_and_drops_clips_missing_a_side():
+    from oskar_ray.model.align import CrossModalAlignment
+
+    torch.manual_seed(0)
+    align = CrossModalAlignment(16, temperature=0.1)
+    with torch.no_grad():  # identity heads: the loss then reads the features themselves
+        align.context_head[0].weight.copy_(torch.eye(16)), align.context_head[0].bias.zero_()
+        align.context_head[2].weight.copy_(torch.eye(16)), align.context_head[2].bias.zero_()
+        align.target_head.weight.copy_(torch.eye(16)), align.target_head.bias.zero_()
+        align.context_head[1] = torch.nn.Identity()
+    clips = torch.randn(8, 16)
+    target = clips[:, None].expand(8, 3, 16)
+    everywhere, valid = torch.ones(8, 4, dtype=torch.bool), torch.ones(8, 3, dtype=torch.bool)
+    with torch.no_grad():
+        matched = align(target[:, :1].expand(8, 4, 16) * 3, everywhere, target, valid)
+        shuffled = align(target[torch.randperm(8), :1].expand(8, 4, 16), everywhere, target, valid)
+    assert float(matched) < 0.1 < float(shuffled)  # own clip found vs. ~ln(8)
+    # a clip without source tokens or without the target modality drops out; fewer than two clips: no term
+    none = torch.zeros(8, 4, dtype=torch.bool)
+    assert align(target[:, :1].expand(8, 4, 16), none, target, valid) is None
+    one = none.clone()
+    one[0] = True
+    assert align(target[:, :1].expand(8, 4, 16), one, target, valid) is None
+
+
+def test_alignment_weight_adds_the_term_and_trains_only_the_context_side():
+    model = _model("model.align_weight=1.0", "model.align_from=video", "model.align_to=skeleton")
+    out = model(model.example_batch(6))
+    assert "loss/align" in out and float(out["loss/align"]) > 0
+    out["loss"].backward()
+    assert model.alignment.context_head[0].weight.grad.abs().sum() > 0
+    assert model.fusion_encoder.tokenizers["video"].proj.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.target_encoders["skeleton"].parameters())
+    assert "loss/align" not in _model()(model.example_batch(6))  # off by default
+    with pytest.raises(ValueError, match="model.align_to must be an enabled modality"):
+        _model("model.align_weight=1", "model.align_to=audio")
+    with pytest.raises(ValueError, match="both 'video'"):
+        _model("model.align_weight=1", "model.align_to=video")
+    with pytest.raises(ValueError, match="align_temperature must be positive"):
+        _model("model.align_weight=1", "model.align_temperature=0")

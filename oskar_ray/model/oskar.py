@@ -28,6 +28,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from ..config import OskarConfig
+from .align import CrossModalAlignment
 from .budget import Layout, TokenBudgetSampler, batch_layout, build_modalities, presence
 from .ema import ema_update
 from .encoder import Encoder
@@ -55,6 +56,8 @@ class Oskar(nn.Module):
         else:
             self.predictor = Predictor(cfg.model.dim, cfg.predictor)
         self._ema_pairs = self._pair_target_parameters()
+        self.alignment = (CrossModalAlignment(cfg.model.dim, cfg.model.align_temperature)
+                          if cfg.model.align_weight else None)
         if cfg.model.target_norm == "slot":
             self.target_stats = SlotStatistics(sum(m.num_tokens for m in self.modalities.values()),
                                                cfg.model.dim, cfg.model.target_stats_momentum)
@@ -71,6 +74,7 @@ class Oskar(nn.Module):
         slots = self._slot_embeddings(layout)[target_index]
         prediction = self._predict(fused, slots, target_modality, layout)
         out = self._loss(prediction, targets, target_modality, layout, input_index, target_index)
+        out = self._add_alignment(out, batch, fused, layout, input_index)
         return self._add_spread(out, fused, layout, input_index)
 
     @torch.no_grad()
@@ -226,6 +230,25 @@ class Oskar(nn.Module):
         batch_size = input_index.shape[0]
         out["n_input_tokens"] = torch.full((batch_size,), input_index.shape[1], device=error.device)
         out["n_target_tokens"] = torch.full((batch_size,), target_index.shape[1], device=error.device)
+        return out
+
+    def _add_alignment(self, out: dict, batch: dict, fused: torch.Tensor, layout: Layout,
+                       input_index: torch.Tensor) -> dict:
+        m = self.cfg.model
+        if self.alignment is None or m.align_from not in layout.names or m.align_to not in layout.names:
+            return out
+        source = self._modality_ids(layout, input_index) == layout.names.index(m.align_from)
+        with torch.no_grad():
+            encoder = self.target_encoders[m.align_to]
+            valid = encoder.valid_mask(batch, (m.align_to,))
+            target = encoder(encoder.tokenize(batch, (m.align_to,)), valid)
+        if valid is None:
+            valid = torch.ones(target.shape[:2], dtype=torch.bool, device=target.device)
+        present = torch.as_tensor(presence(batch, m.align_to, len(target)), device=valid.device)
+        term = self.alignment(fused, source, target, valid & present[:, None])  # absent clips drop out
+        if term is not None:
+            out["loss"] = out["loss"] + m.align_weight * term
+            out["loss/align"] = term.detach()
         return out
 
     def _add_spread(self, out: dict, fused: torch.Tensor, layout: Layout, input_index: torch.Tensor) -> dict:

@@ -23,6 +23,7 @@ _UNITS: list[tuple[str, str]] = [
 
 _EXACT: dict[str, str] = {
     "loss": "latent prediction loss",
+    "loss/align": "cross-modal contrastive loss (InfoNCE, clip level)",
     "lr": "learning rate",
     "samples_per_s": "throughput (samples / s)",
     "train_flops": "training compute (FLOPs)",
