@@ -56,8 +56,10 @@ class Oskar(nn.Module):
         else:
             self.predictor = Predictor(cfg.model.dim, cfg.predictor)
         self._ema_pairs = self._pair_target_parameters()
+        # (a video-only baseline keeps the config's align_weight but has no second modality to align to)
+        aligned = {cfg.model.align_from, cfg.model.align_to} <= set(cfg.enabled_modalities)
         self.alignment = (CrossModalAlignment(cfg.model.dim, cfg.model.align_temperature)
-                          if cfg.model.align_weight else None)
+                          if cfg.model.align_weight and aligned else None)
         if cfg.model.target_norm == "slot":
             self.target_stats = SlotStatistics(sum(m.num_tokens for m in self.modalities.values()),
                                                cfg.model.dim, cfg.model.target_stats_momentum)
