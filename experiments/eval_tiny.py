@@ -8,6 +8,8 @@ Runbook::
         --set model.var_weight=1.0 --set model.cov_weight=0.04 --set model.target_norm=slot \
         --set "budget.input_weights={video: 1, skeleton: 0, text: 0}" \
         --set "budget.target_weights={video: 0, skeleton: 1, text: 0}"      # best video recipe so far (README)
+    # + --set predictor.dim=128 --set predictor.depth=4 --set model.align_weight=5 --set train.steps=1200:
+    #   clip-level video <-> skeleton contrast (README: kNN +31, attentive +14, linear +6 over random init)
     mlflow ui --backend-store-uri sqlite:///mlflow.db                          # eval/* on the runs
 
 1. resolves the built-in benchmark (``data/synthaction-...``, synthesised if missing);
