@@ -71,12 +71,14 @@ class Oskar(nn.Module):
         tokens = self.fusion_encoder.tokenize(batch, layout.names)
         fused = self.fusion_encoder(_gather(tokens, input_index))
         target_modality = self._modality_ids(layout, target_index)
+        aligned_to = self._alignment_target(layout)
         with torch.no_grad():
-            targets = self._targets(batch, layout, target_index, target_modality)
+            targets, full = self._targets(batch, layout, target_index, target_modality, aligned_to)
         slots = self._slot_embeddings(layout)[target_index]
         prediction = self._predict(fused, slots, target_modality, layout)
         out = self._loss(prediction, targets, target_modality, layout, input_index, target_index)
-        out = self._add_alignment(out, batch, fused, layout, input_index)
+        if aligned_to is not None:
+            out = self._add_alignment(out, batch, fused, layout, input_index, full)
         return self._add_spread(out, fused, layout, input_index)
 
     @torch.no_grad()
@@ -175,11 +177,15 @@ class Oskar(nn.Module):
     def _slot_embeddings(self, layout: Layout) -> torch.Tensor:
         return torch.cat([self.fusion_encoder.tokenizers[n].slot_embedding() for n in layout.names])
 
-    def _targets(self, batch, layout, target_index, target_modality) -> torch.Tensor:
+    def _targets(self, batch, layout, target_index, target_modality,
+                 every_row: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(gathered, normalised targets; the raw target-encoder features of every token). A modality's
+        features are computed for the rows where it is a target — for all rows if it is ``every_row``."""
         batch_size, dim = target_index.shape[0], self.cfg.model.dim
         full = torch.zeros(batch_size, int(layout.offsets[-1]), dim, device=target_index.device)
         for m, name in enumerate(layout.names):
-            rows = (target_modality == m).any(dim=1).nonzero().squeeze(1)
+            wanted = (target_modality == m).any(dim=1) | (name == every_row)
+            rows = wanted.nonzero().squeeze(1)
             if rows.numel() == 0:
                 continue
             sub = {k: batch[k][rows] for k in self.modalities[name].batch_keys}
@@ -188,7 +194,7 @@ class Oskar(nn.Module):
         normed = F.layer_norm(full, (dim,))
         if self.cfg.model.target_norm == "slot":
             normed = self.target_stats(normed, self._slot_positions(layout), target_index, self.training)
-        return _gather(normed, target_index)
+        return _gather(normed, target_index), full
 
     def _slot_positions(self, layout: Layout) -> torch.Tensor:
         """Each batch token's row in the statistics (all enabled modalities, config order)."""
@@ -234,16 +240,20 @@ class Oskar(nn.Module):
         out["n_target_tokens"] = torch.full((batch_size,), target_index.shape[1], device=error.device)
         return out
 
-    def _add_alignment(self, out: dict, batch: dict, fused: torch.Tensor, layout: Layout,
-                       input_index: torch.Tensor) -> dict:
+    def _alignment_target(self, layout: Layout) -> str | None:
+        """The modality the alignment term reads target features of, when the term applies to this batch."""
         m = self.cfg.model
         if self.alignment is None or m.align_from not in layout.names or m.align_to not in layout.names:
-            return out
+            return None
+        return m.align_to
+
+    def _add_alignment(self, out: dict, batch: dict, fused: torch.Tensor, layout: Layout,
+                       input_index: torch.Tensor, full_targets: torch.Tensor) -> dict:
+        m = self.cfg.model
         source = self._modality_ids(layout, input_index) == layout.names.index(m.align_from)
-        with torch.no_grad():
-            encoder = self.target_encoders[m.align_to]
-            valid = encoder.valid_mask(batch, (m.align_to,))
-            target = encoder(encoder.tokenize(batch, (m.align_to,)), valid)
+        k = layout.names.index(m.align_to)
+        target = full_targets[:, layout.offsets[k]:layout.offsets[k + 1]]
+        valid = self.target_encoders[m.align_to].valid_mask(batch, (m.align_to,))
         if valid is None:
             valid = torch.ones(target.shape[:2], dtype=torch.bool, device=target.device)
         present = torch.as_tensor(presence(batch, m.align_to, len(target)), device=valid.device)
