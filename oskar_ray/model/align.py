@@ -17,7 +17,7 @@ encoder features free of the contrastive geometry.
 Use::
 
     align = CrossModalAlignment(dim, temperature)
-    loss = align(context_tokens, context_mask, target_tokens, target_valid)   # scalar, or None
+    loss = align(pooled_context, pooled_targets, rows)   # scalar, or None (fewer than two clips)
 """
 
 from __future__ import annotations
@@ -34,27 +34,17 @@ class CrossModalAlignment(nn.Module):
         self.context_head = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
         self.target_head = nn.Linear(dim, dim)
 
-    def forward(self, context: torch.Tensor, context_mask: torch.Tensor, target: torch.Tensor,
-                target_valid: torch.Tensor) -> torch.Tensor | None:
-        """``context``: ``(B, N, D)`` fused input tokens, ``context_mask`` ``(B, N)`` those of the source
-        modality; ``target``: ``(B, M, D)`` target-encoder tokens of the other modality, ``target_valid``
-        ``(B, M)``. The target side is pooled, layer-normed and standardised over the batch. Clips lacking
-        either side drop out; None when fewer than two clips remain (no negatives)."""
-        rows = context_mask.any(1) & target_valid.any(1)
+    def forward(self, source: torch.Tensor, target: torch.Tensor, rows: torch.Tensor) -> torch.Tensor | None:
+        """``source``: ``(B, D)`` pooled context tokens of one modality; ``target``: ``(B, D)`` pooled target-encoder
+        features of the other (layer-normed and standardised over the batch here); ``rows``: ``(B,)`` the clips
+        carrying both sides — the others drop out. None when fewer than two clips remain (no negatives)."""
         if int(rows.sum()) < 2:
             return None
-        source = masked_mean(context[rows], context_mask[rows])
-        goal = masked_mean(target[rows].float(), target_valid[rows])
-        goal = F.layer_norm(goal, goal.shape[-1:])
+        goal = F.layer_norm(target[rows].float(), target.shape[-1:])
         # standardised over the batch: what all clips share would otherwise dominate every cosine
         goal = (goal - goal.mean(0)) / goal.std(0).clamp(min=1e-4)
-        queries = F.normalize(self.context_head(source), dim=-1)
+        queries = F.normalize(self.context_head(source[rows]), dim=-1)
         keys = F.normalize(self.target_head(goal.to(source.dtype)), dim=-1)
         logits = queries @ keys.T / self.temperature
         labels = torch.arange(len(logits), device=logits.device)
         return 0.5 * (F.cross_entropy(logits.float(), labels) + F.cross_entropy(logits.T.float(), labels))
-
-
-def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    weights = mask.to(tokens.dtype).unsqueeze(-1)
-    return (tokens * weights).sum(1) / weights.sum(1).clamp(min=1.0)

@@ -257,7 +257,10 @@ class Oskar(nn.Module):
         if valid is None:
             valid = torch.ones(target.shape[:2], dtype=torch.bool, device=target.device)
         present = torch.as_tensor(presence(batch, m.align_to, len(target)), device=valid.device)
-        term = self.alignment(fused, source, target, valid & present[:, None])  # absent clips drop out
+        valid = valid & present[:, None]  # absent clips drop out
+        term = self.alignment(pool_by_modality(fused, source, [source.shape[1]]),
+                              pool_by_modality(target.float(), valid, [valid.shape[1]]),
+                              source.any(1) & valid.any(1))
         if term is not None:
             out["loss"] = out["loss"] + m.align_weight * term
             out["loss/align"] = term.detach()
