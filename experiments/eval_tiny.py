@@ -4,17 +4,15 @@ Runbook::
 
     .venv/bin/python experiments/eval_tiny.py                                  # tiny config, 300 steps
     .venv/bin/python experiments/eval_tiny.py --set train.steps=100 --tasks action,retrieval
-    .venv/bin/python experiments/eval_tiny.py --set modalities.video.input=diff \
-        --set model.var_weight=1.0 --set model.cov_weight=0.04 --set model.target_norm=slot \
-        --set "budget.input_weights={video: 1, skeleton: 0, text: 0}" \
-        --set "budget.target_weights={video: 0, skeleton: 1, text: 0}"      # best video recipe so far (README)
-    # + --set predictor.dim=128 --set predictor.depth=4 --set model.align_weight=5 --set train.steps=1200:
-    #   clip-level video <-> skeleton contrast (README: kNN +31, attentive +14, linear +6 over random init)
+    .venv/bin/python experiments/eval_tiny.py --config experiments/configs/tiny_pose.yaml
+    #   the best video recipe (README, "Downstream: OSKAR vs random init"): the whole video in, skeleton
+    #   latents out, clip-level video <-> skeleton contrast; 1200 steps, a 40 000-clip pretraining split
     mlflow ui --backend-store-uri sqlite:///mlflow.db                          # eval/* on the runs
 
 1. resolves the built-in benchmark (``data/synthaction-...``, synthesised if missing);
 2. pretrains OSKAR single-process with the shared train step (same loop as the
-   video-only baseline, so both get identical steps, batch, LR and budgets), writes a
+   video-only baseline, so both get identical steps, batch, LR and budgets — where video
+   alone can fill them, see ``oskar_ray.eval.baselines``), writes a
    checkpoint and an MLflow run;
 3. evaluates that checkpoint, then ``--baseline random`` and ``--baseline video_only``
    (child runs), and prints one comparison table; ``--out`` keeps JSON + PNGs.

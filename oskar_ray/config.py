@@ -236,7 +236,9 @@ def save_config(cfg: OskarConfig, path: str | Path) -> Path:
     return path
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The YAML's sections over those of its ``base:`` (a path relative to it, itself maybe based), so an
+    experiment YAML states only what it changes."""
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     try:
@@ -245,7 +247,24 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: top level must be a mapping of sections, got {type(data).__name__}")
-    return data
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base:
+        raise ValueError(f"{path}: base must be the path of another config YAML, got {base!r}")
+    parent = (path.parent / base).resolve()
+    if parent == path.resolve() or parent in chain:
+        raise ValueError(f"{path}: base {base!r} leads back to {parent} (a loop)")
+    if not parent.is_file():
+        raise FileNotFoundError(f"{path}: base {base!r} not found ({parent})")
+    return _merged(_read_yaml(parent, (*chain, path.resolve())), data)
+
+
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def _parse_override(item: str) -> tuple[str, Any]:

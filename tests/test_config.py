@@ -53,6 +53,26 @@ def test_invalid_values_name_the_field(override, field):
         load_config(TINY, [override])
 
 
+def test_an_experiment_yaml_states_only_what_it_changes_over_its_base(tmp_path):
+    (tmp_path / "sub").mkdir()
+    middle = tmp_path / "sub" / "middle.yaml"
+    middle.write_text(f"base: {TINY}\nbudget: {{input_tokens: 96}}\nmodalities: {{video: {{mask_ratio: 0.25}}}}\n")
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("base: sub/middle.yaml\nmodalities: {video: {input: diff}}\n")  # relative to exp.yaml
+    cfg = load_config(exp, ["train.steps=7"])
+    tiny = load_config(TINY)
+    assert cfg.modalities["video"].input == "diff"  # the experiment's own change
+    assert cfg.modalities["video"].mask_ratio == 0.25 and cfg.budget.input_tokens == 96  # its base's
+    assert cfg.modalities["video"].height == tiny.modalities["video"].height == 32  # the base's base, merged
+    assert cfg.model.dim == tiny.model.dim and cfg.train.steps == 7
+    middle.write_text("base: ../exp.yaml\n")
+    with pytest.raises(ValueError, match="loop"):
+        load_config(exp)
+    middle.write_text("base: gone.yaml\n")
+    with pytest.raises(FileNotFoundError, match="middle.yaml: base 'gone.yaml' not found"):
+        load_config(exp)
+
+
 def test_malformed_override_and_missing_file(tmp_path):
     with pytest.raises(ValueError, match="section.field=value"):
         load_config(None, ["budget.input_tokens"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -184,3 +186,23 @@ def test_pooling_matches_model_encode(tiny_cfg):
     assert tokens.shape[:2] == valid.shape
     with pytest.raises(ValueError, match="must look like"):
         encode_view(model, batch, "video")
+
+
+def test_video_only_baseline_keeps_feasible_budgets_and_repairs_a_whole_video_input():
+    from oskar_ray.config import load_config
+    from oskar_ray.eval.baselines import video_only_config
+    from oskar_ray.model import Oskar
+
+    tiny = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "tiny.yaml"
+    kept = video_only_config(load_config(tiny))
+    assert (kept.modalities["video"].mask_ratio, kept.budget.input_tokens) == (0.5, 64)
+    assert kept.enabled_modalities == ["video"]
+    # the whole video in, skeleton out: video alone must hide the 32 target tokens of its 128
+    whole = load_config(tiny, ["modalities.video.mask_ratio=0", "budget.input_tokens=128",
+                               "budget.input_weights={video: 1, skeleton: 0, text: 0}",
+                               "budget.target_weights={video: 0, skeleton: 1, text: 0}"])
+    repaired = video_only_config(whole)
+    assert (repaired.modalities["video"].mask_ratio, repaired.budget.input_tokens) == (0.25, 96)
+    model = Oskar(repaired)
+    out = model(model.example_batch(4))
+    assert torch.isfinite(out["loss"]) and int(out["n_target_tokens"][0]) == 32

@@ -20,15 +20,30 @@ import hashlib
 from pathlib import Path
 
 from ..config import OskarConfig
+from ..modalities import modality_class
 from ..model import Oskar
 
 KINDS = ("random", "video_only")
 
 
 def video_only_config(cfg: OskarConfig) -> OskarConfig:
+    """``cfg`` with every modality but video off, its budgets kept where video alone can fill them.
+
+    A config that feeds the *whole* video and predicts only other modalities (``mask_ratio: 0``) leaves
+    a video-only run nothing to predict: then the video hides just enough tokens for ``target_tokens``
+    and ``input_tokens`` is capped at what stays visible (the nearest feasible budget; printed)."""
     cfg = copy.deepcopy(cfg)
     for name, modality in cfg.modalities.items():
         modality.enabled = name == "video"
+    video = cfg.modalities["video"]
+    tokens = modality_class("video")(video).num_tokens
+    if round(video.mask_ratio * tokens) < cfg.budget.target_tokens <= tokens:
+        before = (video.mask_ratio, cfg.budget.input_tokens)
+        video.mask_ratio = cfg.budget.target_tokens / tokens
+        cfg.budget.input_tokens = min(cfg.budget.input_tokens, tokens - cfg.budget.target_tokens)
+        print(f"video-only baseline: modalities.video.mask_ratio {before[0]} -> {video.mask_ratio:g} and "
+              f"budget.input_tokens {before[1]} -> {cfg.budget.input_tokens} (video alone must hide "
+              f"budget.target_tokens={cfg.budget.target_tokens} of its {tokens} tokens to predict them)", flush=True)
     return cfg
 
 
