@@ -252,12 +252,12 @@ def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
         return data
     if not isinstance(base, str) or not base:
         raise ValueError(f"{path}: base must be the path of another config YAML, got {base!r}")
-    parent = (path.parent / base).resolve()
-    if parent == path.resolve() or parent in chain:
+    parent, chain = (path.parent / base).resolve(), (*chain, path.resolve())
+    if parent in chain:
         raise ValueError(f"{path}: base {base!r} leads back to {parent} (a loop)")
     if not parent.is_file():
         raise FileNotFoundError(f"{path}: base {base!r} not found ({parent})")
-    return _merged(_read_yaml(parent, (*chain, path.resolve())), data)
+    return _merged(_read_yaml(parent, chain), data)
 
 
 def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
