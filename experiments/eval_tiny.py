@@ -7,6 +7,8 @@ Runbook::
     .venv/bin/python experiments/eval_tiny.py --config experiments/configs/tiny_pose.yaml
     #   the best video recipe (README, "Downstream: OSKAR vs random init"): the whole video in, skeleton
     #   latents out, clip-level video <-> skeleton contrast; 1200 steps, a 40 000-clip pretraining split
+    .venv/bin/python experiments/eval_tiny.py --config experiments/configs/tiny_pose.yaml --seeds 0,1,2 \\
+        --tasks action,health --baselines random     # mean ± std over three pretraining seeds
     mlflow ui --backend-store-uri sqlite:///mlflow.db                          # eval/* on the runs
 
 1. resolves the built-in benchmark (``data/synthaction-...``, synthesised if missing);
@@ -16,6 +18,12 @@ Runbook::
    checkpoint and an MLflow run;
 3. evaluates that checkpoint, then ``--baseline random`` and ``--baseline video_only``
    (child runs), and prints one comparison table; ``--out`` keeps JSON + PNGs.
+
+With ``--seeds`` each seed is a separate pretraining (``train.seed``; the random-init
+baseline draws its weights from the same seed) under ``--out/seed<N>``, and the table
+shows mean ± std over seeds: one pretraining run moves the video probes by several
+points, more than the difference between many recipes. Pretraining is bit-deterministic
+for a given seed and thread count.
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ import argparse
 import json
 import time
 from pathlib import Path
+
+import numpy as np
 
 from oskar_ray.config import load_config
 from oskar_ray.data.pipeline import iterate_local
@@ -61,30 +71,62 @@ def pretrain_single_process(cfg, out: Path) -> Path:
                            TrainState(cfg.train.steps, run_id))
 
 
+def run_seed(cfg, out: Path, tasks: list[str], baselines: list[str]) -> dict[str, dict[str, float | None]]:
+    """Pretrain one seed, evaluate it and the baselines: {"oskar"|baseline: {headline metric: value}}."""
+    started = time.perf_counter()
+    checkpoint = pretrain_single_process(cfg, out)
+    print(f"seed {cfg.train.seed}: pretrained in {time.perf_counter() - started:.0f}s -> {checkpoint}", flush=True)
+    results = {"oskar": evaluate_full(checkpoint, tasks=tasks, cfg=cfg, out_dir=out / "oskar", progress=False)}
+    for kind in baselines:
+        results[kind] = evaluate_full(checkpoint, tasks=tasks, cfg=cfg, baseline=kind, out_dir=out / kind,
+                                      progress=False, cache_dir=out / "cache")
+    return {name: {k: r.metrics.get(k) for k in HEADLINE} for name, r in results.items()}
+
+
+def summarise(per_seed: dict[int, dict]) -> dict[str, dict[str, dict[str, float]]]:
+    """{model: {metric: {"mean", "std", "min", "max"}}} over the seeds that produced the metric."""
+    summary: dict[str, dict[str, dict[str, float]]] = {}
+    for name in next(iter(per_seed.values())):
+        summary[name] = {}
+        for key in HEADLINE:
+            values = np.array([t[name][key] for t in per_seed.values() if t[name].get(key) is not None])
+            if len(values):
+                summary[name][key] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if
+                                      len(values) > 1 else 0.0, "min": float(values.min()),
+                                      "max": float(values.max())}
+    return summary
+
+
+def print_table(summary: dict, seeds: list[int]) -> None:
+    print(f"mean ± std over seeds {seeds}" if len(seeds) > 1 else f"seed {seeds[0]}")
+    print(f"{'metric':<40}" + "".join(f"{n:>16}" for n in summary))
+    for key in HEADLINE:
+        cells = [summary[n].get(key) for n in summary]
+        print(f"{key:<40}" + "".join(f"{c['mean']:>9.3f} ±{c['std']:.3f}" if c else f"{'-':>16}" for c in cells))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(TINY), help="experiment YAML (default: the tiny config)")
     parser.add_argument("--set", action="append", default=[], dest="overrides")
     parser.add_argument("--tasks", default="action,retrieval,vqa,localization,health")
     parser.add_argument("--baselines", default="random,video_only")
+    parser.add_argument("--seeds", default="", help="comma-separated train.seed values, each pretrained and "
+                        "evaluated with its baselines; the table shows mean ± std (default: the config's seed)")
     parser.add_argument("--out", default="runs/eval_tiny")
     args = parser.parse_args()
     cfg = resolve_data(load_config(args.config, args.overrides))
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [cfg.train.seed]
+    tasks, baselines = args.tasks.split(","), list(filter(None, args.baselines.split(",")))
     out = Path(args.out)
     started = time.perf_counter()
-    checkpoint = pretrain_single_process(cfg, out)
-    print(f"pretrained in {time.perf_counter() - started:.0f}s -> {checkpoint}", flush=True)
-    tasks = args.tasks.split(",")
-    results = {"oskar": evaluate_full(checkpoint, tasks=tasks, cfg=cfg, out_dir=out / "oskar", progress=False)}
-    for kind in filter(None, args.baselines.split(",")):
-        results[kind] = evaluate_full(checkpoint, tasks=tasks, cfg=cfg, baseline=kind, out_dir=out / kind,
-                                      progress=False, cache_dir=out / "cache")
-    table = {name: {k: r.metrics.get(k) for k in HEADLINE} for name, r in results.items()}
-    (out / "comparison.json").write_text(json.dumps(table, indent=2))
-    print(f"{'metric':<40}" + "".join(f"{n:>12}" for n in table))
-    for key in HEADLINE:
-        cells = "".join(f"{v:>12.3f}" if v is not None else f"{'-':>12}" for v in (t[key] for t in table.values()))
-        print(f"{key:<40}{cells}")
+    per_seed = {}
+    for seed in seeds:
+        seeded = resolve_data(load_config(args.config, [*args.overrides, f"train.seed={seed}"]))
+        per_seed[seed] = run_seed(seeded, out / f"seed{seed}" if len(seeds) > 1 else out, tasks, baselines)
+    summary = summarise(per_seed)
+    (out / "comparison.json").write_text(json.dumps({"seeds": per_seed, "summary": summary}, indent=2))
+    print_table(summary, seeds)
     print(f"total {time.perf_counter() - started:.0f}s", flush=True)
 
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from oskar_ray.config import load_config
@@ -147,3 +148,16 @@ def test_a_downloaded_checkpoint_leaves_no_copy_behind(pretrained, tmp_path, mon
     assert source["path"] == ckpt.as_uri() and source["step"] > 0 and model.cfg is cfg
     assert len(copies) == 1 and copies[0].parent.parent == tmp_path  # downloaded under the temp root ...
     assert not copies[0].exists() and not list(tmp_path.glob("oskar-checkpoint-*"))  # ... and removed
+
+
+def test_a_feature_cache_written_for_fewer_views_is_extended(pretrained, tmp_path):
+    from oskar_ray.eval.api import load_model
+    from oskar_ray.eval.features import FeatureCache
+
+    _, cfg, ckpt, _ = pretrained
+    model, cfg, _ = load_model(ckpt, cfg)
+    synth = cfg.data.path
+    FeatureCache(model, synth, cfg, ["target:video"], progress=False, cache_dir=tmp_path).get("test", "target:video")
+    wider = FeatureCache(model, synth, cfg, ["target:video", "fusion:video"], progress=False, cache_dir=tmp_path)
+    assert wider.get("test", "fusion:video").pooled.shape[1] == cfg.model.dim
+    assert set(torch.load(tmp_path / "test__clip.pt", weights_only=False)) == {"target:video", "fusion:video"}

@@ -173,12 +173,12 @@ class FeatureCache:
     def _load(self, split: str, mode: str) -> None:
         views = [v for v in self.views if (mode == "qa") == ("question" in v)]
         disk = self._disk_path(split, mode)
-        if disk is not None and disk.is_file():
-            loaded = torch.load(disk, weights_only=False)
-        else:
+        loaded = torch.load(disk, weights_only=False) if disk is not None and disk.is_file() else {}
+        # a cache written for fewer views (another view list, an older version) is extended, not trusted
+        if not set(views) <= set(loaded):
             batches = iterate_batches(self.root, split, self.cfg, self.batch_size,
                                       expand=per_question if mode == "qa" else None)
-            loaded = extract(self.model, batches, views, desc=f"features {split}", progress=self.progress)
+            loaded |= extract(self.model, batches, views, desc=f"features {split}", progress=self.progress)
             if disk is not None:
                 disk.parent.mkdir(parents=True, exist_ok=True)
                 torch.save(loaded, disk)
