@@ -150,7 +150,7 @@ class EvalConfig:
     tasks: list[str] = field(default_factory=lambda: ["action", "retrieval", "vqa", "localization", "health"])
     rankme_every: int = 100
     knn_k: int = 20
-    probe_epochs: int = 30
+    probe_epochs: int = 60
     finetune_epochs: int = 3
     batch_size: int = 64
     #: feature std below this for `collapse_patience` evaluations raises the alarm
