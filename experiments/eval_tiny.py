@@ -115,8 +115,8 @@ def main() -> None:
                         "evaluated with its baselines; the table shows mean ± std (default: the config's seed)")
     parser.add_argument("--out", default="runs/eval_tiny")
     args = parser.parse_args()
-    cfg = resolve_data(load_config(args.config, args.overrides))
-    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [cfg.train.seed]
+    seeds = ([int(s) for s in args.seeds.split(",")] if args.seeds
+             else [load_config(args.config, args.overrides).train.seed])
     tasks, baselines = args.tasks.split(","), list(filter(None, args.baselines.split(",")))
     out = Path(args.out)
     started = time.perf_counter()
