@@ -200,9 +200,12 @@ def test_video_only_baseline_keeps_feasible_budgets_and_repairs_a_whole_video_in
     # the whole video in, skeleton out: video alone must hide the 32 target tokens of its 128
     whole = load_config(tiny, ["modalities.video.mask_ratio=0", "budget.input_tokens=128",
                                "budget.input_weights={video: 1, skeleton: 0, text: 0}",
-                               "budget.target_weights={video: 0, skeleton: 1, text: 0}"])
+                               "budget.target_weights={video: 0, skeleton: 1, text: 0}",
+                               "ema.modality_start={video: 0.9, skeleton: 0.999}"])
     repaired = video_only_config(whole)
     assert (repaired.modalities["video"].mask_ratio, repaired.budget.input_tokens) == (0.25, 96)
+    # a fast video EMA suits video as an input only; here video is the target, so it gets the global start
+    assert repaired.ema.modality_start == {"skeleton": 0.999} and whole.ema.modality_start["video"] == 0.9
     model = Oskar(repaired)
     out = model(model.example_batch(4))
     assert torch.isfinite(out["loss"]) and int(out["n_target_tokens"][0]) == 32
