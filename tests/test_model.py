@@ -269,3 +269,19 @@ def test_same_seed_gives_bit_identical_gradients_with_several_threads():
         torch.set_num_threads(threads)
     differing = [n for g in grads[1:] for n in g if not torch.equal(g[n], grads[0][n])]
     assert not differing, f"gradients differ between same-seed runs: {sorted(set(differing))[:5]}"
+
+
+def test_bf16_cpu_attention_matches_the_fused_kernel_and_keeps_padding_rows_finite():
+    from oskar_ray.model.blocks import attention
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 10, 16, generator=gen) for _ in range(3))
+    mask = torch.ones(2, 1, 1, 10, dtype=torch.bool)
+    mask[0, ..., 7:] = False
+    for attn_mask in (None, mask):
+        reference = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        plain = attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), attn_mask)
+        assert plain.dtype == torch.bfloat16
+        assert torch.allclose(plain.float(), reference, atol=0.05), (plain.float() - reference).abs().max()
+    nothing_visible = torch.zeros(2, 1, 1, 10, dtype=torch.bool)
+    assert torch.isfinite(attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), nothing_visible)).all()

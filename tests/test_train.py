@@ -62,3 +62,15 @@ def test_non_finite_loss_stops_with_a_clear_error():
     batch["video"] = torch.full_like(batch["video"], float("nan"))
     with pytest.raises(NonFiniteLossError, match="step 0"):
         train_step(model, build_optimizer(model, cfg), batch, 0, cfg)
+
+
+def test_bf16_on_cpu_autocasts_keeps_fp32_weights_and_tracks_fp32_losses():
+    overrides = ["train.steps=15", "train.batch_size=8"]
+    fp32 = [h["loss"] for h in train(load_config(TINY, overrides))]
+    cfg = load_config(TINY, [*overrides, "train.precision=bf16"])
+    model = Oskar(cfg)
+    bf16 = [h["loss"] for h in train(cfg, model=model)]
+    assert all(math.isfinite(x) for x in bf16) and bf16 != fp32  # the matmuls really ran in bf16
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert np.mean(bf16[-5:]) == pytest.approx(np.mean(fp32[-5:]), rel=0.1)
+    assert np.mean(bf16[-5:]) < np.mean(bf16[:5])

@@ -5,6 +5,11 @@ compared one-to-one with timm's (``experiments/bench_budget.py``).
 ``CrossBlock`` adds cross-attention from queries to a context: the predictor.
 Attention masks are boolean, ``True`` = may attend, broadcastable to
 ``(B, heads, N_query, N_key)``; ``None`` keeps SDPA on its fastest kernel.
+
+Under CPU bf16 autocast (``train.precision=bf16`` without a GPU) attention
+runs as two plain matmuls with the softmax in fp32 instead: torch's fused CPU
+attention kernel has a bf16 backward about 7x slower than its fp32 one, which
+ate the whole bf16 gain (``experiments/bench_precision.py``).
 """
 
 from __future__ import annotations
@@ -12,6 +17,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``softmax(q kᵀ / √d) v`` over ``(B, heads, N, head_dim)`` tensors (see the module note on bf16 CPU)."""
+    if q.dtype != torch.bfloat16 or q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+    scores = (q @ k.transpose(-2, -1)).float() * q.shape[-1] ** -0.5
+    if attn_mask is not None:
+        # a finite fill keeps a fully masked (padding) row finite where -inf would give NaN
+        scores = scores.masked_fill(~attn_mask, torch.finfo(scores.dtype).min)
+    return scores.softmax(dim=-1).to(v.dtype) @ v
 
 
 def init_weights(module: nn.Module) -> None:
@@ -44,7 +60,7 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         batch, length, dim = x.shape
         qkv = self.qkv(x).view(batch, length, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=attn_mask)
+        out = attention(qkv[0], qkv[1], qkv[2], attn_mask)
         return self.proj(_merge_heads(out))
 
 
@@ -59,7 +75,7 @@ class CrossAttention(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         key, value = self.kv(context).chunk(2, dim=-1)
         q, k, v = (_split_heads(t, self.heads) for t in (self.q(x), key, value))
-        return self.proj(_merge_heads(F.scaled_dot_product_attention(q, k, v)))
+        return self.proj(_merge_heads(attention(q, k, v)))
 
 
 class Mlp(nn.Module):
