@@ -70,7 +70,7 @@ def apply_schedules(optimizer: torch.optim.Optimizer, cfg: OskarConfig, step: in
 
 def autocast_for(cfg: OskarConfig, device: torch.device):
     """bf16 autocast on GPU and CPU alike: on a CPU with bf16 matmul units (AVX512-BF16 / AMX) a tiny-config
-    step takes about 0.6x the fp32 time; on one without them it can be slower (``experiments/bench_precision.py``)."""
+    step takes about 0.7x the fp32 time; on one without them it can be slower (``experiments/bench_precision.py``)."""
     if cfg.train.precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
