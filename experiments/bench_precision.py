@@ -32,12 +32,12 @@ from oskar_ray.model import Oskar
 from oskar_ray.train import build_optimizer, seed_everything, train_step
 
 
-def timed_steps(side: dict, batches: list[dict], first_step: int) -> list[float]:
+def timed_steps(side: dict, batches: list[dict], first_step: int, device: torch.device) -> list[float]:
     times = []
     for offset, batch in enumerate(batches):
         started = time.perf_counter()
         metrics = train_step(side["model"], side["optimizer"], batch, first_step + offset, side["cfg"])
-        if side["device"].type == "cuda":
+        if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - started)
         side["losses"].append(metrics["loss"])
@@ -65,7 +65,7 @@ def main() -> None:
         cfg.train.precision = precision
         twin = copy.deepcopy(model)
         sides[precision] = {"cfg": cfg, "model": twin, "optimizer": build_optimizer(twin, cfg),
-                            "device": device, "losses": [], "times": []}
+                            "losses": [], "times": []}
     total = args.skip + args.steps
     batches = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in model.example_batch(
         base.train.batch_size, seed=index).items()} for index in range(total)]
@@ -73,7 +73,7 @@ def main() -> None:
           f"{args.steps} timed steps per precision (first {args.skip} excluded), blocks of {args.block}")
     for start in range(0, total, args.block):
         for side in sides.values():
-            side["times"] += timed_steps(side, batches[start:start + args.block], start)
+            side["times"] += timed_steps(side, batches[start:start + args.block], start, device)
     step_s = {name: statistics.median(side["times"][args.skip:]) for name, side in sides.items()}
     loss = {name: statistics.fmean(side["losses"][args.skip:]) for name, side in sides.items()}
     for name in sides:
