@@ -6,7 +6,7 @@ Runbook::
     .venv/bin/python experiments/eval_tiny.py --set train.steps=100 --tasks action,retrieval
     .venv/bin/python experiments/eval_tiny.py --config experiments/configs/tiny_pose.yaml
     #   the best video recipe (README, "Downstream: OSKAR vs random init"): the whole video in, skeleton
-    #   latents out, clip-level video <-> skeleton contrast; 1800 bf16 steps (~9 min), a 40 000-clip split
+    #   latents out, clip-level video <-> skeleton contrast; 2000 bf16 steps (~9.5 min), a 40 000-clip split
     .venv/bin/python experiments/eval_tiny.py --config experiments/configs/tiny_pose.yaml --seeds 0,1,2 \\
         --tasks action,health --baselines random     # mean ± std over three pretraining seeds
     mlflow ui --backend-store-uri sqlite:///mlflow.db                          # eval/* on the runs
