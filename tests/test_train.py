@@ -1,6 +1,7 @@
 """The single-process loop: learning, determinism, schedules, health guard."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ import torch
 
 from oskar_ray.config import load_config
 from oskar_ray.model import Oskar
-from oskar_ray.train import NonFiniteLossError, build_optimizer, lr_at, train, train_step, weight_decay_at
+from oskar_ray.train import NonFiniteLossError, build_optimizer, loop, lr_at, train, train_step, weight_decay_at
 
 TINY = "experiments/configs/tiny.yaml"
 
@@ -62,6 +63,20 @@ def test_non_finite_loss_stops_with_a_clear_error():
     batch["video"] = torch.full_like(batch["video"], float("nan"))
     with pytest.raises(NonFiniteLossError, match="step 0"):
         train_step(model, build_optimizer(model, cfg), batch, 0, cfg)
+
+
+@pytest.mark.parametrize("capabilities, warns", [({"avx512_bf16": True}, False), ({"avx2": True}, True)])
+def test_bf16_on_a_cpu_without_bf16_units_warns_once(monkeypatch, capabilities, warns):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
+    loop._warn_once_if_cpu_lacks_bf16_units.cache_clear()
+    cfg = load_config(TINY, ["train.steps=3", "train.batch_size=4", "train.precision=bf16"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(cfg)
+    messages = [str(w.message) for w in caught if "train.precision=bf16" in str(w.message)]
+    assert len(messages) == (1 if warns else 0)  # once per process, not once per step
+    assert not warns or "set train.precision=fp32" in messages[0]
+    loop._warn_once_if_cpu_lacks_bf16_units.cache_clear()
 
 
 def test_bf16_on_cpu_autocasts_keeps_fp32_weights_and_tracks_fp32_losses():

@@ -16,8 +16,10 @@ random signals) — enough to check that the objective learns.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import random
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
@@ -72,8 +74,27 @@ def autocast_for(cfg: OskarConfig, device: torch.device):
     """bf16 autocast on GPU and CPU alike: on a CPU with bf16 matmul units (AVX512-BF16 / AMX) a tiny-config
     step takes about 0.7x the fp32 time; on one without them it can be slower (``experiments/bench_precision.py``)."""
     if cfg.train.precision == "bf16":
+        if device.type == "cpu":
+            _warn_once_if_cpu_lacks_bf16_units()
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def cpu_has_bf16_matmul_units() -> bool:
+    """AVX512-BF16 or AMX-BF16 (x86), or the BF16 extension (Arm), as torch's own CPU probe reports them."""
+    capabilities = torch.cpu.get_capabilities()
+    return any(capabilities.get(flag, False) for flag in ("avx512_bf16", "amx_bf16", "bf16"))
+
+
+@functools.cache
+def _warn_once_if_cpu_lacks_bf16_units() -> None:
+    # still correct without them (bf16 is emulated), only slower: a warning, not an error
+    if not cpu_has_bf16_matmul_units():
+        warnings.warn(
+            "train.precision=bf16 on a CPU without bf16 matmul units (no AVX512-BF16 / AMX-BF16): steps run "
+            "slower than in fp32; set train.precision=fp32 (experiments/bench_precision.py measures both)",
+            RuntimeWarning, stacklevel=3,
+        )
 
 
 def train_step(
