@@ -7,9 +7,12 @@ All slow (real local Ray, ~30-60 s each on 2 cores); they still run in CI.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -195,3 +198,23 @@ def test_tracks_to_a_real_mlflow_server(ray_local, synth_dir, tmp_path):
 def _experiment_id(url: str) -> str:
     query = f"{url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=test"
     return json.loads(urllib.request.urlopen(query, timeout=10).read())["experiment"]["experiment_id"]
+
+
+def test_a_local_ray_without_dashboard_silences_the_placement_group_cleaner_in_its_workers():
+    # without the dashboard's state API, Ray Train's cleaner would log a warning every second of every run
+    code = """if True:
+        import logging, ray
+        from oskar_ray.train.launch import configure_environment, init_ray
+        from oskar_ray.ray_quiet import PLACEMENT_GROUP_CLEANER_LOGGER
+        configure_environment()
+        init_ray(log_to_driver=False)
+        level = ray.get(ray.remote(lambda: logging.getLogger(PLACEMENT_GROUP_CLEANER_LOGGER).level).remote())
+        print("level", level)
+        ray.shutdown()
+    """
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    with tempfile.TemporaryDirectory(prefix="rq", dir="/tmp") as short:  # Ray's socket paths stay < 107 chars
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180,
+                              env={**env, "RAY_TMPDIR": short})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"level {logging.ERROR}" in done.stdout
