@@ -82,9 +82,15 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
     return float(hits.float().mean())
 
 
+def train_moments(train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension mean and std (floored: a constant dimension must not divide by zero)."""
+    train = train.float()
+    return train.mean(0, keepdim=True), train.std(0, keepdim=True).clamp(min=1e-6)
+
+
 def standardize(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
     """z-score with train statistics (the probes are scale-sensitive; encoders differ in scale)."""
-    mean, std = train.mean(0, keepdim=True), train.std(0, keepdim=True).clamp(min=1e-6)
+    mean, std = train_moments(train)
     return [(x.float() - mean) / std for x in (train, *others)]
 
 
@@ -129,7 +135,7 @@ def fit_linear(x_train, y_train, x_val, y_val, n_classes: int, seed: int = 0,
     """Logistic regression on standardised features; the (LR, weight decay) with the best val top-1 wins."""
     _check(x_train, y_train, "linear probe train")
     _check(x_val, y_val, "linear probe val")
-    mean, std = x_train.float().mean(0, keepdim=True), x_train.float().std(0, keepdim=True).clamp(min=1e-6)
+    mean, std = train_moments(x_train)
     scaled = (x_train.float() - mean) / std
     best: LinearModel | None = None
     for lr, decay in itertools.product(lrs, LINEAR_WEIGHT_DECAYS):
