@@ -13,7 +13,7 @@ machine hits both alike; the first ``--skip`` steps of each are excluded.
 It prints the median step time of each, the bf16 / fp32 ratio and both
 mean losses over the timed steps (they should agree to a few percent).
 
-On a CPU with bf16 matmul units (AVX512-BF16, AMX: ``lscpu | grep bf16``)
+On a CPU with bf16 matmul units (AVX512-BF16, AMX; the header line says, from ``cpu_has_bf16_matmul_units``)
 bf16 autocast makes the tiny_pose step about 0.7x fp32 (0.69 on the 2-core EPYC); without them it can be
 slower than fp32, so CPU configs keep fp32 unless this says otherwise.
 """
@@ -30,6 +30,7 @@ import torch
 from oskar_ray.config import load_config
 from oskar_ray.model import Oskar
 from oskar_ray.train import build_optimizer, seed_everything, train_step
+from oskar_ray.train.loop import cpu_has_bf16_matmul_units
 
 
 def timed_steps(side: dict, batches: list[dict], first_step: int, device: torch.device) -> list[float]:
@@ -69,7 +70,8 @@ def main() -> None:
     total = args.skip + args.steps
     batches = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in model.example_batch(
         base.train.batch_size, seed=index).items()} for index in range(total)]
-    print(f"{args.config}, batch {base.train.batch_size}, {torch.get_num_threads()} threads, device {device}: "
+    units = f" (bf16 matmul units: {'yes' if cpu_has_bf16_matmul_units() else 'no'})" if device.type == "cpu" else ""
+    print(f"{args.config}, batch {base.train.batch_size}, {torch.get_num_threads()} threads, device {device}{units}: "
           f"{args.steps} timed steps per precision (first {args.skip} excluded), blocks of {args.block}")
     for start in range(0, total, args.block):
         for side in sides.values():

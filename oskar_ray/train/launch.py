@@ -127,7 +127,7 @@ def init_ray(log_to_driver: bool = True, *, for_sweep: bool = False, trial_slots
             kwargs["resources"] = {TRIAL_SLOT: trial_slots}
         os.environ["RAY_GCS_SERVER_PORT"] = str(port)  # read by the local head node at start
     runtime_env: dict = {"env_vars": env}
-    if not address and not pinned:  # no dashboard: see oskar_ray.ray_quiet
+    if kwargs.get("include_dashboard") is False:  # see oskar_ray.ray_quiet
         runtime_env["worker_process_setup_hook"] = "oskar_ray.ray_quiet.silence_placement_group_cleaner"
     try:
         ray.init(address=address, logging_level="WARNING", runtime_env=runtime_env,
