@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from oskar_ray.config import load_config
+from oskar_ray.data.language import QUESTION_TYPES
 from oskar_ray.data.pipeline import iterate_local
 from oskar_ray.eval.api import evaluate_full
 from oskar_ray.model import Oskar
@@ -47,8 +48,16 @@ from oskar_ray.train.launch import resolve_data
 TINY = Path(__file__).resolve().parent / "configs" / "tiny.yaml"
 HEADLINE = ["eval/action/video/attentive/top1", "eval/action/video/linear/top1", "eval/action/video/knn/top1",
             "eval/action/skeleton/attentive/top1", "eval/action/skeleton/linear/top1",
-            "eval/action/fusion/attentive/top1", "eval/retrieval/t2v/R1", "eval/retrieval/v2t/R1",
-            "eval/vqa/accuracy", "eval/localization/mAP_0.5", "eval/health/video/rankme"]
+            "eval/action/fusion/attentive/top1", "eval/action/fusion/linear/top1",
+            "eval/retrieval/t2v/R1", "eval/retrieval/v2t/R1", "eval/retrieval/t2v/fact_R1",
+            "eval/retrieval/v2t/fact_R1", "eval/retrieval/t2v/R1_ceiling", "eval/retrieval/v2t/R1_ceiling",
+            "eval/vqa/accuracy", *(f"eval/vqa/type/{t}/accuracy" for t in QUESTION_TYPES), "eval/vqa/prior",
+            *(f"eval/vqa/type/{t}/prior" for t in QUESTION_TYPES), "eval/vqa/mc_accuracy",
+            "eval/vqa/video+skeleton/accuracy",
+            *(f"eval/vqa/video+skeleton/type/{t}/accuracy" for t in QUESTION_TYPES),
+            "eval/robustness/all/attentive/top1",
+            *(f"eval/robustness/no_{m}/attentive/top1" for m in ("video", "skeleton", "text")),
+            "eval/localization/mAP_0.5", "eval/health/video/rankme"]
 
 
 def pretrain_single_process(cfg, out: Path) -> Path:
@@ -99,10 +108,10 @@ def summarise(per_seed: dict[int, dict]) -> dict[str, dict[str, dict[str, float]
 
 def print_table(summary: dict, seeds: list[int]) -> None:
     print(f"mean ± std over seeds {seeds}" if len(seeds) > 1 else f"seed {seeds[0]}")
-    print(f"{'metric':<40}" + "".join(f"{n:>16}" for n in summary))
+    print(f"{'metric':<50}" + "".join(f"{n:>16}" for n in summary))
     for key in HEADLINE:
         cells = [summary[n].get(key) for n in summary]
-        print(f"{key:<40}" + "".join(f"{c['mean']:>9.3f} ±{c['std']:.3f}" if c else f"{'-':>16}" for c in cells))
+        print(f"{key:<50}" + "".join(f"{c['mean']:>9.3f} ±{c['std']:.3f}" if c else f"{'-':>16}" for c in cells))
 
 
 def main() -> None:

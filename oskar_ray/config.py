@@ -45,11 +45,14 @@ class ModelConfig:
     #: weights of the anti-collapse terms on pooled context features (model/spread.py); 0 = off
     var_weight: float = 0.0
     cov_weight: float = 0.0
-    #: weight of the clip-level cross-modal contrastive term (model/align.py): pooled context tokens of
-    #: ``align_from`` must pick out their own clip's pooled ``align_to`` target features in the batch; 0 = off
+    #: weight of the clip-level cross-modal contrastive terms (model/align.py): pooled context tokens of
+    #: ``align_from`` must pick out their own clip's pooled target features of each ``align_to`` modality in
+    #: the batch (one term and one pair of heads per target modality); 0 = off
     align_weight: float = 0.0
     align_from: str = "video"
-    align_to: str = "skeleton"
+    align_to: list[str] = field(default_factory=lambda: ["skeleton"])
+    #: per-target weights that replace ``align_weight`` for that target (e.g. ``{text: 5}``)
+    align_weights: dict[str, float] = field(default_factory=dict)
     align_temperature: float = 0.1
 
 

@@ -79,13 +79,23 @@ def _validate_model(cfg: OskarConfig) -> None:
 
 def _validate_alignment(cfg: OskarConfig) -> None:
     m = cfg.model
-    for field in ("align_from", "align_to"):
-        if getattr(m, field) not in cfg.enabled_modalities:
-            raise ValueError(f"model.{field} must be an enabled modality ({cfg.enabled_modalities}), "
-                             f"got {getattr(m, field)!r}")
-    if m.align_from == m.align_to:
-        raise ValueError(f"model.align_from and model.align_to are both {m.align_from!r}: the term aligns two "
-                         f"different modalities")
+    if m.align_from not in cfg.enabled_modalities:
+        raise ValueError(f"model.align_from must be an enabled modality ({cfg.enabled_modalities}), "
+                         f"got {m.align_from!r}")
+    if not m.align_to:
+        raise ValueError("model.align_to must name at least one modality when model.align_weight > 0")
+    for name in m.align_to:
+        if name not in cfg.enabled_modalities:
+            raise ValueError(f"model.align_to must be an enabled modality ({cfg.enabled_modalities}), "
+                             f"got {name!r}")
+        if name == m.align_from:
+            raise ValueError(f"model.align_from and model.align_to are both {name!r}: the term aligns two "
+                             f"different modalities")
+    for name, weight in m.align_weights.items():
+        if name not in m.align_to:
+            raise ValueError(f"model.align_weights.{name}: {name!r} is not in model.align_to {m.align_to}")
+        if weight < 0:
+            raise ValueError(f"model.align_weights.{name} must be >= 0, got {weight}")
     if m.align_temperature <= 0:
         raise ValueError(f"model.align_temperature must be positive, got {m.align_temperature}")
 

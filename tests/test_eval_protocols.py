@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from oskar_ray.data.language import Fact, stated_facts
+from oskar_ray.eval.facts import ClipFacts, fact_metrics, oracle_features
 from oskar_ray.eval.health import features_health, rankme
 from oskar_ray.eval.localization import (
     mean_average_precision,
@@ -20,6 +22,7 @@ from oskar_ray.eval.probes import (
     confusion_matrix,
     knn_probe,
     linear_probe,
+    standardize,
     topk_accuracy,
 )
 from oskar_ray.eval.retrieval import ranks, retrieval_metrics, train_heads
@@ -116,12 +119,59 @@ def test_retrieval_identity_is_perfect_and_ties_are_not():
 
 def test_retrieval_heads_on_identical_features():
     feats, _ = random_features(64, dim=32)
-    heads = train_heads(feats, feats, steps=100)
+    heads, val_score = train_heads(feats, feats, feats, feats, steps=100)
     with torch.no_grad():
         metrics = retrieval_metrics(heads.similarity(feats, feats))
-    assert metrics["t2v/R1"] == 100.0 and metrics["v2t/R1"] == 100.0
+    assert metrics["t2v/R1"] == 100.0 and metrics["v2t/R1"] == 100.0 and val_score == 100.0
     shuffled = retrieval_metrics(torch.randn(64, 64, generator=torch.Generator().manual_seed(0)))
     assert shuffled["t2v/R1"] < 15.0
+
+
+ACTIONS, COLOURS, REPS = [f"a{i}" for i in range(13)], [f"c{i}" for i in range(12)], [1, 2, 3]
+
+
+def _fact_split(n: int, seed: int) -> ClipFacts:
+    """Clips and first captions like the built-in benchmark's: one in four captions omits the count."""
+    rng = np.random.default_rng(seed)
+    clips = [(ACTIONS[i % 13], COLOURS[rng.integers(12)], REPS[rng.integers(3)]) for i in range(n)]
+    return ClipFacts(clips, [(a, c, r if rng.random() < 0.75 else None) for a, c, r in clips])
+
+
+def _oracle(facts: ClipFacts, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noisy one-hot facts, each side through its own random rotation (features need not share axes)."""
+    g = torch.Generator().manual_seed(seed)
+    video = oracle_features(facts.clips, [ACTIONS, COLOURS, REPS])
+    text = oracle_features(facts.captions, [ACTIONS, COLOURS, REPS])
+    rotate = [torch.linalg.qr(torch.randn(28, 28, generator=torch.Generator().manual_seed(k)))[0] for k in (1, 2)]
+    noisy = [x + 0.05 * torch.randn(x.shape, generator=g) for x in (video, text)]
+    return noisy[0] @ rotate[0], noisy[1] @ rotate[1]
+
+
+def test_retrieval_protocol_reads_oracle_facts_near_the_ceiling_and_fails_on_misaligned_rows():
+    """The sanity baseline: perfect features reach the duplicate-caption ceiling; shuffled pairs reach chance."""
+    splits = {name: _fact_split(n, seed) for name, n, seed in (("train", 500, 0), ("val", 200, 1), ("test", 200, 2))}
+    feats = {name: _oracle(f, seed) for seed, (name, f) in enumerate(splits.items())}
+    standard = dict(zip(feats, zip(standardize(*(v for v, _ in feats.values())),
+                                   standardize(*(t for _, t in feats.values())), strict=True), strict=True))
+    heads, _ = train_heads(*standard["train"], *standard["val"])
+    with torch.no_grad():
+        sim = heads.similarity(*standard["test"])
+    metrics = {**retrieval_metrics(sim), **fact_metrics(sim, splits["test"])}
+    assert 60 < metrics["t2v/R1_ceiling"] < 85
+    assert metrics["t2v/R1"] > metrics["t2v/R1_ceiling"] - 10 and metrics["t2v/fact_R1"] > 95
+    assert metrics["v2t/R1"] > metrics["v2t/R1_ceiling"] - 10 and metrics["v2t/fact_R1"] > 95
+    video, text = standard["train"]
+    misaligned, _ = train_heads(video, text[torch.randperm(len(text), generator=torch.Generator().manual_seed(0))],
+                                *standard["val"])
+    with torch.no_grad():
+        assert retrieval_metrics(misaligned.similarity(*standard["test"]))["t2v/R1"] < 5
+
+
+def test_stated_facts_follow_the_caption_text():
+    fact = Fact("wave_left", "red", 3)
+    assert stated_facts("thrice, a person in a red shirt is waving the left hand", fact) == ("wave_left", "red", 3)
+    assert stated_facts("the figure in red waves the left hand", fact) == ("wave_left", "red", None)
+    assert stated_facts("someone wearing red kicks twice", Fact("kick_left", "red", 2))[2] == 2
 
 
 def _truth():
@@ -209,3 +259,47 @@ def test_video_only_baseline_keeps_feasible_budgets_and_repairs_a_whole_video_in
     model = Oskar(repaired)
     out = model(model.example_batch(4))
     assert torch.isfinite(out["loss"]) and int(out["n_target_tokens"][0]) == 32
+
+
+def _qa_rows(n_clips: int, seed: int, shuffle: bool = False):
+    """(tokens, valid, question, answer) rows: each clip's 8 tokens carry its facts in noise; the question
+    (one-hot type + noise) asks for action, colour or count, whose answer ids do not overlap."""
+    g = torch.Generator().manual_seed(seed)
+    splits = _fact_split(n_clips, seed)
+    facts = oracle_features(splits.clips, [ACTIONS, COLOURS, REPS])  # (n, 28)
+    answers = torch.stack([facts[:, :13].argmax(1), 13 + facts[:, 13:25].argmax(1), 25 + facts[:, 25:].argmax(1)], 1)
+    tokens = facts[:, None] + 0.3 * torch.randn(n_clips, 8, 28, generator=g)
+    kinds = torch.arange(3).repeat(n_clips)
+    question = torch.eye(3)[kinds] + 0.1 * torch.randn(3 * n_clips, 3, generator=g)
+    clip = torch.arange(n_clips).repeat_interleave(3)
+    answer = answers[clip, kinds]
+    if shuffle:
+        answer = answer[torch.randperm(len(answer), generator=g)]
+    return tokens[clip], torch.ones(3 * n_clips, 8, dtype=torch.bool), question, answer, kinds
+
+
+def test_vqa_head_reads_the_asked_fact_from_oracle_tokens_and_fails_on_misaligned_rows():
+    from oskar_ray.eval.probes import predict_attentive, select_head
+    from oskar_ray.eval.vqa import QuestionConditionedHead, per_type_accuracy
+
+    train, val, test = (_qa_rows(n, seed) for n, seed in ((300, 0), (100, 1), (100, 2)))
+
+    def make():
+        return QuestionConditionedHead(28, 3, 28)
+
+    head, _ = select_head(make, train[:4], val[:4], epochs=30, lrs=(3e-3,))
+    logits = predict_attentive(head, *test[:3])
+    per_type = per_type_accuracy(logits, test[3], test[4], ["action", "colour", "count"])
+    assert min(per_type.values()) > 0.9, per_type
+    shuffled = _qa_rows(300, 0, shuffle=True)
+    head, _ = select_head(make, shuffled[:4], val[:4], epochs=30, lrs=(3e-3,))
+    assert topk_accuracy(predict_attentive(head, *test[:3]), test[3], 1) < 0.4
+
+
+def test_vqa_priors_answer_each_type_with_its_most_frequent_train_answer():
+    from oskar_ray.eval.vqa import type_priors
+
+    train_answers, train_types = torch.tensor([0, 0, 1, 5, 5, 6]), torch.tensor([0, 0, 0, 1, 1, 1])
+    priors = type_priors(train_answers, train_types, torch.tensor([0, 1, 5, 5]), torch.tensor([0, 0, 1, 1]),
+                         ["action", "colour"])
+    assert priors == {"type/action/prior": 0.5, "type/colour/prior": 1.0, "prior": 0.75}

@@ -8,6 +8,7 @@ import torch
 
 from oskar_ray.config import load_config
 from oskar_ray.model import Oskar, momentum_at
+from oskar_ray.model.budget import batch_layout
 
 TINY = "experiments/configs/tiny.yaml"
 
@@ -238,11 +239,13 @@ def test_alignment_picks_out_matched_pairs_and_drops_clips_missing_a_side():
 
 
 def test_alignment_weight_adds_the_term_and_trains_only_the_context_side():
-    model = _model("model.align_weight=1.0", "model.align_from=video", "model.align_to=skeleton")
+    model = _model("model.align_weight=1.0", "model.align_from=video", "model.align_to=skeleton",
+                   "budget.input_weights={video: 1, skeleton: 0, text: 1}")
     out = model(model.example_batch(6))
     assert "loss/align" in out and float(out["loss/align"]) > 0
+    assert torch.equal(out["loss/align"], out["loss/align/skeleton"])
     out["loss"].backward()
-    assert model.alignment.context_head[0].weight.grad.abs().sum() > 0
+    assert model.alignment["skeleton"].context_head[0].weight.grad.abs().sum() > 0
     assert model.fusion_encoder.tokenizers["video"].proj.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in model.target_encoders["skeleton"].parameters())
     assert "loss/align" not in _model()(model.example_batch(6))  # off by default
@@ -252,6 +255,26 @@ def test_alignment_weight_adds_the_term_and_trains_only_the_context_side():
         _model("model.align_weight=1", "model.align_to=video")
     with pytest.raises(ValueError, match="align_temperature must be positive"):
         _model("model.align_weight=1", "model.align_temperature=0")
+
+
+def test_alignment_leaves_out_clips_whose_context_sees_the_target_modality():
+    """A clip with skeleton tokens among its inputs could answer video -> skeleton by attending to them."""
+    model = _model("model.align_weight=1.0", "model.align_to=skeleton,text", "model.align_weights={text: 2}")
+    assert set(model.alignment) == {"skeleton", "text"}
+    batch = model.example_batch(6)
+    layout = batch_layout(model.modalities, batch)
+    video_only = {**batch, **model.sampler.sample_batch(batch, np.random.default_rng(0))}
+    size = layout.sizes[0]
+    video_only["input_index"] = torch.arange(64).repeat(6, 1)  # video tokens only
+    video_only["target_index"] = torch.arange(size, size + 32).repeat(6, 1)
+    out = model(video_only)
+    assert {"loss/align/skeleton", "loss/align/text"} <= set(out)
+    skeleton_in = {**video_only, "input_index": torch.cat([torch.arange(60), torch.arange(size, size + 4)])
+                   .repeat(6, 1), "target_index": torch.arange(size + 4, size + 36).repeat(6, 1)}
+    out = model(skeleton_in)
+    assert "loss/align/skeleton" not in out and "loss/align/text" in out
+    with pytest.raises(ValueError, match="align_weights.audio"):
+        _model("model.align_weight=1", "model.align_weights={audio: 1}")
 
 
 def test_same_seed_gives_bit_identical_gradients_with_several_threads():

@@ -105,5 +105,13 @@ def answer_vocabulary(colours: list[str], max_reps: int) -> list[str]:
     return [action_answer(a) for a in ACTIONS] + list(colours) + counts + ["left", "right"]
 
 
+def stated_facts(caption: str, fact: Fact) -> tuple[str, str, int | None]:
+    """(action, colour, reps or None): what ``caption`` of a clip showing ``fact`` says. Every template names
+    the action (and its side) and the colour; one in four leaves the repetitions out."""
+    words = f" {caption.replace(',', ' ')} "
+    said = any(f" {phrase} " in words for phrase in _TIMES.get(fact.reps, (f"{fact.reps} times",)))
+    return fact.action, fact.colour, fact.reps if said else None
+
+
 def _pick(rng: np.random.Generator, options: tuple[str, ...]) -> str:
     return options[int(rng.integers(len(options)))]

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import combinations
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +35,16 @@ import torch
 from .. import storage
 from ..config import OskarConfig, load_config
 from .action import run_action
-from .context import EvalContext, TaskResult
+from .context import EvalContext, TaskResult, text_trained
 from .features import FeatureCache
 from .health import run_health
 from .localization import run_localization
 from .lowshot import run_lowshot
 from .report import log_eval, write_report
 from .retrieval import run_retrieval
+from .robustness import MODALITIES as ROBUST
 from .robustness import run_robustness
+from .robustness import settings as robustness_settings
 from .vqa import run_vqa
 
 TASKS: dict[str, Callable[[EvalContext], TaskResult]] = {
@@ -49,8 +52,9 @@ TASKS: dict[str, Callable[[EvalContext], TaskResult]] = {
     "vqa": run_vqa, "health": lambda ctx: TaskResult(metrics=run_health(ctx)), "robustness": run_robustness,
 }
 #: every view a task may ask the cache for
-VIEWS = ["target:video", "target:skeleton", "target:text", "fusion:video+skeleton", "fusion:video",
-         "fusion:skeleton", "fusion:video+question"]
+VIEWS = list(dict.fromkeys(["target:video", "target:skeleton", "target:text", "fusion:video+skeleton",
+                             "target:question", *(view for n in (3, 2) for mods in combinations(ROBUST, n)
+                                                  for view in robustness_settings(mods).values())]))
 
 
 @dataclass
@@ -81,8 +85,12 @@ def evaluate_full(checkpoint_or_model: Any, dataset: str | Path | None = None, t
         model, cfg = baseline_model(baseline, cfg, dataset, cache_dir, progress)
     seed = cfg.train.seed if seed is None else seed
     ctx = _context(model, cfg, dataset, seed, progress, cache_dir)
-    metrics, plots, seconds = _run_tasks(ctx, tasks)
+    metrics, plots, seconds, skipped = _run_tasks(ctx, tasks)
     result = EvalResult(metrics, seconds=seconds)
+    tags = {"eval.baseline": baseline or "none", "eval.tasks": ",".join(tasks),
+            **{f"eval.{task}.skipped": why for task, why in skipped.items()}}
+    if not text_trained(cfg) and {"retrieval", "vqa"} & set(tasks):
+        tags["eval.text"] = "text not trained (budget.input_weights and target_weights give text 0)"
     info = {"tasks": tasks, "dataset": str(dataset), "baseline": baseline or "", "seconds": seconds,
             "checkpoint": source.get("path", "")}
     with tempfile.TemporaryDirectory() as tmp:
@@ -91,8 +99,7 @@ def evaluate_full(checkpoint_or_model: Any, dataset: str | Path | None = None, t
             name = f"eval-baseline-{baseline}" if baseline else "eval"
             own = pretrain_run if not baseline else ""
             result.run_id = log_eval(cfg, metrics, result.artifacts, run_id=own, step=source.get("step", 0),
-                                     parent_run_id=pretrain_run if baseline else "", run_name=name,
-                                     tags={"eval.baseline": baseline or "none", "eval.tasks": ",".join(tasks)})
+                                     parent_run_id=pretrain_run if baseline else "", run_name=name, tags=tags)
         if out_dir is None:
             result.artifacts = []  # the temporary copies are gone; they live in MLflow
     return result
@@ -180,10 +187,11 @@ def _fingerprint(model, dataset: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def _run_tasks(ctx: EvalContext, tasks: list[str]) -> tuple[dict[str, float], dict, dict[str, float]]:
+def _run_tasks(ctx: EvalContext, tasks: list[str]) -> tuple[dict[str, float], dict, dict[str, float], dict[str, str]]:
     metrics: dict[str, float] = {}
     plots: dict[str, Any] = {}
     seconds: dict[str, float] = {}
+    skipped: dict[str, str] = {}
     for task in tasks:
         start = time.perf_counter()
         torch.manual_seed(ctx.seed)  # each task from the same seed: order-independent results
@@ -192,7 +200,10 @@ def _run_tasks(ctx: EvalContext, tasks: list[str]) -> tuple[dict[str, float], di
         if result.plots:
             plots[task] = result.plots
         seconds[task] = round(time.perf_counter() - start, 2)
-        if ctx.progress:
+        if result.skipped:
+            skipped[task] = result.skipped
+            print(f"eval {task}: skipped ({result.skipped})", flush=True)
+        elif ctx.progress:
             print(f"eval {task}: {seconds[task]:.1f}s  " + "  ".join(
                 f"{k}={v:.3f}" for k, v in sorted(result.metrics.items())[:6]), flush=True)
-    return metrics, plots, seconds
+    return metrics, plots, seconds, skipped

@@ -67,3 +67,14 @@ class EvalContext:
 class TaskResult:
     metrics: dict[str, float] = field(default_factory=dict)
     plots: dict[str, Any] = field(default_factory=dict)
+    #: why the task did not run (the model lacks a modality it needs); logged as a tag, printed
+    skipped: str = ""
+
+
+def text_trained(cfg) -> bool:
+    """Whether the recipe feeds text in or predicts it: with both budget weights 0 the text encoder keeps
+    its initial weights, and text tasks then read an untrained encoder."""
+    if "text" not in cfg.enabled_modalities:
+        return False
+    b = cfg.budget
+    return b.input_weights.get("text", 1.0) > 0 or b.target_weights.get("text", 1.0) > 0

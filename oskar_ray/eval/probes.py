@@ -201,44 +201,53 @@ class AttentiveHead(nn.Module):
 
 
 @single_threaded
-def predict_attentive(head: nn.Module, tokens, valid, batch: int = 256) -> torch.Tensor:
+def predict_attentive(head: nn.Module, *inputs: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """Logits of a token head over per-row ``inputs`` (tokens, valid[, more]) in chunks."""
     head.eval()
     with torch.no_grad():
-        return torch.cat([head(tokens[i:i + batch], valid[i:i + batch]) for i in range(0, len(tokens), batch)])
+        return torch.cat([head(*(x[i:i + batch] for x in inputs)) for i in range(0, len(inputs[0]), batch)])
 
 
-def _fit_attentive(tokens, valid, labels, n_classes: int, lr: float, epochs: int, seed: int,
-                   progress: bool) -> AttentiveHead:
+def fit_head(head: nn.Module, inputs: tuple[torch.Tensor, ...], labels: torch.Tensor, lr: float, epochs: int,
+             seed: int, progress: bool = False, weight_decay: float = 0.05) -> nn.Module:
+    """Mini-batch AdamW with a cosine schedule: ``head(*inputs[rows])`` -> logits, cross-entropy on ``labels``."""
     generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    head = AttentiveHead(tokens.shape[-1], n_classes)
-    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.05)
-    steps = epochs * -(-len(tokens) // ATTENTIVE_BATCH)
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+    steps = epochs * -(-len(labels) // ATTENTIVE_BATCH)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
-    for _ in tqdm(range(epochs), desc=f"attentive probe lr={lr:g}", disable=not progress, leave=False):
+    for _ in tqdm(range(epochs), desc=f"{type(head).__name__} lr={lr:g}", disable=not progress, leave=False):
         head.train()
-        for idx in torch.randperm(len(tokens), generator=generator).split(ATTENTIVE_BATCH):
+        for idx in torch.randperm(len(labels), generator=generator).split(ATTENTIVE_BATCH):
             opt.zero_grad()
-            F.cross_entropy(head(tokens[idx], valid[idx]), labels[idx]).backward()
+            F.cross_entropy(head(*(x[idx] for x in inputs)), labels[idx]).backward()
             opt.step()
             sched.step()
     return head
 
 
 @single_threaded
-def fit_attentive(train: tuple, val: tuple, n_classes: int, epochs: int = 60, seed: int = 0,
-                  progress: bool = False, lrs: tuple[float, ...] = ATTENTIVE_LRS) -> tuple[AttentiveHead, float]:
-    """The attentive head with the best val top-1 over ``lrs`` and that top-1."""
-    for (tok, _, y), name in ((train, "train"), (val, "val")):
-        _check(tok, y, f"attentive probe {name}")
-    best: tuple[AttentiveHead, float] | None = None
+def select_head(make_head: Callable[[], nn.Module], train: tuple, val: tuple, epochs: int, seed: int = 0,
+                progress: bool = False, lrs: tuple[float, ...] = ATTENTIVE_LRS) -> tuple[nn.Module, float]:
+    """The head (fresh from ``make_head`` per LR, seeded) with the best val top-1 over ``lrs``, and that top-1.
+    ``train`` / ``val`` are ``(*inputs, labels)``."""
+    for part, name in ((train, "train"), (val, "val")):
+        _check(part[0], part[-1], f"{name} rows")
+    best: tuple[nn.Module, float] | None = None
     for lr in lrs:
-        head = _fit_attentive(*train, n_classes, lr, epochs, seed, progress)
-        val_top1 = topk_accuracy(predict_attentive(head, val[0], val[1]), val[2], 1)
+        torch.manual_seed(seed)
+        head = fit_head(make_head(), train[:-1], train[-1], lr, epochs, seed, progress)
+        val_top1 = topk_accuracy(predict_attentive(head, *val[:-1]), val[-1], 1)
         if best is None or val_top1 > best[1]:
             best = (head, val_top1)
     assert best is not None
     return best
+
+
+def fit_attentive(train: tuple, val: tuple, n_classes: int, epochs: int = 60, seed: int = 0,
+                  progress: bool = False, lrs: tuple[float, ...] = ATTENTIVE_LRS) -> tuple[AttentiveHead, float]:
+    """The attentive head with the best val top-1 over ``lrs`` and that top-1."""
+    dim = train[0].shape[-1]
+    return select_head(lambda: AttentiveHead(dim, n_classes), train, val, epochs, seed, progress, lrs)
 
 
 def attentive_probe(train: tuple, val: tuple, test: tuple, n_classes: int, epochs: int = 60, seed: int = 0,

@@ -56,10 +56,12 @@ class Oskar(nn.Module):
         else:
             self.predictor = Predictor(cfg.model.dim, cfg.predictor)
         self._ema_pairs = self._pair_target_parameters()
-        # (a video-only baseline keeps the config's align_weight but has no second modality to align to)
-        aligned = {cfg.model.align_from, cfg.model.align_to} <= set(cfg.enabled_modalities)
-        self.alignment = (CrossModalAlignment(cfg.model.dim, cfg.model.align_temperature)
-                          if cfg.model.align_weight and aligned else None)
+        # one term per aligned target modality; a video-only baseline keeps the config's align_weight but
+        # has no second modality to align to
+        self.alignment = nn.ModuleDict({
+            name: CrossModalAlignment(cfg.model.dim, cfg.model.align_temperature)
+            for name in cfg.model.align_to if self._align_weight(name) and name in names
+            and cfg.model.align_from in names})
         if cfg.model.target_norm == "slot":
             self.target_stats = SlotStatistics(sum(m.num_tokens for m in self.modalities.values()),
                                                cfg.model.dim, cfg.model.target_stats_momentum)
@@ -71,14 +73,14 @@ class Oskar(nn.Module):
         tokens = self.fusion_encoder.tokenize(batch, layout.names)
         fused = self.fusion_encoder(_gather(tokens, input_index))
         target_modality = self._modality_ids(layout, target_index)
-        aligned_to = self._alignment_target(layout)
+        aligned_to = self._alignment_targets(layout)
         with torch.no_grad():
             targets, full = self._targets(batch, layout, target_index, target_modality, aligned_to)
         slots = _select_rows(self._slot_embeddings(layout), target_index)
         prediction = self._predict(fused, slots, target_modality, layout)
         out = self._loss(prediction, targets, target_modality, layout, input_index, target_index)
-        if aligned_to is not None:
-            out = self._add_alignment(out, batch, fused, layout, input_index, full)
+        for name in aligned_to:
+            out = self._add_alignment(out, name, batch, fused, layout, input_index, full)
         return self._add_spread(out, fused, layout, input_index)
 
     @torch.no_grad()
@@ -178,13 +180,13 @@ class Oskar(nn.Module):
         return torch.cat([self.fusion_encoder.tokenizers[n].slot_embedding() for n in layout.names])
 
     def _targets(self, batch, layout, target_index, target_modality,
-                 every_row: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 every_row: tuple[str, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
         """(gathered, normalised targets; the raw target-encoder features of every token). A modality's
-        features are computed for the rows where it is a target — for all rows if it is ``every_row``."""
+        features are computed for the rows where it is a target — for all rows if it is in ``every_row``."""
         batch_size, dim = target_index.shape[0], self.cfg.model.dim
         full = torch.zeros(batch_size, int(layout.offsets[-1]), dim, device=target_index.device)
         for m, name in enumerate(layout.names):
-            wanted = (target_modality == m).any(dim=1) | (name == every_row)
+            wanted = (target_modality == m).any(dim=1) | (name in every_row)
             rows = wanted.nonzero().squeeze(1)
             if rows.numel() == 0:
                 continue
@@ -240,30 +242,38 @@ class Oskar(nn.Module):
         out["n_target_tokens"] = torch.full((batch_size,), target_index.shape[1], device=error.device)
         return out
 
-    def _alignment_target(self, layout: Layout) -> str | None:
-        """The modality the alignment term reads target features of, when the term applies to this batch."""
-        m = self.cfg.model
-        if self.alignment is None or m.align_from not in layout.names or m.align_to not in layout.names:
-            return None
-        return m.align_to
+    def _align_weight(self, name: str) -> float:
+        return self.cfg.model.align_weights.get(name, self.cfg.model.align_weight)
 
-    def _add_alignment(self, out: dict, batch: dict, fused: torch.Tensor, layout: Layout,
+    def _alignment_targets(self, layout: Layout) -> tuple[str, ...]:
+        """The modalities whose target features a clip-level term reads in this batch."""
+        if self.cfg.model.align_from not in layout.names:
+            return ()
+        return tuple(n for n in self.alignment if n in layout.names)
+
+    def _add_alignment(self, out: dict, name: str, batch: dict, fused: torch.Tensor, layout: Layout,
                        input_index: torch.Tensor, full_targets: torch.Tensor) -> dict:
+        """Pooled ``align_from`` context must pick out its own clip's pooled ``name`` target features. A clip
+        that feeds tokens of ``name`` in is left out of this term: its context could read the answer from them
+        through attention instead of from ``align_from`` (docs/design.md, "Clip-level contrast")."""
         m = self.cfg.model
-        source = self._modality_ids(layout, input_index) == layout.names.index(m.align_from)
-        k = layout.names.index(m.align_to)
+        input_modality = self._modality_ids(layout, input_index)
+        source = input_modality == layout.names.index(m.align_from)
+        k = layout.names.index(name)
         target = full_targets[:, layout.offsets[k]:layout.offsets[k + 1]]
-        valid = self.target_encoders[m.align_to].valid_mask(batch, (m.align_to,))
+        valid = self.target_encoders[name].valid_mask(batch, (name,))
         if valid is None:
             valid = torch.ones(target.shape[:2], dtype=torch.bool, device=target.device)
-        present = torch.as_tensor(presence(batch, m.align_to, len(target)), device=valid.device)
+        present = torch.as_tensor(presence(batch, name, len(target)), device=valid.device)
         valid = valid & present[:, None]  # absent clips drop out
-        term = self.alignment(pool_by_modality(fused, source, [source.shape[1]]),
-                              pool_by_modality(target.float(), valid, [valid.shape[1]]),
-                              source.any(1) & valid.any(1))
+        hidden = ~(input_modality == k).any(1)
+        term = self.alignment[name](pool_by_modality(fused, source, [source.shape[1]]),
+                                    pool_by_modality(target.float(), valid, [valid.shape[1]]),
+                                    source.any(1) & valid.any(1) & hidden)
         if term is not None:
-            out["loss"] = out["loss"] + m.align_weight * term
-            out["loss/align"] = term.detach()
+            out["loss"] = out["loss"] + self._align_weight(name) * term
+            out[f"loss/align/{name}"] = term.detach()
+            out["loss/align"] = out.get("loss/align", 0.0) + term.detach()  # summed over the aligned targets
         return out
 
     def _add_spread(self, out: dict, fused: torch.Tensor, layout: Layout, input_index: torch.Tensor) -> dict:
