@@ -135,7 +135,8 @@ class TrainConfig:
     num_workers: int = 1
     cpus_per_worker: float = 0.5
     use_gpu: bool = False
-    #: "fp32" or "bf16" (autocast, fp32 master weights; GPU, or a CPU with bf16 matmul units)
+    #: "fp32", "bf16" (autocast, fp32 master weights; GPU, or a CPU with bf16 matmul units) or "auto" (bf16
+    #: where it is faster: a GPU or a CPU with bf16 matmul units; train/loop.py::resolved_precision)
     precision: str = "fp32"
     checkpoint_every: int = 100
     keep_checkpoints: int = 2

@@ -156,8 +156,8 @@ def _validate_train(cfg: OskarConfig) -> None:
     for name in ("train.beta1", "train.beta2"):
         if not 0.0 <= _get(cfg, name) < 1.0:
             raise ValueError(f"{name} must be in [0, 1), got {_get(cfg, name)}")
-    if t.precision not in ("fp32", "bf16"):
-        raise ValueError(f"train.precision must be 'fp32' or 'bf16', got {t.precision!r}")
+    if t.precision not in ("fp32", "bf16", "auto"):
+        raise ValueError(f"train.precision must be 'fp32', 'bf16' or 'auto', got {t.precision!r}")
 
 
 def _check_weights(cfg: OskarConfig, field_name: str) -> None:

@@ -98,6 +98,8 @@ def test_video_only_baseline_trains_the_same_steps_and_skips_other_modalities(pr
                            log=False, progress=False, cache_dir=tmp_path)
     assert "eval/action/video/linear/top1" in result.metrics
     assert not any("skeleton" in k or "retrieval" in k or "robustness" in k for k in result.metrics)
+    # no text encoder: the text task is skipped with its reason on the run, not a crash or a zero
+    assert result.tags["eval.retrieval.skipped"] == "the model has no text encoder"
     assert list(tmp_path.glob("video_only-*.safetensors"))  # cached for the next eval
 
 
@@ -161,3 +163,18 @@ def test_a_feature_cache_written_for_fewer_views_is_extended(pretrained, tmp_pat
     wider = FeatureCache(model, synth, cfg, ["target:video", "fusion:video"], progress=False, cache_dir=tmp_path)
     assert wider.get("test", "fusion:video").pooled.shape[1] == cfg.model.dim
     assert set(torch.load(tmp_path / "test__clip.pt", weights_only=False)) == {"target:video", "fusion:video"}
+
+
+def test_a_recipe_that_never_trains_text_is_evaluated_and_tagged(pretrained, tmp_path, synth_dir):
+    from oskar_ray.eval.api import evaluate_full
+    from oskar_ray.model import Oskar
+
+    tmp, _, _, _ = pretrained
+    cfg = _cfg(tmp, synth_dir, "budget.input_weights={video: 1, skeleton: 1, text: 0}",
+               "budget.target_weights={video: 1, skeleton: 1, text: 0}")
+    result = evaluate_full(Oskar(cfg), tasks=["retrieval"], cfg=cfg, log=False, progress=False)
+    assert "eval/retrieval/t2v/R1" in result.metrics
+    assert result.tags["eval.text"].startswith("text not trained")
+    trained = evaluate_full(Oskar(cfg := _cfg(tmp, synth_dir)), tasks=["retrieval"], cfg=cfg, log=False,
+                            progress=False)
+    assert "eval.text" not in trained.tags

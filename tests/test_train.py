@@ -79,6 +79,15 @@ def test_bf16_on_a_cpu_without_bf16_units_warns_once(monkeypatch, capabilities, 
     loop._warn_once_if_cpu_lacks_bf16_units.cache_clear()
 
 
+@pytest.mark.parametrize("capabilities, device, expected", [
+    ({"avx512_bf16": True}, "cpu", "bf16"), ({"avx2": True}, "cpu", "fp32"), ({"avx2": True}, "cuda", "bf16")])
+def test_auto_precision_takes_bf16_only_where_it_is_faster(monkeypatch, capabilities, device, expected):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
+    cfg = load_config(TINY, ["train.precision=auto"])
+    assert loop.resolved_precision(cfg, torch.device(device)) == expected
+    assert loop.resolved_precision(load_config(TINY, ["train.precision=fp32"]), torch.device(device)) == "fp32"
+
+
 def test_bf16_on_cpu_autocasts_keeps_fp32_weights_and_tracks_fp32_losses():
     overrides = ["train.steps=15", "train.batch_size=8"]
     fp32 = [h["loss"] for h in train(load_config(TINY, overrides))]

@@ -63,6 +63,8 @@ class EvalResult:
     artifacts: list[Path] = field(default_factory=list)
     run_id: str = ""
     seconds: dict[str, float] = field(default_factory=dict)
+    #: the run's eval.* tags: baseline, tasks, why a task was skipped, whether text was trained
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 def evaluate(checkpoint_or_model: Any, dataset: str | Path | None = None, tasks: list[str] | None = None,
@@ -91,6 +93,7 @@ def evaluate_full(checkpoint_or_model: Any, dataset: str | Path | None = None, t
             **{f"eval.{task}.skipped": why for task, why in skipped.items()}}
     if not text_trained(cfg) and {"retrieval", "vqa"} & set(tasks):
         tags["eval.text"] = "text not trained (budget.input_weights and target_weights give text 0)"
+    result.tags = tags
     info = {"tasks": tasks, "dataset": str(dataset), "baseline": baseline or "", "seconds": seconds,
             "checkpoint": source.get("path", "")}
     with tempfile.TemporaryDirectory() as tmp:
