@@ -54,7 +54,8 @@ def test_cli_evaluates_every_task_and_logs_to_the_pretraining_run(pretrained, tm
                 "eval/action/fusion/linear/top1", "eval/action/video/finetune/top1",
                 "eval/lowshot/10pct/video/linear/top1", "eval/localization/mAP_0.5", "eval/retrieval/t2v/R1",
                 "eval/retrieval/v2t/medR", "eval/vqa/accuracy", "eval/vqa/type/colour/accuracy",
-                "eval/health/video/rankme", "eval/robustness/video_only/attentive/top1"):
+                "eval/health/video/rankme", "eval/robustness/video_only/attentive/top1",
+                *(f"eval/robustness/no_{m}/attentive/top1" for m in ("video", "skeleton", "text"))):
         assert key in metrics, key
     assert all(0.0 <= v <= 1.0 for k, v in metrics.items() if k.endswith("top1") and v is not None)
     assert {p.name for p in out.glob("*.png")} == {"action.png", "localization.png", "retrieval.png"}
