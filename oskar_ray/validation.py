@@ -65,7 +65,13 @@ def _validate_model(cfg: OskarConfig) -> None:
     for field in ("var_weight", "cov_weight", "align_weight"):
         if getattr(cfg.model, field) < 0:
             raise ValueError(f"model.{field} must be >= 0, got {getattr(cfg.model, field)}")
-    if cfg.model.align_weight:
+    m = cfg.model
+    if len(set(m.align_to)) != len(m.align_to):
+        raise ValueError(f"model.align_to names a modality twice: {m.align_to}")
+    if m.align_from in m.align_to:
+        raise ValueError(f"model.align_from and model.align_to both hold {m.align_from!r}: the term aligns two "
+                         f"different modalities")
+    if m.align_weight or m.align_weights:  # either one switches a contrast term on
         _validate_alignment(cfg)
     if not 0.0 <= cfg.model.target_stats_momentum < 1.0:
         raise ValueError(f"model.target_stats_momentum must be in [0, 1), got {cfg.model.target_stats_momentum}")
@@ -84,13 +90,11 @@ def _validate_alignment(cfg: OskarConfig) -> None:
                          f"got {m.align_from!r}")
     if not m.align_to:
         raise ValueError("model.align_to must name at least one modality when model.align_weight > 0")
+
     for name in m.align_to:
         if name not in cfg.enabled_modalities:
             raise ValueError(f"model.align_to must be an enabled modality ({cfg.enabled_modalities}), "
                              f"got {name!r}")
-        if name == m.align_from:
-            raise ValueError(f"model.align_from and model.align_to are both {name!r}: the term aligns two "
-                             f"different modalities")
     for name, weight in m.align_weights.items():
         if name not in m.align_to:
             raise ValueError(f"model.align_weights.{name}: {name!r} is not in model.align_to {m.align_to}")

@@ -46,6 +46,10 @@ def test_shipped_configs_load():
         ("ema.end=1.2", "ema.end"),
         ("predictor.kind=mlp", "predictor.kind"),
         ("train.precision=fp8", "train.precision"),
+        ("model.align_weights={text: 5}", "model.align_weights.text"),  # text not in align_to
+        ("model.align_weights={skeleton: -1}", "model.align_weights.skeleton"),
+        ("model.align_to=[skeleton, skeleton]", "model.align_to"),
+        ("model.align_to=video", "model.align_from"),  # aligned to itself
     ],
 )
 def test_invalid_values_name_the_field(override, field):

@@ -144,6 +144,19 @@ def test_safetensors_round_trip(tmp_path):
         wrong.load_weights(tmp_path / "w.safetensors")
 
 
+def test_a_checkpoint_from_before_align_to_was_a_list_still_loads(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model = _model("model.align_weight=20")
+    model.save_weights(tmp_path / "w.safetensors")
+    old = {k.replace("alignment.skeleton.", "alignment."): v for k, v in load_file(tmp_path / "w.safetensors").items()}
+    save_file(old, tmp_path / "old.safetensors")  # the single-module key layout of earlier checkpoints
+    other = _model("model.align_weight=20", "train.seed=1")
+    other.load_weights(tmp_path / "old.safetensors")
+    head = "context_head.0.weight"
+    assert torch.equal(other.alignment["skeleton"].get_parameter(head), model.alignment["skeleton"].get_parameter(head))
+
+
 def test_example_batch_rejects_bad_presence():
     model = _model()
     with pytest.raises(ValueError, match="unknown modality"):
@@ -251,7 +264,7 @@ def test_alignment_weight_adds_the_term_and_trains_only_the_context_side():
     assert "loss/align" not in _model()(model.example_batch(6))  # off by default
     with pytest.raises(ValueError, match="model.align_to must be an enabled modality"):
         _model("model.align_weight=1", "model.align_to=audio")
-    with pytest.raises(ValueError, match="both 'video'"):
+    with pytest.raises(ValueError, match="both hold 'video'"):
         _model("model.align_weight=1", "model.align_to=video")
     with pytest.raises(ValueError, match="align_temperature must be positive"):
         _model("model.align_weight=1", "model.align_temperature=0")

@@ -83,6 +83,7 @@ def test_bf16_on_a_cpu_without_bf16_units_warns_once(monkeypatch, capabilities, 
     ({"avx512_bf16": True}, "cpu", "bf16"), ({"avx2": True}, "cpu", "fp32"), ({"avx2": True}, "cuda", "bf16")])
 def test_auto_precision_takes_bf16_only_where_it_is_faster(monkeypatch, capabilities, device, expected):
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     cfg = load_config(TINY, ["train.precision=auto"])
     assert loop.resolved_precision(cfg, torch.device(device)) == expected
     assert loop.resolved_precision(load_config(TINY, ["train.precision=fp32"]), torch.device(device)) == "fp32"

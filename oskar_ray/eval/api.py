@@ -92,7 +92,8 @@ def evaluate_full(checkpoint_or_model: Any, dataset: str | Path | None = None, t
     tags = {"eval.baseline": baseline or "none", "eval.tasks": ",".join(tasks),
             **{f"eval.{task}.skipped": why for task, why in skipped.items()}}
     if not text_trained(cfg) and {"retrieval", "vqa"} & set(tasks):
-        tags["eval.text"] = "text not trained (budget.input_weights and target_weights give text 0)"
+        tags["eval.text"] = ("text not trained (budget.input_weights and target_weights give text 0)"
+                             if "text" in cfg.enabled_modalities else "text not trained (modality disabled)")
     result.tags = tags
     info = {"tasks": tasks, "dataset": str(dataset), "baseline": baseline or "", "seconds": seconds,
             "checkpoint": source.get("path", "")}

@@ -72,8 +72,9 @@ class TaskResult:
 
 
 def text_trained(cfg) -> bool:
-    """Whether the recipe feeds text in or predicts it: with both budget weights 0 the text encoder keeps
-    its initial weights, and text tasks then read an untrained encoder."""
+    """Whether the recipe feeds text in or predicts it: with both budget weights 0 no caption is ever seen,
+    the text tokenizer keeps its initial weights and the text target encoder only follows (by EMA) a fusion
+    encoder trained on the other modalities."""
     if "text" not in cfg.enabled_modalities:
         return False
     b = cfg.budget

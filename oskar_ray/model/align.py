@@ -24,7 +24,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
+
+#: parameter prefixes of the single alignment module that checkpoints held before ``align_to`` was a list
+_LEGACY = ("alignment.context_head.", "alignment.target_head.")
 
 
 class CrossModalAlignment(nn.Module):
@@ -48,3 +52,18 @@ class CrossModalAlignment(nn.Module):
         logits = queries @ keys.T / self.temperature
         labels = torch.arange(len(logits), device=logits.device)
         return 0.5 * (F.cross_entropy(logits.float(), labels) + F.cross_entropy(logits.T.float(), labels))
+
+
+def load_legacy_alignment(alignment: nn.ModuleDict, path: str, missing: list[str],
+                          unexpected: list[str]) -> tuple[list[str], list[str]]:
+    """Load a pre-list checkpoint's ``alignment.*`` weights into the one aligned target now keyed by name
+    (``alignment.<target>.*``), so older runs still evaluate and resume; returns what is still missing /
+    unexpected."""
+    legacy = [k for k in unexpected if k.startswith(_LEGACY)]
+    if not legacy or len(alignment) != 1:
+        return missing, unexpected
+    (name, module), = alignment.items()
+    weights = load_file(path)
+    module.load_state_dict({k.removeprefix("alignment."): weights[k] for k in legacy})
+    adopted = {f"alignment.{name}.{k.removeprefix('alignment.')}" for k in legacy}
+    return [k for k in missing if k not in adopted], [k for k in unexpected if k not in legacy]

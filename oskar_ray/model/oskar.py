@@ -28,7 +28,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from ..config import OskarConfig
-from .align import CrossModalAlignment
+from .align import CrossModalAlignment, load_legacy_alignment
 from .budget import Layout, TokenBudgetSampler, batch_layout, build_modalities, presence
 from .ema import ema_update
 from .encoder import Encoder
@@ -147,6 +147,7 @@ class Oskar(nn.Module):
     def load_weights(self, path: str | Path) -> None:
         try:
             missing, unexpected = load_model(self, str(path), strict=False)
+            missing, unexpected = load_legacy_alignment(self.alignment, str(path), missing, unexpected)
         except RuntimeError as err:  # shape mismatch
             raise ValueError(f"{path}: weights do not match this config: {err}") from None
         if missing or unexpected:

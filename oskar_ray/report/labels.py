@@ -38,6 +38,8 @@ def metric_unit(key: str) -> str:
     """An axis label with units for a metric key (``eval/action/video/linear/top1`` → top-1 accuracy...)."""
     if key in _EXACT:
         return _EXACT[key]
+    if key.startswith("loss/align/"):
+        return f"video <-> {key.rsplit('/', 1)[1]} contrastive loss (InfoNCE, clip level)"
     if key.startswith("loss/"):
         return f"{key.split('/', 1)[1]} latent prediction loss"
     last = key.rsplit("/", 1)[-1]

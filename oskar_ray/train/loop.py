@@ -81,12 +81,14 @@ def autocast_for(cfg: OskarConfig, device: torch.device):
 
 
 def resolved_precision(cfg: OskarConfig, device: torch.device) -> str:
-    """``train.precision``, with ``auto`` made bf16 on a GPU or a CPU with bf16 matmul units, else fp32: the
+    """``train.precision``, with ``auto`` made bf16 on a bf16 GPU or a CPU with bf16 matmul units, else fp32: the
     default recipe then takes the faster arithmetic wherever it runs (results differ by well under the
     seed-to-seed spread, README "bf16")."""
     if cfg.train.precision != "auto":
         return cfg.train.precision
-    return "bf16" if device.type != "cpu" or cpu_has_bf16_matmul_units() else "fp32"
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"  # V100 / T4: no bf16
+    return "bf16" if device.type == "cpu" and cpu_has_bf16_matmul_units() else "fp32"
 
 
 def cpu_has_bf16_matmul_units() -> bool:
