@@ -89,8 +89,7 @@ def _validate_alignment(cfg: OskarConfig) -> None:
         raise ValueError(f"model.align_from must be an enabled modality ({cfg.enabled_modalities}), "
                          f"got {m.align_from!r}")
     if not m.align_to:
-        raise ValueError("model.align_to must name at least one modality when model.align_weight > 0")
-
+        raise ValueError("model.align_to must name at least one modality when a contrast weight is set")
     for name in m.align_to:
         if name not in cfg.enabled_modalities:
             raise ValueError(f"model.align_to must be an enabled modality ({cfg.enabled_modalities}), "

@@ -26,7 +26,7 @@ from torch import nn
 
 from .context import EvalContext, TaskResult
 from .features import read_rows
-from .probes import predict_attentive, select_head, standardize, topk_accuracy
+from .probes import predict_attentive, select_head, standardize, topk_accuracy, train_moments
 
 QUESTION_VIEW = "target:question"
 HIDDEN = 256
@@ -102,14 +102,14 @@ def questions_per_clip(dataset: str, split: str) -> torch.Tensor:
     return torch.tensor([len(r.get("questions") or []) for r in read_rows(dataset, split, ["questions"])])
 
 
-def clip_tokens(ctx: EvalContext, views: tuple[str, ...], splits: tuple[str, ...]) -> list[tuple]:
+def clip_tokens(ctx: EvalContext, views: tuple[str, ...], splits: tuple[str, ...],
+                repeats: list[torch.Tensor]) -> list[tuple]:
     """Per split: (tokens, valid) of the views side by side, z-scored per dimension with train moments over
-    valid tokens, one row per question."""
+    valid tokens, each clip's row repeated once per question (``repeats``: :func:`questions_per_clip`)."""
     parts = [[ctx.cache.get(s, v) for v in views] for s in splits]
     tokens = [torch.cat([f.tokens for f in p], dim=1).float() for p in parts]
     valid = [torch.cat([f.valid for f in p], dim=1) for p in parts]
-    mean, std = tokens[0][valid[0]].mean(0), tokens[0][valid[0]].std(0).clamp(min=1e-6)
-    repeats = [questions_per_clip(ctx.dataset, s) for s in splits]
+    mean, std = train_moments(tokens[0][valid[0]])
     return [(((t - mean) / std).repeat_interleave(r, 0), m.repeat_interleave(r, 0))
             for t, m, r in zip(tokens, valid, repeats, strict=True)]
 
@@ -135,15 +135,15 @@ def run_vqa(ctx: EvalContext) -> TaskResult:
     keep = [y >= 0 for y in labels]  # a row without an answer is not scored
     metrics = type_priors(labels[0][keep[0]], types[0][keep[0]], labels[2][keep[2]], types[2][keep[2]], type_names)
     options = option_sets(labels[0][keep[0]], types[0][keep[0]], len(answers), len(type_names))
+    repeats = [questions_per_clip(ctx.dataset, s) for s in splits]
     for name, views in CLIP_VIEWS.items():
         if not all(v in ctx.cache.views for v in views):
             continue
-        clips = clip_tokens(ctx, views, splits)
+        clips = clip_tokens(ctx, views, splits, repeats)
         rows = [(*c, q, y) for c, q, y in zip(clips, questions, labels, strict=True)]
         rows = [tuple(x[k] for x in r) for r, k in zip(rows, keep, strict=True)]
         dim, question_dim = rows[0][0].shape[-1], rows[0][2].shape[-1]
-        epochs = matched_epochs(ctx.probe_epochs, n_clips=len(ctx.cache.get("train", views[0]).pooled),
-                                n_rows=len(rows[0][-1]))
+        epochs = matched_epochs(ctx.probe_epochs, n_clips=len(repeats[0]), n_rows=len(rows[0][-1]))
         head, _ = select_head(lambda d=dim, q=question_dim: QuestionConditionedHead(d, q, len(answers)),
                               rows[0], rows[1], epochs, ctx.seed, ctx.progress, lrs=VQA_LRS)
         logits = predict_attentive(head, *rows[2][:-1])
