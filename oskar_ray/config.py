@@ -54,6 +54,8 @@ class ModelConfig:
     #: per-target weights that replace ``align_weight`` for that target (e.g. ``{text: 5}``)
     align_weights: dict[str, float] = field(default_factory=dict)
     align_temperature: float = 0.1
+    #: target features of this many past clips join each contrast's negatives (model/align.py; 0: the batch only)
+    align_queue: int = 0
 
 
 @dataclass

@@ -99,6 +99,8 @@ def _validate_alignment(cfg: OskarConfig) -> None:
             raise ValueError(f"model.align_weights.{name}: {name!r} is not in model.align_to {m.align_to}")
         if weight < 0:
             raise ValueError(f"model.align_weights.{name} must be >= 0, got {weight}")
+    if m.align_queue < 0:
+        raise ValueError(f"model.align_queue must be >= 0 (past clips kept as negatives), got {m.align_queue}")
     if m.align_temperature <= 0:
         raise ValueError(f"model.align_temperature must be positive, got {m.align_temperature}")
 

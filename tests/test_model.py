@@ -5,6 +5,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from oskar_ray.config import load_config
 from oskar_ray.model import Oskar, momentum_at
@@ -149,7 +150,8 @@ def test_a_checkpoint_from_before_align_to_was_a_list_still_loads(tmp_path):
 
     model = _model("model.align_weight=20")
     model.save_weights(tmp_path / "w.safetensors")
-    old = {k.replace("alignment.skeleton.", "alignment."): v for k, v in load_file(tmp_path / "w.safetensors").items()}
+    old = {k.replace("alignment.skeleton.", "alignment."): v for k, v in load_file(tmp_path / "w.safetensors").items()
+           if "queue" not in k}  # those checkpoints predate the key queue
     save_file(old, tmp_path / "old.safetensors")  # the single-module key layout of earlier checkpoints
     other = _model("model.align_weight=20", "train.seed=1")
     other.load_weights(tmp_path / "old.safetensors")
@@ -249,6 +251,48 @@ def test_alignment_picks_out_matched_pairs_and_drops_clips_missing_a_side():
     one = torch.zeros(8, dtype=torch.bool)
     one[0] = True
     assert align(clips, clips, one) is None
+
+
+def test_alignment_queue_keeps_past_targets_as_extra_negatives_and_survives_a_checkpoint(tmp_path):
+    from oskar_ray.model.align import CrossModalAlignment
+
+    torch.manual_seed(0)
+    plain, queued = CrossModalAlignment(16, 0.1), CrossModalAlignment(16, 0.1, queue=10)
+    heads = {k: v for k, v in plain.state_dict().items() if "queue" not in k}
+    queued.load_state_dict(heads, strict=False)  # same heads, so only the negatives differ
+    first, second = torch.randn(4, 16), torch.randn(4, 16)
+    everyone = torch.ones(4, dtype=torch.bool)
+    queued(first, first, everyone)
+    assert int(queued.queue_filled) == 4 and torch.allclose(queued.queue[:4], F.layer_norm(first, (16,)))
+    with torch.no_grad():  # four more keys to tell the clip from: a harder term than the batch alone
+        assert float(queued(second, second, everyone)) > float(plain(second, second, everyone))
+    for _ in range(2):
+        queued(second, second, everyone)
+    assert int(queued.queue_filled) == 10 and int(queued.queue_next) == 6  # a ring: the oldest keys go first
+    queued.eval()
+    queued(first, first, everyone)
+    assert int(queued.queue_next) == 6  # evaluation reads the queue, never fills it
+    video_in = ("model.align_weight=1", "model.align_queue=8", "budget.input_weights={video: 1, skeleton: 0, text: 0}")
+    model = _model(*video_in)
+    model.train()
+    model(model.example_batch(6))
+    assert int(model.alignment["skeleton"].queue_filled) == 6
+    model(model.example_batch(6))["loss"].backward()  # the queued keys reach the loss, and it still trains
+    assert model.alignment["skeleton"].target_head.weight.grad.abs().sum() > 0
+    model.save_weights(tmp_path / "w.safetensors")
+    resumed = _model(*video_in)
+    resumed.load_weights(tmp_path / "w.safetensors")
+    assert torch.equal(resumed.alignment["skeleton"].queue, model.alignment["skeleton"].queue)
+    from safetensors.torch import load_file, save_file
+
+    resumed.save_weights(tmp_path / "now.safetensors")
+    before = {k: v for k, v in load_file(tmp_path / "now.safetensors").items() if "queue" not in k}
+    save_file(before, tmp_path / "before.safetensors")  # as written before the queue existed
+    fresh = _model(*video_in)
+    fresh.load_weights(tmp_path / "before.safetensors")  # loads; ...
+    assert int(fresh.alignment["skeleton"].queue_filled) == 0  # ... and the queue starts empty
+    with pytest.raises(ValueError, match="align_queue must be >= 0"):
+        _model("model.align_weight=1", "model.align_queue=-1")
 
 
 def test_alignment_weight_adds_the_term_and_trains_only_the_context_side():

@@ -14,9 +14,16 @@ term is still "predict the latent of another modality", at clip level; light
 heads on both sides (an MLP on the context, a linear map on the target) keep the
 encoder features free of the contrastive geometry.
 
+With ``queue`` > 0 the target features of past batches are kept (MoCo's queue; they come from the EMA
+target encoder, so they are as valid a key as this batch's) and join the negatives of the context → target
+direction. Why: the batch is small (32) and the rows left after excluding clips that feed the target
+modality in are fewer (~9 for text), so eight other clips are told apart by the action alone; among a
+thousand keys, many share the action and only the shirt colour or the repetitions single the clip out
+(docs/design.md, "Clip-level contrast").
+
 Use::
 
-    align = CrossModalAlignment(dim, temperature)
+    align = CrossModalAlignment(dim, temperature, queue=1024)
     loss = align(pooled_context, pooled_targets, rows)   # scalar, or None (fewer than two clips)
 """
 
@@ -27,16 +34,22 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
+#: buffers of the key queue, absent from checkpoints written before it existed (those start with it empty)
+QUEUE_BUFFERS = ("queue", "queue_filled", "queue_next")
 #: parameter prefixes of the single alignment module that checkpoints held before ``align_to`` was a list
 _LEGACY = ("alignment.context_head.", "alignment.target_head.")
 
 
 class CrossModalAlignment(nn.Module):
-    def __init__(self, dim: int, temperature: float):
+    def __init__(self, dim: int, temperature: float, queue: int = 0):
         super().__init__()
         self.temperature = temperature
         self.context_head = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
         self.target_head = nn.Linear(dim, dim)
+        # kept in checkpoints so a resumed run sees the keys it would have seen
+        self.register_buffer("queue", torch.zeros(queue, dim))
+        self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
+        self.register_buffer("queue_next", torch.zeros((), dtype=torch.long))
 
     def forward(self, source: torch.Tensor, target: torch.Tensor, rows: torch.Tensor) -> torch.Tensor | None:
         """``source``: ``(B, D)`` pooled context tokens of one modality; ``target``: ``(B, D)`` pooled target-encoder
@@ -45,13 +58,30 @@ class CrossModalAlignment(nn.Module):
         if int(rows.sum()) < 2:
             return None
         goal = F.layer_norm(target[rows].float(), target.shape[-1:])
-        # standardised over the batch: what all clips share would otherwise dominate every cosine
-        goal = (goal - goal.mean(0)) / goal.std(0).clamp(min=1e-4)
+        past = self.queue[: int(self.queue_filled)]
+        every = torch.cat([goal, past])
+        # standardised over batch and queue: what all clips share would otherwise dominate every cosine
+        every = (every - every.mean(0)) / every.std(0).clamp(min=1e-4)
         queries = F.normalize(self.context_head(source[rows]), dim=-1)
-        keys = F.normalize(self.target_head(goal.to(source.dtype)), dim=-1)
-        logits = queries @ keys.T / self.temperature
+        keys = F.normalize(self.target_head(every.to(source.dtype)), dim=-1)
+        logits = queries @ keys.T / self.temperature  # (n, n + queued): the queued keys are negatives only
         labels = torch.arange(len(logits), device=logits.device)
-        return 0.5 * (F.cross_entropy(logits.float(), labels) + F.cross_entropy(logits.T.float(), labels))
+        loss = 0.5 * (F.cross_entropy(logits.float(), labels) + F.cross_entropy(logits[:, :len(goal)].T.float(),
+                                                                                labels))
+        if self.training:
+            self._enqueue(goal.detach())
+        return loss
+
+    @torch.no_grad()
+    def _enqueue(self, goal: torch.Tensor) -> None:
+        size = len(self.queue)
+        if not size:
+            return
+        goal = goal[-size:]
+        slots = (int(self.queue_next) + torch.arange(len(goal), device=goal.device)) % size
+        self.queue[slots] = goal.to(self.queue.dtype)
+        self.queue_next.fill_((int(self.queue_next) + len(goal)) % size)
+        self.queue_filled.fill_(min(size, int(self.queue_filled) + len(goal)))
 
 
 def load_legacy_alignment(alignment: nn.ModuleDict, path: str, missing: list[str],
@@ -64,6 +94,11 @@ def load_legacy_alignment(alignment: nn.ModuleDict, path: str, missing: list[str
         return missing, unexpected
     (name, module), = alignment.items()
     weights = load_file(path)
-    module.load_state_dict({k.removeprefix("alignment."): weights[k] for k in legacy})
+    # not strict: those checkpoints predate the key queue, which starts empty; every parameter must load
+    result = module.load_state_dict({k.removeprefix("alignment."): weights[k] for k in legacy}, strict=False)
+    lacking = [k for k in result.missing_keys if k not in QUEUE_BUFFERS]
+    if lacking or result.unexpected_keys:
+        raise ValueError(f"{path}: alignment weights do not match (missing {lacking}, "
+                         f"unexpected {result.unexpected_keys})")
     adopted = {f"alignment.{name}.{k.removeprefix('alignment.')}" for k in legacy}
     return [k for k in missing if k not in adopted], [k for k in unexpected if k not in legacy]

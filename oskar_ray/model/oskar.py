@@ -28,7 +28,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from ..config import OskarConfig
-from .align import CrossModalAlignment, load_legacy_alignment
+from .align import QUEUE_BUFFERS, CrossModalAlignment, load_legacy_alignment
 from .budget import Layout, TokenBudgetSampler, batch_layout, build_modalities, presence
 from .ema import ema_update
 from .encoder import Encoder
@@ -59,7 +59,7 @@ class Oskar(nn.Module):
         # one term per aligned target modality; a video-only baseline keeps the config's align_weight but
         # has no second modality to align to
         self.alignment = nn.ModuleDict({
-            name: CrossModalAlignment(cfg.model.dim, cfg.model.align_temperature)
+            name: CrossModalAlignment(cfg.model.dim, cfg.model.align_temperature, cfg.model.align_queue)
             for name in cfg.model.align_to if self._align_weight(name) and name in names
             and cfg.model.align_from in names})
         if cfg.model.target_norm == "slot":
@@ -148,6 +148,8 @@ class Oskar(nn.Module):
         try:
             missing, unexpected = load_model(self, str(path), strict=False)
             missing, unexpected = load_legacy_alignment(self.alignment, str(path), missing, unexpected)
+            missing = [k for k in missing  # checkpoints from before the key queue: it starts empty
+                       if not (k.startswith("alignment.") and k.rsplit(".", 1)[-1] in QUEUE_BUFFERS)]
         except RuntimeError as err:  # shape mismatch
             raise ValueError(f"{path}: weights do not match this config: {err}") from None
         if missing or unexpected:
