@@ -145,7 +145,7 @@ def bench_timm(cfg: OskarConfig, device: torch.device, rounds: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="experiments/configs/tiny.yaml")
+    parser.add_argument("--config", default="experiments/configs/smoke.yaml")
     parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--rounds", type=int, default=7)

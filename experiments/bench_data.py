@@ -41,7 +41,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, help="dataset directory (default: synthesise a temporary one)")
     parser.add_argument("--samples", type=int, default=3000, help="clips to synthesise when --data is absent")
-    parser.add_argument("--config", default=str(REPO / "experiments" / "configs" / "tiny.yaml"))
+    parser.add_argument("--config", default=str(REPO / "experiments" / "configs" / "smoke.yaml"))
     parser.add_argument("--split", default="pretrain")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=40, help="timed training steps per loader")

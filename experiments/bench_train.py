@@ -67,7 +67,7 @@ def ray_train(cfg: OskarConfig, skip: int, workdir: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="experiments/configs/tiny.yaml")
+    parser.add_argument("--config", default="experiments/configs/smoke.yaml")
     parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE")
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--skip", type=int, default=20)

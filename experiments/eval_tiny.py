@@ -2,15 +2,12 @@
 
 Runbook::
 
-    .venv/bin/python experiments/eval_tiny.py                                  # tiny config, 300 steps
-    .venv/bin/python experiments/eval_tiny.py --set train.steps=100 --tasks action,retrieval
-    .venv/bin/python experiments/eval_tiny.py --config experiments/configs/tiny_pose.yaml
-    #   the best video recipe (README, "Downstream: OSKAR vs random init"): the whole video in, skeleton
-    #   latents out, clip-level video <-> skeleton contrast; 2000 bf16 steps (~9.5 min), a 40 000-clip split
-    .venv/bin/python experiments/eval_tiny.py --config experiments/configs/tiny_pose.yaml --seeds 0,1,2 \\
-        --tasks action,health --baselines random     # mean ± std over three pretraining seeds
-    .venv/bin/python experiments/eval_tiny.py --config experiments/configs/tiny_text.yaml --set train.steps=1000 \
-        --tasks action,retrieval,vqa --baselines random  # text trained too (issue 24: not there yet, see its header)
+    python experiments/eval_tiny.py --seeds 0,1,2 --tasks action,retrieval,vqa --baselines random
+    #   the tiny recipe (experiments/configs/tiny.yaml: video, skeleton and captions, one checkpoint for action,
+    #   retrieval and QA), three pretraining seeds, mean ± std beside random init: the table in README "Results"
+    python experiments/eval_tiny.py --set train.steps=100 --tasks action,retrieval      # a quick look
+    python experiments/eval_tiny.py --config experiments/configs/tiny_pose.yaml --tasks action,health
+    #   the recipe without captions (the best video probes before text was trained)
     mlflow ui --backend-store-uri sqlite:///mlflow.db                          # eval/* on the runs
 
 1. resolves the built-in benchmark (``data/synthaction-...``, synthesised if missing);
@@ -53,6 +50,8 @@ HEADLINE = ["eval/action/video/attentive/top1", "eval/action/video/linear/top1",
             "eval/action/fusion/attentive/top1", "eval/action/fusion/linear/top1",
             "eval/retrieval/t2v/R1", "eval/retrieval/v2t/R1", "eval/retrieval/t2v/fact_R1",
             "eval/retrieval/v2t/fact_R1", "eval/retrieval/t2v/R1_ceiling", "eval/retrieval/v2t/R1_ceiling",
+            "eval/retrieval/t2v/medR", "eval/retrieval/zeroshot/t2v/R1", "eval/retrieval/zeroshot/v2t/R1",
+            "eval/retrieval/zeroshot/t2v/fact_R1", "eval/retrieval/zeroshot/t2v/medR",
             "eval/vqa/accuracy", *(f"eval/vqa/type/{t}/accuracy" for t in QUESTION_TYPES), "eval/vqa/prior",
             *(f"eval/vqa/type/{t}/prior" for t in QUESTION_TYPES), "eval/vqa/mc_accuracy",
             "eval/vqa/video+skeleton/accuracy",
@@ -97,10 +96,11 @@ def run_seed(cfg, out: Path, tasks: list[str], baselines: list[str]) -> dict[str
 def summarise(per_seed: dict[int, dict]) -> dict[str, dict[str, dict[str, float]]]:
     """{model: {metric: {"mean", "std", "min", "max"}}} over the seeds that produced the metric."""
     summary: dict[str, dict[str, dict[str, float]]] = {}
-    for name in next(iter(per_seed.values())):
+    names = dict.fromkeys(name for models in per_seed.values() for name in models)  # baselines may skip seeds
+    for name in names:
         summary[name] = {}
         for key in HEADLINE:
-            values = np.array([t[name][key] for t in per_seed.values() if t[name].get(key) is not None])
+            values = np.array([v for t in per_seed.values() if (v := t.get(name, {}).get(key)) is not None])
             if len(values):
                 summary[name][key] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if
                                       len(values) > 1 else 0.0, "min": float(values.min()),
@@ -116,6 +116,33 @@ def print_table(summary: dict, seeds: list[int]) -> None:
         print(f"{key:<50}" + "".join(f"{c['mean']:>9.3f} ±{c['std']:.3f}" if c else f"{'-':>16}" for c in cells))
 
 
+def run_seeds(args, out: Path) -> dict[int, dict]:
+    seeds = ([int(s) for s in args.seeds.split(",")] if args.seeds
+             else [load_config(args.config, args.overrides).train.seed])
+    tasks, baselines = args.tasks.split(","), list(filter(None, args.baselines.split(",")))
+    with_baselines = {int(s) for s in args.baseline_seeds.split(",")} if args.baseline_seeds else set(seeds)
+    per_seed = {}
+    for seed in seeds:
+        seeded = resolve_data(load_config(args.config, [*args.overrides, f"train.seed={seed}"]))
+        per_seed[seed] = run_seed(seeded, out / f"seed{seed}" if len(seeds) > 1 else out, tasks,
+                                  baselines if seed in with_baselines else [])
+    return per_seed
+
+
+def merged_seeds(dirs: list[Path]) -> dict[int, dict]:
+    """{seed: {model: metrics}} from several runs' comparison.json; a seed in two runs is an error."""
+    per_seed: dict[int, dict] = {}
+    for directory in dirs:
+        path = directory / "comparison.json"
+        if not path.is_file():
+            raise SystemExit(f"--merge {directory}: no comparison.json there (not an eval_tiny --out folder?)")
+        for seed, models in json.loads(path.read_text())["seeds"].items():
+            if int(seed) in per_seed:
+                raise SystemExit(f"--merge: seed {seed} appears twice ({path})")
+            per_seed[int(seed)] = models
+    return dict(sorted(per_seed.items()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(TINY), help="experiment YAML (default: the tiny config)")
@@ -124,20 +151,18 @@ def main() -> None:
     parser.add_argument("--baselines", default="random,video_only")
     parser.add_argument("--seeds", default="", help="comma-separated train.seed values, each pretrained and "
                         "evaluated with its baselines; the table shows mean ± std (default: the config's seed)")
+    parser.add_argument("--baseline-seeds", default="", help="comma-separated seeds whose baselines are "
+                        "evaluated (each costs a full evaluation; default: every seed)")
     parser.add_argument("--out", default="runs/eval_tiny")
+    parser.add_argument("--merge", nargs="+", default=[], metavar="DIR", help="print one table from the "
+                        "comparison.json of earlier runs (e.g. seeds run side by side) instead of running")
     args = parser.parse_args()
-    seeds = ([int(s) for s in args.seeds.split(",")] if args.seeds
-             else [load_config(args.config, args.overrides).train.seed])
-    tasks, baselines = args.tasks.split(","), list(filter(None, args.baselines.split(",")))
-    out = Path(args.out)
-    started = time.perf_counter()
-    per_seed = {}
-    for seed in seeds:
-        seeded = resolve_data(load_config(args.config, [*args.overrides, f"train.seed={seed}"]))
-        per_seed[seed] = run_seed(seeded, out / f"seed{seed}" if len(seeds) > 1 else out, tasks, baselines)
+    out, started = Path(args.out), time.perf_counter()
+    per_seed = merged_seeds([Path(d) for d in args.merge]) if args.merge else run_seeds(args, out)
     summary = summarise(per_seed)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "comparison.json").write_text(json.dumps({"seeds": per_seed, "summary": summary}, indent=2))
-    print_table(summary, seeds)
+    print_table(summary, list(per_seed))
     print(f"total {time.perf_counter() - started:.0f}s", flush=True)
 
 

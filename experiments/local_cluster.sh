@@ -243,7 +243,7 @@ EOF
   # --working-dir ships this checkout (minus .gitignore'd files) to the job, as on the real cluster;
   # the job's driver runs on the head, its 2 training workers (2 CPUs each) on 2 fake worker nodes
   "$RAY" job submit --address "$DASHBOARD" --working-dir "$REPO" --runtime-env-json "$env_json" -- \
-    "$PY" -m oskar_ray.cli pretrain --config experiments/configs/tiny.yaml \
+    "$PY" -m oskar_ray.cli pretrain --config experiments/configs/smoke.yaml \
     --set train.num_workers=2 --set train.cpus_per_worker=2 --set train.steps=20 \
     --set train.checkpoint_every=10 --set train.log_every=5 --set eval.rankme_every=10 \
     --set "data.path=$data" --set "train.output_dir=$REPO/runs" \

@@ -43,7 +43,7 @@ def shared_data() -> Path:
 def tiny_cfg():
     from oskar_ray.config import load_config
 
-    return load_config(REPO / "experiments" / "configs" / "tiny.yaml")
+    return load_config(REPO / "experiments" / "configs" / "smoke.yaml")
 
 
 @pytest.fixture(scope="session")

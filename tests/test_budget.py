@@ -6,7 +6,7 @@ import pytest
 from oskar_ray.config import load_config
 from oskar_ray.model.budget import Layout, TokenBudgetSampler, build_modalities
 
-TINY = "experiments/configs/tiny.yaml"
+TINY = "experiments/configs/smoke.yaml"
 
 
 def _available(cfg, present: dict[str, np.ndarray], rng) -> tuple[dict, Layout]:

@@ -4,7 +4,7 @@ from oskar_ray.cli import main
 from oskar_ray.config import load_config
 from oskar_ray.model import Oskar
 
-TINY = "experiments/configs/tiny.yaml"
+TINY = "experiments/configs/smoke.yaml"
 
 
 def test_pretrain_writes_weights_and_resolved_config(tmp_path, capsys):

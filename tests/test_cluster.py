@@ -33,7 +33,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "experiments" / "local_cluster.sh"
-TINY = REPO / "experiments" / "configs" / "tiny.yaml"
+TINY = REPO / "experiments" / "configs" / "smoke.yaml"
 MARKER = "OSKAR_TEST_CLUSTER_ID"
 
 

@@ -7,7 +7,7 @@ import pytest
 from oskar_ray.config import config_from_dict, load_config, save_config
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "experiments/configs/tiny.yaml"
+TINY = ROOT / "experiments/configs/smoke.yaml"
 
 
 def test_layers_apply_in_order(tmp_path):
@@ -75,6 +75,15 @@ def test_an_experiment_yaml_states_only_what_it_changes_over_its_base(tmp_path):
     middle.write_text("base: gone.yaml\n")
     with pytest.raises(FileNotFoundError, match="middle.yaml: base 'gone.yaml' not found"):
         load_config(exp)
+
+
+def test_an_empty_mapping_clears_its_base_and_tiny_pose_is_the_recipe_without_text():
+    recipe = load_config(ROOT / "experiments/configs/tiny.yaml")
+    pose = load_config(ROOT / "experiments/configs/tiny_pose.yaml")
+    assert recipe.model.align_weights == {"text": 10} and recipe.budget.input_weights["text"] > 0
+    assert pose.model.align_weights == {} and pose.model.align_to == ["skeleton"]
+    assert pose.budget.input_weights["text"] == pose.budget.target_weights["text"] == 0
+    assert pose.model.dim == recipe.model.dim and pose.modalities["video"].input == recipe.modalities["video"].input
 
 
 def test_malformed_override_and_missing_file(tmp_path):

@@ -21,7 +21,7 @@ from oskar_ray.data.pipeline import build_dataset, iter_train_batches, iterate_l
 from oskar_ray.data.preprocess import DatasetMeta, batch_rng, preprocess_batch
 from oskar_ray.data.tokenizer import load_tokenizer, train_tokenizer
 
-REPO_CFG = "experiments/configs/tiny.yaml"
+REPO_CFG = "experiments/configs/smoke.yaml"
 
 
 def _check_batch(batch: dict, cfg, size: int, labelled: bool, segments: bool = False) -> None:

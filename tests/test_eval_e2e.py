@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from oskar_ray.config import load_config
 from oskar_ray.tracking import end_run, start_run
 
-TINY = Path(__file__).resolve().parents[1] / "experiments/configs/tiny.yaml"
+TINY = Path(__file__).resolve().parents[1] / "experiments/configs/smoke.yaml"
 FAST_EVAL = ["eval.probe_epochs=3", "eval.finetune_epochs=1", "eval.batch_size=32"]
 
 
@@ -73,6 +73,7 @@ def test_api_is_deterministic_and_baselines_log_to_child_runs(pretrained):
     first = evaluate(ckpt, tasks=["retrieval", "health"], log=False, progress=False)
     again = evaluate(ckpt, tasks=["health", "retrieval"], log=False, progress=False)
     assert first == again
+    assert "eval/retrieval/t2v/R1" in first and not any("zeroshot" in k for k in first)  # no video -> text term
     random = evaluate_full(ckpt, tasks=["retrieval"], baseline="random", progress=False)
     child = MlflowClient(cfg.tracking.uri).get_run(random.run_id)
     assert child.data.tags["mlflow.parentRunId"] == run_id and child.data.tags["eval.baseline"] == "random"

@@ -167,6 +167,48 @@ def test_retrieval_protocol_reads_oracle_facts_near_the_ceiling_and_fails_on_mis
         assert retrieval_metrics(misaligned.similarity(*standard["test"]))["t2v/R1"] < 5
 
 
+def _identity_alignment(dim: int):
+    from oskar_ray.model.align import CrossModalAlignment
+
+    align = CrossModalAlignment(dim, temperature=0.1)
+    with torch.no_grad():
+        for linear in (align.context_head[0], align.context_head[2], align.target_head):
+            linear.weight.copy_(torch.eye(dim)), linear.bias.zero_()
+    align.context_head[1] = torch.nn.Identity()
+    return align
+
+
+def test_zero_shot_retrieval_prepares_captions_as_pretraining_did_and_fails_on_misaligned_rows():
+    """Through identity heads, a video encoder that outputs exactly what the contrast was trained to match (the
+    caption's layer-normed features, standardised with train moments) retrieves every clip; shuffled rows do not."""
+    from types import SimpleNamespace
+
+    import torch.nn.functional as F
+
+    from oskar_ray.eval.features import Features
+    from oskar_ray.eval.retrieval import TEXT_VIEW, VIDEO_VIEW, zero_shot_similarity
+
+    g = torch.Generator().manual_seed(0)
+    captions = {s: torch.randn(n, 16, generator=g) * 3 + 5 for s, n in (("train", 300), ("test", 60))}
+    normed = {s: F.layer_norm(c, (16,)) for s, c in captions.items()}
+    mean, std = normed["train"].mean(0), normed["train"].std(0)
+    goal = (normed["test"] - mean) / std
+
+    def ctx_with(video):
+        pooled = {("train", TEXT_VIEW): captions["train"], ("test", TEXT_VIEW): captions["test"],
+                  ("test", VIDEO_VIEW): video}
+        cache = SimpleNamespace(get=lambda split, view: Features(pooled[split, view], torch.zeros(0), torch.zeros(0)))
+        return SimpleNamespace(model=SimpleNamespace(alignment={"text": _identity_alignment(16)}), cache=cache,
+                               cfg=SimpleNamespace(model=SimpleNamespace(align_from="video")))
+
+    assert retrieval_metrics(zero_shot_similarity(ctx_with(goal)))["t2v/R1"] > 95
+    shuffled = goal[torch.randperm(60, generator=g)]
+    assert retrieval_metrics(zero_shot_similarity(ctx_with(shuffled)))["t2v/R1"] < 10
+    plain = ctx_with(goal)
+    plain.model.alignment = {}  # no video -> caption term in pretraining: no zero-shot readout
+    assert zero_shot_similarity(plain) is None
+
+
 def test_stated_facts_follow_the_caption_text():
     fact = Fact("wave_left", "red", 3)
     assert stated_facts("thrice, a person in a red shirt is waving the left hand", fact) == ("wave_left", "red", 3)
@@ -243,7 +285,7 @@ def test_video_only_baseline_keeps_feasible_budgets_and_repairs_a_whole_video_in
     from oskar_ray.eval.baselines import video_only_config
     from oskar_ray.model import Oskar
 
-    tiny = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "tiny.yaml"
+    tiny = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "smoke.yaml"
     kept = video_only_config(load_config(tiny))
     assert (kept.modalities["video"].mask_ratio, kept.budget.input_tokens) == (0.5, 64)
     assert kept.enabled_modalities == ["video"]

@@ -20,7 +20,7 @@ from oskar_ray.model import Oskar
 from oskar_ray.model.budget import TokenBudgetSampler, build_modalities
 from oskar_ray.train import train
 
-TINY = "experiments/configs/tiny.yaml"
+TINY = "experiments/configs/smoke.yaml"
 
 
 def _mods(*overrides):

@@ -11,7 +11,7 @@ from oskar_ray.config import load_config
 from oskar_ray.model import Oskar, momentum_at
 from oskar_ray.model.budget import batch_layout
 
-TINY = "experiments/configs/tiny.yaml"
+TINY = "experiments/configs/smoke.yaml"
 
 
 def _model(*overrides):

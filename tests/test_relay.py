@@ -33,7 +33,7 @@ def test_config_rejects_an_unknown_relay_mode():
 
     from oskar_ray.config import load_config
 
-    tiny = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "tiny.yaml"
+    tiny = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "smoke.yaml"
     assert load_config(tiny).tracking.relay == "auto"
     with pytest.raises(ValueError, match="tracking.relay"):
         load_config(tiny, ["tracking.relay=sometimes"])

@@ -11,7 +11,7 @@ from oskar_ray.config import load_config
 from oskar_ray.model import Oskar
 from oskar_ray.train import NonFiniteLossError, build_optimizer, loop, lr_at, train, train_step, weight_decay_at
 
-TINY = "experiments/configs/tiny.yaml"
+TINY = "experiments/configs/smoke.yaml"
 
 
 @pytest.mark.slow

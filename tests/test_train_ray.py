@@ -29,7 +29,7 @@ from oskar_ray.train.checkpoint import read_state
 from oskar_ray.train.launch import pretrain
 
 pytestmark = pytest.mark.slow
-TINY = Path(__file__).resolve().parents[1] / "experiments/configs/tiny.yaml"
+TINY = Path(__file__).resolve().parents[1] / "experiments/configs/smoke.yaml"
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import tests/
 
 

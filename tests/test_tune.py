@@ -21,7 +21,7 @@ from oskar_ray.tune.spec import (
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEPS = REPO / "experiments" / "configs" / "sweeps"
-TINY = REPO / "experiments" / "configs" / "tiny.yaml"
+TINY = REPO / "experiments" / "configs" / "smoke.yaml"
 
 
 @pytest.mark.parametrize("path", sorted(SWEEPS.glob("*.yaml")), ids=lambda p: p.stem)

@@ -35,7 +35,7 @@ def _sweep_file(tmp_path: Path, synth_dir: Path, space: dict, scheduler: dict, n
                 concurrent: int = 1) -> Path:
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump({
-        "name": name, "base": str(REPO / "experiments/configs/tiny.yaml"),
+        "name": name, "base": str(REPO / "experiments/configs/smoke.yaml"),
         "overrides": [*TRIAL, f"data.path={synth_dir}", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"],
         "space": space, "scheduler": scheduler, "select": {"metric": "eval/action/fusion/linear/top1"},
         "max_concurrent": concurrent, "storage_path": str(tmp_path / "sweeps")}))

@@ -14,6 +14,10 @@ z-scored). One linear projection per side is trained on train pairs with a symme
 (mean of both directions' R@1). On test every caption ranks every clip (t2v) and vice versa (v2t):
 Recall@1/5/10 (%) and median rank (1 = perfect); where the rows carry facts (the built-in benchmark),
 also fact-level R@1 and the ceiling that duplicate captions allow (:mod:`oskar_ray.eval.facts`).
+
+Where the model was pretrained with a video -> caption contrast (``model.align_to`` holds ``text``), the same
+test ranking is also read through that term's own heads, untrained here (``zeroshot/t2v/R1`` ...): what
+pretraining itself tied together, against what 500 labelled pairs teach fresh heads.
 """
 
 from __future__ import annotations
@@ -130,6 +134,29 @@ def standardised_pairs(ctx: EvalContext) -> dict[str, tuple[torch.Tensor, torch.
     return {s: (v, t) for s, v, t in zip(splits, video, text, strict=True)}
 
 
+def zero_shot_similarity(ctx: EvalContext) -> torch.Tensor | None:
+    """``(n_text, n_video)`` test similarities through the model's own video -> caption contrast heads
+    (model/align.py), no head trained here: CLIP-style zero-shot retrieval, None without that term.
+
+    Both sides are prepared as in pretraining: the pooled caption target features layer-normed, then
+    standardised (train-split moments stand in for the batch + queue moments); the video side is the pooled
+    video target encoder, the EMA copy of the fusion encoder that the context head was trained on."""
+    alignment = getattr(ctx.model, "alignment", {})
+    if "text" not in alignment or ctx.cfg.model.align_from != "video":
+        return None
+    heads = alignment["text"]
+    caption = [F.layer_norm(ctx.cache.get(s, TEXT_VIEW).pooled.float(), (heads.target_head.in_features,))
+               for s in ("train", "test")]
+    _, caption = standardize(*caption)
+    video = ctx.cache.get("test", VIDEO_VIEW).pooled.float()
+    with torch.no_grad():
+        return F.normalize(heads.target_head(caption), dim=-1) @ F.normalize(heads.context_head(video), dim=-1).T
+
+
+def prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
+    return {f"{prefix}/{k}": v for k, v in metrics.items()}
+
+
 def run_retrieval(ctx: EvalContext) -> TaskResult:
     missing = [v for v in (VIDEO_VIEW, TEXT_VIEW) if v not in ctx.cache.views]
     if missing:
@@ -144,4 +171,9 @@ def run_retrieval(ctx: EvalContext) -> TaskResult:
     facts = load_facts(ctx.dataset, "test", ctx.vocab("actions"))
     if facts is not None:
         metrics.update(fact_metrics(sim, facts))
+    zero_shot = zero_shot_similarity(ctx)
+    if zero_shot is not None:
+        metrics.update(prefixed("zeroshot", retrieval_metrics(zero_shot)))
+        if facts is not None:
+            metrics.update(prefixed("zeroshot", fact_metrics(zero_shot, facts)))
     return TaskResult(metrics=metrics, plots={"recall": recall_curve(sim)})

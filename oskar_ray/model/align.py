@@ -84,6 +84,15 @@ class CrossModalAlignment(nn.Module):
         self.queue_filled.fill_(min(size, int(self.queue_filled) + len(goal)))
 
 
+def without_queue_buffers(keys: list[str]) -> list[str]:
+    """``keys`` less the alignment key-queue buffers: checkpoints from before the queue lack them, and a
+    missing queue starts empty rather than failing the load."""
+    def is_queue(key: str) -> bool:  # "queue" within the module, "alignment.<target>.queue" within the model
+        return key.rsplit(".", 1)[-1] in QUEUE_BUFFERS and (key.startswith("alignment.") or "." not in key)
+
+    return [k for k in keys if not is_queue(k)]
+
+
 def load_legacy_alignment(alignment: nn.ModuleDict, path: str, missing: list[str],
                           unexpected: list[str]) -> tuple[list[str], list[str]]:
     """Load a pre-list checkpoint's ``alignment.*`` weights into the one aligned target now keyed by name
@@ -96,7 +105,7 @@ def load_legacy_alignment(alignment: nn.ModuleDict, path: str, missing: list[str
     weights = load_file(path)
     # not strict: those checkpoints predate the key queue, which starts empty; every parameter must load
     result = module.load_state_dict({k.removeprefix("alignment."): weights[k] for k in legacy}, strict=False)
-    lacking = [k for k in result.missing_keys if k not in QUEUE_BUFFERS]
+    lacking = without_queue_buffers(result.missing_keys)
     if lacking or result.unexpected_keys:
         raise ValueError(f"{path}: alignment weights do not match (missing {lacking}, "
                          f"unexpected {result.unexpected_keys})")

@@ -28,7 +28,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from ..config import OskarConfig
-from .align import QUEUE_BUFFERS, CrossModalAlignment, load_legacy_alignment
+from .align import CrossModalAlignment, load_legacy_alignment, without_queue_buffers
 from .budget import Layout, TokenBudgetSampler, batch_layout, build_modalities, presence
 from .ema import ema_update
 from .encoder import Encoder
@@ -148,8 +148,7 @@ class Oskar(nn.Module):
         try:
             missing, unexpected = load_model(self, str(path), strict=False)
             missing, unexpected = load_legacy_alignment(self.alignment, str(path), missing, unexpected)
-            missing = [k for k in missing  # checkpoints from before the key queue: it starts empty
-                       if not (k.startswith("alignment.") and k.rsplit(".", 1)[-1] in QUEUE_BUFFERS)]
+            missing = without_queue_buffers(missing)
         except RuntimeError as err:  # shape mismatch
             raise ValueError(f"{path}: weights do not match this config: {err}") from None
         if missing or unexpected:

@@ -7,7 +7,7 @@ Runbook (single process, no Ray)::
 
     from oskar_ray.config import load_config
     from oskar_ray.train import train
-    history = train(load_config("experiments/configs/tiny.yaml", ["train.steps=50"]))
+    history = train(load_config("experiments/configs/smoke.yaml", ["train.steps=50"]))
 
 Without ``data.path`` the loop trains on ``Oskar.example_batch`` (structured
 random signals) — enough to check that the objective learns.
