@@ -52,16 +52,24 @@ def client_for(uri: str) -> MlflowClient:
     return relay.RelayClient(uri, actor) if actor is not None else MlflowClient(tracking_uri=uri)
 
 
+#: MLflow 3's UI opens an experiment by its kind: this one is the runs table of model training, not the
+#: GenAI traces view it would otherwise infer for an experiment it cannot classify
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def ensure_experiment(client: MlflowClient, name: str) -> str:
     found = client.get_experiment_by_name(name)
     if found is not None:
+        if not found.tags.get("mlflow.experimentKind"):  # made before the tag was set: tag it once
+            for key, value in EXPERIMENT_KIND.items():
+                client.set_experiment_tag(found.experiment_id, key, value)
         return found.experiment_id
     location = None
     if client.tracking_uri.startswith("sqlite:"):
         # keep artifacts beside the SQLite file, not in whatever cwd a worker has
         db = Path(client.tracking_uri.removeprefix("sqlite:///"))
         location = (db.parent / "mlartifacts").resolve().as_uri()
-    return client.create_experiment(name, artifact_location=location)
+    return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
 
 
 def versions() -> dict[str, str]:

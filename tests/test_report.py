@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from oskar_ray.cli import main
 from oskar_ray.report import build_report
 from oskar_ray.report.curves import pareto_front
+from oskar_ray.tune.signal import PROBE_PREFIX
 
 TOP1 = "eval/action/video/linear/top1"
 BASE_PARAMS = {"train.steps": "4", "tracking.experiment": "x", "model.dim": "64", "predictor.kind": "cross_attention",
@@ -47,6 +48,7 @@ def log_trial(client, exp_id, parent_id, params, *, status="FINISHED", trial_id=
     metrics = [Metric(key, value / (step + 1), now, step) for step in range(steps)
                for key, value in (("loss", 1.0), ("loss/video", 1.2), ("loss/skeleton", 0.8))]
     metrics += [Metric("health/video/rankme", 10.0 + step, now, step) for step in range(steps)]
+    metrics += [Metric(f"{PROBE_PREFIX}fusion/knn_top1", 0.1 * step, now, step) for step in range(steps)]
     metrics += [Metric("flops_per_step", 1e9 * float(full["budget.input_tokens"]), now, 0)]
     if with_eval:
         top1 = score(full)
@@ -127,7 +129,7 @@ def test_grid_report_plots_table_and_failed_trial(store, tmp_path):
     page = build_report("grid", tmp_path / "rep", tracking_uri=uri, parent_run_id=parent)
     assert page == tmp_path / "rep" / "report.html"
     names = {p.name for p in page.parent.glob("*.png")}
-    assert {"heatmap_eval_action_video_linear_top1.png", "curves_loss.png", "curves_rankme.png",
+    assert {"heatmap_eval_action_video_linear_top1.png", "curves_loss.png", "curves_rankme.png", "curves_probe.png",
             "pareto_flops.png"} <= names
     text = page.read_text(encoding="utf-8")
     assert text.count("data:image/png;base64,") == len(names)  # every PNG embedded: opens without a server

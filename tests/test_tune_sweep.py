@@ -64,7 +64,8 @@ def test_asha_stops_a_trial_that_does_not_learn(ray_local, synth_dir, tmp_path):
     assert rows[1e-12].status == "early_stopped" and rows[1e-12].steps < 12
     client, children = _children(tmp_path, outcome)
     stopped = next(c for c in children if c.data.params["train.lr"] == "1e-12")
-    assert stopped.info.status == "KILLED" and stopped.data.tags["oskar.trial_status"] == "early_stopped"
+    assert stopped.info.status == "FINISHED" and stopped.data.tags["oskar.trial_status"] == "early_stopped"
+    assert stopped.data.tags["oskar.stop_reason"] == "asha" and stopped.data.tags["oskar.stopped_at_step"]
     assert not any(k.startswith("eval/") for k in stopped.data.metrics)
     assert stopped.data.metrics["steps_trained"] < 12
     assert stopped.data.metrics["train_flops"] < outcome.best.train_flops
@@ -90,6 +91,9 @@ def test_synchronous_halving_pauses_the_better_trial_and_resumes_it_from_its_che
     assert len(children) == 2  # the resumed trial kept its child run
     good = next(c for c in children if c.data.params["train.lr"] == "0.002")
     assert good.info.status == "FINISHED" and "eval/health/fusion/rankme" in good.data.metrics
+    cut = next(c for c in children if c.data.params["train.lr"] == "1e-12")
+    assert cut.info.status == "FINISHED"  # stopped by design, not killed
+    assert (cut.data.tags["oskar.stop_reason"], cut.data.tags["oskar.stopped_at_step"]) == ("successive_halving", "4")
     # resumed from a checkpoint, not from scratch: step 4 logged once. (A pause is not instant: the trial may
     # train on while Tune stops it, and retrain those steps from the rung checkpoint after the restart.)
     steps = [m.step for m in client.get_metric_history(good.info.run_id, "loss")]
@@ -143,7 +147,7 @@ def test_synchronous_halving_resumes_a_paused_sweep_and_still_cuts_at_the_rung(r
     runs = {c.data.params["train.lr"]: c for c in children}
     good, frozen = runs["0.002"], runs["1e-12"]
     assert good.info.status == "FINISHED" and good.data.tags["oskar.trial_status"] == "completed"
-    assert frozen.info.status == "KILLED" and frozen.data.tags["oskar.trial_status"] == "early_stopped"
+    assert frozen.info.status == "FINISHED" and frozen.data.tags["oskar.trial_status"] == "early_stopped"
     assert frozen.data.metrics["steps_trained"] == 4
     steps = [m.step for m in client.get_metric_history(good.info.run_id, "loss")]
     assert steps.count(4) == 1 and max(steps) == 12  # the paused trial went on from its rung checkpoint

@@ -2,10 +2,10 @@
 
 Curves come from ``MlflowClient.get_metric_history``: the total and
 per-modality ``loss``, every RankMe key logged during training (any key
-containing ``rankme`` outside ``eval/``), and an online probe (``online/...``)
-when the runner logs one. One colour per trial, the same across figures;
-trials that did not finish (FAILED / KILLED) are dashed and tagged in the
-legend — an early-stopped curve is worth seeing.
+containing ``rankme`` outside ``eval/``), and the online kNN probe that ranks trials for the scheduler
+(``probe/...``, :data:`oskar_ray.tune.signal.PROBE_PREFIX`) when the trials log one. One colour per trial,
+the same across figures; trials the scheduler stopped early (``oskar.stopped_at_step``) or that did not finish
+(FAILED / KILLED) are dashed and tagged in the legend — an early-stopped curve is worth seeing.
 
 Compute is ``train_flops`` (else ``flops_per_step`` × ``train.steps``); the
 Pareto front holds the trials that no other trial beats on both accuracy and
@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
+from ..tune.signal import PROBE_PREFIX
 from .figures import Plot, new_figure, save, trial_colors
 from .labels import lower_is_better, metric_unit
 from .runs import SweepRuns, histories
@@ -33,8 +34,8 @@ def curve_families(sweep: SweepRuns) -> list[tuple[str, list[str]]]:
     keys = sweep.metric_keys()
     loss = [k for k in keys if k == "loss" or k.startswith("loss/")]
     rankme = [k for k in keys if "rankme" in k.lower() and not k.startswith("eval/")]
-    online = [k for k in keys if k.startswith("online/")]
-    families = [("loss", loss), ("rankme", rankme), ("online", online)]
+    probe = [k for k in keys if k.startswith(PROBE_PREFIX)]
+    families = [("loss", loss), ("rankme", rankme), ("probe", probe)]
     return [(name, ks[:_MAX_PANELS]) for name, ks in families if ks]
 
 
@@ -56,8 +57,12 @@ def _family_figure(sweep, family, keys, data, colors, out_dir) -> Plot:
             points = data.get((row["run_id"], key))
             if points is None:
                 continue
-            done = row["status"] in ("FINISHED", "RUNNING")
-            label = row["label"] if done else f"{row['label']} [{row['status']}]"
+            stopped = row.get("tags.oskar.stopped_at_step")
+            if isinstance(stopped, str) and stopped:  # ended FINISHED, by the scheduler's decision
+                done, label = False, f"{row['label']} [stopped at {stopped}]"
+            else:
+                done = row["status"] in ("FINISHED", "RUNNING")
+                label = row["label"] if done else f"{row['label']} [{row['status']}]"
             ax.plot(points["step"], points["value"], ls="-" if done else "--", color=colors[row["run_id"]],
                     label=label, marker="o" if len(points) == 1 else None)
             values.extend(points["value"].tolist())
@@ -69,7 +74,7 @@ def _family_figure(sweep, family, keys, data, colors, out_dir) -> Plot:
     handles, labels = _unique_legend(axes)
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, title="trial")
     titles = {"loss": "Pretraining loss per trial", "rankme": "RankMe during pretraining (feature health)",
-              "online": "Online probe during pretraining"}
+              "probe": "Online kNN probe during pretraining (what the scheduler ranks on)"}
     fig.suptitle(titles[family])
     fig.tight_layout()
     return save(fig, out_dir, f"curves_{family}", titles[family], CURVES)

@@ -1,9 +1,10 @@
 """What a sweep leaves behind: per-trial rows, MLflow bookkeeping, the report, the console summary.
 
 * :class:`SweepCallback` (Tune callback, in the driver): one console line per
-  trial event; marks the child run of a trial the scheduler stopped ``KILLED`` (tag
-  ``oskar.trial_status=early_stopped``, ``steps_trained``, actual ``train_flops``)
-  and of a failed trial ``FAILED`` with the error.
+  trial event; ends the child run of a trial the scheduler stopped ``FINISHED`` — it was stopped by
+  design, it did not fail — with tags ``oskar.trial_status=early_stopped``, ``oskar.stopped_at_step``,
+  ``oskar.stop_reason`` (the scheduler) and metrics ``steps_trained``, actual ``train_flops``;
+  a failed trial ends ``FAILED`` with the error.
 * :func:`summarize`: the Tune ``ResultGrid`` as :class:`TrialRow` s.
 * :func:`log_sweep_results`: counts, total compute, the best trial and
   ``trials.csv`` on the parent run.
@@ -54,11 +55,17 @@ class SweepOutcome:
     seconds: float
 
 
+#: ``oskar.stop_reason`` of a trial each scheduler kind stopped before its last step
+STOP_REASONS = {"sha": "successive_halving", "asha": "asha", "fifo": "fifo"}
+
+
 class SweepCallback(Callback):
     """Console progress and child-run status for trials the trainable itself cannot close."""
 
-    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, signal: str):
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, signal: str,
+                 scheduler: str = "asha"):
         self.uri, self.experiment_id, self.parent, self.signal = tracking_uri, experiment_id, parent_run_id, signal
+        self.stop_reason = STOP_REASONS.get(scheduler, scheduler)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         print(f"[{trial.trial_id}] started: {_point(trial.config)}", flush=True)
@@ -87,10 +94,11 @@ class SweepCallback(Callback):
         if any(k.startswith("eval/") for k in last):
             print(f"[{trial.trial_id}] completed ({step} steps, evaluated)", flush=True)
             return
-        set_tags(client, run.info.run_id, {STATUS: "early_stopped", "oskar.stopped_at_step": str(step)})
+        set_tags(client, run.info.run_id, {STATUS: "early_stopped", "oskar.stopped_at_step": str(step),
+                                           "oskar.stop_reason": self.stop_reason})
         if run.data.tags.get("error"):
             client.delete_tag(run.info.run_id, "error")  # the dying trial's own exception, not a failure
-        client.set_terminated(run.info.run_id, status="KILLED")
+        client.set_terminated(run.info.run_id, status="FINISHED")
         print(f"[{trial.trial_id}] stopped early by the scheduler at step {step}", flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):

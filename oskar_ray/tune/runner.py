@@ -239,7 +239,8 @@ def _tuner(spec: SweepSpec, setup: TrialSetup, exp_dir: Path, state: dict, resto
                                     trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(name=exp_dir.name, storage_path=str(exp_dir.parent), verbose=0,
                                   callbacks=[SweepCallback(setup.tracking_uri, setup.experiment_id,
-                                                           setup.parent_run_id, spec.scheduler.metric),
+                                                           setup.parent_run_id, spec.scheduler.metric,
+                                                           spec.scheduler.kind),
                                              StallWatchdog()],
                                   failure_config=tune.FailureConfig(max_failures=0)))
 

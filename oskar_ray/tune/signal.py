@@ -27,6 +27,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+#: the prefix of every online-probe metric (the report's training-curve family reads it)
+PROBE_PREFIX = "probe/"
 #: the eval suite's kNN temperature (oskar_ray.eval.probes.KNN_TEMPERATURE)
 TEMPERATURE = 0.07
 #: name → (encoder, modalities)
@@ -87,9 +89,9 @@ class OnlineProbe:
             if not all(n in model.modalities for n in names):
                 continue
             feats = torch.cat([model.encode(b, names, encoder=encoder).float().cpu() for b in self.batches])
-            out[f"probe/{view}/knn_top1"] = loo_knn_top1(feats, self.labels, self.k, self.n_classes)
+            out[f"{PROBE_PREFIX}{view}/knn_top1"] = loo_knn_top1(feats, self.labels, self.k, self.n_classes)
         if out:
-            out["probe/mean"] = sum(out.values()) / len(out)
+            out[f"{PROBE_PREFIX}mean"] = sum(out.values()) / len(out)
         model.train(was_training)
         return out
 

@@ -22,7 +22,7 @@ Runbook (what :func:`run_trial` does inside its Tune trial actor)::
 The trial never marks its own run FAILED: a trial stopped early by the scheduler is
 killed mid-training and may die with an exception, racing the driver. The
 driver's :class:`oskar_ray.tune.results.SweepCallback` owns those outcomes:
-KILLED (``oskar.trial_status=early_stopped``) or FAILED with Tune's error.
+FINISHED with ``oskar.trial_status=early_stopped`` (KILLED in sweeps logged before) or FAILED with Tune's error.
 """
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     client = client_for(setup.tracking_uri)
     existing = find_trial_run(client, setup.experiment_id, setup.parent_run_id, trial_id)
     if existing is not None and existing.info.status in ("FINISHED", "KILLED"):
-        # evaluated (or stopped by the scheduler) before the sweep was interrupted: report it again, do not retrain
+        # evaluated (or stopped by the scheduler; KILLED in older sweeps) before the sweep was interrupted:
+        # report it again, do not retrain
         tune.report(final_metrics(existing))
         return
     overrides = trial_overrides(setup.spec, config)
