@@ -4,6 +4,7 @@
     oskar data ingest --out DIR --split NAME --videos DIR ...   # your own data
     oskar pretrain    --config FILE [--set key=value ...]       # OSKAR pretraining
     oskar eval        --checkpoint PATH [--tasks action,...]    # downstream evaluation
+    oskar sweep       SPEC.yaml [--smoke|--profile P] [--resume]  # Ray Tune sweep, each trial pretrained + evaluated
     oskar report      --experiment NAME --out DIR               # sweep comparison page (HTML + PNGs)
 
 ``pretrain`` runs Ray Train on the local Ray cluster (or ``$RAY_ADDRESS``),
@@ -27,6 +28,7 @@ from .config import OskarConfig, load_config, save_config
 from .data.cli import add_data_commands
 from .eval.cli import add_eval_commands
 from .report.cli import add_report_commands
+from .tune.cli import add_sweep_commands
 
 
 def _add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -71,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="single process, no Ray, built-in example stream (a smoke check)")
     pretrain.set_defaults(func=_pretrain)
     add_eval_commands(commands)
+    add_sweep_commands(commands)
     add_report_commands(commands)
     return parser
 

@@ -256,14 +256,21 @@ def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     base = data.pop("base", None)
     if base is None:
         return data
-    if not isinstance(base, str) or not base:
-        raise ValueError(f"{path}: base must be the path of another config YAML, got {base!r}")
-    parent, chain = (path.parent / base).resolve(), (*chain, path.resolve())
+    parent, chain = base_path(path, base), (*chain, path.resolve())
     if parent in chain:
         raise ValueError(f"{path}: base {base!r} leads back to {parent} (a loop)")
-    if not parent.is_file():
-        raise FileNotFoundError(f"{path}: base {base!r} not found ({parent})")
     return _merged(_read_yaml(parent, chain), data)
+
+
+def base_path(yaml_file: Path, base: Any) -> Path:
+    """The config YAML a ``base:`` key of ``yaml_file`` names: relative to that file (absolute as given), the one
+    rule for experiment YAMLs and sweep specs; a clear error when it is not a path or not there."""
+    if not isinstance(base, str) or not base:
+        raise ValueError(f"{yaml_file}: base must be the path of another config YAML, got {base!r}")
+    parent = (Path(yaml_file).parent / base).resolve()
+    if not parent.is_file():
+        raise FileNotFoundError(f"{yaml_file}: base {base!r} not found ({parent})")
+    return parent
 
 
 def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

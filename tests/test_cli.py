@@ -23,3 +23,14 @@ def test_bad_config_is_a_clear_error(capsys):
     assert main(["pretrain", "--config", TINY, "--set", "budget.input_tokens=0"]) == 2
     assert "budget.input_tokens must be positive" in capsys.readouterr().err
     assert main(["pretrain", "--config", "missing.yaml"]) == 2
+
+
+def test_sweep_is_one_subcommand_with_the_sweep_scripts_flags(tmp_path, capsys):
+    assert main(["sweep", str(tmp_path / "nope.yaml"), "--smoke"]) == 2
+    assert "sweep file not found" in capsys.readouterr().err
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: s\nbase: ../missing.yaml\nspace: {train.lr: [1.0e-3]}\n")
+    assert main(["sweep", str(spec)]) == 2
+    assert "base '../missing.yaml' not found" in capsys.readouterr().err
+    assert main(["sweep", str(spec), "--profile", "gpu"]) == 2
+    assert "no profile 'gpu'" in capsys.readouterr().err

@@ -64,6 +64,19 @@ def test_spec_errors_name_the_field():
             spec_from_dict({**base, **change})
 
 
+def test_a_sweeps_base_follows_the_config_loaders_rule(tmp_path, monkeypatch):
+    """Relative to the sweep file, whatever the working directory (as a config YAML's own ``base:``)."""
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "exp.yaml").write_text(f"base: {TINY}\nbudget: {{input_tokens: 48}}\n")
+    sweep = tmp_path / "configs" / "s.yaml"
+    sweep.write_text("name: s\nbase: exp.yaml\nspace: {train.lr: [1.0e-3, 2.0e-3]}\n")
+    monkeypatch.chdir(REPO)  # a cwd where exp.yaml does not exist
+    assert load_spec(sweep).base_config().budget.input_tokens == 48
+    sweep.write_text("name: s\nbase: gone.yaml\nspace: {train.lr: [1.0e-3]}\n")
+    with pytest.raises(FileNotFoundError, match="s.yaml: base 'gone.yaml' not found"):
+        load_spec(sweep)
+
+
 def test_cli_edits_and_variant_axes():
     spec = spec_from_dict({"name": "m", "base": str(TINY), "space": {"mods": {"variants": {
         "video": ["modalities.skeleton.enabled=false", "modalities.text.enabled=false"], "all": []}}}})

@@ -1,6 +1,12 @@
-"""The flags every sweep script shares (``experiments/sweep_*.py``, ``experiments/ablate_*.py``).
+"""``oskar sweep SPEC.yaml [flags]``: run or resume the Ray Tune sweep a spec describes.
 
 ::
+
+    oskar sweep experiments/configs/sweeps/token_budget.yaml            # = python experiments/sweep_token_budget.py
+    oskar sweep experiments/configs/sweeps/mask_ratio.yaml --smoke
+    oskar sweep experiments/configs/sweeps/predictor.yaml --profile per_modality --resume
+
+Flags (``experiments/sweep_token_budget.py``, the entry point users know, takes the same):
 
     --smoke                 the YAML's `smoke` profile: 2 short trials, minutes
     --profile NAME          another profile of the YAML (e.g. gpu)
@@ -26,6 +32,19 @@ from .spec import edit_spec, load_spec
 
 def build_parser(description: str = "") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    return add_sweep_flags(p)
+
+
+def add_sweep_commands(commands) -> None:
+    """The ``sweep`` subcommand of ``oskar`` (oskar_ray/cli.py)."""
+    p = commands.add_parser("sweep", help="run or resume a Ray Tune sweep (each trial pretrained + evaluated)",
+                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("spec", help="sweep YAML (experiments/configs/sweeps/*.yaml)")
+    add_sweep_flags(p)
+    p.set_defaults(func=lambda args: run_from_args(args.spec, args))
+
+
+def add_sweep_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true", help="the sweep's smoke profile: a couple of short trials")
     p.add_argument("--profile", default="", help="a profile of the sweep YAML (e.g. gpu)")
     p.add_argument("--num-samples", type=int, help="repeats of the grid / random draws")
@@ -45,7 +64,10 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
 
 def sweep_main(sweep_yaml: str | Path, argv: list[str] | None = None, description: str = "") -> int:
     """Parse the common flags, run (or resume) the sweep described by ``sweep_yaml``; exit code."""
-    args = build_parser(description).parse_args(argv)
+    return run_from_args(sweep_yaml, build_parser(description).parse_args(argv))
+
+
+def run_from_args(sweep_yaml: str | Path, args: argparse.Namespace) -> int:
     if args.smoke and args.profile:
         print("sweep: error: --smoke and --profile are exclusive", file=sys.stderr)
         return 2

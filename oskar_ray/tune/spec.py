@@ -3,7 +3,7 @@
 Runbook (a sweep YAML)::
 
     name: token_budget                       # MLflow tag oskar.sweep, Tune experiment prefix
-    base: experiments/configs/tiny.yaml      # the trial config (paths: cwd, else beside this file)
+    base: ../tiny.yaml                       # the trial config, relative to this file (as a config's base:)
     overrides: [train.steps=150, eval.online_probe_every=25]   # every trial
     space:                                   # dotted config key -> axis
       budget.input_tokens: {grid: [32, 64, 128]}      # also: a bare list (= grid), {choice: [...]},
@@ -30,7 +30,6 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-import os
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from ..config import OskarConfig, load_config
+from ..config import OskarConfig, base_path, load_config
 
 AXIS_KINDS = ("grid", "choice", "uniform", "loguniform", "randint", "variants")
 
@@ -118,7 +117,8 @@ def load_spec(path: str | Path, profile: str = "") -> SweepSpec:
         if profile not in profiles:
             raise ValueError(f"{path}: no profile {profile!r} (profiles: {sorted(profiles)})")
         raw = apply_profile(raw, profiles[profile])
-    raw["base"] = _resolve_path(raw.get("base", ""), path)
+    if raw.get("base"):
+        raw["base"] = str(base_path(path, raw["base"]))
     return spec_from_dict(raw, profile)
 
 
@@ -163,11 +163,7 @@ def _section(value: Any, cls: type, name: str) -> dict[str, Any]:
     return value
 
 
-def _resolve_path(base: str, sweep_file: Path) -> str:
-    if not base or Path(base).is_file():
-        return base
-    beside = sweep_file.parent / base
-    return os.path.normpath(beside) if beside.is_file() else base
+
 
 
 def axis_kind(axis: Any) -> str:
