@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,19 @@ def test_spec_errors_name_the_field():
                           ({"surprise": 1}, "surprise"), ({"select": {"mode": "up"}}, "select.mode")]:
         with pytest.raises(ValueError, match=field.replace(".", r"\.")):
             spec_from_dict({**base, **change})
+
+
+def test_metrics_no_trial_would_log_are_refused_before_any_trial_starts():
+    base = {"name": "x", "base": str(TINY), "space": {"train.lr": [1e-3, 2e-3]},
+            "overrides": ["eval.tasks=[action]", "eval.online_probe_views=[fusion]"]}
+    for change, named in [({"scheduler": {"metric": "probe/video/knn_top1"}}, "probe/fusion/knn_top1"),
+                          ({"scheduler": {"metric": "online/fusion"}}, "not reported during training"),
+                          ({"select": {"metric": "eval/vqa/accuracy"}}, "task 'vqa' is not in eval.tasks"),
+                          ({"select": {"metric": "accuracy"}}, "choose an eval/<task>/")]:
+        with pytest.raises(ValueError, match=re.escape(named)):
+            validate_points(spec_from_dict({**base, **change}))
+    validate_points(spec_from_dict({**base, "scheduler": {"metric": "probe/fusion/knn_top1"},
+                                    "select": {"metric": "eval/action/video/linear/top1"}}))
 
 
 def test_a_sweeps_base_follows_the_config_loaders_rule(tmp_path, monkeypatch):

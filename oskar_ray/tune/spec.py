@@ -260,7 +260,26 @@ def validate_points(spec: SweepSpec) -> int:
     if bad:
         raise ValueError(f"sweep {spec.name}: {len(bad)} of {len(points)} grid points are invalid configs:\n"
                          + "\n".join(bad) + "\nnarrow the grid (--grid key=v1,v2) or change the base (--set ...)")
+    check_metrics(spec, spec.base_config())
     return len(points)
+
+
+def check_metrics(spec: SweepSpec, cfg: OskarConfig) -> None:
+    """The scheduler ranks on what trials report while training, the selection on what they are evaluated on:
+    a name no trial will log would only show up as a KeyError (or a silently unranked sweep) hours later."""
+    online = [f"probe/{v}/knn_top1" for v in cfg.eval.online_probe_views] + ["probe/mean"]
+    training = ["loss", *(f"loss/{m}" for m in cfg.enabled_modalities), *online]
+    metric = spec.scheduler.metric
+    if spec.scheduler.kind != "fifo" and metric not in training:
+        raise ValueError(f"sweep.scheduler.metric {metric!r} is not reported during training "
+                         f"(choices with eval.online_probe_views={cfg.eval.online_probe_views}: {training})")
+    task = spec.select.metric.removeprefix("eval/").split("/", 1)[0]
+    if spec.select.metric.startswith("eval/") and task not in cfg.eval.tasks:
+        raise ValueError(f"sweep.select.metric {spec.select.metric!r}: task {task!r} is not in eval.tasks "
+                         f"{cfg.eval.tasks} (choose eval/<task>/... of one of them, or add the task)")
+    if not spec.select.metric.startswith("eval/") and spec.select.metric not in training:
+        raise ValueError(f"sweep.select.metric {spec.select.metric!r}: choose an eval/<task>/... metric of "
+                         f"eval.tasks {cfg.eval.tasks} or a training metric {training}")
 
 
 def _describe(point: dict[str, Any]) -> str:
