@@ -15,9 +15,9 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from oskar_ray.cli import main
+from oskar_ray.metric_names import PROBE_PREFIX
 from oskar_ray.report import build_report
 from oskar_ray.report.curves import pareto_front
-from oskar_ray.tune.signal import PROBE_PREFIX
 
 TOP1 = "eval/action/video/linear/top1"
 BASE_PARAMS = {"train.steps": "4", "tracking.experiment": "x", "model.dim": "64", "predictor.kind": "cross_attention",

@@ -66,16 +66,19 @@ def test_spec_errors_name_the_field():
 
 
 def test_metrics_no_trial_would_log_are_refused_before_any_trial_starts():
-    base = {"name": "x", "base": str(TINY), "space": {"train.lr": [1e-3, 2e-3]},
-            "overrides": ["eval.tasks=[action]", "eval.online_probe_views=[fusion]"]}
+    probing = ["eval.tasks=[action]", "eval.online_probe_views=[fusion]", "eval.online_probe_every=10"]
+    base = {"name": "x", "base": str(TINY), "space": {"train.lr": [1e-3, 2e-3]}, "overrides": probing}
     for change, named in [({"scheduler": {"metric": "probe/video/knn_top1"}}, "probe/fusion/knn_top1"),
-                          ({"scheduler": {"metric": "online/fusion"}}, "not reported during training"),
+                          ({"scheduler": {"metric": "online/fusion"}}, "is not a metric trials log"),
+                          ({"scheduler": {"metric": "eval/action/video/linear/top1"}}, "only logged after"),
+                          ({"overrides": probing[:2], "scheduler": {"metric": "probe/mean"}}, "logs nothing"),
                           ({"select": {"metric": "eval/vqa/accuracy"}}, "task 'vqa' is not in eval.tasks"),
-                          ({"select": {"metric": "accuracy"}}, "choose an eval/<task>/")]:
+                          ({"select": {"metric": "accuracy"}}, "eval/<task>/")]:
         with pytest.raises(ValueError, match=re.escape(named)):
             validate_points(spec_from_dict({**base, **change}))
-    validate_points(spec_from_dict({**base, "scheduler": {"metric": "probe/fusion/knn_top1"},
-                                    "select": {"metric": "eval/action/video/linear/top1"}}))
+    for scheduler, select in [("probe/fusion/knn_top1", "eval/action/video/linear/top1"), ("loss/align", "loss"),
+                              ("reg/var", "probe/mean"), ("health/video/rankme", "eval/action/fusion/knn/top1")]:
+        validate_points(spec_from_dict({**base, "scheduler": {"metric": scheduler}, "select": {"metric": select}}))
 
 
 def test_a_sweeps_base_follows_the_config_loaders_rule(tmp_path, monkeypatch):

@@ -3,7 +3,7 @@
 Curves come from ``MlflowClient.get_metric_history``: the total and
 per-modality ``loss``, every RankMe key logged during training (any key
 containing ``rankme`` outside ``eval/``), and the online kNN probe that ranks trials for the scheduler
-(``probe/...``, :data:`oskar_ray.tune.signal.PROBE_PREFIX`) when the trials log one. One colour per trial,
+(``probe/...``, :data:`oskar_ray.metric_names.PROBE_PREFIX`) when the trials log one. One colour per trial,
 the same across figures; trials the scheduler stopped early (``oskar.stopped_at_step``) or that did not finish
 (FAILED / KILLED) are dashed and tagged in the legend — an early-stopped curve is worth seeing.
 
@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
-from ..tune.signal import PROBE_PREFIX
+from ..metric_names import PROBE_PREFIX
 from .figures import Plot, new_figure, save, trial_colors
 from .labels import lower_is_better, metric_unit
 from .runs import SweepRuns, histories

@@ -27,8 +27,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-#: the prefix of every online-probe metric (the report's training-curve family reads it)
-PROBE_PREFIX = "probe/"
+from ..metric_names import PROBE_PREFIX
+
 #: the eval suite's kNN temperature (oskar_ray.eval.probes.KNN_TEMPERATURE)
 TEMPERATURE = 0.07
 #: name → (encoder, modalities)

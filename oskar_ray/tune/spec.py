@@ -38,6 +38,7 @@ from typing import Any
 import yaml
 
 from ..config import OskarConfig, base_path, load_config
+from ..metric_names import PROBE_PREFIX, probe_metrics
 
 AXIS_KINDS = ("grid", "choice", "uniform", "loguniform", "randint", "variants")
 
@@ -163,9 +164,6 @@ def _section(value: Any, cls: type, name: str) -> dict[str, Any]:
     return value
 
 
-
-
-
 def axis_kind(axis: Any) -> str:
     if isinstance(axis, list):
         return "grid"
@@ -266,20 +264,28 @@ def validate_points(spec: SweepSpec) -> int:
 
 def check_metrics(spec: SweepSpec, cfg: OskarConfig) -> None:
     """The scheduler ranks on what trials report while training, the selection on what they are evaluated on:
-    a name no trial will log would only show up as a KeyError (or a silently unranked sweep) hours later."""
-    online = [f"probe/{v}/knn_top1" for v in cfg.eval.online_probe_views] + ["probe/mean"]
-    training = ["loss", *(f"loss/{m}" for m in cfg.enabled_modalities), *online]
-    metric = spec.scheduler.metric
-    if spec.scheduler.kind != "fifo" and metric not in training:
-        raise ValueError(f"sweep.scheduler.metric {metric!r} is not reported during training "
-                         f"(choices with eval.online_probe_views={cfg.eval.online_probe_views}: {training})")
-    task = spec.select.metric.removeprefix("eval/").split("/", 1)[0]
-    if spec.select.metric.startswith("eval/") and task not in cfg.eval.tasks:
-        raise ValueError(f"sweep.select.metric {spec.select.metric!r}: task {task!r} is not in eval.tasks "
-                         f"{cfg.eval.tasks} (choose eval/<task>/... of one of them, or add the task)")
-    if not spec.select.metric.startswith("eval/") and spec.select.metric not in training:
-        raise ValueError(f"sweep.select.metric {spec.select.metric!r}: choose an eval/<task>/... metric of "
-                         f"eval.tasks {cfg.eval.tasks} or a training metric {training}")
+    a name no trial will log would only show up as a KeyError (or a silently unranked sweep) hours later.
+    Training metrics are checked by family (``loss*``, ``reg/*``, ``health/*`` depend on the recipe's
+    weights); the online probe's names exactly, since they exist only when it runs."""
+    probe = probe_metrics(cfg.eval.online_probe_views) if cfg.eval.online_probe_every > 0 else []
+    families = ("loss", "reg/", "health/")
+    choices = f"loss, loss/<modality>, loss/align..., reg/..., health/...{', ' if probe else ''}{', '.join(probe)}"
+    for name, metric, active in (("scheduler", spec.scheduler.metric, spec.scheduler.kind != "fifo"),
+                                 ("select", spec.select.metric, True)):
+        if not active:
+            continue
+        if metric.startswith("eval/"):
+            task = metric.removeprefix("eval/").split("/", 1)[0]
+            if name == "scheduler" or task not in cfg.eval.tasks:
+                where = "is only logged after training" if name == "scheduler" else f"task {task!r} is not in"
+                raise ValueError(f"sweep.{name}.metric {metric!r}: {where} eval.tasks {cfg.eval.tasks}")
+        elif metric.startswith(PROBE_PREFIX) and metric not in probe:
+            raise ValueError(f"sweep.{name}.metric {metric!r} is never logged: the online probe logs "
+                             f"{probe or 'nothing'} (eval.online_probe_every={cfg.eval.online_probe_every}, "
+                             f"eval.online_probe_views={cfg.eval.online_probe_views})")
+        elif not metric.startswith((*families, PROBE_PREFIX, "eval/")):
+            raise ValueError(f"sweep.{name}.metric {metric!r} is not a metric trials log (training: {choices}"
+                             f"{'' if name == 'scheduler' else '; after training: eval/<task>/... of eval.tasks'})")
 
 
 def _describe(point: dict[str, Any]) -> str:
