@@ -108,9 +108,11 @@ def summarise(per_seed: dict[int, dict]) -> dict[str, dict[str, dict[str, float]
     return summary
 
 
-def print_table(summary: dict, seeds: list[int]) -> None:
+def print_table(summary: dict, per_seed: dict[int, dict]) -> None:
+    seeds = list(per_seed)
     print(f"mean ± std over seeds {seeds}" if len(seeds) > 1 else f"seed {seeds[0]}")
-    print(f"{'metric':<50}" + "".join(f"{n:>16}" for n in summary))
+    counts = {n: sum(n in models for models in per_seed.values()) for n in summary}  # baselines may skip seeds
+    print(f"{'metric':<50}" + "".join(f"{f'{n} (n={counts[n]})':>16}" for n in summary))
     for key in HEADLINE:
         cells = [summary[n].get(key) for n in summary]
         print(f"{key:<50}" + "".join(f"{c['mean']:>9.3f} ±{c['std']:.3f}" if c else f"{'-':>16}" for c in cells))
@@ -121,6 +123,8 @@ def run_seeds(args, out: Path) -> dict[int, dict]:
              else [load_config(args.config, args.overrides).train.seed])
     tasks, baselines = args.tasks.split(","), list(filter(None, args.baselines.split(",")))
     with_baselines = {int(s) for s in args.baseline_seeds.split(",")} if args.baseline_seeds else set(seeds)
+    if not with_baselines <= set(seeds):
+        raise SystemExit(f"--baseline-seeds {sorted(with_baselines - set(seeds))} are not in --seeds {seeds}")
     per_seed = {}
     for seed in seeds:
         seeded = resolve_data(load_config(args.config, [*args.overrides, f"train.seed={seed}"]))
@@ -129,9 +133,11 @@ def run_seeds(args, out: Path) -> dict[int, dict]:
     return per_seed
 
 
-def merged_seeds(dirs: list[Path]) -> dict[int, dict]:
+def merged_seeds(dirs: list[Path], out: Path) -> dict[int, dict]:
     """{seed: {model: metrics}} from several runs' comparison.json; a seed in two runs is an error."""
     per_seed: dict[int, dict] = {}
+    if out.resolve() in {d.resolve() for d in dirs}:
+        raise SystemExit(f"--out {out} is one of the --merge folders: its comparison.json would be overwritten")
     for directory in dirs:
         path = directory / "comparison.json"
         if not path.is_file():
@@ -158,11 +164,11 @@ def main() -> None:
                         "comparison.json of earlier runs (e.g. seeds run side by side) instead of running")
     args = parser.parse_args()
     out, started = Path(args.out), time.perf_counter()
-    per_seed = merged_seeds([Path(d) for d in args.merge]) if args.merge else run_seeds(args, out)
+    per_seed = merged_seeds([Path(d) for d in args.merge], out) if args.merge else run_seeds(args, out)
     summary = summarise(per_seed)
     out.mkdir(parents=True, exist_ok=True)
     (out / "comparison.json").write_text(json.dumps({"seeds": per_seed, "summary": summary}, indent=2))
-    print_table(summary, list(per_seed))
+    print_table(summary, per_seed)
     print(f"total {time.perf_counter() - started:.0f}s", flush=True)
 
 

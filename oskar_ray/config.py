@@ -273,13 +273,14 @@ def base_path(yaml_file: Path, base: Any) -> Path:
     return parent
 
 
-def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """``over`` on top of ``base``, mappings merged key by key; an explicit empty mapping (``align_weights: {}``)
-    clears the base's, since merging nothing into it could never undo a base's per-key settings."""
+def _merged(base: dict[str, Any], over: dict[str, Any], depth: int = 0) -> dict[str, Any]:
+    """``over`` on top of ``base``, mappings merged key by key. Inside a section an explicit empty mapping
+    (``model: {align_weights: {}}``) clears the base's field, since merging nothing into it could never undo a
+    base's per-key settings; an empty *section* (``budget: {}``) changes nothing."""
     out = dict(base)
     for key, value in over.items():
-        merge = isinstance(value, dict) and value and isinstance(out.get(key), dict)
-        out[key] = _merged(out[key], value) if merge else value
+        merge = isinstance(value, dict) and (value or depth == 0) and isinstance(out.get(key), dict)
+        out[key] = _merged(out[key], value, depth + 1) if merge else value
     return out
 
 

@@ -114,20 +114,21 @@ def _validate_budget(cfg: OskarConfig) -> None:
     for field_name in ("input_weights", "target_weights"):
         _check_weights(cfg, field_name)
     visible = masked = 0
-    for name in cfg.enabled_modalities:
+    for name in cfg.enabled_modalities:  # a weight of 0 keeps a modality off that side: it provides nothing there
         mcfg = cfg.modalities[name]
         n = modality_class(name)(mcfg).num_tokens
         n_masked = round(mcfg.mask_ratio * n)
-        visible, masked = visible + n - n_masked, masked + n_masked
+        visible += (n - n_masked) if b.input_weights.get(name, 1.0) > 0 else 0
+        masked += n_masked if b.target_weights.get(name, 1.0) > 0 else 0
     if b.target_tokens > masked:
         raise ValueError(
             f"budget.target_tokens ({b.target_tokens}) exceeds the {masked} masked tokens "
-            f"the enabled modalities can provide (raise mask_ratio or lower the budget)"
+            f"the enabled modalities with a target weight can provide (raise mask_ratio or lower the budget)"
         )
     if b.input_tokens > visible:
         raise ValueError(
             f"budget.input_tokens ({b.input_tokens}) exceeds the {visible} visible tokens "
-            f"the enabled modalities can provide (lower mask_ratio or the budget)"
+            f"the enabled modalities with an input weight can provide (lower mask_ratio or the budget)"
         )
 
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: a session-wide local Ray, the real-data fixture folder, a tiny config, a tiny synth set."""
+"""Shared fixtures: a session-wide local Ray, the real-data fixture folder, the smoke config, a tiny synth set."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def shared_data() -> Path:
 
 
 @pytest.fixture
-def tiny_cfg():
+def smoke_cfg():
     from oskar_ray.config import load_config
 
     return load_config(REPO / "experiments" / "configs" / "smoke.yaml")

@@ -6,7 +6,7 @@ import pytest
 from oskar_ray.config import load_config
 from oskar_ray.model.budget import Layout, TokenBudgetSampler, build_modalities
 
-TINY = "experiments/configs/smoke.yaml"
+SMOKE = "experiments/configs/smoke.yaml"
 
 
 def _available(cfg, present: dict[str, np.ndarray], rng) -> tuple[dict, Layout]:
@@ -23,7 +23,7 @@ def _available(cfg, present: dict[str, np.ndarray], rng) -> tuple[dict, Layout]:
 
 
 def _draw(overrides, present, seed=0):
-    cfg = load_config(TINY, overrides)
+    cfg = load_config(SMOKE, overrides)
     rng = np.random.default_rng(seed)
     avail, layout = _available(cfg, present, rng)
     return cfg, layout, TokenBudgetSampler(cfg).sample(avail, layout, rng)
@@ -148,7 +148,7 @@ def test_sample_too_small_for_budget_names_the_sample():
 
 
 def test_sample_batch_gives_sorted_global_indices():
-    cfg = load_config(TINY)
+    cfg = load_config(SMOKE)
     sampler = TokenBudgetSampler(cfg)
     batch = {"video": np.zeros((4, 16, 3, 32, 32), np.float32), "skeleton": np.zeros((4, 16, 25, 3)),
              "present_video": np.ones(4, bool)}
@@ -174,8 +174,8 @@ def test_modality_weights_route_inputs_and_targets():
 
 def test_modality_weights_validated():
     with pytest.raises(ValueError, match="budget.input_weights.audio"):
-        load_config(TINY, ["budget.input_weights={audio: 1}"])
+        load_config(SMOKE, ["budget.input_weights={audio: 1}"])
     with pytest.raises(ValueError, match="budget.target_weights.video"):
-        load_config(TINY, ["budget.target_weights={video: -1}"])
+        load_config(SMOKE, ["budget.target_weights={video: -1}"])
     with pytest.raises(ValueError, match="every enabled modality has weight 0"):
-        load_config(TINY, ["budget.input_weights={video: 0, skeleton: 0, text: 0}"])
+        load_config(SMOKE, ["budget.input_weights={video: 0, skeleton: 0, text: 0}"])

@@ -4,13 +4,13 @@ from oskar_ray.cli import main
 from oskar_ray.config import load_config
 from oskar_ray.model import Oskar
 
-TINY = "experiments/configs/smoke.yaml"
+SMOKE = "experiments/configs/smoke.yaml"
 
 
 def test_pretrain_writes_weights_and_resolved_config(tmp_path, capsys):
     sets = ["train.steps=4", "train.batch_size=4", "train.log_every=2",
             f"train.output_dir={tmp_path}", "tracking.run_name=smoke"]
-    assert main(["pretrain", "--local", "--config", TINY, *[a for s in sets for a in ("--set", s)]]) == 0
+    assert main(["pretrain", "--local", "--config", SMOKE, *[a for s in sets for a in ("--set", s)]]) == 0
     run = tmp_path / "smoke"
     cfg = load_config(run / "config.yaml")
     assert cfg.train.steps == 4
@@ -20,7 +20,7 @@ def test_pretrain_writes_weights_and_resolved_config(tmp_path, capsys):
 
 
 def test_bad_config_is_a_clear_error(capsys):
-    assert main(["pretrain", "--config", TINY, "--set", "budget.input_tokens=0"]) == 2
+    assert main(["pretrain", "--config", SMOKE, "--set", "budget.input_tokens=0"]) == 2
     assert "budget.input_tokens must be positive" in capsys.readouterr().err
     assert main(["pretrain", "--config", "missing.yaml"]) == 2
 

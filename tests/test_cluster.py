@@ -33,7 +33,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "experiments" / "local_cluster.sh"
-TINY = REPO / "experiments" / "configs" / "smoke.yaml"
+SMOKE = REPO / "experiments" / "configs" / "smoke.yaml"
 MARKER = "OSKAR_TEST_CLUSTER_ID"
 
 
@@ -247,7 +247,7 @@ def _lose_a_node_mid_run(cluster, nodes, out: Path, synth: str) -> None:
     from oskar_ray.train.checkpoint import read_state
     from oskar_ray.train.launch import pretrain
 
-    cfg = load_config(TINY, [
+    cfg = load_config(SMOKE, [
         f"data.path={synth}", "train.batch_size=8", f"train.steps={STEPS}", "train.log_every=5",
         "train.checkpoint_every=5", "train.keep_checkpoints=10", "train.warmup_steps=5", "train.num_workers=2",
         "train.cpus_per_worker=2", "train.max_failures=2", "eval.rankme_every=100", "eval.batch_size=16",

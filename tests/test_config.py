@@ -7,7 +7,7 @@ import pytest
 from oskar_ray.config import config_from_dict, load_config, save_config
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "experiments/configs/smoke.yaml"
+SMOKE = ROOT / "experiments/configs/smoke.yaml"
 
 
 def test_layers_apply_in_order(tmp_path):
@@ -23,7 +23,7 @@ def test_layers_apply_in_order(tmp_path):
 
 
 def test_shipped_configs_load():
-    tiny = load_config(TINY)
+    tiny = load_config(SMOKE)
     base = load_config(ROOT / "experiments/configs/base.yaml")
     assert (tiny.model.dim, tiny.model.depth) == (128, 4)
     assert (base.model.dim, base.model.depth, base.modalities["video"].height) == (768, 12, 224)
@@ -54,17 +54,17 @@ def test_shipped_configs_load():
 )
 def test_invalid_values_name_the_field(override, field):
     with pytest.raises(ValueError, match=field.replace(".", r"\.")):
-        load_config(TINY, [override])
+        load_config(SMOKE, [override])
 
 
 def test_an_experiment_yaml_states_only_what_it_changes_over_its_base(tmp_path):
     (tmp_path / "sub").mkdir()
     middle = tmp_path / "sub" / "middle.yaml"
-    middle.write_text(f"base: {TINY}\nbudget: {{input_tokens: 96}}\nmodalities: {{video: {{mask_ratio: 0.25}}}}\n")
+    middle.write_text(f"base: {SMOKE}\nbudget: {{input_tokens: 96}}\nmodalities: {{video: {{mask_ratio: 0.25}}}}\n")
     exp = tmp_path / "exp.yaml"
     exp.write_text("base: sub/middle.yaml\nmodalities: {video: {input: diff}}\n")  # relative to exp.yaml
     cfg = load_config(exp, ["train.steps=7"])
-    tiny = load_config(TINY)
+    tiny = load_config(SMOKE)
     assert cfg.modalities["video"].input == "diff"  # the experiment's own change
     assert cfg.modalities["video"].mask_ratio == 0.25 and cfg.budget.input_tokens == 96  # its base's
     assert cfg.modalities["video"].height == tiny.modalities["video"].height == 32  # the base's base, merged
@@ -86,6 +86,12 @@ def test_an_empty_mapping_clears_its_base_and_tiny_pose_is_the_recipe_without_te
     assert pose.model.dim == recipe.model.dim and pose.modalities["video"].input == recipe.modalities["video"].input
 
 
+def test_an_empty_section_changes_nothing(tmp_path):
+    child = tmp_path / "child.yaml"
+    child.write_text(f"base: {ROOT / 'experiments/configs/tiny.yaml'}\nbudget: {{}}\nmodalities: {{}}\n")
+    assert load_config(child) == load_config(ROOT / "experiments/configs/tiny.yaml")
+
+
 def test_malformed_override_and_missing_file(tmp_path):
     with pytest.raises(ValueError, match="section.field=value"):
         load_config(None, ["budget.input_tokens"])
@@ -104,7 +110,7 @@ def test_all_modalities_disabled_is_an_error():
 
 
 def test_saved_config_round_trips(tmp_path):
-    cfg = load_config(TINY, ["ema.modality_start.video=0.99", "eval.tasks=action,vqa"])
+    cfg = load_config(SMOKE, ["ema.modality_start.video=0.99", "eval.tasks=action,vqa"])
     assert cfg.eval.tasks == ["action", "vqa"]
     again = load_config(save_config(cfg, tmp_path / "resolved.yaml"))
     assert again == cfg

@@ -46,14 +46,14 @@ def _check_batch(batch: dict, cfg, size: int, labelled: bool, segments: bool = F
     assert all(p.dtype == torch.bool and p.shape == (size,) for p in batch["present"].values())
 
 
-def test_local_batches_match_the_contract(synth_dir, tiny_cfg):
-    batches = list(iterate_local(synth_dir, "train", tiny_cfg, batch_size=8))
+def test_local_batches_match_the_contract(synth_dir, smoke_cfg):
+    batches = list(iterate_local(synth_dir, "train", smoke_cfg, batch_size=8))
     assert sum(len(b["video"]) for b in batches) == store.split_info(synth_dir, "train")["samples"]
-    _check_batch(batches[0], tiny_cfg, 8, labelled=True)
-    pre = next(iterate_local(synth_dir, "pretrain", tiny_cfg, batch_size=4, train=True))
-    _check_batch(pre, tiny_cfg, 4, labelled=False)  # labels hidden from pretraining
-    unt = next(iterate_local(synth_dir, "untrimmed", tiny_cfg, batch_size=2))
-    _check_batch(unt, tiny_cfg, 2, labelled=True, segments=True)
+    _check_batch(batches[0], smoke_cfg, 8, labelled=True)
+    pre = next(iterate_local(synth_dir, "pretrain", smoke_cfg, batch_size=4, train=True))
+    _check_batch(pre, smoke_cfg, 4, labelled=False)  # labels hidden from pretraining
+    unt = next(iterate_local(synth_dir, "untrimmed", smoke_cfg, batch_size=2))
+    _check_batch(unt, smoke_cfg, 2, labelled=True, segments=True)
     assert ((unt["segment"] >= 0) & (unt["segment"] <= 1)).all()
     b = batches[0]
     # per-clip normalisation: every clip and channel has mean 0, std 1 (colour removed)
@@ -63,16 +63,16 @@ def test_local_batches_match_the_contract(synth_dir, tiny_cfg):
     assert (b["answer"] >= 0).all() and (b["action"] >= 0).all()
 
 
-def test_deterministic_and_dataset_norm(synth_dir, tiny_cfg):
-    a = next(iterate_local(synth_dir, "pretrain", tiny_cfg, batch_size=8, seed=1, train=True))
-    b = next(iterate_local(synth_dir, "pretrain", tiny_cfg, batch_size=8, seed=1, train=True))
+def test_deterministic_and_dataset_norm(synth_dir, smoke_cfg):
+    a = next(iterate_local(synth_dir, "pretrain", smoke_cfg, batch_size=8, seed=1, train=True))
+    b = next(iterate_local(synth_dir, "pretrain", smoke_cfg, batch_size=8, seed=1, train=True))
     assert all(torch.equal(a[k], b[k]) for k in a if k != "present")
     cfg = load_config(REPO_CFG, ["data.video_norm=dataset"])
     c = next(iterate_local(synth_dir, "val", cfg, batch_size=8))
     assert c["video"].mean(dim=(1, 3, 4)).abs().max() > 0.05  # colour kept
 
 
-def test_absent_modalities_are_marked(synth_dir, tiny_cfg):
+def test_absent_modalities_are_marked(synth_dir, smoke_cfg):
     meta = DatasetMeta.load(synth_dir, "val")
     rows = pq.read_table(store.split_paths(synth_dir, "val")).slice(0, 4).to_pydict()
     rows["video"][1] = b""
@@ -80,12 +80,12 @@ def test_absent_modalities_are_marked(synth_dir, tiny_cfg):
     rows["captions"][2] = []
     rows["skeleton"][3] = b""
     rows["present_skeleton"][3] = False
-    out = preprocess_batch(rows, tiny_cfg, meta, train=True, rng=batch_rng(rows["id"], 0))
+    out = preprocess_batch(rows, smoke_cfg, meta, train=True, rng=batch_rng(rows["id"], 0))
     assert out["present_video"].tolist() == [True, False, True, True]
     assert out["present_text"].tolist() == [True, True, False, True]
     assert out["present_skeleton"].tolist() == [True, True, True, False]
     assert (out["video"][1] == 0).all() and (out["skeleton"][3] == 0).all() and not out["text_mask"][2].any()
-    assert out["input_index"].shape == (4, tiny_cfg.budget.input_tokens)
+    assert out["input_index"].shape == (4, smoke_cfg.budget.input_tokens)
 
 
 def test_tokenizer_must_fit_the_text_config(synth_dir, tmp_path):

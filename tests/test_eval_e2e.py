@@ -12,12 +12,12 @@ from mlflow.tracking import MlflowClient
 from oskar_ray.config import load_config
 from oskar_ray.tracking import end_run, start_run
 
-TINY = Path(__file__).resolve().parents[1] / "experiments/configs/smoke.yaml"
+SMOKE = Path(__file__).resolve().parents[1] / "experiments/configs/smoke.yaml"
 FAST_EVAL = ["eval.probe_epochs=3", "eval.finetune_epochs=1", "eval.batch_size=32"]
 
 
 def _cfg(tmp_path, synth_dir, *overrides):
-    return load_config(TINY, [
+    return load_config(SMOKE, [
         f"data.path={synth_dir}", "train.batch_size=8", "train.steps=8", "train.warmup_steps=2",
         f"tracking.uri=sqlite:///{tmp_path}/m.db", "tracking.experiment=eval-test", *FAST_EVAL, *overrides])
 

@@ -186,7 +186,7 @@ def test_zero_shot_retrieval_prepares_captions_as_pretraining_did_and_fails_on_m
     import torch.nn.functional as F
 
     from oskar_ray.eval.features import Features
-    from oskar_ray.eval.retrieval import TEXT_VIEW, VIDEO_VIEW, zero_shot_similarity
+    from oskar_ray.eval.retrieval import TEXT_VIEW, ZERO_SHOT_VIDEO, zero_shot_similarity
 
     g = torch.Generator().manual_seed(0)
     captions = {s: torch.randn(n, 16, generator=g) * 3 + 5 for s, n in (("train", 300), ("test", 60))}
@@ -196,8 +196,9 @@ def test_zero_shot_retrieval_prepares_captions_as_pretraining_did_and_fails_on_m
 
     def ctx_with(video):
         pooled = {("train", TEXT_VIEW): captions["train"], ("test", TEXT_VIEW): captions["test"],
-                  ("test", VIDEO_VIEW): video}
-        cache = SimpleNamespace(get=lambda split, view: Features(pooled[split, view], torch.zeros(0), torch.zeros(0)))
+                  ("test", ZERO_SHOT_VIDEO): video}
+        cache = SimpleNamespace(get=lambda split, view: Features(pooled[split, view], torch.zeros(0), torch.zeros(0)),
+                                views=[TEXT_VIEW, ZERO_SHOT_VIDEO])
         return SimpleNamespace(model=SimpleNamespace(alignment={"text": _identity_alignment(16)}), cache=cache,
                                cfg=SimpleNamespace(model=SimpleNamespace(align_from="video")))
 
@@ -267,11 +268,11 @@ def test_vqa_multiple_choice_and_per_type():
     assert per_type == {"type/action/accuracy": 0.5, "type/colour/accuracy": 0.5}
 
 
-def test_pooling_matches_model_encode(tiny_cfg):
+def test_pooling_matches_model_encode(smoke_cfg):
     from oskar_ray.eval.features import encode_view
     from oskar_ray.model import Oskar
 
-    model = Oskar(tiny_cfg).eval()
+    model = Oskar(smoke_cfg).eval()
     batch = model.example_batch(4, present={"skeleton": [True, False, True, True]})
     pooled, tokens, valid = encode_view(model, batch, "fusion:video+skeleton")
     assert torch.allclose(pooled, model.encode(batch, ["video", "skeleton"], encoder="fusion"), atol=1e-5)

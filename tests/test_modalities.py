@@ -20,11 +20,11 @@ from oskar_ray.model import Oskar
 from oskar_ray.model.budget import TokenBudgetSampler, build_modalities
 from oskar_ray.train import train
 
-TINY = "experiments/configs/smoke.yaml"
+SMOKE = "experiments/configs/smoke.yaml"
 
 
 def _mods(*overrides):
-    return build_modalities(load_config(TINY, list(overrides)))
+    return build_modalities(load_config(SMOKE, list(overrides)))
 
 
 def test_token_counts_and_time_spans():
@@ -148,7 +148,7 @@ def audio_registered():
 
 def test_new_modality_is_one_class_and_a_registry_entry(audio_registered):
     assert "audio" in registered_modalities()
-    cfg = load_config(TINY, ["modalities.audio.mask_ratio=0.5", "budget.exclusive=true",
+    cfg = load_config(SMOKE, ["modalities.audio.mask_ratio=0.5", "budget.exclusive=true",
                              "train.steps=3", "train.batch_size=4"])
     model = Oskar(cfg)
     assert "audio" in model.target_encoders
@@ -177,7 +177,7 @@ def test_video_difference_planes_cancel_static_content():
 
 @pytest.mark.parametrize("kind", ["diff", "rgb_diff"])
 def test_video_input_kinds_build_and_train(kind):
-    model = Oskar(load_config(TINY, [f"modalities.video.input={kind}"]))
+    model = Oskar(load_config(SMOKE, [f"modalities.video.input={kind}"]))
     out = model(model.example_batch(3))
     out["loss"].backward()
     assert torch.isfinite(out["loss"])
@@ -185,4 +185,4 @@ def test_video_input_kinds_build_and_train(kind):
 
 def test_video_input_kind_is_validated():
     with pytest.raises(ValueError, match=r"modalities.video.input must be one of"):
-        load_config(TINY, ["modalities.video.input=flow"])
+        load_config(SMOKE, ["modalities.video.input=flow"])

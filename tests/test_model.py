@@ -1,6 +1,7 @@
 """The Oskar model: forward contract, EMA, predictor size, partial batches, features."""
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,12 +12,12 @@ from oskar_ray.config import load_config
 from oskar_ray.model import Oskar, momentum_at
 from oskar_ray.model.budget import batch_layout
 
-TINY = "experiments/configs/smoke.yaml"
+SMOKE = "experiments/configs/smoke.yaml"
 
 
 def _model(*overrides):
     torch.manual_seed(0)
-    return Oskar(load_config(TINY, list(overrides)))
+    return Oskar(load_config(SMOKE, list(overrides)))
 
 
 def test_forward_contract():
@@ -63,12 +64,12 @@ def test_per_modality_momentum_and_shared_target_encoder():
 
 
 def test_momentum_schedule_endpoints():
-    cfg = load_config(TINY, ["ema.start=0.99", "ema.end=1.0", "ema.modality_start.text=0.9"])
+    cfg = load_config(SMOKE, ["ema.start=0.99", "ema.end=1.0", "ema.modality_start.text=0.9"])
     assert momentum_at(cfg, 0, 100) == {"video": 0.99, "skeleton": 0.99, "text": 0.9}
     assert momentum_at(cfg, 100, 100) == {"video": 1.0, "skeleton": 1.0, "text": 1.0}
     mid = momentum_at(cfg, 50, 100)["video"]
     assert 0.99 < mid < 1.0
-    linear = load_config(TINY, ["ema.schedule=linear", "ema.start=0.9"])
+    linear = load_config(SMOKE, ["ema.schedule=linear", "ema.start=0.9"])
     assert momentum_at(linear, 25, 100)["video"] == pytest.approx(0.925)
 
 
@@ -365,3 +366,20 @@ def test_bf16_cpu_attention_matches_the_fused_kernel_and_keeps_padding_rows_fini
         assert torch.allclose(plain.float(), reference, atol=0.05), (plain.float() - reference).abs().max()
     nothing_visible = torch.zeros(2, 1, 1, 10, dtype=torch.bool)
     assert torch.isfinite(attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), nothing_visible)).all()
+
+
+def test_zero_shot_video_view_is_the_context_the_caption_contrast_trains_on():
+    """eval/retrieval.py reads the pretrained video -> caption heads zero-shot from the fusion encoder over the
+    video tokens alone: in the recipe that is exactly the pooled context of every clip the caption term keeps."""
+    torch.manual_seed(0)
+    recipe = Path(SMOKE).parent / "tiny.yaml"
+    model = Oskar(load_config(recipe, ["budget.input_weights={video: 1, skeleton: 0, text: 0}"]))
+    seen = []
+    original = model.alignment["text"].forward
+    model.alignment["text"].forward = lambda source, target, rows: seen.append(source[rows]) or original(
+        source, target, rows)
+    batch = model.example_batch(4)
+    model.train()
+    model(batch)
+    assert len(seen) == 1 and len(seen[0]) == 4  # every clip: none feeds caption tokens in
+    assert torch.allclose(seen[0], model.encode(batch, ["video"], encoder="fusion"), atol=1e-5)

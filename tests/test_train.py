@@ -11,12 +11,12 @@ from oskar_ray.config import load_config
 from oskar_ray.model import Oskar
 from oskar_ray.train import NonFiniteLossError, build_optimizer, loop, lr_at, train, train_step, weight_decay_at
 
-TINY = "experiments/configs/smoke.yaml"
+SMOKE = "experiments/configs/smoke.yaml"
 
 
 @pytest.mark.slow
 def test_tiny_loss_falls_by_30_percent_in_200_steps():
-    cfg = load_config(TINY, ["train.steps=200"])
+    cfg = load_config(SMOKE, ["train.steps=200"])
     history = train(cfg)
     losses = [h["loss"] for h in history]
     assert all(math.isfinite(x) for x in losses)
@@ -26,14 +26,14 @@ def test_tiny_loss_falls_by_30_percent_in_200_steps():
 
 def test_same_seed_same_losses_for_20_steps():
     overrides = ["train.steps=20", "train.batch_size=4", "budget.exclusive=true"]
-    runs = [[h["loss"] for h in train(load_config(TINY, overrides))] for _ in range(2)]
+    runs = [[h["loss"] for h in train(load_config(SMOKE, overrides))] for _ in range(2)]
     assert runs[0] == runs[1]
-    other = [h["loss"] for h in train(load_config(TINY, [*overrides, "train.seed=1"]))]
+    other = [h["loss"] for h in train(load_config(SMOKE, [*overrides, "train.seed=1"]))]
     assert other != runs[0]
 
 
 def test_schedules():
-    t = load_config(TINY, ["train.steps=100", "train.warmup_steps=10", "train.lr=1.0",
+    t = load_config(SMOKE, ["train.steps=100", "train.warmup_steps=10", "train.lr=1.0",
                            "train.min_lr=0.0", "train.weight_decay=0.04", "train.weight_decay_end=0.4"]).train
     assert lr_at(t, 0) == pytest.approx(0.1) and lr_at(t, 9) == pytest.approx(1.0)
     assert lr_at(t, 100) == pytest.approx(0.0, abs=1e-9)
@@ -42,7 +42,7 @@ def test_schedules():
 
 
 def test_step_applies_schedules_and_ema():
-    cfg = load_config(TINY, ["train.batch_size=4", "ema.start=0.5", "ema.schedule=constant"])
+    cfg = load_config(SMOKE, ["train.batch_size=4", "ema.start=0.5", "ema.schedule=constant"])
     model = Oskar(cfg)
     optimizer = build_optimizer(model, cfg)
     target = model.target_encoders["video"].transformer.norm.weight
@@ -57,7 +57,7 @@ def test_step_applies_schedules_and_ema():
 
 
 def test_non_finite_loss_stops_with_a_clear_error():
-    cfg = load_config(TINY, ["train.batch_size=2"])
+    cfg = load_config(SMOKE, ["train.batch_size=2"])
     model = Oskar(cfg)
     batch = model.example_batch(2)
     batch["video"] = torch.full_like(batch["video"], float("nan"))
@@ -69,7 +69,7 @@ def test_non_finite_loss_stops_with_a_clear_error():
 def test_bf16_on_a_cpu_without_bf16_units_warns_once(monkeypatch, capabilities, warns):
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
     loop._warn_once_if_cpu_lacks_bf16_units.cache_clear()
-    cfg = load_config(TINY, ["train.steps=3", "train.batch_size=4", "train.precision=bf16"])
+    cfg = load_config(SMOKE, ["train.steps=3", "train.batch_size=4", "train.precision=bf16"])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         train(cfg)
@@ -84,15 +84,15 @@ def test_bf16_on_a_cpu_without_bf16_units_warns_once(monkeypatch, capabilities, 
 def test_auto_precision_takes_bf16_only_where_it_is_faster(monkeypatch, capabilities, device, expected):
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    cfg = load_config(TINY, ["train.precision=auto"])
+    cfg = load_config(SMOKE, ["train.precision=auto"])
     assert loop.resolved_precision(cfg, torch.device(device)) == expected
-    assert loop.resolved_precision(load_config(TINY, ["train.precision=fp32"]), torch.device(device)) == "fp32"
+    assert loop.resolved_precision(load_config(SMOKE, ["train.precision=fp32"]), torch.device(device)) == "fp32"
 
 
 def test_bf16_on_cpu_autocasts_keeps_fp32_weights_and_tracks_fp32_losses():
     overrides = ["train.steps=15", "train.batch_size=8"]
-    fp32 = [h["loss"] for h in train(load_config(TINY, overrides))]
-    cfg = load_config(TINY, [*overrides, "train.precision=bf16"])
+    fp32 = [h["loss"] for h in train(load_config(SMOKE, overrides))]
+    cfg = load_config(SMOKE, [*overrides, "train.precision=bf16"])
     model = Oskar(cfg)
     bf16 = [h["loss"] for h in train(cfg, model=model)]
     assert all(math.isfinite(x) for x in bf16) and bf16 != fp32  # the matmuls really ran in bf16

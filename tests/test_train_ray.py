@@ -29,12 +29,12 @@ from oskar_ray.train.checkpoint import read_state
 from oskar_ray.train.launch import pretrain
 
 pytestmark = pytest.mark.slow
-TINY = Path(__file__).resolve().parents[1] / "experiments/configs/smoke.yaml"
+SMOKE = Path(__file__).resolve().parents[1] / "experiments/configs/smoke.yaml"
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import tests/
 
 
 def _cfg(tmp_path, synth_dir, *overrides):
-    return load_config(TINY, [
+    return load_config(SMOKE, [
         f"data.path={synth_dir}", "train.batch_size=8", "train.steps=20", "train.log_every=5",
         "train.checkpoint_every=10", "train.keep_checkpoints=5", "train.warmup_steps=5", "eval.rankme_every=10",
         "eval.batch_size=16", f"train.output_dir={tmp_path / 'runs'}", f"tracking.uri=sqlite:///{tmp_path}/m.db",
@@ -115,7 +115,7 @@ def _run_ddp(cfg, workers, per_worker, out):
 
 
 def test_ddp_matches_single_worker_and_ema_stays_in_sync(ray_local, tmp_path):
-    cfg = load_config(TINY, ["train.grad_clip=0", "train.batch_size=8"])
+    cfg = load_config(SMOKE, ["train.grad_clip=0", "train.batch_size=8"])
     one = _run_ddp(cfg, 1, 8, tmp_path)
     two = _run_ddp(cfg, 2, 4, tmp_path)
     assert two[0]["loss"] == pytest.approx(one[0]["loss"], rel=1e-5)

@@ -41,6 +41,8 @@ RETRIEVAL_WEIGHT_DECAYS = (0.01, 0.1, 1.0)
 SELECT_EVERY = 25
 RECALL_AT = (1, 5, 10)
 VIDEO_VIEW, TEXT_VIEW = "target:video", "target:text"
+#: the video features the clip-level contrast's context head was trained on
+ZERO_SHOT_VIDEO = "fusion:video"
 
 
 class ProjectionHeads(nn.Module):
@@ -138,19 +140,22 @@ def zero_shot_similarity(ctx: EvalContext) -> torch.Tensor | None:
     """``(n_text, n_video)`` test similarities through the model's own video -> caption contrast heads
     (model/align.py), no head trained here: CLIP-style zero-shot retrieval, None without that term.
 
-    Both sides are prepared as in pretraining: the pooled caption target features layer-normed, then
-    standardised (train-split moments stand in for the batch + queue moments); the video side is the pooled
-    video target encoder, the EMA copy of the fusion encoder that the context head was trained on."""
+    Both sides are prepared as in pretraining (``Oskar._add_alignment``): the video side is the fusion encoder
+    over the clip's video tokens alone, pooled (what the context head saw for every clip the caption term kept);
+    the caption side the pooled caption target features, layer-normed, then standardised (train-split moments
+    stand in for the batch + queue moments)."""
     alignment = getattr(ctx.model, "alignment", {})
-    if "text" not in alignment or ctx.cfg.model.align_from != "video":
+    if "text" not in alignment or ctx.cfg.model.align_from != "video" or ZERO_SHOT_VIDEO not in ctx.cache.views:
         return None
     heads = alignment["text"]
+    device = next(heads.parameters()).device
     caption = [F.layer_norm(ctx.cache.get(s, TEXT_VIEW).pooled.float(), (heads.target_head.in_features,))
                for s in ("train", "test")]
     _, caption = standardize(*caption)
-    video = ctx.cache.get("test", VIDEO_VIEW).pooled.float()
+    video = ctx.cache.get("test", ZERO_SHOT_VIDEO).pooled.float()
     with torch.no_grad():
-        return F.normalize(heads.target_head(caption), dim=-1) @ F.normalize(heads.context_head(video), dim=-1).T
+        keys = F.normalize(heads.target_head(caption.to(device)), dim=-1)
+        return (keys @ F.normalize(heads.context_head(video.to(device)), dim=-1).T).cpu()
 
 
 def prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:

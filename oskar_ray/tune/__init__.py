@@ -14,7 +14,7 @@ function trainable), ``runner`` (Tuner / restore, parent run), ``schedulers``
 (ASHA / synchronous successive halving on steps), ``watchdog`` (a stalled sweep errors instead of hanging),
 ``results`` (summary, MLflow, report), ``signal`` (the online
 kNN probe reported during pretraining), ``flops`` (FLOPs per step from the
-config), ``cli`` (the flags every sweep script shares).
+config), ``cli`` (``oskar sweep SPEC.yaml`` and its flags).
 
 Only light modules are imported here: Ray Train workers import ``signal``.
 """

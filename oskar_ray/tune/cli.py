@@ -16,7 +16,7 @@ Flags (``experiments/sweep_token_budget.py``, the entry point users know, takes 
     --set KEY=VALUE         config override for every trial (repeatable)
     --grid KEY=V1,V2,...    replace or add a grid axis (repeatable)
     --experiment NAME       MLflow experiment (default oskar-sweep-<name>)
-    --scheduler asha|fifo   fifo: no early stopping
+    --scheduler asha|sha|fifo   asynchronous / synchronous successive halving; fifo: no early stopping
     --storage-path DIR      where Tune and Ray Train write (default runs/sweeps)
     --no-report             skip the HTML report
 """

@@ -94,8 +94,10 @@ class SweepCallback(Callback):
         if any(k.startswith("eval/") for k in last):
             print(f"[{trial.trial_id}] completed ({step} steps, evaluated)", flush=True)
             return
+        # a re-reported trial of a resumed sweep keeps the reason it was stopped for, whatever schedules now
+        reason = run.data.tags.get("oskar.stop_reason", self.stop_reason)
         set_tags(client, run.info.run_id, {STATUS: "early_stopped", "oskar.stopped_at_step": str(step),
-                                           "oskar.stop_reason": self.stop_reason})
+                                           "oskar.stop_reason": reason})
         if run.data.tags.get("error"):
             client.delete_tag(run.info.run_id, "error")  # the dying trial's own exception, not a failure
         client.set_terminated(run.info.run_id, status="FINISHED")

@@ -134,8 +134,8 @@ def final_metrics(run) -> dict[str, float]:
     metrics = run.data.metrics
     keep = ("eval/", "loss", "probe/", "flops_per_step", "train_flops")
     out = {k: v for k, v in metrics.items() if k.startswith(keep)}
-    steps = metrics.get("steps_trained") or (run.data.params.get("train.steps") if run.info.status == "FINISHED"
-                                             else None)
+    trained_out = run.data.tags.get(STATUS, "completed" if run.info.status == "FINISHED" else "") == "completed"
+    steps = metrics.get("steps_trained") or (run.data.params.get("train.steps") if trained_out else None)
     out["step"] = int(float(steps)) if steps else 0
     return out
 
