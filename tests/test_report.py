@@ -10,6 +10,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
@@ -228,3 +229,15 @@ def test_unknown_parent_run_is_a_clear_error(store, tmp_path):
     make_sweep(store, "parentless", GRID[:1], GRID_KEYS)
     with pytest.raises(ValueError, match="parent run 'deadbeef' not found .*'parentless' in sqlite:///"):
         build_report("parentless", tmp_path, tracking_uri=uri, parent_run_id="deadbeef")
+
+
+def test_a_trial_the_scheduler_stopped_is_named_apart_from_finished_and_failed_ones():
+    from oskar_ray.report.curves import _legend_labels
+    from oskar_ray.report.runs import SweepRuns
+
+    frame = pd.DataFrame({"run_id": ["a", "b", "c"], "status": ["FINISHED", "FINISHED", "FAILED"],
+                          "label": ["x", "y", "z"], "tags.oskar.trial_status": ["completed", "early_stopped", None],
+                          "tags.oskar.stopped_at_step": [None, "10", None]})
+    sweep = SweepRuns("e", "uri", None, frame, [])
+    assert sweep.outcome().tolist() == ["FINISHED", "stopped early", "FAILED"]
+    assert _legend_labels(sweep) == [("x", True), ("y [stopped at 10]", False), ("z [FAILED]", False)]

@@ -41,15 +41,28 @@ def curve_families(sweep: SweepRuns) -> list[tuple[str, list[str]]]:
 
 def curve_plots(sweep: SweepRuns, out_dir: Path) -> list[Plot]:
     colors = dict(zip(sweep.frame["run_id"], trial_colors(len(sweep.frame)), strict=True))
+    legends = dict(zip(sweep.frame["run_id"], _legend_labels(sweep), strict=True))
     plots = []
     for family, keys in curve_families(sweep):
         data = histories(sweep, keys)
         if data:
-            plots.append(_family_figure(sweep, family, keys, data, colors, out_dir))
+            plots.append(_family_figure(sweep, family, keys, data, colors, legends, out_dir))
     return plots
 
 
-def _family_figure(sweep, family, keys, data, colors, out_dir) -> Plot:
+def _legend_labels(sweep: SweepRuns) -> list[tuple[str, bool]]:
+    """(legend label, drawn solid) per run: trials that ended early, stopped or failed, are dashed and say so."""
+    out = []
+    for (_, row), outcome in zip(sweep.frame.iterrows(), sweep.outcome(), strict=True):
+        if outcome == "stopped early":
+            out.append((f"{row['label']} [stopped at {row.get('tags.oskar.stopped_at_step') or '?'}]", False))
+        else:
+            done = outcome in ("FINISHED", "RUNNING")
+            out.append((row["label"] if done else f"{row['label']} [{outcome}]", done))
+    return out
+
+
+def _family_figure(sweep, family, keys, data, colors, legends, out_dir) -> Plot:
     fig, axes = new_figure(len(keys), ncols=2, width=6.0, height=4.0)
     for ax, key in zip(axes, keys, strict=True):
         values = []
@@ -57,12 +70,7 @@ def _family_figure(sweep, family, keys, data, colors, out_dir) -> Plot:
             points = data.get((row["run_id"], key))
             if points is None:
                 continue
-            stopped = row.get("tags.oskar.stopped_at_step")
-            if isinstance(stopped, str) and stopped:  # ended FINISHED, by the scheduler's decision
-                done, label = False, f"{row['label']} [stopped at {stopped}]"
-            else:
-                done = row["status"] in ("FINISHED", "RUNNING")
-                label = row["label"] if done else f"{row['label']} [{row['status']}]"
+            label, done = legends[row["run_id"]]
             ax.plot(points["step"], points["value"], ls="-" if done else "--", color=colors[row["run_id"]],
                     label=label, marker="o" if len(points) == 1 else None)
             values.extend(points["value"].tolist())

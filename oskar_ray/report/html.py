@@ -75,11 +75,7 @@ def _title(sweep: SweepRuns) -> str:
 
 
 def _header(sweep: SweepRuns, primary: str | None) -> str:
-    status = sweep.frame["status"]
-    if "tags.oskar.trial_status" in sweep.frame:  # early-stopped trials end FINISHED: name them apart
-        stopped = sweep.frame["tags.oskar.trial_status"] == "early_stopped"
-        status = status.where(~stopped, "stopped early")
-    counts = status.value_counts()
+    counts = sweep.outcome().value_counts()
     status = ", ".join(f"{n} {s}" for s, n in counts.items())
     rows = [("experiment", sweep.experiment), ("tracking URI", sweep.tracking_uri),
             ("sweep parent run", sweep.parent_run_id or "— (no sweep parent run)"),

@@ -51,6 +51,12 @@ class SweepRuns:
         column = f"metrics.{key}"
         return self.frame[column] if column in self.frame else pd.Series(float("nan"), index=self.frame.index)
 
+    def outcome(self) -> pd.Series:
+        """Per run: its MLflow status, or ``stopped early`` for a trial the scheduler stopped (such trials end
+        FINISHED with ``oskar.trial_status=early_stopped``; KILLED in sweeps logged before that)."""
+        stopped = self.frame.get("tags.oskar.trial_status", pd.Series(None, index=self.frame.index)) == "early_stopped"
+        return self.frame["status"].where(~stopped, "stopped early")
+
     def param(self, key: str) -> pd.Series:
         column = f"params.{key}"
         return self.frame[column] if column in self.frame else pd.Series(None, index=self.frame.index, dtype=object)

@@ -56,7 +56,7 @@ class SweepOutcome:
 
 
 #: ``oskar.stop_reason`` of a trial each scheduler kind stopped before its last step
-STOP_REASONS = {"sha": "successive_halving", "asha": "asha", "fifo": "fifo"}
+STOP_REASONS = {"sha": "successive_halving", "asha": "asha"}
 
 
 class SweepCallback(Callback):
