@@ -158,6 +158,10 @@ class EvalConfig:
     knn_k: int = 20
     probe_epochs: int = 60
     finetune_epochs: int = 3
+    #: frozen action probes per view (attentive / linear / kNN); a sweep sizes its per-trial eval with this
+    action_protocols: list[str] = field(default_factory=lambda: ["attentive", "linear", "knn"])
+    #: clip readings the VQA head is trained on: "video" (the headline) and "video+skeleton"
+    vqa_views: list[str] = field(default_factory=lambda: ["video", "video+skeleton"])
     batch_size: int = 64
     #: feature std below this for `collapse_patience` evaluations raises the alarm
     collapse_std: float = 1e-3

@@ -1,12 +1,39 @@
-"""Metric names that one layer logs and another reads (no heavy imports: the report and the sweep spec load it).
+"""Metric and task names one layer logs and another reads (no heavy imports: the report and the sweep spec load it).
 
 The online kNN probe of pretraining (``oskar_ray.tune.signal``) logs ``probe/<view>/knn_top1`` and
 ``probe/mean``; the scheduler ranks trials on them, the report draws them as training curves.
 """
 
 PROBE_PREFIX = "probe/"
+#: downstream tasks (``eval.tasks``; oskar_ray.eval.api.TASKS implements each) and their options
+EVAL_TASKS = ("action", "lowshot", "localization", "retrieval", "vqa", "health", "robustness")
+ACTION_PROTOCOLS = ("attentive", "linear", "knn")
+VQA_VIEWS = ("video", "video+skeleton")
 
 
 def probe_metrics(views: list[str]) -> list[str]:
     """Every metric the online probe logs for these views."""
     return [f"{PROBE_PREFIX}{view}/knn_top1" for view in views] + [f"{PROBE_PREFIX}mean"]
+
+
+#: per task, the metric that stands for it (first suffix found wins)
+_HEADLINE_SUFFIXES = ("linear/top1", "attentive/top1", "top1", "accuracy", "R1", "mAP_0.5", "mAP")
+_TASK_ORDER = ("action", "retrieval", "vqa", "localization", "lowshot")
+
+
+def headline_metrics(keys: list[str], limit: int = 4) -> list[str]:
+    """One higher-is-better ``eval/<task>/...`` metric per task (video before skeleton), action first."""
+    by_task: dict[str, list[str]] = {}
+    for key in keys:
+        parts = key.split("/")
+        if len(parts) >= 3 and parts[0] == "eval" and parts[1] != "health":
+            by_task.setdefault(parts[1], []).append(key)
+    out = []
+    rank = {task: i for i, task in enumerate(_TASK_ORDER)}
+    for task in sorted(by_task, key=lambda t: (rank.get(t, len(rank)), t)):
+        for suffix in _HEADLINE_SUFFIXES:
+            found = [k for k in by_task[task] if k.endswith("/" + suffix)]
+            if found:
+                out.append(min(found, key=lambda k: ("video" not in k, len(k), k)))
+                break
+    return out[:limit]

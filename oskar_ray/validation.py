@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .metric_names import ACTION_PROTOCOLS, EVAL_TASKS, VQA_VIEWS
 from .modalities import modality_class
 
 if TYPE_CHECKING:
@@ -32,9 +33,13 @@ def validate(cfg: OskarConfig) -> None:
     _positive(cfg, "eval.online_probe_samples", "eval.online_probe_k")
     if cfg.eval.online_probe_every < 0:
         raise ValueError(f"eval.online_probe_every must be >= 0 (0 = off), got {cfg.eval.online_probe_every}")
-    unknown = sorted(set(cfg.eval.online_probe_views) - {"video", "skeleton", "fusion"})
-    if unknown:
-        raise ValueError(f"eval.online_probe_views: unknown view {unknown[0]!r} (valid: video, skeleton, fusion)")
+    for name, valid in (("online_probe_views", ("video", "skeleton", "fusion")), ("tasks", EVAL_TASKS),
+                        ("action_protocols", ACTION_PROTOCOLS), ("vqa_views", VQA_VIEWS)):
+        unknown = [v for v in getattr(cfg.eval, name) if v not in valid]
+        if unknown:
+            raise ValueError(f"eval.{name}: unknown value {unknown[0]!r} (valid: {', '.join(valid)})")
+    if not cfg.eval.action_protocols:
+        raise ValueError(f"eval.action_protocols is empty (valid: {', '.join(ACTION_PROTOCOLS)})")
 
 
 def _get(cfg: OskarConfig, dotted: str) -> Any:

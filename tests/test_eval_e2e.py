@@ -180,3 +180,65 @@ def test_a_recipe_that_never_trains_text_is_evaluated_and_tagged(pretrained, tmp
     trained = evaluate_full(Oskar(cfg := _cfg(tmp, synth_dir)), tasks=["retrieval"], cfg=cfg, log=False,
                             progress=False)
     assert "eval.text" not in trained.tags
+
+
+def test_a_failing_task_is_recorded_and_the_others_still_log(pretrained, monkeypatch, capsys):
+    from oskar_ray.eval import api
+    from oskar_ray.eval.cli import main
+
+    _, cfg, ckpt, run_id = pretrained
+
+    def broken(ctx):
+        raise RuntimeError("probe exploded")
+
+    monkeypatch.setitem(api.TASKS, "retrieval", broken)
+    result = api.evaluate_full(ckpt, tasks=["retrieval", "health"], progress=False)
+    assert result.errors == {"retrieval": "RuntimeError: probe exploded"}
+    assert "eval/health/video/rankme" in result.metrics  # the task after the failure still ran
+    run = MlflowClient(cfg.tracking.uri).get_run(run_id)
+    assert run.data.tags["eval.retrieval.error"] == "RuntimeError: probe exploded"
+    assert run.data.tags["eval.failed_tasks"] == "retrieval" and "eval/health/video/rankme" in run.data.metrics
+    capsys.readouterr()
+    assert main(["--checkpoint", str(ckpt), "--tasks", "retrieval,health", "--quiet", "--no-log"]) == 1
+    captured = capsys.readouterr()
+    assert "retrieval FAILED" in captured.out and "health ok" in captured.out
+    assert "eval retrieval failed: RuntimeError: probe exploded" in captured.err
+
+
+def test_the_cache_extracts_only_the_views_the_tasks_read_and_protocols_are_configurable(pretrained, tmp_path):
+    from oskar_ray.eval.api import evaluate_full, task_views
+
+    _, cfg, ckpt, _ = pretrained
+    assert task_views(["action"], cfg) == ["target:video", "target:skeleton", "fusion:video+skeleton"]
+    assert not any(v.count("+") == 2 for v in task_views(["action", "retrieval", "vqa"], cfg))  # robustness only
+    sweep_sized = load_config(ckpt / "config.yaml", ["eval.action_protocols=[linear,knn]", "eval.vqa_views=[video]",
+                                                     "eval.probe_epochs=1"])
+    result = evaluate_full(ckpt, tasks=["action", "vqa"], cfg=sweep_sized, log=False, progress=False,
+                           cache_dir=tmp_path)
+    assert {"eval/action/video/linear/top1", "eval/action/fusion/knn/top1", "eval/vqa/accuracy"} <= set(result.metrics)
+    assert not any("attentive" in k or "video+skeleton" in k for k in result.metrics)
+    cached = torch.load(next((tmp_path / "features").glob("*/test__clip.pt")), weights_only=False)
+    assert set(cached) == {"target:video", "target:skeleton", "fusion:video+skeleton"}
+    with pytest.raises(ValueError, match=r"eval\.action_protocols: unknown value 'svm'"):
+        load_config(ckpt / "config.yaml", ["eval.action_protocols=[svm]"])
+
+
+def test_tasks_a_dataset_cannot_serve_are_named_from_its_manifest(synth_dir, tmp_path):
+    import shutil
+
+    from oskar_ray.data import store
+    from oskar_ray.eval.requirements import NEEDS, unservable
+    from oskar_ray.metric_names import EVAL_TASKS
+
+    assert set(NEEDS) == set(EVAL_TASKS)
+    assert unservable(list(EVAL_TASKS), str(synth_dir)) == {}
+    bare = tmp_path / "no_qa"
+    shutil.copytree(synth_dir, bare)
+    manifest = store.load_manifest(bare)
+    manifest["vocab"]["answers"] = []
+    del manifest["splits"]["val"]
+    store.save_manifest(bare, manifest)
+    problems = unservable(["action", "vqa", "health"], str(bare))
+    assert set(problems) == {"action", "vqa"}
+    assert "no split val" in problems["action"]
+    assert "vocab.answers is empty (no question-answer annotations" in problems["vqa"]

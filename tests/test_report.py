@@ -241,3 +241,23 @@ def test_a_trial_the_scheduler_stopped_is_named_apart_from_finished_and_failed_o
     sweep = SweepRuns("e", "uri", None, frame, [])
     assert sweep.outcome().tolist() == ["FINISHED", "stopped early", "FAILED"]
     assert _legend_labels(sweep) == [("x", True), ("y [stopped at 10]", False), ("z [FAILED]", False)]
+
+
+def test_three_swept_keys_get_a_heatmap_per_task_and_pair_with_stopped_trials_filling_their_cells(store, tmp_path):
+    from oskar_ray.report.runs import load_sweep
+    from oskar_ray.report.sweep_plots import heatmap_table
+
+    uri, client = store
+    keys = [*GRID_KEYS, "ema.start"]
+    grid = [{**p, "ema.start": e} for p in GRID for e in ("0.99", "0.996")]
+    parent, ids = make_sweep(store, "three", grid, keys)
+    for run_id in ids[1:]:  # stopped by the scheduler, then evaluated where they stopped: cells like any other
+        client.set_tag(run_id, "oskar.trial_status", "early_stopped")
+    build_report("three", tmp_path, tracking_uri=uri, parent_run_id=parent)
+    names = {p.name for p in tmp_path.glob("*.png")}
+    for metric in (TOP1, "eval/retrieval/t2v/R1", "eval/vqa/accuracy"):
+        for a, b in (keys[:2], keys[::2], keys[1:]):
+            assert f"heatmap_{metric.replace('/', '_')}_{a}_x_{b}.png" in names
+    sweep = load_sweep("three", uri, parent)
+    for a, b in (keys[:2], keys[::2], keys[1:]):
+        assert not heatmap_table(sweep, "eval/vqa/accuracy", [a, b]).isna().any().any()

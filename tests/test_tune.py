@@ -73,7 +73,12 @@ def test_metrics_no_trial_would_log_are_refused_before_any_trial_starts():
                           ({"scheduler": {"metric": "eval/action/video/linear/top1"}}, "only logged after"),
                           ({"overrides": probing[:2], "scheduler": {"metric": "probe/mean"}}, "logs nothing"),
                           ({"select": {"metric": "eval/vqa/accuracy"}}, "task 'vqa' is not in eval.tasks"),
-                          ({"select": {"metric": "accuracy"}}, "eval/<task>/")]:
+                          ({"select": {"metric": "accuracy"}}, "eval/<task>/"),
+                          ({"overrides": [*probing, "eval.action_protocols=[linear,knn]"],
+                            "select": {"metric": "eval/action/video/attentive/top1"}}, "runs linear, knn"),
+                          ({"overrides": [*probing[1:], "eval.tasks=[vqa]", "eval.vqa_views=[video]"],
+                            "select": {"metric": "eval/vqa/video+skeleton/accuracy"}}, "eval.vqa_views=['video']"),
+                          ({"space": {"budget.nonexistent": [1, 2]}}, "unknown config key budget.nonexistent")]:
         with pytest.raises(ValueError, match=re.escape(named)):
             validate_points(spec_from_dict({**base, **change}))
     for scheduler, select in [("probe/fusion/knn_top1", "eval/action/video/linear/top1"), ("loss/align", "loss"),
@@ -292,3 +297,22 @@ def test_a_sweep_whose_trials_all_wait_paused_errors_instead_of_hanging():
     dog_after_restart.on_step_end(5, [waiting, training, done])  # nothing paused: never raises
     now[0] = 10_000
     dog_after_restart.on_step_end(6, [waiting, training, done])
+
+
+def test_eval_tasks_the_dataset_cannot_serve_are_refused_before_any_trial(synth_dir, tmp_path):
+    import shutil
+
+    from oskar_ray.data import store
+    from oskar_ray.tune.runner import check_eval_tasks
+
+    data = tmp_path / "no_qa"
+    shutil.copytree(synth_dir, data)
+    manifest = store.load_manifest(data)
+    manifest["vocab"]["answers"] = []
+    store.save_manifest(data, manifest)
+    spec = spec_from_dict({"name": "x", "base": str(SMOKE), "space": {"train.lr": [1e-3]},
+                           "overrides": [f"data.path={data}", "eval.tasks=[action,vqa]"]})
+    with pytest.raises(ValueError, match=r"cannot serve eval task\(s\) 'vqa': manifest vocab.answers is empty") as err:
+        check_eval_tasks(spec, spec.base_config())
+    assert "--set eval.tasks=[action]" in str(err.value)
+    check_eval_tasks(spec, spec.base_config(["eval.tasks=[action]"]))

@@ -66,7 +66,12 @@ def test_asha_stops_a_trial_that_does_not_learn(ray_local, synth_dir, tmp_path):
     stopped = next(c for c in children if c.data.params["train.lr"] == "1e-12")
     assert stopped.info.status == "FINISHED" and stopped.data.tags["oskar.trial_status"] == "early_stopped"
     assert stopped.data.tags["oskar.stop_reason"] == "asha" and stopped.data.tags["oskar.stopped_at_step"]
-    assert not any(k.startswith("eval/") for k in stopped.data.metrics)
+    # evaluated downstream at the step where it stopped, with the same tasks as the trial that finished
+    assert stopped.data.tags["oskar.evaluated_at_step"] == stopped.data.tags["oskar.stopped_at_step"]
+    assert "eval/health/fusion/rankme" in stopped.data.metrics
+    assert rows[1e-12].metrics["eval/health/fusion/rankme"] == stopped.data.metrics["eval/health/fusion/rankme"]
+    finished = next(c for c in children if c.data.params["train.lr"] == "0.002")
+    assert finished.data.tags["oskar.evaluated_at_step"] == "12"
     assert stopped.data.metrics["steps_trained"] < 12
     assert stopped.data.metrics["train_flops"] < outcome.best.train_flops
 
@@ -94,6 +99,8 @@ def test_synchronous_halving_pauses_the_better_trial_and_resumes_it_from_its_che
     cut = next(c for c in children if c.data.params["train.lr"] == "1e-12")
     assert cut.info.status == "FINISHED"  # stopped by design, not killed
     assert (cut.data.tags["oskar.stop_reason"], cut.data.tags["oskar.stopped_at_step"]) == ("successive_halving", "4")
+    assert cut.data.tags["oskar.evaluated_at_step"] == "4" and "eval/health/fusion/rankme" in cut.data.metrics
+    assert f"[{rows[1e-12].trial_id}] evaluated at step 4" in printed
     # resumed from a checkpoint, not from scratch: step 4 logged once. (A pause is not instant: the trial may
     # train on while Tune stops it, and retrain those steps from the rung checkpoint after the restart.)
     steps = [m.step for m in client.get_metric_history(good.info.run_id, "loss")]
@@ -149,6 +156,8 @@ def test_synchronous_halving_resumes_a_paused_sweep_and_still_cuts_at_the_rung(r
     assert good.info.status == "FINISHED" and good.data.tags["oskar.trial_status"] == "completed"
     assert frozen.info.status == "FINISHED" and frozen.data.tags["oskar.trial_status"] == "early_stopped"
     assert frozen.data.metrics["steps_trained"] == 4
+    assert frozen.data.tags["oskar.evaluated_at_step"] == "4"  # evaluated once, before or after the interrupt
+    assert len(client.get_metric_history(frozen.info.run_id, "eval/health/fusion/rankme")) == 1
     steps = [m.step for m in client.get_metric_history(good.info.run_id, "loss")]
     assert steps.count(4) == 1 and max(steps) == 12  # the paused trial went on from its rung checkpoint
 

@@ -8,7 +8,7 @@ Runbook::
 Per view (``video``: video target encoder, ``skeleton``: skeleton target
 encoder, ``fusion``: fusion encoder over video + skeleton) on train → val
 (selection) → test: attentive probe on tokens, linear probe on pooled
-features, kNN (k = ``eval.knn_k``, cosine); fine-tuning (``eval.finetune_epochs``
+features, kNN (k = ``eval.knn_k``, cosine) — the subset ``eval.action_protocols``; fine-tuning (``eval.finetune_epochs``
 > 0) for the two unimodal views. Metrics: top-1 and top-5. Views whose
 modality the model lacks (a video-only baseline) are skipped.
 """
@@ -48,7 +48,7 @@ def run_action(ctx: EvalContext) -> TaskResult:
     for short, view in ACTION_VIEWS.items():
         if view not in ctx.cache.views:
             continue
-        probes = frozen_probes(ctx, view)
+        probes = frozen_probes(ctx, view, protocols=tuple(ctx.cfg.eval.action_protocols))
         if ctx.finetune_epochs > 0 and short in FINETUNE_VIEWS:
             probes["finetune"] = finetune(ctx.model, view, ctx.dataset, ctx.cfg, train_split="train",
                                           test_split="test", n_classes=n_classes, epochs=ctx.finetune_epochs,
@@ -58,6 +58,7 @@ def run_action(ctx: EvalContext) -> TaskResult:
             result.metrics[f"{short}/{protocol}/top5"] = res.top5
         if short == "video" or "confusion" not in result.plots:
             labels = ctx.cache.get("test", view).labels["action"]
-            result.plots["confusion"] = {"matrix": confusion_matrix(probes["attentive"].logits, labels, n_classes),
-                                         "classes": ctx.vocab("actions"), "title": f"{short} attentive probe"}
+            shown = next(p for p in ctx.cfg.eval.action_protocols if p in probes)
+            result.plots["confusion"] = {"matrix": confusion_matrix(probes[shown].logits, labels, n_classes),
+                                         "classes": ctx.vocab("actions"), "title": f"{short} {shown} probe"}
     return result

@@ -34,27 +34,43 @@ import torch
 
 from .. import storage
 from ..config import OskarConfig, load_config
+from ..metric_names import EVAL_TASKS
 from .action import run_action
-from .context import EvalContext, TaskResult, text_trained
+from .context import ACTION_VIEWS, EvalContext, TaskResult, text_trained
 from .features import FeatureCache
 from .health import run_health
-from .localization import run_localization
+from .localization import LOC_VIEWS, run_localization
 from .lowshot import run_lowshot
 from .report import log_eval, write_report
-from .retrieval import run_retrieval
+from .retrieval import TEXT_VIEW as RETRIEVAL_TEXT
+from .retrieval import VIDEO_VIEW as RETRIEVAL_VIDEO
+from .retrieval import ZERO_SHOT_VIDEO, run_retrieval
 from .robustness import MODALITIES as ROBUST
 from .robustness import run_robustness
 from .robustness import settings as robustness_settings
-from .vqa import run_vqa
+from .vqa import CLIP_VIEWS, QUESTION_VIEW, run_vqa
 
 TASKS: dict[str, Callable[[EvalContext], TaskResult]] = {
     "action": run_action, "lowshot": run_lowshot, "localization": run_localization, "retrieval": run_retrieval,
     "vqa": run_vqa, "health": lambda ctx: TaskResult(metrics=run_health(ctx)), "robustness": run_robustness,
 }
-#: every view a task may ask the cache for
-VIEWS = list(dict.fromkeys(["target:video", "target:skeleton", "target:text", "fusion:video+skeleton",
-                             "target:question", *(view for n in (3, 2) for mods in combinations(ROBUST, n)
-                                                  for view in robustness_settings(mods).values())]))
+#: the feature views each task reads: the cache extracts just the union for the tasks asked (one pass per split)
+TASK_VIEWS: dict[str, Callable[[OskarConfig], list[str]]] = {
+    "action": lambda cfg: list(ACTION_VIEWS.values()),
+    "lowshot": lambda cfg: [ACTION_VIEWS["video"], ACTION_VIEWS["skeleton"]],
+    "localization": lambda cfg: list(LOC_VIEWS.values()),
+    "retrieval": lambda cfg: [RETRIEVAL_VIDEO, RETRIEVAL_TEXT, ZERO_SHOT_VIDEO],
+    "vqa": lambda cfg: [QUESTION_VIEW, *(v for name in cfg.eval.vqa_views for v in CLIP_VIEWS[name])],
+    "health": lambda cfg: [*ACTION_VIEWS.values(), RETRIEVAL_TEXT],
+    "robustness": lambda cfg: [view for n in (3, 2) for mods in combinations(ROBUST, n)
+                               for view in robustness_settings(mods).values()],
+}
+assert set(TASKS) == set(EVAL_TASKS) == set(TASK_VIEWS), "metric_names.EVAL_TASKS names every task"
+
+
+def task_views(tasks: list[str], cfg: OskarConfig) -> list[str]:
+    """The views ``tasks`` read, in first-use order."""
+    return list(dict.fromkeys(view for task in tasks for view in TASK_VIEWS[task](cfg)))
 
 
 @dataclass
@@ -63,8 +79,10 @@ class EvalResult:
     artifacts: list[Path] = field(default_factory=list)
     run_id: str = ""
     seconds: dict[str, float] = field(default_factory=dict)
-    #: the run's eval.* tags: baseline, tasks, why a task was skipped, whether text was trained
+    #: the run's eval.* tags: baseline, tasks, why a task was skipped or failed, whether text was trained
     tags: dict[str, str] = field(default_factory=dict)
+    #: task -> "ExceptionType: message" for each task that raised (the other tasks still ran and logged)
+    errors: dict[str, str] = field(default_factory=dict)
 
 
 def evaluate(checkpoint_or_model: Any, dataset: str | Path | None = None, tasks: list[str] | None = None,
@@ -86,11 +104,14 @@ def evaluate_full(checkpoint_or_model: Any, dataset: str | Path | None = None, t
 
         model, cfg = baseline_model(baseline, cfg, dataset, cache_dir, progress)
     seed = cfg.train.seed if seed is None else seed
-    ctx = _context(model, cfg, dataset, seed, progress, cache_dir)
-    metrics, plots, seconds, skipped = _run_tasks(ctx, tasks)
-    result = EvalResult(metrics, seconds=seconds)
+    ctx = _context(model, cfg, dataset, seed, progress, cache_dir, task_views(tasks, cfg))
+    metrics, plots, seconds, skipped, errors = _run_tasks(ctx, tasks)
+    result = EvalResult(metrics, seconds=seconds, errors=errors)
     tags = {"eval.baseline": baseline or "none", "eval.tasks": ",".join(tasks),
-            **{f"eval.{task}.skipped": why for task, why in skipped.items()}}
+            **{f"eval.{task}.skipped": why for task, why in skipped.items()},
+            **{f"eval.{task}.error": why for task, why in errors.items()}}
+    if errors:
+        tags["eval.failed_tasks"] = ",".join(errors)
     if not text_trained(cfg) and {"retrieval", "vqa"} & set(tasks):
         tags["eval.text"] = ("text not trained (budget.input_weights and target_weights give text 0)"
                              if "text" in cfg.enabled_modalities else "text not trained (modality disabled)")
@@ -173,11 +194,11 @@ def _dataset(dataset: str | Path | None, cfg: OskarConfig) -> str:
 
 
 def _context(model, cfg: OskarConfig, dataset: str, seed: int, progress: bool,
-             cache_dir: str | Path | None) -> EvalContext:
+             cache_dir: str | Path | None, views: list[str]) -> EvalContext:
     e = cfg.eval
     # features depend on the weights and the data: key the on-disk cache by both
     where = Path(cache_dir) / "features" / _fingerprint(model, dataset) if cache_dir else None
-    cache = FeatureCache(model, dataset, cfg, VIEWS, batch_size=e.batch_size, progress=progress, cache_dir=where)
+    cache = FeatureCache(model, dataset, cfg, views, batch_size=e.batch_size, progress=progress, cache_dir=where)
     return EvalContext(model=model, cfg=cfg, dataset=dataset, cache=cache, seed=seed, progress=progress)
 
 
@@ -191,15 +212,24 @@ def _fingerprint(model, dataset: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def _run_tasks(ctx: EvalContext, tasks: list[str]) -> tuple[dict[str, float], dict, dict[str, float], dict[str, str]]:
+def _run_tasks(ctx: EvalContext, tasks: list[str]) -> tuple[dict[str, float], dict, dict[str, float], dict[str, str],
+                                                          dict[str, str]]:
+    """Every task in isolation: one that raises is recorded (``errors``) and printed, the others still run."""
     metrics: dict[str, float] = {}
     plots: dict[str, Any] = {}
     seconds: dict[str, float] = {}
     skipped: dict[str, str] = {}
+    errors: dict[str, str] = {}
     for task in tasks:
         start = time.perf_counter()
         torch.manual_seed(ctx.seed)  # each task from the same seed: order-independent results
-        result = TASKS[task](ctx)
+        try:
+            result = TASKS[task](ctx)
+        except Exception as err:  # noqa: BLE001 - one task's failure must not lose the others' results
+            errors[task] = f"{type(err).__name__}: {err}"[:1000]
+            seconds[task] = round(time.perf_counter() - start, 2)
+            print(f"eval {task}: FAILED ({errors[task]})", flush=True)
+            continue
         metrics.update({f"eval/{task}/{k}": float(v) for k, v in result.metrics.items()})
         if result.plots:
             plots[task] = result.plots
@@ -210,4 +240,4 @@ def _run_tasks(ctx: EvalContext, tasks: list[str]) -> tuple[dict[str, float], di
         elif ctx.progress:
             print(f"eval {task}: {seconds[task]:.1f}s  " + "  ".join(
                 f"{k}={v:.3f}" for k, v in sorted(result.metrics.items())[:6]), flush=True)
-    return metrics, plots, seconds, skipped
+    return metrics, plots, seconds, skipped, errors

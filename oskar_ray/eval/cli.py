@@ -61,7 +61,11 @@ def run_eval(args: argparse.Namespace) -> int:
         print(f"{key:<{width}}  {value:.4f}")
     if result.run_id:
         print(f"logged to MLflow run {result.run_id}")
-    return 0
+    print("tasks: " + "  ".join(f"{task} {'FAILED' if task in result.errors else 'ok'} ({sec:.0f} s)"
+                                for task, sec in result.seconds.items()))
+    for task, error in result.errors.items():
+        print(f"eval {task} failed: {error}", file=sys.stderr)
+    return 1 if result.errors else 0
 
 
 def _checkpoint_config(location: str) -> str:

@@ -6,17 +6,17 @@ Runbook::
     result.metrics["accuracy"], result.metrics["type/count/accuracy"], result.metrics["type/count/prior"]
     result.metrics["mc_accuracy"], result.metrics["video+skeleton/accuracy"]
 
-Every (clip, question) pair is one row (all question types, not only the first). The question is read by
-the *text target encoder* (pooled, z-scored with train moments: like captions, pooled text features are
-dominated by the token positions); the clip by the frozen target-encoder tokens of the video (headline)
-and of video + skeleton together, z-scored per dimension with train moments. The question's projection
-steers the attention query over the clip tokens and joins the attended clip feature before the classifier,
-so what is read from the clip depends on what is asked (a single question-independent query has to carry
-every fact at once). Open-ended: classify into the whole answer vocabulary (``manifest.json``
-``vocab.answers``), LR chosen on val, scored on test — overall and per question type, each beside its
-*prior* (the type's most frequent train answer). Multiple choice: the same scores restricted to the answers
-seen with the question's type in train. A model without text gets no VQA; one whose recipe never trained
-text is still evaluated (``eval/api`` tags the run).
+Every (clip, question) pair is one row (all question types, not only the first). The question is read by the
+*text target encoder* (pooled, z-scored with train moments: like captions, pooled text features are
+dominated by the token positions); the clip by the frozen target-encoder tokens of the video (headline) and
+of video + skeleton together (the subset ``eval.vqa_views``), z-scored per dimension with train moments. The
+question's projection steers the attention query over the clip tokens and joins the attended clip feature
+before the classifier, so what is read from the clip depends on what is asked (a single question-independent
+query has to carry every fact at once). Open-ended: classify into the whole answer vocabulary
+(``manifest.json`` ``vocab.answers``), LR chosen on val, scored on test — overall and per question type,
+each beside its *prior* (the type's most frequent train answer). Multiple choice: the same scores restricted
+to the answers seen with the question's type in train. A model without text gets no VQA; one whose recipe
+never trained text is still evaluated (``eval/api`` tags the run).
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def run_vqa(ctx: EvalContext) -> TaskResult:
     options = option_sets(labels[0][keep[0]], types[0][keep[0]], len(answers), len(type_names))
     repeats = [questions_per_clip(ctx.dataset, s) for s in splits]
     for name, views in CLIP_VIEWS.items():
-        if not all(v in ctx.cache.views for v in views):
+        if name not in ctx.cfg.eval.vqa_views or not all(v in ctx.cache.views for v in views):
             continue
         clips = clip_tokens(ctx, views, splits, repeats)
         rows = [(*c, q, y) for c, q, y in zip(clips, questions, labels, strict=True)]

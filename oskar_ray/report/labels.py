@@ -10,6 +10,10 @@ from __future__ import annotations
 import math
 import re
 
+from ..metric_names import headline_metrics
+
+__all__ = ["fmt_value", "headline_metrics", "lower_is_better", "metric_unit", "short_names", "slug"]
+
 #: (pattern on the last key component, axis label) — first match wins
 _UNITS: list[tuple[str, str]] = [
     (r"^top\d+$", "top-{n} accuracy (fraction, 0–1)"),
@@ -94,26 +98,3 @@ def fmt_value(value) -> str:
 def slug(text: str) -> str:
     """A file-name-safe version of a metric/param key."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "x"
-
-
-#: per task, the metric that stands for it (first suffix found wins)
-_HEADLINE_SUFFIXES = ("linear/top1", "attentive/top1", "top1", "accuracy", "R1", "mAP_0.5", "mAP")
-_TASK_ORDER = ("action", "retrieval", "vqa", "localization", "lowshot")
-
-
-def headline_metrics(keys: list[str], limit: int = 4) -> list[str]:
-    """One higher-is-better ``eval/<task>/...`` metric per task (video before skeleton), action first."""
-    by_task: dict[str, list[str]] = {}
-    for key in keys:
-        parts = key.split("/")
-        if len(parts) >= 3 and parts[0] == "eval" and parts[1] != "health":
-            by_task.setdefault(parts[1], []).append(key)
-    out = []
-    rank = {task: i for i, task in enumerate(_TASK_ORDER)}
-    for task in sorted(by_task, key=lambda t: (rank.get(t, len(rank)), t)):
-        for suffix in _HEADLINE_SUFFIXES:
-            found = [k for k in by_task[task] if k.endswith("/" + suffix)]
-            if found:
-                out.append(min(found, key=lambda k: ("video" not in k, len(k), k)))
-                break
-    return out[:limit]

@@ -6,13 +6,16 @@
 * two swept params on a grid (≤ 12 values each) → a heatmap, cells annotated,
   missing cells (failed/stopped trials) marked ``n/a``; off-grid (random
   search over continuous values) → a scatter coloured by the metric;
-* three or more → the metric vs each param in turn (marginals).
+* three or more → the metric vs each param in turn (marginals), and a heatmap of each headline metric (one
+  per task) over every pair of them, averaged over the other params.
 
-Runs without the metric (failed, stopped early) are simply absent.
+Every trial that ran has its downstream metrics (a trial the scheduler stopped is evaluated where it stopped,
+``oskar_ray.tune.stopped_trials``); only a failed trial leaves a cell ``n/a``.
 """
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +43,9 @@ def metric_plots(sweep: SweepRuns, metrics: list[str], headline: list[str], out_
         return plots
     if len(swept) == 2:
         return [_two_params(sweep, m, swept, out_dir) for m in metrics]
-    return [_marginals(sweep, m, swept, out_dir) for m in metrics]
+    pairs = list(itertools.combinations(swept, 2))
+    return [_marginals(sweep, m, swept, out_dir) for m in metrics] + \
+        [_two_params(sweep, m, list(pair), out_dir) for m in headline for pair in pairs]
 
 
 def _one_param(sweep, metric, key, values, numeric, out_dir) -> Plot:
@@ -101,11 +106,8 @@ def _two_params(sweep, metric, swept, out_dir) -> Plot:
     on_grid = rows.nunique() <= _MAX_GRID and cols.nunique() <= _MAX_GRID
     if not on_grid and rows_numeric and cols_numeric:
         return _scatter_2d(sweep, metric, swept, rows, cols, out_dir)
-    data = pd.DataFrame({"r": rows, "c": cols, "y": sweep.metric(metric)}).dropna(subset=["r", "c"])
-    table = data.pivot_table(index="r", columns="c", values="y", aggfunc="mean", dropna=False)
-    row_order = sorted(data["r"].unique(), key=_sort_key)
-    col_order = sorted(data["c"].unique(), key=_sort_key)
-    table = table.reindex(index=row_order, columns=col_order)
+    table = heatmap_table(sweep, metric, swept)
+    row_order, col_order = list(table.index), list(table.columns)
     fig, (ax,) = new_figure(1, width=max(5.5, 1.1 * len(col_order) + 3), height=max(4.0, 0.8 * len(row_order) + 2))
     _heatmap(fig, ax, table.to_numpy(dtype=float), metric)
     ax.set_xticks(range(len(col_order)), [fmt_value(c) for c in col_order])
@@ -113,7 +115,18 @@ def _two_params(sweep, metric, swept, out_dir) -> Plot:
     names = short_names(swept)
     ax.set(xlabel=_param_label(swept[1], cols_numeric), ylabel=_param_label(swept[0], rows_numeric),
            title=f"{metric}\n{names[swept[0]]} × {names[swept[1]]} (mean over trials per cell)")
-    return save(fig, out_dir, f"heatmap_{metric}", f"{metric}: heatmap over {swept[0]} × {swept[1]}", SECTION)
+    name = f"heatmap_{metric}" if len(sweep.swept) == 2 else f"heatmap_{metric}_{swept[0]}_x_{swept[1]}"
+    return save(fig, out_dir, name, f"{metric}: heatmap over {swept[0]} × {swept[1]}", SECTION)
+
+
+def heatmap_table(sweep: SweepRuns, metric: str, pair: list[str]) -> pd.DataFrame:
+    """Mean of ``metric`` per cell of the ``pair[0]`` x ``pair[1]`` grid (rows x columns, sorted); NaN where no
+    trial of that cell has the metric."""
+    (rows, _), (cols, _) = (as_values(sweep.param(k)) for k in pair)
+    data = pd.DataFrame({"r": rows, "c": cols, "y": sweep.metric(metric)}).dropna(subset=["r", "c"])
+    table = data.pivot_table(index="r", columns="c", values="y", aggfunc="mean", dropna=False)
+    return table.reindex(index=sorted(data["r"].unique(), key=_sort_key),
+                         columns=sorted(data["c"].unique(), key=_sort_key))
 
 
 def _heatmap(fig, ax, matrix: np.ndarray, metric: str) -> None:

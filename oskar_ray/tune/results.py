@@ -22,10 +22,12 @@ from typing import Any
 
 from ray.tune import Callback
 
+from ..metric_names import headline_metrics
 from ..tracking import client_for, end_run, log_metrics, set_tags
 from .flops import flops_per_step
 from .spec import SweepSpec, trial_overrides
-from .trial import STATUS, find_trial_run
+from .stopped_trials import StoppedTrialEvaluator, live_evaluator
+from .trial import EVALUATED_AT, STATUS, find_trial_run
 
 
 @dataclass
@@ -37,6 +39,8 @@ class TrialRow:
     flops_per_step: float
     metrics: dict[str, float] = field(default_factory=dict)
     error: str = ""
+    #: the step whose weights ``eval/*`` measure (-1: not evaluated)
+    evaluated_at: int = -1
 
     @property
     def train_flops(self) -> float:
@@ -67,6 +71,15 @@ class SweepCallback(Callback):
         self.uri, self.experiment_id, self.parent, self.signal = tracking_uri, experiment_id, parent_run_id, signal
         self.stop_reason = STOP_REASONS.get(scheduler, scheduler)
 
+    @property
+    def evaluator(self) -> StoppedTrialEvaluator | None:
+        """Evaluates each trial the scheduler stops, at its last checkpoint, while the others train on."""
+        return live_evaluator(self.parent)
+
+    def on_step_end(self, iteration, trials, **info):
+        if self.evaluator is not None:
+            self.evaluator.pump()
+
     def on_trial_start(self, iteration, trials, trial, **info):
         print(f"[{trial.trial_id}] started: {_point(trial.config)}", flush=True)
 
@@ -91,7 +104,7 @@ class SweepCallback(Callback):
             return
         flops = run.data.metrics.get("flops_per_step", math.nan)
         log_metrics(client, run.info.run_id, {"steps_trained": step, "train_flops": flops * step}, step=step)
-        if any(k.startswith("eval/") for k in last):
+        if run.data.tags.get(STATUS) == "completed":
             print(f"[{trial.trial_id}] completed ({step} steps, evaluated)", flush=True)
             return
         # a re-reported trial of a resumed sweep keeps the reason it was stopped for, whatever schedules now
@@ -102,6 +115,8 @@ class SweepCallback(Callback):
             client.delete_tag(run.info.run_id, "error")  # the dying trial's own exception, not a failure
         client.set_terminated(run.info.run_id, status="FINISHED")
         print(f"[{trial.trial_id}] stopped early by the scheduler at step {step}", flush=True)
+        if self.evaluator is not None and not any(k.startswith("eval/") for k in run.data.metrics):
+            self.evaluator.submit(trial.trial_id, run.info.run_id)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         error = _first_line(trial.get_error())
@@ -147,11 +162,31 @@ def summarize(grid, spec: SweepSpec, base_overrides: list[str]) -> list[TrialRow
     return sorted(rows, key=lambda r: r.trial_id)
 
 
-def rows_frame(rows: list[TrialRow], spec: SweepSpec):
+def refresh_from_runs(rows: list[TrialRow], client, experiment_id: str, parent_run_id: str) -> None:
+    """MLflow is the record: each row takes its run's outcome tag and the ``eval/*`` metrics logged after Tune
+    last heard of it (a stopped trial's downstream evaluation), and ``evaluated_at_step``."""
+    for row in rows:
+        run = find_trial_run(client, experiment_id, parent_run_id, row.trial_id)
+        if run is None:
+            continue
+        status = run.data.tags.get(STATUS)
+        if status in ("completed", "early_stopped") and row.status != "error":
+            row.status = status
+        row.metrics.update({k: v for k, v in run.data.metrics.items() if k.startswith("eval/")})
+        if EVALUATED_AT in run.data.tags:
+            row.evaluated_at = int(run.data.tags[EVALUATED_AT])
+
+
+def rows_frame(rows: list[TrialRow], spec: SweepSpec, every_metric: bool = True):
+    """One row per trial: point, outcome, compute, the step evaluated at, the selection / scheduler metrics and
+    (``every_metric``) every ``eval/*`` metric any trial has — else one headline metric per task."""
     import pandas as pd
 
-    keep = [spec.select.metric, spec.scheduler.metric, "loss"]
+    evaluated = sorted({k for r in rows for k in r.metrics if k.startswith("eval/")})
+    shown = evaluated if every_metric else headline_metrics(evaluated, limit=len(evaluated))
+    keep = list(dict.fromkeys([spec.select.metric, *shown, spec.scheduler.metric, "loss"]))
     return pd.DataFrame([{"trial_id": r.trial_id, **r.point, "status": r.status, "steps": r.steps,
+                          "evaluated_at": r.evaluated_at if r.evaluated_at >= 0 else None,
                           "flops_per_step": r.flops_per_step, "train_flops": r.train_flops,
                           **{k: r.metrics.get(k, math.nan) for k in keep}, "error": r.error} for r in rows])
 
@@ -207,7 +242,7 @@ def print_summary(outcome: SweepOutcome) -> None:
     counts = {s: sum(r.status == s for r in rows) for s in ("completed", "early_stopped", "error")}
     print(f"\nsweep {spec.name}: {len(rows)} trials ({counts['completed']} completed, {counts['early_stopped']} "
           f"stopped early, {counts['error']} errored) in {outcome.seconds:.0f} s", flush=True)
-    frame = rows_frame(rows, spec).drop(columns=["error", "flops_per_step"])
+    frame = rows_frame(rows, spec, every_metric=False).drop(columns=["error", "flops_per_step"])
     print(frame.to_string(index=False, float_format=lambda v: f"{v:.4g}"), flush=True)
     for row in rows:
         if row.error:

@@ -29,9 +29,19 @@ import time
 from pathlib import Path
 
 from ..tracking import client_for, ensure_experiment, git_sha, log_params, versions
-from .results import SweepCallback, SweepOutcome, TrialRow, log_sweep_results, print_summary, summarize, write_report
+from .results import (
+    SweepCallback,
+    SweepOutcome,
+    TrialRow,
+    log_sweep_results,
+    print_summary,
+    refresh_from_runs,
+    summarize,
+    write_report,
+)
 from .schedulers import make_scheduler
 from .spec import SweepSpec, spec_from_dict, trial_count, tune_space, validate_points
+from .stopped_trials import StoppedTrialEvaluator, register_evaluator
 from .trial import ROLE, SWEEP, SWEPT, TrialSetup, run_trial
 from .watchdog import StallWatchdog
 
@@ -64,18 +74,32 @@ def run_sweep(spec: SweepSpec, *, resume: str | None = None, report: bool = True
 
     own_cluster = not ray.is_initialized() and not os.environ.get("RAY_ADDRESS")
     # trials interleave: the sweep callback prints one line each
-    init_ray(log_to_driver=False, for_sweep=True, trial_slots=_trial_slots(spec) if own_cluster else 0)
+    init_ray(log_to_driver=False, for_sweep=True, trial_slots=_trial_slots(spec) if own_cluster else 0,
+             concurrent_trials=max_concurrent(spec, spec.base_config()) if own_cluster else 1)
     setup, state = _setup(spec, exp_dir, state)
     # trials and their workers may run on nodes that cannot reach a head-local store
     relay.start(setup.tracking_uri, spec.base_config(setup.base_overrides).tracking.relay)
-    tuner = _tuner(spec, setup, exp_dir, state, restoring=resume is not None)
+    evaluator = _stopped_trial_evaluator(spec, setup, own_cluster)
+    tuner = _tuner(spec, setup, exp_dir, state, restoring=resume is not None, evaluator=evaluator)
     grid = tuner.fit()
+    client = client_for(setup.tracking_uri)
+    evaluator.catch_up(client, setup.experiment_id, setup.parent_run_id)
+    evaluator.drain()
     if own_cluster:
         warn_if_resources_held()
     rows = summarize(grid, spec, setup.base_overrides)
+    refresh_from_runs(rows, client, setup.experiment_id, setup.parent_run_id)
     outcome = _finish(spec, setup, exp_dir, rows, report, time.perf_counter() - started)
     print_summary(outcome)
     return outcome
+
+
+def _stopped_trial_evaluator(spec: SweepSpec, setup: TrialSetup, own_cluster: bool) -> StoppedTrialEvaluator:
+    """Evaluations of stopped trials: one at a time on a laptop (they share its cores with the trials still
+    training), as many as trials run at once on a cluster."""
+    cfg = spec.base_config(setup.base_overrides)
+    in_flight = 1 if own_cluster else max_concurrent(spec, cfg)
+    return StoppedTrialEvaluator(cfg.train.output_dir, cfg.eval.tasks, setup.tracking_uri, in_flight)
 
 
 def warn_if_resources_held(wait_s: float = 10.0) -> None:
@@ -124,6 +148,7 @@ def _new_state(spec: SweepSpec, exp_dir: Path) -> dict:
     from ..train.launch import resolve_data
 
     base = resolve_data(spec.base_config())
+    check_eval_tasks(spec, base)
     uri = tracking_uri(base)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_absolute():
         uri = f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
@@ -137,6 +162,18 @@ def _new_state(spec: SweepSpec, exp_dir: Path) -> dict:
              "tracking_uri": uri, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
     (exp_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
     return state
+
+
+def check_eval_tasks(spec: SweepSpec, cfg) -> None:
+    """Refuse, before any trial trains, eval tasks the dataset cannot serve (e.g. VQA without QA annotations)."""
+    from ..eval.requirements import unservable
+
+    problems = unservable(cfg.eval.tasks, cfg.data.path)
+    if problems:
+        servable = [t for t in cfg.eval.tasks if t not in problems]
+        raise ValueError(f"sweep {spec.name}: the dataset {cfg.data.path} cannot serve eval task(s) "
+                         + "; ".join(f"{task!r}: {why}" for task, why in problems.items())
+                         + f". eval.tasks={cfg.eval.tasks}: drop them with --set eval.tasks=[{','.join(servable)}]")
 
 
 def _train_dir(exp_dir: Path) -> str:
@@ -212,11 +249,15 @@ def _trial_resources(spec: SweepSpec) -> dict[str, float]:
     return {"cpu": spec.trial_cpu, TRIAL_SLOT: 1}
 
 
-def _tuner(spec: SweepSpec, setup: TrialSetup, exp_dir: Path, state: dict, restoring: bool):
+def _tuner(spec: SweepSpec, setup: TrialSetup, exp_dir: Path, state: dict, restoring: bool,
+           evaluator: StoppedTrialEvaluator):
     from ray import tune
     from ray.tune.search import BasicVariantGenerator
 
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), _trial_resources(spec))
+    # Tune pickles the callbacks with the experiment and restores those copies: they find this evaluator by the
+    # parent run id (stopped_trials.live_evaluator), never through a pickled reference
+    register_evaluator(setup.parent_run_id, evaluator)
     if restoring:
         print(f"resuming sweep {spec.name} from {exp_dir}", flush=True)
         return tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True)

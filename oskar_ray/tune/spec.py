@@ -279,6 +279,7 @@ def check_metrics(spec: SweepSpec, cfg: OskarConfig) -> None:
             if name == "scheduler" or task not in cfg.eval.tasks:
                 where = "is only logged after training" if name == "scheduler" else f"task {task!r} is not in"
                 raise ValueError(f"sweep.{name}.metric {metric!r}: {where} eval.tasks {cfg.eval.tasks}")
+            _check_eval_metric(name, metric, cfg)
         elif metric.startswith(PROBE_PREFIX) and metric not in probe:
             raise ValueError(f"sweep.{name}.metric {metric!r} is never logged: the online probe logs "
                              f"{probe or 'nothing'} (eval.online_probe_every={cfg.eval.online_probe_every}, "
@@ -286,6 +287,20 @@ def check_metrics(spec: SweepSpec, cfg: OskarConfig) -> None:
         elif not metric.startswith((*families, PROBE_PREFIX, "eval/")):
             raise ValueError(f"sweep.{name}.metric {metric!r} is not a metric trials log (training: {choices}"
                              f"{'' if name == 'scheduler' else '; after training: eval/<task>/... of eval.tasks'})")
+
+
+def _check_eval_metric(name: str, metric: str, cfg: OskarConfig) -> None:
+    """An action protocol or VQA reading the trial's eval settings leave out is never logged."""
+    parts = metric.split("/")
+    e = cfg.eval
+    if parts[1] == "action" and len(parts) >= 5:
+        protocols = [*e.action_protocols, *(["finetune"] if e.finetune_epochs > 0 else [])]
+        if parts[3] not in protocols:
+            raise ValueError(f"sweep.{name}.metric {metric!r} is never logged: the action task runs "
+                             f"{', '.join(protocols)} (eval.action_protocols={e.action_protocols}, "
+                             f"eval.finetune_epochs={e.finetune_epochs})")
+    if parts[1] == "vqa" and "video+skeleton" in parts and "video+skeleton" not in e.vqa_views:
+        raise ValueError(f"sweep.{name}.metric {metric!r} is never logged: eval.vqa_views={e.vqa_views}")
 
 
 def _describe(point: dict[str, Any]) -> str:

@@ -37,6 +37,8 @@ from .spec import SweepSpec, trial_overrides
 #: run tags the report and the resume logic rely on
 ROLE, SWEEP, TRIAL_ID, SWEPT, STATUS = "oskar.role", "oskar.sweep", "oskar.trial_id", "oskar.swept_params", \
     "oskar.trial_status"
+#: the training step whose weights the run's eval/* metrics measure (a stopped trial: where it stopped)
+EVALUATED_AT = "oskar.evaluated_at_step"
 
 
 #: Ray Data preprocessing tasks in flight per trial (see _limit_data_cpus)
@@ -96,7 +98,7 @@ def train_and_evaluate(cfg, run_id: str, trial_id: str) -> dict[str, float]:
     # an error from here on reaches the driver, whose SweepCallback marks the run FAILED with it
     evaluated = evaluate_full(result.checkpoint, cfg.data.path, cfg.eval.tasks, cfg, log=True, run_id=run_id,
                               progress=False)
-    set_tags(client, run_id, {STATUS: "completed"})
+    set_tags(client, run_id, {STATUS: "completed", EVALUATED_AT: str(cfg.train.steps)})
     flops = flops_per_step(cfg)
     return {"step": cfg.train.steps, "flops_per_step": flops, "train_flops": flops * cfg.train.steps,
             **{k: v for k, v in result.metrics.items() if k.startswith(("loss", "probe/"))}, **evaluated.metrics}

@@ -1,0 +1,165 @@
+"""Downstream evaluation of the trials a scheduler stopped early, at the step where each stopped.
+
+Runbook (the sweep driver, :mod:`oskar_ray.tune.runner`, does this)::
+
+    evaluator = StoppedTrialEvaluator(train_dir, tasks, tracking_uri, max_in_flight=1)
+    evaluator.submit(trial_id, run_id)   # SweepCallback, the moment the scheduler stops a trial
+    evaluator.pump()                     # every Tune loop step: start queued evaluations as slots free up
+    evaluator.catch_up(client, experiment_id, parent_run_id)   # after Tuner.fit: stopped runs still lacking eval/*
+    evaluator.drain()                    # wait for all; {trial_id: StoppedEval}
+
+Why: successive halving stops most trials after a few rungs. Left unevaluated, they leave the ablation's
+heatmaps and MLflow's compare view empty but for the one survivor. Each stopped trial keeps its Ray Train
+checkpoints (``<train.output_dir>/<trial id>/checkpoint_*``); the newest one is evaluated with the trial's own
+resolved config (saved inside the checkpoint: same tasks, protocol and seed as the trials that ran to the end)
+in a Ray task of one CPU, and the ``eval/*`` metrics are logged onto the trial's child run at that step, with
+the tag ``oskar.evaluated_at_step``. The evaluations run while the surviving trials still train (the last rung
+leaves cores idle on a laptop); ``max_in_flight`` bounds how many run at once. A failed evaluation is recorded
+on the run (``oskar.eval_error``) and printed; it does not fail the sweep.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .. import storage
+from ..tracking import client_for, set_tags
+from .trial import EVALUATED_AT, STATUS, TRIAL_ID
+
+#: CPUs each evaluation task reserves (probes are single-threaded; feature extraction uses what it gets)
+EVAL_CPUS = 1.0
+EVAL_ERROR = "oskar.eval_error"
+
+
+@dataclass
+class StoppedEval:
+    trial_id: str
+    run_id: str
+    step: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    #: the whole evaluation's failure ("" = ran); per-task failures are in ``task_errors``
+    error: str = ""
+    task_errors: dict[str, str] = field(default_factory=dict)
+
+
+def latest_checkpoint(run_dir: str) -> tuple[str, int] | None:
+    """(path, step) of the newest checkpoint of a Ray Train run directory (local or a URI), or None."""
+    from ..train.checkpoint import STATE, read_state
+
+    found = []
+    if not storage.is_dir(run_dir):
+        return None
+    for name in storage.list_dir(run_dir):
+        path = storage.join(run_dir, name)
+        if name.startswith("checkpoint_") and storage.is_file(storage.join(path, STATE)):
+            found.append((read_state(path).step, path))
+    if not found:
+        return None
+    step, path = max(found)
+    return path, step
+
+
+def evaluate_stopped(run_dir: str, tasks: list[str], run_id: str, tracking_uri: str) -> dict:
+    """Body of the Ray task: evaluate the newest checkpoint under ``run_dir`` onto MLflow run ``run_id``."""
+    import torch
+
+    from ..eval.api import evaluate_full
+    from ..train.checkpoint import checkpoint_config
+
+    torch.set_num_threads(max(1, int(EVAL_CPUS)))
+    found = latest_checkpoint(run_dir)
+    if found is None:
+        raise FileNotFoundError(f"{run_dir}: no checkpoint to evaluate (the trial stopped before its first "
+                                f"train.checkpoint_every step)")
+    checkpoint, step = found
+    cfg = checkpoint_config(checkpoint)
+    result = evaluate_full(checkpoint, cfg.data.path, tasks, cfg, log=True, run_id=run_id, progress=False)
+    set_tags(client_for(tracking_uri), run_id, {EVALUATED_AT: str(step)})
+    return {"step": step, "metrics": result.metrics, "task_errors": result.errors}
+
+
+class StoppedTrialEvaluator:
+    """Queue of stopped trials to evaluate; at most ``max_in_flight`` Ray tasks at once."""
+
+    def __init__(self, train_dir: str, tasks: list[str], tracking_uri: str, max_in_flight: int = 1):
+        self.train_dir, self.tasks, self.uri = train_dir, list(tasks), tracking_uri
+        self.max_in_flight = max(1, max_in_flight)
+        self.queued: list[tuple[str, str]] = []
+        self.running: dict = {}  # ObjectRef -> (trial_id, run_id)
+        self.done: dict[str, StoppedEval] = {}
+
+    def submit(self, trial_id: str, run_id: str) -> None:
+        known = {t for t, _ in self.queued} | {t for t, _ in self.running.values()} | set(self.done)
+        if trial_id not in known:
+            self.queued.append((trial_id, run_id))
+        self.pump()
+
+    def pump(self) -> None:
+        """Collect finished evaluations, start queued ones while slots are free (never blocks)."""
+        import ray
+
+        if self.running:
+            ready, _ = ray.wait(list(self.running), num_returns=len(self.running), timeout=0)
+            for ref in ready:
+                self._collect(ref)
+        while self.queued and len(self.running) < self.max_in_flight:
+            trial_id, run_id = self.queued.pop(0)
+            task = ray.remote(num_cpus=EVAL_CPUS, max_retries=0)(evaluate_stopped)
+            ref = task.remote(storage.join(self.train_dir, trial_id), self.tasks, run_id, self.uri)
+            self.running[ref] = (trial_id, run_id)
+            print(f"[{trial_id}] evaluating downstream ({', '.join(self.tasks)}) at its last checkpoint", flush=True)
+
+    def catch_up(self, client, experiment_id: str, parent_run_id: str) -> None:
+        """Queue stopped trials of this sweep whose runs have no ``eval/*`` yet (a sweep interrupted while they
+        waited, now resumed)."""
+        runs = client.search_runs([experiment_id], filter_string=(
+            f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`{STATUS}` = 'early_stopped'"))
+        for run in runs:
+            if not any(k.startswith("eval/") for k in run.data.metrics):
+                self.submit(run.data.tags.get(TRIAL_ID, ""), run.info.run_id)
+
+    def drain(self) -> dict[str, StoppedEval]:
+        """Wait for every queued and running evaluation; the outcomes by trial id."""
+        import ray
+
+        while self.queued or self.running:
+            self.pump()
+            if self.running:
+                ready, _ = ray.wait(list(self.running), num_returns=1)
+                self._collect(ready[0])
+        return dict(self.done)
+
+    def _collect(self, ref) -> None:
+        import ray
+
+        trial_id, run_id = self.running.pop(ref)
+        try:
+            out = ray.get(ref)
+        except Exception as err:  # noqa: BLE001 - recorded on the trial's run; the sweep goes on
+            error = _first_line(err)
+            self.done[trial_id] = StoppedEval(trial_id, run_id, error=error)
+            set_tags(client_for(self.uri), run_id, {EVAL_ERROR: error})
+            print(f"[{trial_id}] downstream evaluation FAILED: {error}", flush=True)
+            return
+        self.done[trial_id] = StoppedEval(trial_id, run_id, out["step"], out["metrics"], "", out["task_errors"])
+        failed = f"; failed tasks: {', '.join(out['task_errors'])}" if out["task_errors"] else ""
+        print(f"[{trial_id}] evaluated at step {out['step']} ({len(out['metrics'])} metrics{failed})", flush=True)
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [ln for ln in str(error).splitlines() if ln.strip()]
+    return (lines[-1] if lines else type(error).__name__)[:500]
+
+
+#: the evaluator of each sweep running in this driver process, by parent run id (see register_evaluator)
+_LIVE: dict[str, StoppedTrialEvaluator] = {}
+
+
+def register_evaluator(parent_run_id: str, evaluator: StoppedTrialEvaluator) -> None:
+    """Make ``evaluator`` the one the sweep's callbacks use. Tune pickles its callbacks into the experiment
+    state and a resumed sweep runs the unpickled copies, so they look the live evaluator up by id."""
+    _LIVE[parent_run_id] = evaluator
+
+
+def live_evaluator(parent_run_id: str) -> StoppedTrialEvaluator | None:
+    return _LIVE.get(parent_run_id)
