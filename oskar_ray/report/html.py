@@ -114,7 +114,7 @@ def table_columns(sweep: SweepRuns, metrics: list[str]) -> list[tuple[str, str]]
     """(header, frame column) pairs of the trials table, in order."""
     names = short_names(sweep.swept)
     columns = [("trial", "tags.oskar.trial_id"), ("run name", "run_name"), ("status", "status"),
-               ("stopped at step", "tags.oskar.stopped_at_step")]
+               ("stopped at step", "tags.oskar.stopped_at_step"), ("evaluated at step", "tags.oskar.evaluated_at_step")]
     columns += [(names[k], f"params.{k}") for k in sweep.swept]
     columns += [("train FLOPs", "_flops"), ("final loss", "metrics.loss")]
     columns += [(m.removeprefix("eval/"), f"metrics.{m}") for m in metrics]

@@ -27,7 +27,7 @@ from ..tracking import client_for, end_run, log_metrics, set_tags
 from .flops import flops_per_step
 from .spec import SweepSpec, trial_overrides
 from .stopped_trials import StoppedTrialEvaluator, live_evaluator
-from .trial import EVALUATED_AT, STATUS, find_trial_run
+from .trial import EVALUATED_AT, STATUS, STOPPED_AT, find_trial_run
 
 
 @dataclass
@@ -57,6 +57,7 @@ class SweepOutcome:
     best: TrialRow | None
     report: Path | None
     seconds: float
+    experiment_id: str = ""
 
 
 #: ``oskar.stop_reason`` of a trial each scheduler kind stopped before its last step
@@ -109,14 +110,14 @@ class SweepCallback(Callback):
             return
         # a re-reported trial of a resumed sweep keeps the reason it was stopped for, whatever schedules now
         reason = run.data.tags.get("oskar.stop_reason", self.stop_reason)
-        set_tags(client, run.info.run_id, {STATUS: "early_stopped", "oskar.stopped_at_step": str(step),
+        set_tags(client, run.info.run_id, {STATUS: "early_stopped", STOPPED_AT: str(step),
                                            "oskar.stop_reason": reason})
         if run.data.tags.get("error"):
             client.delete_tag(run.info.run_id, "error")  # the dying trial's own exception, not a failure
         client.set_terminated(run.info.run_id, status="FINISHED")
         print(f"[{trial.trial_id}] stopped early by the scheduler at step {step}", flush=True)
         if self.evaluator is not None and not any(k.startswith("eval/") for k in run.data.metrics):
-            self.evaluator.submit(trial.trial_id, run.info.run_id)
+            self.evaluator.submit(trial.trial_id, run.info.run_id, step)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         error = _first_line(trial.get_error())
@@ -231,10 +232,14 @@ def write_report(spec: SweepSpec, setup, exp_dir: Path) -> Path | None:
     return html
 
 
-def mlflow_ui_command(uri: str) -> str:
+def mlflow_ui_command(uri: str, experiment_id: str = "") -> str:
+    """How to look at the sweep: the server command and the link to its runs table. MLflow 3.x's UI opens an
+    experiment in its GenAI view until the browser is switched to "Model training"; ``workflowType`` in the
+    link selects the runs table directly."""
+    runs = f"/#/experiments/{experiment_id}/runs?workflowType=machine_learning" if experiment_id else ""
     if uri.startswith(("http://", "https://")):
-        return f"open {uri} (a tracking server is already serving the UI)"
-    return f"mlflow ui --backend-store-uri {uri}"
+        return f"open {uri.rstrip('/')}{runs} (a tracking server is already serving the UI)"
+    return f"mlflow ui --backend-store-uri {uri}" + (f"   then open http://127.0.0.1:5000{runs}" if runs else "")
 
 
 def print_summary(outcome: SweepOutcome) -> None:
@@ -256,4 +261,4 @@ def print_summary(outcome: SweepOutcome) -> None:
     print(f"report: {outcome.report if outcome.report else '(not built)'}", flush=True)
     print(f"sweep directory: {outcome.experiment_dir}", flush=True)
     print(f"compare the trials (experiment {spec.mlflow_experiment}, parent run {outcome.parent_run_id}):\n  "
-          f"{mlflow_ui_command(outcome.tracking_uri)}", flush=True)
+          f"{mlflow_ui_command(outcome.tracking_uri, outcome.experiment_id)}", flush=True)

@@ -297,7 +297,8 @@ def _finish(spec: SweepSpec, setup: TrialSetup, exp_dir: Path, rows: list[TrialR
     log_sweep_results(client, setup.parent_run_id, spec, rows, best, exp_dir, seconds)
     html = write_report(spec, setup, exp_dir) if report else None
     client.set_terminated(setup.parent_run_id, status="FINISHED")
-    return SweepOutcome(spec, exp_dir, setup.parent_run_id, setup.tracking_uri, rows, best, html, seconds)
+    return SweepOutcome(spec, exp_dir, setup.parent_run_id, setup.tracking_uri, rows, best, html, seconds,
+                        setup.experiment_id)
 
 
 def best_trial(rows: list[TrialRow], spec: SweepSpec) -> TrialRow | None:

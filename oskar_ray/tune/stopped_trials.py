@@ -3,14 +3,15 @@
 Runbook (the sweep driver, :mod:`oskar_ray.tune.runner`, does this)::
 
     evaluator = StoppedTrialEvaluator(train_dir, tasks, tracking_uri, max_in_flight=1)
-    evaluator.submit(trial_id, run_id)   # SweepCallback, the moment the scheduler stops a trial
+    evaluator.submit(trial_id, run_id, stopped_at)   # SweepCallback, the moment the scheduler stops a trial
     evaluator.pump()                     # every Tune loop step: start queued evaluations as slots free up
     evaluator.catch_up(client, experiment_id, parent_run_id)   # after Tuner.fit: stopped runs still lacking eval/*
     evaluator.drain()                    # wait for all; {trial_id: StoppedEval}
 
 Why: successive halving stops most trials after a few rungs. Left unevaluated, they leave the ablation's
 heatmaps and MLflow's compare view empty but for the one survivor. Each stopped trial keeps its Ray Train
-checkpoints (``<train.output_dir>/<trial id>/checkpoint_*``); the newest one is evaluated with the trial's own
+checkpoints (``<train.output_dir>/<trial id>/checkpoint_*``); the newest one up to the step the scheduler
+stopped it at is evaluated with the trial's own
 resolved config (saved inside the checkpoint: same tasks, protocol and seed as the trials that ran to the end)
 in a Ray task of one CPU, and the ``eval/*`` metrics are logged onto the trial's child run at that step, with
 the tag ``oskar.evaluated_at_step``. The evaluations run while the surviving trials still train (the last rung
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 
 from .. import storage
 from ..tracking import client_for, set_tags
-from .trial import EVALUATED_AT, STATUS, TRIAL_ID
+from .trial import EVALUATED_AT, STATUS, STOPPED_AT, TRIAL_ID
 
 #: CPUs each evaluation task reserves (probes are single-threaded; feature extraction uses what it gets)
 EVAL_CPUS = 1.0
@@ -42,8 +43,10 @@ class StoppedEval:
     task_errors: dict[str, str] = field(default_factory=dict)
 
 
-def latest_checkpoint(run_dir: str) -> tuple[str, int] | None:
-    """(path, step) of the newest checkpoint of a Ray Train run directory (local or a URI), or None."""
+def latest_checkpoint(run_dir: str, max_step: int | None = None) -> tuple[str, int] | None:
+    """(path, step) of the newest checkpoint of a Ray Train run directory (local or a URI) at or before
+    ``max_step``, or None. A stopped trial may train on for a moment while Tune stops it; its checkpoints past
+    the step the scheduler decided on are not the model that was ranked."""
     from ..train.checkpoint import STATE, read_state
 
     found = []
@@ -52,25 +55,28 @@ def latest_checkpoint(run_dir: str) -> tuple[str, int] | None:
     for name in storage.list_dir(run_dir):
         path = storage.join(run_dir, name)
         if name.startswith("checkpoint_") and storage.is_file(storage.join(path, STATE)):
-            found.append((read_state(path).step, path))
+            step = read_state(path).step
+            if max_step is None or step <= max_step:
+                found.append((step, path))
     if not found:
         return None
     step, path = max(found)
     return path, step
 
 
-def evaluate_stopped(run_dir: str, tasks: list[str], run_id: str, tracking_uri: str) -> dict:
-    """Body of the Ray task: evaluate the newest checkpoint under ``run_dir`` onto MLflow run ``run_id``."""
+def evaluate_stopped(run_dir: str, stopped_at: int, tasks: list[str], run_id: str, tracking_uri: str) -> dict:
+    """Body of the Ray task: evaluate the newest checkpoint under ``run_dir`` up to step ``stopped_at`` onto MLflow
+    run ``run_id``."""
     import torch
 
     from ..eval.api import evaluate_full
     from ..train.checkpoint import checkpoint_config
 
     torch.set_num_threads(max(1, int(EVAL_CPUS)))
-    found = latest_checkpoint(run_dir)
+    found = latest_checkpoint(run_dir, stopped_at)
     if found is None:
-        raise FileNotFoundError(f"{run_dir}: no checkpoint to evaluate (the trial stopped before its first "
-                                f"train.checkpoint_every step)")
+        raise FileNotFoundError(f"{run_dir}: no checkpoint at or before step {stopped_at} to evaluate (the trial "
+                                f"stopped before its first train.checkpoint_every step)")
     checkpoint, step = found
     cfg = checkpoint_config(checkpoint)
     result = evaluate_full(checkpoint, cfg.data.path, tasks, cfg, log=True, run_id=run_id, progress=False)
@@ -84,14 +90,14 @@ class StoppedTrialEvaluator:
     def __init__(self, train_dir: str, tasks: list[str], tracking_uri: str, max_in_flight: int = 1):
         self.train_dir, self.tasks, self.uri = train_dir, list(tasks), tracking_uri
         self.max_in_flight = max(1, max_in_flight)
-        self.queued: list[tuple[str, str]] = []
-        self.running: dict = {}  # ObjectRef -> (trial_id, run_id)
+        self.queued: list[tuple[str, str, int]] = []
+        self.running: dict = {}  # ObjectRef -> (trial_id, run_id, stopped_at)
         self.done: dict[str, StoppedEval] = {}
 
-    def submit(self, trial_id: str, run_id: str) -> None:
-        known = {t for t, _ in self.queued} | {t for t, _ in self.running.values()} | set(self.done)
+    def submit(self, trial_id: str, run_id: str, stopped_at: int) -> None:
+        known = {q[0] for q in self.queued} | {r[0] for r in self.running.values()} | set(self.done)
         if trial_id not in known:
-            self.queued.append((trial_id, run_id))
+            self.queued.append((trial_id, run_id, stopped_at))
         self.pump()
 
     def pump(self) -> None:
@@ -103,10 +109,10 @@ class StoppedTrialEvaluator:
             for ref in ready:
                 self._collect(ref)
         while self.queued and len(self.running) < self.max_in_flight:
-            trial_id, run_id = self.queued.pop(0)
+            trial_id, run_id, stopped_at = self.queued.pop(0)
             task = ray.remote(num_cpus=EVAL_CPUS, max_retries=0)(evaluate_stopped)
-            ref = task.remote(storage.join(self.train_dir, trial_id), self.tasks, run_id, self.uri)
-            self.running[ref] = (trial_id, run_id)
+            ref = task.remote(storage.join(self.train_dir, trial_id), stopped_at, self.tasks, run_id, self.uri)
+            self.running[ref] = (trial_id, run_id, stopped_at)
             print(f"[{trial_id}] evaluating downstream ({', '.join(self.tasks)}) at its last checkpoint", flush=True)
 
     def catch_up(self, client, experiment_id: str, parent_run_id: str) -> None:
@@ -116,7 +122,8 @@ class StoppedTrialEvaluator:
             f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`{STATUS}` = 'early_stopped'"))
         for run in runs:
             if not any(k.startswith("eval/") for k in run.data.metrics):
-                self.submit(run.data.tags.get(TRIAL_ID, ""), run.info.run_id)
+                self.submit(run.data.tags.get(TRIAL_ID, ""), run.info.run_id,
+                            int(run.data.tags.get(STOPPED_AT, run.data.metrics.get("steps_trained", 0))))
 
     def drain(self) -> dict[str, StoppedEval]:
         """Wait for every queued and running evaluation; the outcomes by trial id."""
@@ -132,7 +139,7 @@ class StoppedTrialEvaluator:
     def _collect(self, ref) -> None:
         import ray
 
-        trial_id, run_id = self.running.pop(ref)
+        trial_id, run_id, _ = self.running.pop(ref)
         try:
             out = ray.get(ref)
         except Exception as err:  # noqa: BLE001 - recorded on the trial's run; the sweep goes on

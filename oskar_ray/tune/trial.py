@@ -39,6 +39,8 @@ ROLE, SWEEP, TRIAL_ID, SWEPT, STATUS = "oskar.role", "oskar.sweep", "oskar.trial
     "oskar.trial_status"
 #: the training step whose weights the run's eval/* metrics measure (a stopped trial: where it stopped)
 EVALUATED_AT = "oskar.evaluated_at_step"
+#: the step of the last result the scheduler saw before stopping the trial
+STOPPED_AT = "oskar.stopped_at_step"
 
 
 #: Ray Data preprocessing tasks in flight per trial (see _limit_data_cpus)
