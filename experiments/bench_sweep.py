@@ -41,8 +41,11 @@ SWEEP = REPO / "experiments" / "sweep_token_budget.py"
 SIGNALS = ["probe/fusion/knn_top1", "probe/skeleton/knn_top1", "probe/video/knn_top1", "probe/mean",
            "health/video/rankme", "health/skeleton/rankme", "loss"]
 MINIMISE = {"loss"}
-FINALS = ["eval/action/fusion/linear/top1", "eval/action/fusion/knn/top1", "eval/action/skeleton/linear/top1",
-          "eval/action/video/linear/top1"]
+FINALS = ["eval/action/video/linear/top1", "eval/action/video/knn/top1", "eval/action/fusion/linear/top1",
+          "eval/action/fusion/knn/top1", "eval/action/skeleton/linear/top1", "eval/retrieval/t2v/R1",
+          "eval/vqa/accuracy"]
+#: test clips of the built-in benchmark: an accuracy's binomial standard error is sqrt(p (1 - p) / n)
+TEST_CLIPS = 200
 
 
 def run(args: list[str]) -> Path:
@@ -101,23 +104,35 @@ def _steps(state: dict) -> int:
     return spec.base_config(state["base_overrides"]).train.steps
 
 
-def signal_table(state: dict, frame: pd.DataFrame, curves: dict) -> pd.DataFrame:
-    """Spearman correlation (across trials) of each signal at each rung with each final metric
-    (NaN where a signal is the same for every trial: saturated, it cannot rank)."""
+def signal_table(state: dict, frame: pd.DataFrame, curves: dict, every_step: bool = False) -> pd.DataFrame:
+    """Spearman correlation (across trials) of each signal at each rung (``every_step``: at every step it was
+    logged, to choose rungs) with each final metric (NaN where a signal is the same for every trial: saturated,
+    it cannot rank)."""
     warnings.filterwarnings("ignore", message="An input array is constant")
     rows = []
+    finals = [f for f in FINALS if f in frame and frame[f].notna().any()]
     for signal in SIGNALS:
-        for rung in rungs(state):
+        logged = sorted({step for t in frame["trial"] for step in curves[t][signal]})
+        for rung in (logged if every_step else rungs(state)):
             values = pd.Series({t: curves[t][signal].get(rung, math.nan) for t in frame["trial"]})
             if values.isna().all():
                 continue
             sign = -1.0 if signal in MINIMISE else 1.0
             row = {"signal": signal, "step": rung}
-            for final in FINALS:
+            for final in finals:
                 target = frame.set_index("trial")[final]
-                row[final.removeprefix("eval/action/")] = (sign * values).corr(target, method="spearman")
+                row[final.removeprefix("eval/").removeprefix("action/")] = \
+                    (sign * values).corr(target, method="spearman")
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def within_noise(selected: float, best: float, n: int = TEST_CLIPS) -> tuple[bool, float]:
+    """Whether a selected trial's accuracy is within two standard errors of the difference from the best one
+    (binomial, ``n`` test clips each); and that bound."""
+    p = (selected + best) / 2
+    bound = 2 * math.sqrt(2 * p * (1 - p) / n)
+    return best - selected <= bound, bound
 
 
 def replay_asha(state: dict, frame: pd.DataFrame, curves: dict, signal: str, order: list[str],
@@ -212,8 +227,9 @@ def compare(full_dirs: list[Path], sweep_dir: Path | None) -> None:
     print(f"\n== full grid: {full_dir}\n" + full.drop(columns=["flops_per_step"]).to_string(index=False, **fmt))
     grid_best = best_point(full, state)
     print(f"best on {state['spec']['select']['metric']}: {grid_best[0]} ({grid_best[1]:.3f})")
-    print(f"\n== Spearman rank correlation of each early signal (at the ASHA rungs) with the final metrics "
-          f"({len(full)} trials)\n" + signal_table(state, full, curves).to_string(index=False, **fmt))
+    print(f"\n== Spearman rank correlation of each early signal (at every step it was logged) with the final "
+          f"metrics ({len(full)} trials)\n" + signal_table(state, full, curves, every_step=True).to_string(
+              index=False, **fmt))
     print("\n== ASHA replayed on the grid's curves (concurrency 2; grid order and 50 random orders)\n"
           + replay_table(state, full, curves).to_string(index=False, **fmt))
     if sweep_dir is None:
@@ -226,14 +242,32 @@ def compare(full_dirs: list[Path], sweep_dir: Path | None) -> None:
     print(f"\n== {kind} sweep: {sweep_dir}\n" + swept.drop(columns=["flops_per_step"]).to_string(index=False, **fmt))
     print(f"\ncompute (sum of steps x FLOPs/step): {kind} {swept['train_flops'].sum():.3e} vs grid "
           f"{full['train_flops'].sum():.3e} -> ratio {ratio:.2f} (goal <= 0.6)")
+    close, bound = within_noise(_grid_value(full, a_state, sweep_best[0]), grid_best[1])
     print(f"best trial on the {kind} sweep's {a_state['spec']['select']['metric']}: grid {grid_best[0]} "
           f"({grid_best[1]:.3f}); {kind} {sweep_best[0]} ({sweep_best[1]:.3f}) -> "
-          f"{'same' if grid_best[0] == sweep_best[0] else 'DIFFERENT'}")
+          f"{'same' if grid_best[0] == sweep_best[0] else 'different'}; the selected point scores "
+          f"{_grid_value(full, a_state, sweep_best[0]):.3f} on the full grid: "
+          f"{'within' if close else 'OUTSIDE'} noise of the grid's best (2 s.e. of a difference = {bound:.3f})")
+    a_spec = a_state["spec"]
+    select, signal = a_spec["select"]["metric"], a_spec["scheduler"]["metric"]
+    study = {**state, "spec": {**state["spec"], "scheduler": a_spec["scheduler"]}}
+    for rung in rungs(study):
+        values = pd.Series({t: curves[t].get(signal, {}).get(rung, math.nan) for t in full["trial"]})
+        rho = values.corr(full.set_index("trial")[select], method="spearman") if select in full else math.nan
+        print(f"rank agreement (Spearman, {len(full)} grid trials) of the rung metric {signal} at step {rung} with "
+              f"the final {select}: {rho:.2f} (goal >= 0.8)")
     for metric in FINALS:  # the same question for the other final metrics
         g, a = (best_point(f, {"spec": {**s["spec"], "select": {"metric": metric, "mode": "max"}}})
                 for f, s in ((full, state), (swept, a_state)))
         print(f"  on {metric}: grid {g[0]} ({g[1]:.3f}), {kind} {a[0]} ({a[1]:.3f}) -> "
               f"{'same' if g[0] == a[0] else 'different'}")
+
+
+def _grid_value(full: pd.DataFrame, state: dict, point: str) -> float:
+    """The full grid's value of the selection metric at a point ("key=value, ..." as best_point writes it)."""
+    keys = list(state["spec"]["space"])
+    labels = full.apply(lambda row: ", ".join(f"{k}={row[k]}" for k in keys), axis=1)
+    return float(full.loc[labels == point, state["spec"]["select"]["metric"]].mean())
 
 
 def main() -> None:
