@@ -12,11 +12,12 @@ page of its trial runs, and checks what a user must see (exit 1 and the reason o
 
 1. the experiment opens on the runs table of a model-training experiment (``mlflow.experimentKind``), not the
    GenAI traces view, and lists every trial run by name;
-2. the compare page offers the parallel-coordinates plot, and its choices hold the swept params and the trials'
-   ``eval/*`` metrics (every trial has them: early-stopped ones are evaluated where they stopped).
+2. the compare page offers the parallel-coordinates plot, its parameter list holds the swept params and its
+   metric list each task's headline ``eval/*`` metric (MLflow lists the metrics all compared runs share: every
+   trial has them, early-stopped ones evaluated where they stopped); those metrics are added to the plot.
 
-Screenshots: ``runs_table.png``, ``compare.png`` in ``--out``. ``tests/test_mlflow_ui.py`` runs this when
-Chromium and playwright are installed (they are not in CI).
+Screenshots: ``runs_table.png``, ``compare.png``, ``compare_metrics.png`` (the metric list open) in ``--out``.
+``tests/test_mlflow_ui.py`` runs this when Chromium and playwright are installed (they are not in CI).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -32,6 +34,8 @@ import urllib.request
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
+
+from oskar_ray.metric_names import headline_metrics
 
 CHROMIUM = "/usr/bin/chromium"
 #: the flags this machine's closed network needs (no background connections) as root in a container
@@ -106,23 +110,48 @@ def check(uri: str, experiment: str, out: Path) -> list[str]:
             text = page.inner_text("body")
             if "Run Name" not in text:
                 problems.append("the experiment did not open on the runs table")
-            if f"{len(children) + 1} matching runs" not in text:
+            listed = re.search(r"(\d+) matching runs", text)
+            if not listed or int(listed.group(1)) < len(children) + 1:
                 problems.append(f"the runs table does not hold the sweep's {len(children) + 1} runs")
             ids = json.dumps([c.info.run_id for c in children])
             page.goto(f"{base}/#/compare-runs?runs={ids}&experiments={json.dumps([exp_id])}", wait_until="load")
             page.wait_for_timeout(5000)
             page.screenshot(path=str(out / "compare.png"), full_page=True)
-            text = page.content()
-            if "Parallel Coordinates" not in text:
+            if "Parallel Coordinates" not in page.content():
                 problems.append("the compare page shows no parallel-coordinates plot")
-            for name in [*swept, *evals[:3]]:
-                if name not in text:
-                    problems.append(f"{name!r} is not offered on the compare page")
+            problems += [f"swept param {name!r} is not offered by the parallel-coordinates plot"
+                         for name in swept if not offer(page, "Parameters:", name, choose=False)]
+            # the headline metric of each task: chosen, so the screenshot shows swept params against them
+            problems += [f"eval metric {name!r} is not offered by the parallel-coordinates plot"
+                         for name in headline_metrics(evals) if not offer(page, "Metrics:", name, choose=True)]
+            page.wait_for_timeout(1500)
+            page.screenshot(path=str(out / "compare_metrics.png"), full_page=True)
             browser.close()
     finally:
         server.terminate()
         server.wait(timeout=30)
     return problems
+
+
+def offer(page, label: str, name: str, choose: bool) -> bool:
+    """Whether the parallel-coordinates control after ``label`` lists ``name`` (typed into its search box; the
+    list itself is virtualised); ``choose``: also add it to the plot."""
+    box = page.get_by_text(label, exact=True).locator("xpath=following::*[@role='combobox'][1]")
+    if name in chosen(box):
+        return True
+    box.click()
+    page.keyboard.type(name)
+    page.wait_for_timeout(800)
+    found = name in [o.strip() for o in page.get_by_role("option").all_inner_texts()]
+    if found and choose:
+        page.keyboard.press("Enter")  # the one match is the active option
+    page.keyboard.press("Escape")
+    return found and (not choose or name in chosen(box))
+
+
+def chosen(box) -> list[str]:
+    """The values a control has chosen (its search input describes them)."""
+    return [v.strip() for v in (box.get_attribute("aria-description") or "").split(",") if v.strip()]
 
 
 def main(argv: list[str] | None = None) -> int:

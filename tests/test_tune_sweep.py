@@ -101,10 +101,23 @@ def test_synchronous_halving_pauses_the_better_trial_and_resumes_it_from_its_che
     assert (cut.data.tags["oskar.stop_reason"], cut.data.tags["oskar.stopped_at_step"]) == ("successive_halving", "4")
     assert cut.data.tags["oskar.evaluated_at_step"] == "4" and "eval/health/fusion/rankme" in cut.data.metrics
     assert f"[{rows[1e-12].trial_id}] evaluated at step 4" in printed
+    assert cut.data.metrics["time/eval_s"] > 0 and good.data.metrics["time/trial_s"] > good.data.metrics["time/eval_s"]
+    # the parent keeps what the scheduler decided at each rung, rebuilt from the runs
+    decisions = _parent_csv(client, outcome.parent_run_id, "scheduler_decisions.csv")
+    assert decisions[["rung", "train.lr", "rank", "decision"]].values.tolist() == [
+        [4, 2e-3, 1, "continued"], [4, 1e-12, 2, "stopped at 4"]]
+    trials = _parent_csv(client, outcome.parent_run_id, "trials.csv")
+    assert trials["eval/health/fusion/rankme"].notna().all() and set(trials["evaluated_at"]) == {4, 12}
     # resumed from a checkpoint, not from scratch: step 4 logged once. (A pause is not instant: the trial may
     # train on while Tune stops it, and retrain those steps from the rung checkpoint after the restart.)
     steps = [m.step for m in client.get_metric_history(good.info.run_id, "loss")]
     assert steps.count(4) == 1 and max(steps) == 12
+
+
+def _parent_csv(client, parent_run_id: str, name: str):
+    import pandas as pd
+
+    return pd.read_csv(client.download_artifacts(parent_run_id, name))
 
 
 def _driver(sweep: Path, *args: str) -> list[str]:

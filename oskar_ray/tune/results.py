@@ -27,7 +27,7 @@ from ..tracking import client_for, end_run, log_metrics, set_tags
 from .flops import flops_per_step
 from .spec import SweepSpec, trial_overrides
 from .stopped_trials import StoppedTrialEvaluator, live_evaluator
-from .trial import EVALUATED_AT, STATUS, STOPPED_AT, find_trial_run
+from .trial import EVAL_S, EVALUATED_AT, STATUS, STOPPED_AT, TRIAL_S, find_trial_run
 
 
 @dataclass
@@ -41,6 +41,9 @@ class TrialRow:
     error: str = ""
     #: the step whose weights ``eval/*`` measure (-1: not evaluated)
     evaluated_at: int = -1
+    #: wall seconds of its pretraining (Tune's time for the trial less its evaluation) and its evaluation
+    pretrain_s: float = math.nan
+    eval_s: float = math.nan
 
     @property
     def train_flops(self) -> float:
@@ -79,7 +82,7 @@ class SweepCallback(Callback):
 
     def on_step_end(self, iteration, trials, **info):
         if self.evaluator is not None:
-            self.evaluator.pump()
+            self.evaluator.pump(sum(t.status == "RUNNING" for t in trials))
 
     def on_trial_start(self, iteration, trials, trial, **info):
         print(f"[{trial.trial_id}] started: {_point(trial.config)}", flush=True)
@@ -104,7 +107,8 @@ class SweepCallback(Callback):
         if run is None:
             return
         flops = run.data.metrics.get("flops_per_step", math.nan)
-        log_metrics(client, run.info.run_id, {"steps_trained": step, "train_flops": flops * step}, step=step)
+        log_metrics(client, run.info.run_id, {"steps_trained": step, "train_flops": flops * step,
+                                              TRIAL_S: float(last.get("time_total_s", math.nan))}, step=step)
         if run.data.tags.get(STATUS) == "completed":
             print(f"[{trial.trial_id}] completed ({step} steps, evaluated)", flush=True)
             return
@@ -176,6 +180,9 @@ def refresh_from_runs(rows: list[TrialRow], client, experiment_id: str, parent_r
         row.metrics.update({k: v for k, v in run.data.metrics.items() if k.startswith("eval/")})
         if EVALUATED_AT in run.data.tags:
             row.evaluated_at = int(run.data.tags[EVALUATED_AT])
+        row.eval_s = run.data.metrics.get(EVAL_S, math.nan)
+        # a completed trial's Tune time includes its in-trial evaluation; a stopped trial's evaluation came after
+        row.pretrain_s = run.data.metrics.get(TRIAL_S, math.nan) - (row.eval_s if status == "completed" else 0.0)
 
 
 def rows_frame(rows: list[TrialRow], spec: SweepSpec, every_metric: bool = True):
@@ -193,10 +200,13 @@ def rows_frame(rows: list[TrialRow], spec: SweepSpec, every_metric: bool = True)
 
 
 def log_sweep_results(client, parent_run_id: str, spec: SweepSpec, rows: list[TrialRow], best: TrialRow | None,
-                      exp_dir: Path, seconds: float) -> None:
+                      exp_dir: Path, seconds: float, decisions) -> None:
+    """Counts, compute, time split and the best trial as metrics and tags; ``trials.csv`` (every trial, every
+    eval metric) and ``scheduler_decisions.csv`` (:mod:`.decisions`) as artifacts."""
     counts = {s: sum(r.status == s for r in rows) for s in ("completed", "early_stopped", "error")}
     metrics = {"sweep/trials": len(rows), **{f"sweep/{k}": v for k, v in counts.items()}, "sweep/wall_s": seconds,
-               "sweep/train_flops": sum(r.train_flops for r in rows if not math.isnan(r.flops_per_step))}
+               "sweep/train_flops": sum(r.train_flops for r in rows if not math.isnan(r.flops_per_step)),
+               **{f"sweep/{k}": v for k, v in time_split(rows).items()}}
     tags = {}
     if best is not None:
         metrics[f"best/{spec.select.metric}"] = best.metrics[spec.select.metric]
@@ -206,9 +216,16 @@ def log_sweep_results(client, parent_run_id: str, spec: SweepSpec, rows: list[Tr
     log_metrics(client, parent_run_id, metrics, step=0)
     set_tags(client, parent_run_id, {"oskar.experiment_dir": str(exp_dir), **tags})
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "trials.csv"
-        rows_frame(rows, spec).to_csv(path, index=False)
-        client.log_artifact(parent_run_id, str(path))
+        rows_frame(rows, spec).to_csv(Path(tmp) / "trials.csv", index=False)
+        decisions.to_csv(Path(tmp) / "scheduler_decisions.csv", index=False)
+        for name in ("trials.csv", "scheduler_decisions.csv"):
+            client.log_artifact(parent_run_id, str(Path(tmp) / name))
+
+
+def time_split(rows: list[TrialRow]) -> dict[str, float]:
+    """Seconds of pretraining and of downstream evaluation summed over the trials (they run side by side)."""
+    return {"pretrain_s": sum(r.pretrain_s for r in rows if not math.isnan(r.pretrain_s)),
+            "eval_s": sum(r.eval_s for r in rows if not math.isnan(r.eval_s))}
 
 
 def write_report(spec: SweepSpec, setup, exp_dir: Path) -> Path | None:
@@ -245,8 +262,10 @@ def mlflow_ui_command(uri: str, experiment_id: str = "") -> str:
 def print_summary(outcome: SweepOutcome) -> None:
     spec, rows = outcome.spec, outcome.trials
     counts = {s: sum(r.status == s for r in rows) for s in ("completed", "early_stopped", "error")}
+    split = time_split(rows)
     print(f"\nsweep {spec.name}: {len(rows)} trials ({counts['completed']} completed, {counts['early_stopped']} "
-          f"stopped early, {counts['error']} errored) in {outcome.seconds:.0f} s", flush=True)
+          f"stopped early, {counts['error']} errored) in {outcome.seconds:.0f} s; summed over the trials (they run "
+          f"side by side): pretraining {split['pretrain_s']:.0f} s, evaluation {split['eval_s']:.0f} s", flush=True)
     frame = rows_frame(rows, spec, every_metric=False).drop(columns=["error", "flops_per_step"])
     print(frame.to_string(index=False, float_format=lambda v: f"{v:.4g}"), flush=True)
     for row in rows:

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from ..tracking import client_for, ensure_experiment, git_sha, log_params, versions
+from .decisions import scheduler_decisions
 from .results import (
     SweepCallback,
     SweepOutcome,
@@ -42,7 +43,7 @@ from .results import (
 from .schedulers import make_scheduler
 from .spec import SweepSpec, spec_from_dict, trial_count, tune_space, validate_points
 from .stopped_trials import StoppedTrialEvaluator, register_evaluator
-from .trial import ROLE, SWEEP, SWEPT, TrialSetup, run_trial
+from .trial import ROLE, SWEEP, SWEPT, TrialSetup, find_trial_run, run_trial
 from .watchdog import StallWatchdog
 
 STATE_FILE = "oskar_sweep.json"
@@ -79,7 +80,7 @@ def run_sweep(spec: SweepSpec, *, resume: str | None = None, report: bool = True
     setup, state = _setup(spec, exp_dir, state)
     # trials and their workers may run on nodes that cannot reach a head-local store
     relay.start(setup.tracking_uri, spec.base_config(setup.base_overrides).tracking.relay)
-    evaluator = _stopped_trial_evaluator(spec, setup, own_cluster)
+    evaluator = _stopped_trial_evaluator(spec, setup)
     tuner = _tuner(spec, setup, exp_dir, state, restoring=resume is not None, evaluator=evaluator)
     grid = tuner.fit()
     client = client_for(setup.tracking_uri)
@@ -94,12 +95,11 @@ def run_sweep(spec: SweepSpec, *, resume: str | None = None, report: bool = True
     return outcome
 
 
-def _stopped_trial_evaluator(spec: SweepSpec, setup: TrialSetup, own_cluster: bool) -> StoppedTrialEvaluator:
-    """Evaluations of stopped trials: one at a time on a laptop (they share its cores with the trials still
-    training), as many as trials run at once on a cluster."""
+def _stopped_trial_evaluator(spec: SweepSpec, setup: TrialSetup) -> StoppedTrialEvaluator:
+    """Evaluations of stopped trials share the trials' slots: as many at once as trials may run, less those
+    training (at least one)."""
     cfg = spec.base_config(setup.base_overrides)
-    in_flight = 1 if own_cluster else max_concurrent(spec, cfg)
-    return StoppedTrialEvaluator(cfg.train.output_dir, cfg.eval.tasks, setup.tracking_uri, in_flight)
+    return StoppedTrialEvaluator(cfg.train.output_dir, cfg.eval.tasks, setup.tracking_uri, max_concurrent(spec, cfg))
 
 
 def warn_if_resources_held(wait_s: float = 10.0) -> None:
@@ -294,7 +294,9 @@ def _finish(spec: SweepSpec, setup: TrialSetup, exp_dir: Path, rows: list[TrialR
             seconds: float) -> SweepOutcome:
     client = client_for(setup.tracking_uri)
     best = best_trial(rows, spec)
-    log_sweep_results(client, setup.parent_run_id, spec, rows, best, exp_dir, seconds)
+    runs = {r.trial_id: find_trial_run(client, setup.experiment_id, setup.parent_run_id, r.trial_id) for r in rows}
+    decisions = scheduler_decisions(client, spec, rows, runs, spec.base_config(setup.base_overrides).train.steps)
+    log_sweep_results(client, setup.parent_run_id, spec, rows, best, exp_dir, seconds, decisions)
     html = write_report(spec, setup, exp_dir) if report else None
     client.set_terminated(setup.parent_run_id, status="FINISHED")
     return SweepOutcome(spec, exp_dir, setup.parent_run_id, setup.tracking_uri, rows, best, html, seconds,

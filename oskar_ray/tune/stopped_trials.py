@@ -4,28 +4,29 @@ Runbook (the sweep driver, :mod:`oskar_ray.tune.runner`, does this)::
 
     evaluator = StoppedTrialEvaluator(train_dir, tasks, tracking_uri, max_in_flight=1)
     evaluator.submit(trial_id, run_id, stopped_at)   # SweepCallback, the moment the scheduler stops a trial
-    evaluator.pump()                     # every Tune loop step: start queued evaluations as slots free up
+    evaluator.pump(trials_running)       # every Tune loop step: start queued evaluations as slots free up
     evaluator.catch_up(client, experiment_id, parent_run_id)   # after Tuner.fit: stopped runs still lacking eval/*
     evaluator.drain()                    # wait for all; {trial_id: StoppedEval}
 
 Why: successive halving stops most trials after a few rungs. Left unevaluated, they leave the ablation's
 heatmaps and MLflow's compare view empty but for the one survivor. Each stopped trial keeps its Ray Train
 checkpoints (``<train.output_dir>/<trial id>/checkpoint_*``); the newest one up to the step the scheduler
-stopped it at is evaluated with the trial's own
-resolved config (saved inside the checkpoint: same tasks, protocol and seed as the trials that ran to the end)
-in a Ray task of one CPU, and the ``eval/*`` metrics are logged onto the trial's child run at that step, with
-the tag ``oskar.evaluated_at_step``. The evaluations run while the surviving trials still train (the last rung
-leaves cores idle on a laptop); ``max_in_flight`` bounds how many run at once. A failed evaluation is recorded
-on the run (``oskar.eval_error``) and printed; it does not fail the sweep.
+stopped it at is evaluated with the trial's own resolved config (saved inside the checkpoint: same tasks,
+protocol and seed as the trials that ran to the end) in a Ray task of one CPU, and the ``eval/*`` metrics are
+logged onto the trial's child run at that step, with the tag ``oskar.evaluated_at_step``. The evaluations run
+while the surviving trials still train: ``max_in_flight`` (the trials a sweep runs at once) slots, each training
+trial taking one, at least one evaluation always going. A failed evaluation is recorded on the run
+(``oskar.eval_error``) and printed; it does not fail the sweep.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from .. import storage
-from ..tracking import client_for, set_tags
-from .trial import EVALUATED_AT, STATUS, STOPPED_AT, TRIAL_ID
+from ..tracking import client_for, log_metrics, set_tags
+from .trial import EVAL_S, EVALUATED_AT, STATUS, STOPPED_AT, TRIAL_ID
 
 #: CPUs each evaluation task reserves (probes are single-threaded; feature extraction uses what it gets)
 EVAL_CPUS = 1.0
@@ -78,14 +79,17 @@ def evaluate_stopped(run_dir: str, stopped_at: int, tasks: list[str], run_id: st
         raise FileNotFoundError(f"{run_dir}: no checkpoint at or before step {stopped_at} to evaluate (the trial "
                                 f"stopped before its first train.checkpoint_every step)")
     checkpoint, step = found
+    started = time.perf_counter()
     cfg = checkpoint_config(checkpoint)
     result = evaluate_full(checkpoint, cfg.data.path, tasks, cfg, log=True, run_id=run_id, progress=False)
-    set_tags(client_for(tracking_uri), run_id, {EVALUATED_AT: str(step)})
+    client = client_for(tracking_uri)
+    log_metrics(client, run_id, {EVAL_S: time.perf_counter() - started}, step=step)
+    set_tags(client, run_id, {EVALUATED_AT: str(step)})
     return {"step": step, "metrics": result.metrics, "task_errors": result.errors}
 
 
 class StoppedTrialEvaluator:
-    """Queue of stopped trials to evaluate; at most ``max_in_flight`` Ray tasks at once."""
+    """Queue of stopped trials to evaluate; at most ``max_in_flight`` Ray tasks at once, less the trials training."""
 
     def __init__(self, train_dir: str, tasks: list[str], tracking_uri: str, max_in_flight: int = 1):
         self.train_dir, self.tasks, self.uri = train_dir, list(tasks), tracking_uri
@@ -100,15 +104,16 @@ class StoppedTrialEvaluator:
             self.queued.append((trial_id, run_id, stopped_at))
         self.pump()
 
-    def pump(self) -> None:
-        """Collect finished evaluations, start queued ones while slots are free (never blocks)."""
+    def pump(self, trials_running: int = 0) -> None:
+        """Collect finished evaluations, start queued ones while slots are free (never blocks). A training trial
+        takes a slot: at least one evaluation runs beside them, all slots once training is over."""
         import ray
 
         if self.running:
             ready, _ = ray.wait(list(self.running), num_returns=len(self.running), timeout=0)
             for ref in ready:
                 self._collect(ref)
-        while self.queued and len(self.running) < self.max_in_flight:
+        while self.queued and len(self.running) < max(1, self.max_in_flight - trials_running):
             trial_id, run_id, stopped_at = self.queued.pop(0)
             task = ray.remote(num_cpus=EVAL_CPUS, max_retries=0)(evaluate_stopped)
             ref = task.remote(storage.join(self.train_dir, trial_id), stopped_at, self.tasks, run_id, self.uri)

@@ -27,6 +27,7 @@ FINISHED with ``oskar.trial_status=early_stopped`` (KILLED in sweeps logged befo
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,9 @@ ROLE, SWEEP, TRIAL_ID, SWEPT, STATUS = "oskar.role", "oskar.sweep", "oskar.trial
 EVALUATED_AT = "oskar.evaluated_at_step"
 #: the step of the last result the scheduler saw before stopping the trial
 STOPPED_AT = "oskar.stopped_at_step"
+#: wall seconds Tune counted for the trial (``time_total_s``: its attempts, pauses excluded; for a completed
+#: trial its evaluation included) and of its downstream evaluation
+TRIAL_S, EVAL_S = "time/trial_s", "time/eval_s"
 
 
 #: Ray Data preprocessing tasks in flight per trial (see _limit_data_cpus)
@@ -97,9 +101,11 @@ def train_and_evaluate(cfg, run_id: str, trial_id: str) -> dict[str, float]:
                       log_weights=False)
     if result.checkpoint is None:
         raise RuntimeError(f"trial {trial_id}: pretraining produced no checkpoint")
+    trained = time.perf_counter()
     # an error from here on reaches the driver, whose SweepCallback marks the run FAILED with it
     evaluated = evaluate_full(result.checkpoint, cfg.data.path, cfg.eval.tasks, cfg, log=True, run_id=run_id,
                               progress=False)
+    log_metrics(client, run_id, {EVAL_S: time.perf_counter() - trained}, step=cfg.train.steps)
     set_tags(client, run_id, {STATUS: "completed", EVALUATED_AT: str(cfg.train.steps)})
     flops = flops_per_step(cfg)
     return {"step": cfg.train.steps, "flops_per_step": flops, "train_flops": flops * cfg.train.steps,
