@@ -105,7 +105,7 @@ def test_synchronous_halving_pauses_the_better_trial_and_resumes_it_from_its_che
     # the parent keeps what the scheduler decided at each rung, rebuilt from the runs
     decisions = _parent_csv(client, outcome.parent_run_id, "scheduler_decisions.csv")
     assert decisions[["rung", "train.lr", "rank", "decision"]].values.tolist() == [
-        [4, 2e-3, 1, "continued"], [4, 1e-12, 2, "stopped at 4"]]
+        [4, 2e-3, 1, "continued"], [4, 1e-12, 2, "stopped at 4"], [8, 2e-3, 1, "continued"]]
     trials = _parent_csv(client, outcome.parent_run_id, "trials.csv")
     assert trials["eval/health/fusion/rankme"].notna().all() and set(trials["evaluated_at"]) == {4, 12}
     # resumed from a checkpoint, not from scratch: step 4 logged once. (A pause is not instant: the trial may

@@ -107,9 +107,12 @@ def _two_params(sweep, metric, swept, out_dir) -> Plot:
     if not on_grid and rows_numeric and cols_numeric:
         return _scatter_2d(sweep, metric, swept, rows, cols, out_dir)
     table = heatmap_table(sweep, metric, swept)
+    steps = heatmap_table(sweep, "", swept, values=_evaluated_at(sweep))
     row_order, col_order = list(table.index), list(table.columns)
     fig, (ax,) = new_figure(1, width=max(5.5, 1.1 * len(col_order) + 3), height=max(4.0, 0.8 * len(row_order) + 2))
-    _heatmap(fig, ax, table.to_numpy(dtype=float), metric)
+    # trials stopped early are evaluated where they stopped: say at which step, when the cells differ
+    mixed = steps.stack().nunique() > 1
+    _heatmap(fig, ax, table.to_numpy(dtype=float), metric, steps.to_numpy(dtype=float) if mixed else None)
     ax.set_xticks(range(len(col_order)), [fmt_value(c) for c in col_order])
     ax.set_yticks(range(len(row_order)), [fmt_value(r) for r in row_order])
     names = short_names(swept)
@@ -119,17 +122,24 @@ def _two_params(sweep, metric, swept, out_dir) -> Plot:
     return save(fig, out_dir, name, f"{metric}: heatmap over {swept[0]} × {swept[1]}", SECTION)
 
 
-def heatmap_table(sweep: SweepRuns, metric: str, pair: list[str]) -> pd.DataFrame:
-    """Mean of ``metric`` per cell of the ``pair[0]`` x ``pair[1]`` grid (rows x columns, sorted); NaN where no
-    trial of that cell has the metric."""
+def heatmap_table(sweep: SweepRuns, metric: str, pair: list[str], values: pd.Series | None = None) -> pd.DataFrame:
+    """Mean of ``metric`` (or of ``values``, one per run) per cell of the ``pair[0]`` x ``pair[1]`` grid (rows x
+    columns, sorted); NaN where no trial of that cell has it."""
     (rows, _), (cols, _) = (as_values(sweep.param(k)) for k in pair)
-    data = pd.DataFrame({"r": rows, "c": cols, "y": sweep.metric(metric)}).dropna(subset=["r", "c"])
+    y = sweep.metric(metric) if values is None else values
+    data = pd.DataFrame({"r": rows, "c": cols, "y": y}).dropna(subset=["r", "c"])
     table = data.pivot_table(index="r", columns="c", values="y", aggfunc="mean", dropna=False)
     return table.reindex(index=sorted(data["r"].unique(), key=_sort_key),
                          columns=sorted(data["c"].unique(), key=_sort_key))
 
 
-def _heatmap(fig, ax, matrix: np.ndarray, metric: str) -> None:
+def _evaluated_at(sweep: SweepRuns) -> pd.Series:
+    column = "tags.oskar.evaluated_at_step"
+    raw = sweep.frame[column] if column in sweep.frame else pd.Series(None, index=sweep.frame.index, dtype=object)
+    return pd.to_numeric(raw, errors="coerce")
+
+
+def _heatmap(fig, ax, matrix: np.ndarray, metric: str, steps: np.ndarray | None = None) -> None:
     shown = np.ma.masked_invalid(matrix)
     cmap = colormaps["viridis"].with_extremes(bad="#dddddd")
     image = ax.imshow(shown, origin="lower", cmap=cmap, aspect="auto")
@@ -138,6 +148,8 @@ def _heatmap(fig, ax, matrix: np.ndarray, metric: str) -> None:
     middle = (finite.min() + finite.max()) / 2 if finite.size else 0.0
     for (i, j), value in np.ndenumerate(matrix):
         text = "n/a" if not np.isfinite(value) else fmt_value(float(value))
+        if steps is not None and np.isfinite(value) and np.isfinite(steps[i, j]):
+            text += f"\n@ step {int(steps[i, j])}"
         color = "black" if not np.isfinite(value) or value > middle else "white"
         ax.text(j, i, text, ha="center", va="center", color=color, fontsize=9)
 
