@@ -81,8 +81,10 @@ def load(exp_dir: Path) -> tuple[dict, pd.DataFrame, dict]:
 
 
 def best_point(frame: pd.DataFrame, state: dict) -> tuple[str, float]:
+    """The best trial that trained to the end (as the sweep selects: stopped trials are evaluated at their stop
+    step, not comparable), as ``key=value, ...`` and its value."""
     select = state["spec"]["select"]
-    done = frame.dropna(subset=[select["metric"]])
+    done = frame[frame["status"] == "completed"].dropna(subset=[select["metric"]])
     row = done.loc[done[select["metric"]].idxmax() if select["mode"] == "max" else done[select["metric"]].idxmin()]
     keys = list(state["spec"]["space"])
     return ", ".join(f"{k}={row[k]}" for k in keys), float(row[select["metric"]])
@@ -256,7 +258,7 @@ def compare(full_dirs: list[Path], sweep_dir: Path | None) -> None:
         rho = values.corr(full.set_index("trial")[select], method="spearman") if select in full else math.nan
         print(f"rank agreement (Spearman, {len(full)} grid trials) of the rung metric {signal} at step {rung} with "
               f"the final {select}: {rho:.2f} (goal >= 0.8)")
-    for metric in FINALS:  # the same question for the other final metrics
+    for metric in [f for f in FINALS if full[f].notna().any() and swept[f].notna().any()]:  # the other finals
         g, a = (best_point(f, {"spec": {**s["spec"], "select": {"metric": metric, "mode": "max"}}})
                 for f, s in ((full, state), (swept, a_state)))
         print(f"  on {metric}: grid {g[0]} ({g[1]:.3f}), {kind} {a[0]} ({a[1]:.3f}) -> "

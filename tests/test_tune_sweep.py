@@ -244,7 +244,9 @@ def _assert_parent_run(client, parent_id: str, children) -> None:
     assert parent.data.params["sweep.space.budget.input_tokens"] == "[32, 48]"
     assert parent.data.tags["oskar.best_run_id"] in {c.info.run_id for c in children}
     artifacts = {a.path for a in client.list_artifacts(parent_id)}
-    assert {"trials.csv", "sweep.yaml"} <= artifacts
+    assert {"trials.csv", "sweep.yaml", "scheduler_decisions.csv", "selected_trial.json"} <= artifacts
+    selected = json.loads(Path(client.download_artifacts(parent_id, "selected_trial.json")).read_text())
+    assert selected["run_id"] == parent.data.tags["oskar.best_run_id"] and selected["metric"].startswith("eval/")
     try:
         import oskar_ray.report  # noqa: F401  (the report is optional for the sweep)
     except ImportError:

@@ -117,7 +117,7 @@ def init_ray(log_to_driver: bool = True, *, for_sweep: bool = False, trial_slots
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")
-    env = {k: os.environ[k] for k in QUIET_ENV}
+    env = {k: os.environ.get(k, v) for k, v in QUIET_ENV.items()}
     # a local cluster without the dashboard saves ~0.5 GB on a laptop
     kwargs: dict = {} if address else {"include_dashboard": False}
     pinned = for_sweep and not address

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 from dataclasses import dataclass, field
@@ -202,7 +203,7 @@ def rows_frame(rows: list[TrialRow], spec: SweepSpec, every_metric: bool = True)
 def log_sweep_results(client, parent_run_id: str, spec: SweepSpec, rows: list[TrialRow], best: TrialRow | None,
                       exp_dir: Path, seconds: float, decisions) -> None:
     """Counts, compute, time split and the best trial as metrics and tags; ``trials.csv`` (every trial, every
-    eval metric) and ``scheduler_decisions.csv`` (:mod:`.decisions`) as artifacts."""
+    eval metric), ``scheduler_decisions.csv`` (:mod:`.decisions`) and ``selected_trial.json`` as artifacts."""
     counts = {s: sum(r.status == s for r in rows) for s in ("completed", "early_stopped", "error")}
     metrics = {"sweep/trials": len(rows), **{f"sweep/{k}": v for k, v in counts.items()}, "sweep/wall_s": seconds,
                "sweep/train_flops": sum(r.train_flops for r in rows if not math.isnan(r.flops_per_step)),
@@ -215,10 +216,14 @@ def log_sweep_results(client, parent_run_id: str, spec: SweepSpec, rows: list[Tr
                 "oskar.best_run_id": run.info.run_id if run else ""}
     log_metrics(client, parent_run_id, metrics, step=0)
     set_tags(client, parent_run_id, {"oskar.experiment_dir": str(exp_dir), **tags})
+    selection = {"metric": spec.select.metric, "mode": spec.select.mode, "among": "trials trained to the end",
+                 **({"trial_id": best.trial_id, "run_id": tags["oskar.best_run_id"], "point": best.point,
+                     "value": best.metrics[spec.select.metric]} if best is not None else {"trial_id": None})}
     with tempfile.TemporaryDirectory() as tmp:
         rows_frame(rows, spec).to_csv(Path(tmp) / "trials.csv", index=False)
         decisions.to_csv(Path(tmp) / "scheduler_decisions.csv", index=False)
-        for name in ("trials.csv", "scheduler_decisions.csv"):
+        (Path(tmp) / "selected_trial.json").write_text(json.dumps(selection, indent=2, default=str))
+        for name in ("trials.csv", "scheduler_decisions.csv", "selected_trial.json"):
             client.log_artifact(parent_run_id, str(Path(tmp) / name))
 
 
