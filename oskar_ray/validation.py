@@ -38,8 +38,9 @@ def validate(cfg: OskarConfig) -> None:
         unknown = [v for v in getattr(cfg.eval, name) if v not in valid]
         if unknown:
             raise ValueError(f"eval.{name}: unknown value {unknown[0]!r} (valid: {', '.join(valid)})")
-    if not cfg.eval.action_protocols:
-        raise ValueError(f"eval.action_protocols is empty (valid: {', '.join(ACTION_PROTOCOLS)})")
+    for name, valid in (("action_protocols", ACTION_PROTOCOLS), ("vqa_views", VQA_VIEWS)):
+        if not getattr(cfg.eval, name):
+            raise ValueError(f"eval.{name} is empty (valid: {', '.join(valid)})")
 
 
 def _get(cfg: OskarConfig, dotted: str) -> Any:

@@ -253,7 +253,12 @@ def test_three_swept_keys_get_a_heatmap_per_task_and_pair_with_stopped_trials_fi
     parent, ids = make_sweep(store, "three", grid, keys)
     for run_id in ids[1:]:  # stopped by the scheduler, then evaluated where they stopped: cells like any other
         client.set_tag(run_id, "oskar.trial_status", "early_stopped")
-    build_report("three", tmp_path, tracking_uri=uri, parent_run_id=parent)
+        client.set_tag(run_id, "oskar.evaluated_at_step", "2")
+    client.set_tag(ids[0], "oskar.evaluated_at_step", "5")
+    page = build_report("three", tmp_path, tracking_uri=uri, parent_run_id=parent)
+    best = [r for r in parse_table(page).rows if r["attrs"].get("class") == "best"]
+    # the best among the trials that trained to the end, though stopped ones score higher where they stopped
+    assert [r["attrs"]["data-run-id"] for r in best] == [ids[0]]
     names = {p.name for p in tmp_path.glob("*.png")}
     for metric in (TOP1, "eval/retrieval/t2v/R1", "eval/vqa/accuracy"):
         for a, b in (keys[:2], keys[::2], keys[1:]):
@@ -261,3 +266,6 @@ def test_three_swept_keys_get_a_heatmap_per_task_and_pair_with_stopped_trials_fi
     sweep = load_sweep("three", uri, parent)
     for a, b in (keys[:2], keys[::2], keys[1:]):
         assert not heatmap_table(sweep, "eval/vqa/accuracy", [a, b]).isna().any().any()
+    steps = pd.to_numeric(sweep.frame["tags.oskar.evaluated_at_step"])
+    low, high = (heatmap_table(sweep, "", keys[:2], values=steps, how=how) for how in ("min", "max"))
+    assert (low.iloc[0, 0], high.iloc[0, 0]) == (2, 5)  # 32 x 16: the finished trial and a stopped one

@@ -78,6 +78,8 @@ def test_metrics_no_trial_would_log_are_refused_before_any_trial_starts():
                             "select": {"metric": "eval/action/video/attentive/top1"}}, "runs linear, knn"),
                           ({"overrides": [*probing[1:], "eval.tasks=[vqa]", "eval.vqa_views=[video]"],
                             "select": {"metric": "eval/vqa/video+skeleton/accuracy"}}, "eval.vqa_views=['video']"),
+                          ({"overrides": [*probing[1:], "eval.tasks=[vqa]", "eval.vqa_views=[video+skeleton]"],
+                            "select": {"metric": "eval/vqa/accuracy"}}, "eval.vqa_views=['video+skeleton']"),
                           ({"space": {"budget.nonexistent": [1, 2]}}, "unknown config key budget.nonexistent")]:
         with pytest.raises(ValueError, match=re.escape(named)):
             validate_points(spec_from_dict({**base, **change}))
@@ -316,3 +318,27 @@ def test_eval_tasks_the_dataset_cannot_serve_are_refused_before_any_trial(synth_
         check_eval_tasks(spec, spec.base_config())
     assert "--set eval.tasks=[action]" in str(err.value)
     check_eval_tasks(spec, spec.base_config(["eval.tasks=[action]"]))
+
+
+def test_scheduler_decisions_are_rebuilt_from_the_runs_even_off_the_rung_steps():
+    from types import SimpleNamespace
+
+    from oskar_ray.tune.decisions import scheduler_decisions
+    from oskar_ray.tune.results import TrialRow
+
+    spec = spec_from_dict({"name": "x", "base": str(SMOKE), "space": {"train.lr": [1, 2, 3]},
+                           "scheduler": {"kind": "asha", "metric": "probe/mean", "grace_period": 10,
+                                         "reduction_factor": 3}})
+    # probes every 15 steps: the scheduler ranked each trial on its first report past a rung (10: step 15)
+    curves = {"a": [(15, 0.9), (30, 0.9), (45, 0.9), (60, 0.9)], "b": [(15, 0.5), (30, 0.6), (45, 0.4)],
+              "c": [(15, 0.1)]}
+    rows = [TrialRow("a", {"train.lr": 1}, "completed", 60, 1.0),
+            TrialRow("b", {"train.lr": 2}, "early_stopped", 45, 1.0),
+            TrialRow("c", {"train.lr": 3}, "early_stopped", 15, 1.0)]
+    client = SimpleNamespace(get_metric_history=lambda run_id, key: [SimpleNamespace(step=s, value=v)
+                                                                       for s, v in curves[run_id]])
+    runs = {t: SimpleNamespace(info=SimpleNamespace(run_id=t)) for t in curves}
+    frame = scheduler_decisions(client, spec, rows, runs, train_steps=60)
+    got = frame[["rung", "trial_id", "probe/mean", "rank", "decision"]].values.tolist()
+    assert got == [[10, "a", 0.9, 1, "continued"], [10, "b", 0.5, 2, "continued"], [10, "c", 0.1, 3, "stopped at 10"],
+                   [30, "a", 0.9, 1, "continued"], [30, "b", 0.6, 2, "stopped at 30"]]

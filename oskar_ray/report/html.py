@@ -95,10 +95,16 @@ def _header(sweep: SweepRuns, primary: str | None) -> str:
 
 
 def best_run(sweep: SweepRuns, primary: str | None):
-    """Index of the best run by ``primary`` (None when no run has it)."""
+    """Index of the best run by ``primary`` (None when no run has it), among the trials that trained to the end
+    when there are any: a trial stopped early is evaluated where it stopped, and the sweep selects among the
+    finished ones (``selected_trial.json``)."""
     if not primary:
         return None
-    values = sweep.metric(primary).dropna()
+    values = sweep.metric(primary)
+    finished = sweep.outcome() == "FINISHED"
+    if (finished & values.notna()).any():
+        values = values[finished]
+    values = values.dropna()
     if values.empty:
         return None
     return values.idxmin() if lower_is_better(primary) else values.idxmax()

@@ -107,12 +107,13 @@ def _two_params(sweep, metric, swept, out_dir) -> Plot:
     if not on_grid and rows_numeric and cols_numeric:
         return _scatter_2d(sweep, metric, swept, rows, cols, out_dir)
     table = heatmap_table(sweep, metric, swept)
-    steps = heatmap_table(sweep, "", swept, values=_evaluated_at(sweep))
+    at = _evaluated_at(sweep).where(sweep.metric(metric).notna())
+    low, high = (heatmap_table(sweep, "", swept, values=at, how=how).to_numpy(dtype=float) for how in ("min", "max"))
     row_order, col_order = list(table.index), list(table.columns)
     fig, (ax,) = new_figure(1, width=max(5.5, 1.1 * len(col_order) + 3), height=max(4.0, 0.8 * len(row_order) + 2))
-    # trials stopped early are evaluated where they stopped: say at which step, when the cells differ
-    mixed = steps.stack().nunique() > 1
-    _heatmap(fig, ax, table.to_numpy(dtype=float), metric, steps.to_numpy(dtype=float) if mixed else None)
+    # trials stopped early are evaluated where they stopped: say at which step(s), when the cells differ
+    mixed = at.dropna().nunique() > 1
+    _heatmap(fig, ax, table.to_numpy(dtype=float), metric, (low, high) if mixed else None)
     ax.set_xticks(range(len(col_order)), [fmt_value(c) for c in col_order])
     ax.set_yticks(range(len(row_order)), [fmt_value(r) for r in row_order])
     names = short_names(swept)
@@ -122,13 +123,14 @@ def _two_params(sweep, metric, swept, out_dir) -> Plot:
     return save(fig, out_dir, name, f"{metric}: heatmap over {swept[0]} × {swept[1]}", SECTION)
 
 
-def heatmap_table(sweep: SweepRuns, metric: str, pair: list[str], values: pd.Series | None = None) -> pd.DataFrame:
-    """Mean of ``metric`` (or of ``values``, one per run) per cell of the ``pair[0]`` x ``pair[1]`` grid (rows x
-    columns, sorted); NaN where no trial of that cell has it."""
+def heatmap_table(sweep: SweepRuns, metric: str, pair: list[str], values: pd.Series | None = None,
+                  how: str = "mean") -> pd.DataFrame:
+    """``how`` (mean, min, max) of ``metric`` (or of ``values``, one per run) per cell of the ``pair[0]`` x
+    ``pair[1]`` grid (rows x columns, sorted); NaN where no trial of that cell has it."""
     (rows, _), (cols, _) = (as_values(sweep.param(k)) for k in pair)
     y = sweep.metric(metric) if values is None else values
     data = pd.DataFrame({"r": rows, "c": cols, "y": y}).dropna(subset=["r", "c"])
-    table = data.pivot_table(index="r", columns="c", values="y", aggfunc="mean", dropna=False)
+    table = data.pivot_table(index="r", columns="c", values="y", aggfunc=how, dropna=False)
     return table.reindex(index=sorted(data["r"].unique(), key=_sort_key),
                          columns=sorted(data["c"].unique(), key=_sort_key))
 
@@ -139,7 +141,7 @@ def _evaluated_at(sweep: SweepRuns) -> pd.Series:
     return pd.to_numeric(raw, errors="coerce")
 
 
-def _heatmap(fig, ax, matrix: np.ndarray, metric: str, steps: np.ndarray | None = None) -> None:
+def _heatmap(fig, ax, matrix: np.ndarray, metric: str, steps: tuple[np.ndarray, np.ndarray] | None = None) -> None:
     shown = np.ma.masked_invalid(matrix)
     cmap = colormaps["viridis"].with_extremes(bad="#dddddd")
     image = ax.imshow(shown, origin="lower", cmap=cmap, aspect="auto")
@@ -148,8 +150,9 @@ def _heatmap(fig, ax, matrix: np.ndarray, metric: str, steps: np.ndarray | None 
     middle = (finite.min() + finite.max()) / 2 if finite.size else 0.0
     for (i, j), value in np.ndenumerate(matrix):
         text = "n/a" if not np.isfinite(value) else fmt_value(float(value))
-        if steps is not None and np.isfinite(value) and np.isfinite(steps[i, j]):
-            text += f"\n@ step {int(steps[i, j])}"
+        if steps is not None and np.isfinite(value) and np.isfinite(steps[0][i, j]):
+            low, high = int(steps[0][i, j]), int(steps[1][i, j])
+            text += f"\n@ step {low}" if low == high else f"\n@ steps {low}-{high}"
         color = "black" if not np.isfinite(value) or value > middle else "white"
         ax.text(j, i, text, ha="center", va="center", color=color, fontsize=9)
 
@@ -161,7 +164,8 @@ def _scatter_2d(sweep, metric, swept, rows, cols, out_dir) -> Plot:
     fig.colorbar(points, ax=ax, label=metric_unit(metric))
     ax.set(xlabel=_param_label(swept[1], True), ylabel=_param_label(swept[0], True), title=metric)
     ax.grid(alpha=0.3)
-    return save(fig, out_dir, f"scatter_{metric}", f"{metric} over {swept[0]} × {swept[1]}", SECTION)
+    name = f"scatter_{metric}" if len(sweep.swept) == 2 else f"scatter_{metric}_{swept[0]}_x_{swept[1]}"
+    return save(fig, out_dir, name, f"{metric} over {swept[0]} × {swept[1]}", SECTION)
 
 
 def _marginals(sweep, metric, swept, out_dir) -> Plot:

@@ -144,7 +144,9 @@ def init_ray(log_to_driver: bool = True, *, for_sweep: bool = False, trial_slots
             os.environ.pop(STARTUP_CONCURRENCY_ENV, None)
 
 
-#: Ray's documented config override (``RAY_<config name>``) for how many worker processes a raylet starts at once
+#: how many worker processes a raylet starts at once: a raylet config (ray_config_def.h) read from the environment
+#: as ``RAY_<name>`` — an internal knob, not a public API: a Ray upgrade that drops it brings the warnings back
+#: (tests/test_train_ray.py::test_a_local_cluster_sized_for_its_trials_prints_no_worker_startup_warnings fails)
 STARTUP_CONCURRENCY_ENV = "RAY_worker_maximum_startup_concurrency"
 #: Python processes one running trial keeps: Ray Train V2's controller, dataset manager, synchronisation,
 #: preemption watcher and placement-group cleaner actors, the train worker, the Tune function, Ray Data's split
@@ -156,7 +158,9 @@ def startup_concurrency(concurrent_trials: int) -> int:
     """Worker processes the local raylet may start at once. Its default is the core count (2 on a laptop), and
     the raylet warns each time the live processes pass 4x that ("N PYTHON worker processes have been started
     ... 19x the maximum expected startup concurrency") — which every sweep trial does by design (Ray Train V2
-    runs ~8 actors per trial). Sized for the trials that run at once, the warning keeps its meaning: a leak."""
+    runs ~8 actors per trial). Sized for the trials that run at once, the warning keeps its meaning: a leak.
+    The knob also lets that many processes boot in parallel (they queued before), which a trial's start-up
+    does anyway, one actor after another."""
     return max(os.cpu_count() or 1, PROCESSES_PER_TRIAL * max(1, concurrent_trials) // 2)
 
 

@@ -3,11 +3,13 @@
 * :class:`SweepCallback` (Tune callback, in the driver): one console line per
   trial event; ends the child run of a trial the scheduler stopped ``FINISHED`` — it was stopped by
   design, it did not fail — with tags ``oskar.trial_status=early_stopped``, ``oskar.stopped_at_step``,
-  ``oskar.stop_reason`` (the scheduler) and metrics ``steps_trained``, actual ``train_flops``;
-  a failed trial ends ``FAILED`` with the error.
+  ``oskar.stop_reason`` (the scheduler) and metrics ``steps_trained``, actual ``train_flops``, and hands it
+  to the sweep's :class:`~.stopped_trials.StoppedTrialEvaluator`; a failed trial ends ``FAILED`` with the error.
+* :func:`refresh_from_runs`: each row takes its run's outcome, late ``eval/*`` metrics, time split and
+  evaluation errors (MLflow is the record).
 * :func:`summarize`: the Tune ``ResultGrid`` as :class:`TrialRow` s.
-* :func:`log_sweep_results`: counts, total compute, the best trial and
-  ``trials.csv`` on the parent run.
+* :func:`log_sweep_results`: counts, total compute, the time split, the best trial, and as artifacts
+  ``trials.csv``, ``scheduler_decisions.csv`` and ``selected_trial.json`` on the parent run.
 * :func:`write_report`: ``oskar_ray.report.build_report`` (the comparison
   dashboard) when installed, logged under ``report/`` on the parent run.
 """
@@ -27,7 +29,7 @@ from ..metric_names import headline_metrics
 from ..tracking import client_for, end_run, log_metrics, set_tags
 from .flops import flops_per_step
 from .spec import SweepSpec, trial_overrides
-from .stopped_trials import StoppedTrialEvaluator, live_evaluator
+from .stopped_trials import EVAL_ERROR, StoppedTrialEvaluator, live_evaluator
 from .trial import EVAL_S, EVALUATED_AT, STATUS, STOPPED_AT, TRIAL_S, find_trial_run
 
 
@@ -108,8 +110,10 @@ class SweepCallback(Callback):
         if run is None:
             return
         flops = run.data.metrics.get("flops_per_step", math.nan)
-        log_metrics(client, run.info.run_id, {"steps_trained": step, "train_flops": flops * step,
-                                              TRIAL_S: float(last.get("time_total_s", math.nan))}, step=step)
+        # a trial re-reported by a resumed sweep comes back with a fresh, small time_total_s: keep the larger
+        seconds = max(float(last.get("time_total_s", 0.0)), run.data.metrics.get(TRIAL_S, 0.0))
+        log_metrics(client, run.info.run_id, {"steps_trained": step, "train_flops": flops * step, TRIAL_S: seconds},
+                    step=step)
         if run.data.tags.get(STATUS) == "completed":
             print(f"[{trial.trial_id}] completed ({step} steps, evaluated)", flush=True)
             return
@@ -121,7 +125,7 @@ class SweepCallback(Callback):
             client.delete_tag(run.info.run_id, "error")  # the dying trial's own exception, not a failure
         client.set_terminated(run.info.run_id, status="FINISHED")
         print(f"[{trial.trial_id}] stopped early by the scheduler at step {step}", flush=True)
-        if self.evaluator is not None and not any(k.startswith("eval/") for k in run.data.metrics):
+        if self.evaluator is not None and EVALUATED_AT not in run.data.tags:
             self.evaluator.submit(trial.trial_id, run.info.run_id, step)
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -183,7 +187,13 @@ def refresh_from_runs(rows: list[TrialRow], client, experiment_id: str, parent_r
             row.evaluated_at = int(run.data.tags[EVALUATED_AT])
         row.eval_s = run.data.metrics.get(EVAL_S, math.nan)
         # a completed trial's Tune time includes its in-trial evaluation; a stopped trial's evaluation came after
-        row.pretrain_s = run.data.metrics.get(TRIAL_S, math.nan) - (row.eval_s if status == "completed" else 0.0)
+        in_trial = row.eval_s if status == "completed" and not math.isnan(row.eval_s) else 0.0
+        trained = run.data.metrics.get(TRIAL_S, math.nan) - in_trial
+        row.pretrain_s = trained if math.isnan(trained) else max(0.0, trained)
+        failed = [f"evaluation: {run.data.tags[EVAL_ERROR]}"] if EVAL_ERROR in run.data.tags else []
+        failed += [f"eval {t}: {run.data.tags.get(f'eval.{t}.error', '')}"
+                   for t in run.data.tags.get("eval.failed_tasks", "").split(",") if t]
+        row.error = "; ".join(filter(None, [row.error, *failed]))
 
 
 def rows_frame(rows: list[TrialRow], spec: SweepSpec, every_metric: bool = True):

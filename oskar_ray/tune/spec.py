@@ -38,7 +38,7 @@ from typing import Any
 import yaml
 
 from ..config import OskarConfig, base_path, load_config
-from ..metric_names import PROBE_PREFIX, probe_metrics
+from ..metric_names import PROBE_PREFIX, VQA_VIEWS, probe_metrics
 
 AXIS_KINDS = ("grid", "choice", "uniform", "loguniform", "randint", "variants")
 
@@ -299,8 +299,10 @@ def _check_eval_metric(name: str, metric: str, cfg: OskarConfig) -> None:
             raise ValueError(f"sweep.{name}.metric {metric!r} is never logged: the action task runs "
                              f"{', '.join(protocols)} (eval.action_protocols={e.action_protocols}, "
                              f"eval.finetune_epochs={e.finetune_epochs})")
-    if parts[1] == "vqa" and "video+skeleton" in parts and "video+skeleton" not in e.vqa_views:
-        raise ValueError(f"sweep.{name}.metric {metric!r} is never logged: eval.vqa_views={e.vqa_views}")
+    if parts[1] == "vqa" and len(parts) >= 3 and parts[-1] != "prior":  # the priors come from the labels alone
+        view = parts[2] if parts[2] in VQA_VIEWS else "video"  # eval/vqa/accuracy reads the video view
+        if view not in e.vqa_views:
+            raise ValueError(f"sweep.{name}.metric {metric!r} is never logged: eval.vqa_views={e.vqa_views}")
 
 
 def _describe(point: dict[str, Any]) -> str:

@@ -28,7 +28,7 @@ from .. import storage
 from ..tracking import client_for, log_metrics, set_tags
 from .trial import EVAL_S, EVALUATED_AT, STATUS, STOPPED_AT, TRIAL_ID
 
-#: CPUs each evaluation task reserves (probes are single-threaded; feature extraction uses what it gets)
+#: CPUs each evaluation task reserves, and its torch threads (the probes are single-threaded anyway)
 EVAL_CPUS = 1.0
 EVAL_ERROR = "oskar.eval_error"
 
@@ -65,9 +65,9 @@ def latest_checkpoint(run_dir: str, max_step: int | None = None) -> tuple[str, i
     return path, step
 
 
-def evaluate_stopped(run_dir: str, stopped_at: int, tasks: list[str], run_id: str, tracking_uri: str) -> dict:
+def evaluate_stopped(run_dir: str, stopped_at: int, run_id: str, tracking_uri: str) -> dict:
     """Body of the Ray task: evaluate the newest checkpoint under ``run_dir`` up to step ``stopped_at`` onto MLflow
-    run ``run_id``."""
+    run ``run_id``, with the tasks and protocol of the trial's own config (saved in the checkpoint)."""
     import torch
 
     from ..eval.api import evaluate_full
@@ -77,14 +77,17 @@ def evaluate_stopped(run_dir: str, stopped_at: int, tasks: list[str], run_id: st
     found = latest_checkpoint(run_dir, stopped_at)
     if found is None:
         raise FileNotFoundError(f"{run_dir}: no checkpoint at or before step {stopped_at} to evaluate (the trial "
-                                f"stopped before its first train.checkpoint_every step)")
+                                f"stopped before its first train.checkpoint_every step, or trained on while Tune "
+                                f"stopped it and train.keep_checkpoints rotated that checkpoint out)")
     checkpoint, step = found
     started = time.perf_counter()
     cfg = checkpoint_config(checkpoint)
-    result = evaluate_full(checkpoint, cfg.data.path, tasks, cfg, log=True, run_id=run_id, progress=False)
+    result = evaluate_full(checkpoint, cfg.data.path, cfg.eval.tasks, cfg, log=True, run_id=run_id, progress=False)
     client = client_for(tracking_uri)
     log_metrics(client, run_id, {EVAL_S: time.perf_counter() - started}, step=step)
     set_tags(client, run_id, {EVALUATED_AT: str(step)})
+    if EVAL_ERROR in client.get_run(run_id).data.tags:  # an earlier attempt failed; this one ran
+        client.delete_tag(run_id, EVAL_ERROR)
     return {"step": step, "metrics": result.metrics, "task_errors": result.errors}
 
 
@@ -92,8 +95,11 @@ class StoppedTrialEvaluator:
     """Queue of stopped trials to evaluate; at most ``max_in_flight`` Ray tasks at once, less the trials training."""
 
     def __init__(self, train_dir: str, tasks: list[str], tracking_uri: str, max_in_flight: int = 1):
+        #: ``tasks`` is what the log lines name; each evaluation runs its trial's own eval.tasks
         self.train_dir, self.tasks, self.uri = train_dir, list(tasks), tracking_uri
         self.max_in_flight = max(1, max_in_flight)
+        self.trials_running = 0  # as last reported by pump(): a submit between two loop steps respects it
+        self._task = None
         self.queued: list[tuple[str, str, int]] = []
         self.running: dict = {}  # ObjectRef -> (trial_id, run_id, stopped_at)
         self.done: dict[str, StoppedEval] = {}
@@ -102,31 +108,33 @@ class StoppedTrialEvaluator:
         known = {q[0] for q in self.queued} | {r[0] for r in self.running.values()} | set(self.done)
         if trial_id not in known:
             self.queued.append((trial_id, run_id, stopped_at))
-        self.pump()
+        self.pump(self.trials_running)
 
     def pump(self, trials_running: int = 0) -> None:
         """Collect finished evaluations, start queued ones while slots are free (never blocks). A training trial
         takes a slot: at least one evaluation runs beside them, all slots once training is over."""
         import ray
 
+        self.trials_running = trials_running
         if self.running:
             ready, _ = ray.wait(list(self.running), num_returns=len(self.running), timeout=0)
             for ref in ready:
                 self._collect(ref)
+        if self._task is None:
+            self._task = ray.remote(num_cpus=EVAL_CPUS, max_retries=0)(evaluate_stopped)
         while self.queued and len(self.running) < max(1, self.max_in_flight - trials_running):
             trial_id, run_id, stopped_at = self.queued.pop(0)
-            task = ray.remote(num_cpus=EVAL_CPUS, max_retries=0)(evaluate_stopped)
-            ref = task.remote(storage.join(self.train_dir, trial_id), stopped_at, self.tasks, run_id, self.uri)
+            ref = self._task.remote(storage.join(self.train_dir, trial_id), stopped_at, run_id, self.uri)
             self.running[ref] = (trial_id, run_id, stopped_at)
             print(f"[{trial_id}] evaluating downstream ({', '.join(self.tasks)}) at its last checkpoint", flush=True)
 
     def catch_up(self, client, experiment_id: str, parent_run_id: str) -> None:
-        """Queue stopped trials of this sweep whose runs have no ``eval/*`` yet (a sweep interrupted while they
-        waited, now resumed)."""
+        """Queue stopped trials of this sweep not evaluated yet (a sweep interrupted while they waited, now
+        resumed); one whose evaluation ran — even if every task failed, which its tags record — is not redone."""
         runs = client.search_runs([experiment_id], filter_string=(
             f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`{STATUS}` = 'early_stopped'"))
         for run in runs:
-            if not any(k.startswith("eval/") for k in run.data.metrics):
+            if EVALUATED_AT not in run.data.tags:
                 self.submit(run.data.tags.get(TRIAL_ID, ""), run.info.run_id,
                             int(run.data.tags.get(STOPPED_AT, run.data.metrics.get("steps_trained", 0))))
 
@@ -135,7 +143,7 @@ class StoppedTrialEvaluator:
         import ray
 
         while self.queued or self.running:
-            self.pump()
+            self.pump(0)
             if self.running:
                 ready, _ = ray.wait(list(self.running), num_returns=1)
                 self._collect(ready[0])
@@ -148,7 +156,7 @@ class StoppedTrialEvaluator:
         try:
             out = ray.get(ref)
         except Exception as err:  # noqa: BLE001 - recorded on the trial's run; the sweep goes on
-            error = _first_line(err)
+            error = _last_line(err)
             self.done[trial_id] = StoppedEval(trial_id, run_id, error=error)
             set_tags(client_for(self.uri), run_id, {EVAL_ERROR: error})
             print(f"[{trial_id}] downstream evaluation FAILED: {error}", flush=True)
@@ -158,7 +166,8 @@ class StoppedTrialEvaluator:
         print(f"[{trial_id}] evaluated at step {out['step']} ({len(out['metrics'])} metrics{failed})", flush=True)
 
 
-def _first_line(error: BaseException) -> str:
+def _last_line(error: BaseException) -> str:
+    """Ray wraps the task's exception in its traceback; the last line names it."""
     lines = [ln for ln in str(error).splitlines() if ln.strip()]
     return (lines[-1] if lines else type(error).__name__)[:500]
 
