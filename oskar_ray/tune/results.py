@@ -172,11 +172,13 @@ def summarize(grid, spec: SweepSpec, base_overrides: list[str]) -> list[TrialRow
     return sorted(rows, key=lambda r: r.trial_id)
 
 
-def refresh_from_runs(rows: list[TrialRow], client, experiment_id: str, parent_run_id: str) -> None:
+def refresh_from_runs(rows: list[TrialRow], client, experiment_id: str, parent_run_id: str) -> dict:
     """MLflow is the record: each row takes its run's outcome tag and the ``eval/*`` metrics logged after Tune
-    last heard of it (a stopped trial's downstream evaluation), and ``evaluated_at_step``."""
+    last heard of it (a stopped trial's downstream evaluation), and ``evaluated_at_step``. Returns the runs found,
+    by trial id (the decisions and the summary read them again)."""
+    runs = {row.trial_id: find_trial_run(client, experiment_id, parent_run_id, row.trial_id) for row in rows}
     for row in rows:
-        run = find_trial_run(client, experiment_id, parent_run_id, row.trial_id)
+        run = runs[row.trial_id]
         if run is None:
             continue
         status = run.data.tags.get(STATUS)
@@ -194,6 +196,7 @@ def refresh_from_runs(rows: list[TrialRow], client, experiment_id: str, parent_r
         failed += [f"eval {t}: {run.data.tags.get(f'eval.{t}.error', '')}"
                    for t in run.data.tags.get("eval.failed_tasks", "").split(",") if t]
         row.error = "; ".join(filter(None, [row.error, *failed]))
+    return runs
 
 
 def rows_frame(rows: list[TrialRow], spec: SweepSpec, every_metric: bool = True):

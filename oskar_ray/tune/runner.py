@@ -43,7 +43,7 @@ from .results import (
 from .schedulers import make_scheduler
 from .spec import SweepSpec, spec_from_dict, trial_count, tune_space, validate_points
 from .stopped_trials import StoppedTrialEvaluator, register_evaluator
-from .trial import ROLE, SWEEP, SWEPT, TrialSetup, find_trial_run, run_trial
+from .trial import ROLE, SWEEP, SWEPT, TrialSetup, run_trial
 from .watchdog import StallWatchdog
 
 STATE_FILE = "oskar_sweep.json"
@@ -89,8 +89,8 @@ def run_sweep(spec: SweepSpec, *, resume: str | None = None, report: bool = True
     if own_cluster:
         warn_if_resources_held()
     rows = summarize(grid, spec, setup.base_overrides)
-    refresh_from_runs(rows, client, setup.experiment_id, setup.parent_run_id)
-    outcome = _finish(spec, setup, exp_dir, rows, report, time.perf_counter() - started)
+    runs = refresh_from_runs(rows, client, setup.experiment_id, setup.parent_run_id)
+    outcome = _finish(spec, setup, exp_dir, rows, runs, report, time.perf_counter() - started)
     print_summary(outcome)
     return outcome
 
@@ -290,11 +290,10 @@ def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def _finish(spec: SweepSpec, setup: TrialSetup, exp_dir: Path, rows: list[TrialRow], report: bool,
+def _finish(spec: SweepSpec, setup: TrialSetup, exp_dir: Path, rows: list[TrialRow], runs: dict, report: bool,
             seconds: float) -> SweepOutcome:
     client = client_for(setup.tracking_uri)
     best = best_trial(rows, spec)
-    runs = {r.trial_id: find_trial_run(client, setup.experiment_id, setup.parent_run_id, r.trial_id) for r in rows}
     decisions = scheduler_decisions(client, spec, rows, runs, spec.base_config(setup.base_overrides).train.steps)
     log_sweep_results(client, setup.parent_run_id, spec, rows, best, exp_dir, seconds, decisions)
     html = write_report(spec, setup, exp_dir) if report else None
