@@ -30,7 +30,7 @@ import torch
 from oskar_ray.config import load_config
 from oskar_ray.model import Oskar
 from oskar_ray.train import build_optimizer, seed_everything, train_step
-from oskar_ray.train.loop import cpu_has_bf16_matmul_units
+from oskar_ray.train.step import cpu_has_bf16_matmul_units
 
 
 def timed_steps(side: dict, batches: list[dict], first_step: int, device: torch.device) -> list[float]:

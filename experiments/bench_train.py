@@ -28,30 +28,27 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from oskar_ray.config import OskarConfig, load_config
 from oskar_ray.data.pipeline import iterate_local
-from oskar_ray.model import Oskar
+from oskar_ray.data.resolve import resolve_data
 from oskar_ray.tracking import client_for
-from oskar_ray.train import build_optimizer, seed_everything, train_step
-from oskar_ray.train.launch import pretrain, resolve_data
+from oskar_ray.train import train
+from oskar_ray.train.ray_trainer import pretrain
 
 
 def single_process(cfg: OskarConfig, skip: int) -> float:
-    seed_everything(cfg.train.seed)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    model = Oskar(cfg)
-    optimizer = build_optimizer(model, cfg)
+    """Samples/s of the single-process loop (``oskar pretrain --local``'s) after ``skip`` warm-up steps."""
     batches = iterate_local(cfg.data.path, cfg.data.train_split, cfg, cfg.train.batch_size, seed=0, train=True,
                             epochs=10_000, drop_last=True)
-    started = None
-    for step, batch in zip(range(cfg.train.steps), batches, strict=False):
-        if step == skip:
-            started = time.perf_counter()
-        train_step(model, optimizer, batch, step, cfg)
-    return (cfg.train.steps - skip) * cfg.train.batch_size / (time.perf_counter() - started)
+    marks: dict[str, float] = {}
+
+    def start_clock(step: int, _metrics: dict) -> None:
+        if step == skip - 1:
+            marks["started"] = time.perf_counter()
+
+    train(cfg, batches, on_step=start_clock)
+    return (cfg.train.steps - skip) * cfg.train.batch_size / (time.perf_counter() - marks["started"])
 
 
 def ray_train(cfg: OskarConfig, skip: int, workdir: Path) -> float:
@@ -70,7 +67,7 @@ def main() -> None:
     parser.add_argument("--config", default="experiments/configs/smoke.yaml")
     parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE")
     parser.add_argument("--steps", type=int, default=120)
-    parser.add_argument("--skip", type=int, default=20)
+    parser.add_argument("--skip", type=int, default=20, help="warm-up steps left out of the rate (>= 1)")
     args = parser.parse_args()
     cfg = load_config(args.config, [f"train.steps={args.steps}", "train.log_every=10", *args.overrides])
     cfg = resolve_data(cfg)

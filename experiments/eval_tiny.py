@@ -37,12 +37,12 @@ import numpy as np
 from oskar_ray.config import load_config
 from oskar_ray.data.language import QUESTION_TYPES
 from oskar_ray.data.pipeline import iterate_local
+from oskar_ray.data.resolve import resolve_data
 from oskar_ray.eval.api import evaluate_full
 from oskar_ray.model import Oskar
 from oskar_ray.tracking import end_run, log_metrics, start_run
 from oskar_ray.train import build_optimizer, seed_everything, train
 from oskar_ray.train.checkpoint import TrainState, save_checkpoint
-from oskar_ray.train.launch import resolve_data
 
 TINY = Path(__file__).resolve().parent / "configs" / "tiny.yaml"
 HEADLINE = ["eval/action/video/attentive/top1", "eval/action/video/linear/top1", "eval/action/video/knn/top1",

@@ -47,13 +47,13 @@ def _pretrain(args: argparse.Namespace) -> int:
     else:
         cfg = load_config(args.config, args.overrides)
     if args.local:
-        from .train.run import run_single_process  # torch import only when needed
+        from .train.single_process import run_single_process  # torch import only when needed
 
         run_dir = Path(cfg.train.output_dir) / (cfg.tracking.run_name or time.strftime("pretrain-%Y%m%d-%H%M%S"))
         save_config(cfg, run_dir / "config.yaml")
         run_single_process(cfg, run_dir)
         return 0
-    from .train.launch import pretrain
+    from .train.ray_trainer import pretrain
 
     print(f"oskar pretrain: {config_summary(cfg)}", flush=True)
     result = pretrain(cfg, resume=args.resume)

@@ -1,6 +1,6 @@
 """Metric and task names one layer logs and another reads (no heavy imports: the report and the sweep spec load it).
 
-The online kNN probe of pretraining (``oskar_ray.tune.signal``) logs ``probe/<view>/knn_top1`` and
+The online kNN probe of pretraining (``oskar_ray.probes.online``) logs ``probe/<view>/knn_top1`` and
 ``probe/mean``; the scheduler ranks trials on them, the report draws them as training curves.
 """
 

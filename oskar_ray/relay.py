@@ -37,6 +37,8 @@ from urllib.parse import urlsplit
 
 import ray
 
+from .ray_runtime import in_ray_worker
+
 #: actor name prefix; the suffix is a digest of the tracking URI (one relay per store and job)
 RELAY_NAME = "oskar-mlflow-relay"
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
@@ -105,7 +107,7 @@ def start(uri: str, mode: str) -> bool:
     Call from the driver after ``ray.init``. Idempotent; the actor lives as long as the
     driver holds its handle (i.e. the driver's lifetime).
     """
-    if not wanted(mode, uri) or not _is_driver():
+    if not wanted(mode, uri) or in_ray_worker():
         return False
     key = (uri, ray.get_runtime_context().get_job_id())
     if key in _HANDLES:  # the creating handle must stay: dropping it ends the actor
@@ -130,18 +132,12 @@ def stop(uri: str) -> None:
 
 def find(uri: str):
     """This job's relay actor for ``uri``, when called in a Ray worker and one runs; else None."""
-    if not ray.is_initialized() or _is_driver():
+    if not in_ray_worker():
         return None
     try:
         return ray.get_actor(relay_name(uri))
     except ValueError:
         return None
-
-
-def _is_driver() -> bool:
-    from ray._private.worker import SCRIPT_MODE, global_worker
-
-    return global_worker.mode == SCRIPT_MODE
 
 
 class RelayClient:

@@ -20,7 +20,7 @@ def ray_local(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ray")  # short enough for Ray's unix socket paths (< 107 chars)
     os.environ.setdefault("RAY_TMPDIR", str(tmp))
     if not ray.is_initialized():
-        from oskar_ray.train.launch import TRIAL_SLOT
+        from oskar_ray.ray_runtime import TRIAL_SLOT
 
         # 4 logical CPUs on 2 cores: room for fractional map_batches tasks next to a driver/trainer;
         # one trial slot: sweeps under synchronous halving run one trial at a time (others wait paused)

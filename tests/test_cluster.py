@@ -245,7 +245,7 @@ def _lose_a_node_mid_run(cluster, nodes, out: Path, synth: str) -> None:
 
     from oskar_ray.config import load_config
     from oskar_ray.train.checkpoint import read_state
-    from oskar_ray.train.launch import pretrain
+    from oskar_ray.train.ray_trainer import pretrain
 
     cfg = load_config(SMOKE, [
         f"data.path={synth}", "train.batch_size=8", f"train.steps={STEPS}", "train.log_every=5",

@@ -10,14 +10,15 @@ import torch
 
 from oskar_ray.data.language import Fact, stated_facts
 from oskar_ray.eval.facts import ClipFacts, fact_metrics, oracle_features
-from oskar_ray.eval.health import features_health, rankme
 from oskar_ray.eval.localization import (
     mean_average_precision,
     nms,
     segments_from_scores,
     timestep_labels,
 )
-from oskar_ray.eval.probes import (
+from oskar_ray.eval.retrieval import ranks, retrieval_metrics, train_heads
+from oskar_ray.eval.vqa import multiple_choice_accuracy, option_sets, per_type_accuracy
+from oskar_ray.probes.heads import (
     attentive_probe,
     confusion_matrix,
     knn_probe,
@@ -25,8 +26,7 @@ from oskar_ray.eval.probes import (
     standardize,
     topk_accuracy,
 )
-from oskar_ray.eval.retrieval import ranks, retrieval_metrics, train_heads
-from oskar_ray.eval.vqa import multiple_choice_accuracy, option_sets, per_type_accuracy
+from oskar_ray.probes.health import features_health, rankme
 
 N_CLASSES = 5
 
@@ -103,7 +103,7 @@ def test_attentive_probe_ignores_invalid_tokens():
     valid[:, 4:] = False
     noisy = tokens.clone()
     noisy[:, 4:] = 1e3  # padding garbage must not change the prediction
-    from oskar_ray.eval.probes import AttentiveHead
+    from oskar_ray.probes.heads import AttentiveHead
 
     head = AttentiveHead(16, N_CLASSES).eval()
     with torch.no_grad():
@@ -322,8 +322,8 @@ def _qa_rows(n_clips: int, seed: int, shuffle: bool = False):
 
 
 def test_vqa_head_reads_the_asked_fact_from_oracle_tokens_and_fails_on_misaligned_rows():
-    from oskar_ray.eval.probes import predict_attentive, select_head
     from oskar_ray.eval.vqa import QuestionConditionedHead, per_type_accuracy
+    from oskar_ray.probes.heads import predict_attentive, select_head
 
     train, val, test = (_qa_rows(n, seed) for n, seed in ((300, 0), (100, 1), (100, 2)))
 

@@ -205,7 +205,7 @@ def test_slot_target_norm_trains_and_round_trips(tmp_path):
 
 
 def test_spread_terms_penalise_collapsed_and_correlated_features():
-    from oskar_ray.model.spread import spread_terms
+    from oskar_ray.model.variance_covariance import spread_terms
 
     torch.manual_seed(0)
     ids = torch.zeros(64, 5, dtype=torch.long)

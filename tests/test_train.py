@@ -9,7 +9,8 @@ import torch
 
 from oskar_ray.config import load_config
 from oskar_ray.model import Oskar
-from oskar_ray.train import NonFiniteLossError, build_optimizer, loop, lr_at, train, train_step, weight_decay_at
+from oskar_ray.train import NonFiniteLossError, build_optimizer, lr_at, train, train_step, weight_decay_at
+from oskar_ray.train import step as step_module
 
 SMOKE = "experiments/configs/smoke.yaml"
 
@@ -68,7 +69,7 @@ def test_non_finite_loss_stops_with_a_clear_error():
 @pytest.mark.parametrize("capabilities, warns", [({"avx512_bf16": True}, False), ({"avx2": True}, True)])
 def test_bf16_on_a_cpu_without_bf16_units_warns_once(monkeypatch, capabilities, warns):
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
-    loop._warn_once_if_cpu_lacks_bf16_units.cache_clear()
+    step_module._warn_once_if_cpu_lacks_bf16_units.cache_clear()
     cfg = load_config(SMOKE, ["train.steps=3", "train.batch_size=4", "train.precision=bf16"])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -76,7 +77,7 @@ def test_bf16_on_a_cpu_without_bf16_units_warns_once(monkeypatch, capabilities, 
     messages = [str(w.message) for w in caught if "train.precision=bf16" in str(w.message)]
     assert len(messages) == (1 if warns else 0)  # once per process, not once per step
     assert not warns or "set train.precision=fp32" in messages[0]
-    loop._warn_once_if_cpu_lacks_bf16_units.cache_clear()
+    step_module._warn_once_if_cpu_lacks_bf16_units.cache_clear()
 
 
 @pytest.mark.parametrize("capabilities, device, expected", [
@@ -85,8 +86,8 @@ def test_auto_precision_takes_bf16_only_where_it_is_faster(monkeypatch, capabili
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     cfg = load_config(SMOKE, ["train.precision=auto"])
-    assert loop.resolved_precision(cfg, torch.device(device)) == expected
-    assert loop.resolved_precision(load_config(SMOKE, ["train.precision=fp32"]), torch.device(device)) == "fp32"
+    assert step_module.resolved_precision(cfg, torch.device(device)) == expected
+    assert step_module.resolved_precision(load_config(SMOKE, ["train.precision=fp32"]), torch.device(device)) == "fp32"
 
 
 def test_bf16_on_cpu_autocasts_keeps_fp32_weights_and_tracks_fp32_losses():

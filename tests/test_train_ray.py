@@ -26,7 +26,7 @@ from mlflow.tracking import MlflowClient
 from oskar_ray.config import load_config
 from oskar_ray.train import lr_at
 from oskar_ray.train.checkpoint import read_state
-from oskar_ray.train.launch import pretrain
+from oskar_ray.train.ray_trainer import pretrain
 
 pytestmark = pytest.mark.slow
 SMOKE = Path(__file__).resolve().parents[1] / "experiments/configs/smoke.yaml"
@@ -73,7 +73,7 @@ def _ddp_loop(config):
     from oskar_ray.config import config_from_dict
     from oskar_ray.model import Oskar
     from oskar_ray.train import build_optimizer, train_step
-    from oskar_ray.train.worker import _mean_across_ranks, prepare_ddp
+    from oskar_ray.train.worker_loop import _mean_across_ranks, prepare_ddp
 
     cfg = config_from_dict(config["cfg"])
     rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
@@ -204,8 +204,7 @@ def test_a_local_ray_without_dashboard_silences_the_placement_group_cleaner_in_i
     # without the dashboard's state API, Ray Train's cleaner would log a warning every second of every run
     code = """if True:
         import logging, ray
-        from oskar_ray.train.launch import configure_environment, init_ray
-        from oskar_ray.ray_quiet import PLACEMENT_GROUP_CLEANER_LOGGER
+        from oskar_ray.ray_runtime import PLACEMENT_GROUP_CLEANER_LOGGER, configure_environment, init_ray
         configure_environment()
         init_ray(log_to_driver=False)
         level = ray.get(ray.remote(lambda: logging.getLogger(PLACEMENT_GROUP_CLEANER_LOGGER).level).remote())
@@ -227,7 +226,7 @@ def test_a_local_cluster_sized_for_its_trials_prints_no_worker_startup_warnings(
     the trials that run at once, so two trials' worth of worker processes (24 on 2 cores) print nothing."""
     code = """
 import ray
-from oskar_ray.train.launch import init_ray
+from oskar_ray.ray_runtime import init_ray
 init_ray(concurrent_trials=2)
 
 @ray.remote(num_cpus=0.01)

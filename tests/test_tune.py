@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from oskar_ray.config import load_config
+from oskar_ray.probes.online import loo_knn_top1
 from oskar_ray.tune.flops import flops_per_step
-from oskar_ray.tune.signal import loo_knn_top1
 from oskar_ray.tune.spec import (
     edit_spec,
     load_spec,

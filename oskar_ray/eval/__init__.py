@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .health import feature_std, features_health, health_metrics, rankme
+from ..probes.health import feature_std, features_health, health_metrics, rankme
 
 __all__ = ["evaluate", "evaluate_full", "feature_std", "features_health", "health_metrics", "rankme"]
 

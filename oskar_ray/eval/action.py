@@ -15,9 +15,10 @@ modality the model lacks (a video-only baseline) are skipped.
 
 from __future__ import annotations
 
-from .context import ACTION_VIEWS, EvalContext, TaskResult
+from ..probes.heads import ProbeResult, attentive_probe, confusion_matrix, knn_probe, linear_probe
+from ..probes.views import ACTION_VIEWS
+from .context import EvalContext, TaskResult
 from .finetune import finetune
-from .probes import ProbeResult, attentive_probe, confusion_matrix, knn_probe, linear_probe
 
 #: views fine-tuned end to end (each costs a few encoder epochs)
 FINETUNE_VIEWS = ("video", "skeleton")

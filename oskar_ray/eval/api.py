@@ -35,13 +35,14 @@ import torch
 from .. import storage
 from ..config import OskarConfig, load_config
 from ..metric_names import EVAL_TASKS
+from ..probes.views import ACTION_VIEWS
 from .action import run_action
-from .context import ACTION_VIEWS, EvalContext, TaskResult, text_trained
+from .artifacts import log_eval, write_report
+from .context import EvalContext, TaskResult, text_trained
 from .features import FeatureCache
 from .health import run_health
 from .localization import LOC_VIEWS, run_localization
 from .lowshot import run_lowshot
-from .report import log_eval, write_report
 from .retrieval import TEXT_VIEW as RETRIEVAL_TEXT
 from .retrieval import VIDEO_VIEW as RETRIEVAL_VIDEO
 from .retrieval import ZERO_SHOT_VIDEO, run_retrieval
@@ -184,7 +185,7 @@ def _check_tasks(tasks: list[str]) -> list[str]:
 def _dataset(dataset: str | Path | None, cfg: OskarConfig) -> str:
     """The dataset root as a string: a local directory or an object-store URI."""
     if dataset is None:
-        from ..train.launch import resolve_data
+        from ..data.resolve import resolve_data
 
         dataset = resolve_data(cfg).data.path
     root = str(dataset)

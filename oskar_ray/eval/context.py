@@ -2,7 +2,7 @@
 
 Tasks are functions ``run(ctx) -> TaskResult``; ``TaskResult.metrics`` keys are
 relative (``video/linear/top1``) and the API prefixes ``eval/<task>/``;
-``TaskResult.plots`` carries what :mod:`oskar_ray.eval.report` draws.
+``TaskResult.plots`` carries what :mod:`oskar_ray.eval.artifacts` draws.
 """
 
 from __future__ import annotations
@@ -13,9 +13,6 @@ from typing import Any
 
 from ..data import store
 from .features import FeatureCache
-
-#: the action views: target encoders (unimodal) and the fusion encoder over video + skeleton
-ACTION_VIEWS = {"video": "target:video", "skeleton": "target:skeleton", "fusion": "fusion:video+skeleton"}
 
 
 @dataclass

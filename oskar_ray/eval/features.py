@@ -6,11 +6,8 @@ Runbook::
     train = cache.get("train", "target:video")     # Features(pooled (N, D), tokens (N, T, D), valid, labels)
     test = cache.get("test", "fusion:video+skeleton")
 
-A *view* names the encoder and the modalities it sees: ``target:<m>`` is the
-unimodal target encoder of ``m`` (DESIGN.md: the downstream backbone),
-``fusion:<m1>+<m2>`` the fusion encoder over those modalities together. The
-pseudo-modality ``question`` feeds the question tokens through the text
-tokenizer (video QA). Pooling matches :meth:`Oskar.encode`: mean over each
+A *view* (:mod:`oskar_ray.probes.views`) names the encoder and the modalities
+it sees. Pooling matches :meth:`Oskar.encode`: mean over each
 modality's valid tokens, then over the modalities a sample carries.
 
 Rows are read straight from the Parquet shards and preprocessed with the
@@ -34,6 +31,7 @@ from tqdm import tqdm
 from ..data import store
 from ..data.preprocess import READ_COLUMNS, DatasetMeta, nest_present, preprocess_batch
 from ..model.oskar import pool_by_modality
+from ..probes.views import parse_view, view_available
 
 #: label columns carried into Features (present only on labelled splits)
 LABEL_KEYS = ("action", "answer", "question_type")
@@ -53,22 +51,6 @@ class Features:
 
     def __len__(self) -> int:
         return len(self.pooled)
-
-
-def parse_view(view: str) -> tuple[str, list[str]]:
-    encoder, sep, mods = view.partition(":")
-    if not sep or encoder not in ("target", "fusion") or not mods:
-        raise ValueError(f"view {view!r} must look like 'target:video' or 'fusion:video+skeleton'")
-    names = mods.split("+")
-    if encoder == "target" and len(names) != 1:
-        raise ValueError(f"view {view!r}: a target encoder sees one modality")
-    return encoder, names
-
-
-def view_available(model, view: str) -> bool:
-    """Whether the model has every modality the view needs (a video-only baseline has no skeleton)."""
-    _, names = parse_view(view)
-    return all(("text" if n == "question" else n) in model.modalities for n in names)
 
 
 def read_rows(dataset_dir: str | Path, split: str, columns: list[str] | None = None) -> Iterator[dict[str, Any]]:

@@ -24,8 +24,9 @@ from tqdm import tqdm
 
 from ..data.pipeline import iterate_local
 from ..model.oskar import pool_by_modality
-from .features import iterate_batches, parse_view, to_device
-from .probes import ProbeResult, topk_accuracy
+from ..probes.heads import ProbeResult, topk_accuracy
+from ..probes.views import parse_view
+from .features import iterate_batches, to_device
 
 FINETUNE_LR = 1e-3
 ENCODER_LR_SCALE = 0.1

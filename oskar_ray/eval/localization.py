@@ -31,9 +31,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.preprocess import READ_COLUMNS, DatasetMeta
+from ..probes.heads import single_threaded
 from .context import EvalContext, TaskResult
 from .features import encode_view, iterate_batches, to_device
-from .probes import single_threaded
 
 #: metric prefix -> view; video is the headline (DESIGN.md), skeleton shows what the same head gets from pose
 LOC_VIEWS = {"": "target:video", "skeleton/": "target:skeleton"}

@@ -12,8 +12,9 @@ hyper-parameters are still chosen on the full val split, scores on test.
 
 from __future__ import annotations
 
+from ..probes.views import ACTION_VIEWS
 from .action import frozen_probes
-from .context import ACTION_VIEWS, EvalContext, TaskResult
+from .context import EvalContext, TaskResult
 from .finetune import finetune
 
 SUBSETS = {"1pct": "train_1pct", "10pct": "train_10pct"}

@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..probes.heads import single_threaded, standardize
 from .context import EvalContext, TaskResult
 from .facts import fact_metrics, load_facts
-from .probes import single_threaded, standardize
 
 PROJ_DIM = 128
 RETRIEVAL_STEPS = 300

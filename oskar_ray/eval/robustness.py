@@ -15,8 +15,8 @@ caption. The attentive probe accepts any number of tokens, so a missing modality
 
 from __future__ import annotations
 
+from ..probes.heads import fit_attentive, fit_linear, predict_attentive, topk_accuracy
 from .context import EvalContext, TaskResult
-from .probes import fit_attentive, fit_linear, predict_attentive, topk_accuracy
 
 MODALITIES = ("video", "skeleton", "text")
 

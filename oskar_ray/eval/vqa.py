@@ -24,9 +24,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..probes.heads import predict_attentive, select_head, standardize, topk_accuracy, train_moments
 from .context import EvalContext, TaskResult
 from .features import read_rows
-from .probes import predict_attentive, select_head, standardize, topk_accuracy, train_moments
 
 QUESTION_VIEW = "target:question"
 HIDDEN = 256

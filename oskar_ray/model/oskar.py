@@ -33,7 +33,7 @@ from .budget import Layout, TokenBudgetSampler, batch_layout, build_modalities, 
 from .ema import ema_update
 from .encoder import Encoder
 from .predictor import Predictor
-from .spread import spread_terms
+from .variance_covariance import spread_terms
 
 
 class Oskar(nn.Module):

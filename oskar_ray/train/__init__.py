@@ -1,16 +1,13 @@
-"""Training: the single-process step and loop (Ray Train wraps the same step)."""
+"""Training: one optimisation step, the single-process loop, and the Ray Train run that wraps the same step.
 
-from .loop import (
-    NonFiniteLossError,
-    apply_schedules,
-    build_optimizer,
-    example_stream,
-    seed_everything,
-    train,
-    train_step,
-    unwrap,
-)
+``step.py`` (one step), ``single_process.py`` (``oskar pretrain --local``, tests),
+``ray_trainer.py`` (the driver: a ``TorchTrainer`` run, ``oskar pretrain``),
+``worker_loop.py`` (inside every Ray Train worker), ``checkpoint.py``, ``schedules.py``.
+"""
+
 from .schedules import lr_at, weight_decay_at
+from .single_process import example_stream, run_single_process, train
+from .step import NonFiniteLossError, apply_schedules, build_optimizer, seed_everything, train_step, unwrap
 
 __all__ = [
     "NonFiniteLossError",
@@ -18,6 +15,7 @@ __all__ = [
     "build_optimizer",
     "example_stream",
     "lr_at",
+    "run_single_process",
     "seed_everything",
     "train",
     "train_step",

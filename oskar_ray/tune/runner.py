@@ -54,7 +54,7 @@ SAVE_EVERY_S = "10"
 def run_sweep(spec: SweepSpec, *, resume: str | None = None, report: bool = True) -> SweepOutcome:
     """Run (or resume) a sweep end to end; prints the best trial, the report and the mlflow ui command."""
     from .. import relay
-    from ..train.launch import configure_environment, init_ray
+    from ..ray_runtime import configure_environment, init_ray
 
     started = time.perf_counter()
     configure_environment()
@@ -69,7 +69,7 @@ def run_sweep(spec: SweepSpec, *, resume: str | None = None, report: bool = True
         n_points = validate_points(spec)
         exp_dir = Path(spec.storage_path).resolve() / f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         print(f"sweep {spec.name}: {n_points} grid point(s) x {spec.num_samples} sample(s); {exp_dir}", flush=True)
-    # results come from memory; Tune's file loggers are off (launch.QUIET_ENV), so it warns it cannot read them
+    # results come from memory; Tune's file loggers are off (ray_runtime.QUIET_ENV), so it warns it cannot read them
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     import ray
 
@@ -114,7 +114,7 @@ def warn_if_resources_held(wait_s: float = 10.0) -> None:
     if held > 1e-6:
         print(f"warning: {held:g} CPU(s) are still reserved after the sweep: the placement groups of trials "
               f"the scheduler stopped were not released (Ray Train's PlacementGroupCleaner needs the dashboard's state "
-              f"API; see oskar_ray.train.launch.init_ray)", flush=True)
+              f"API; see oskar_ray.ray_runtime.init_ray)", flush=True)
 
 
 def find_experiment(spec: SweepSpec, resume: str) -> Path:
@@ -144,8 +144,8 @@ def _setup(spec: SweepSpec, exp_dir: Path, state: dict | None) -> tuple[TrialSet
 def _new_state(spec: SweepSpec, exp_dir: Path) -> dict:
     """Resolve data (synthesised if absent), tracking URI and paths once, in the driver: trials run
     in their own working directories, possibly on other nodes. Creates the parent run."""
+    from ..data.resolve import resolve_data
     from ..tracking import tracking_uri
-    from ..train.launch import resolve_data
 
     base = resolve_data(spec.base_config())
     check_eval_tasks(spec, base)
@@ -213,7 +213,7 @@ def _parent_run(spec: SweepSpec, base, uri: str) -> str:
 def max_concurrent(spec: SweepSpec, cfg) -> int:
     """Trials at once. On a cluster (``$RAY_ADDRESS``): its CPUs (and GPUs) over one trial's
     reservation. Locally: physical cores over one trial's torch threads (the local sweep cluster
-    declares more logical CPUs than cores, see ``launch.init_ray``)."""
+    declares more logical CPUs than cores, see ``ray_runtime.init_ray``)."""
     import ray
 
     t = cfg.train
@@ -238,7 +238,7 @@ def _trial_slots(spec: SweepSpec) -> int:
 def _trial_resources(spec: SweepSpec) -> dict[str, float]:
     import ray
 
-    from ..train.launch import TRIAL_SLOT
+    from ..ray_runtime import TRIAL_SLOT
 
     if spec.scheduler.kind != "sha":
         return {"cpu": spec.trial_cpu}

@@ -11,7 +11,7 @@ Runbook (what :func:`run_trial` does inside its Tune trial actor)::
        value to Tune: ``report_last_signal``): params = flattened config, tags
        oskar.role=trial / oskar.sweep / oskar.trial_id / oskar.swept_params, metrics
        flops_per_step and train_flops (oskar_ray.tune.flops);
-    4. ``launch.pretrain`` with Ray's ``TuneReportCallback`` in the trainer's RunConfig: every
+    4. ``ray_trainer.pretrain`` with Ray's ``TuneReportCallback`` in the trainer's RunConfig: every
        worker report (log / probe / checkpoint steps) becomes a Tune result the scheduler may stop (or pause) on.
        The Ray Train run is ``train.output_dir/<trial id>``: a resumed trial continues from its
        last checkpoint;
@@ -93,7 +93,7 @@ def train_and_evaluate(cfg, run_id: str, trial_id: str) -> dict[str, float]:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from ..eval.api import evaluate_full
-    from ..train.launch import pretrain
+    from ..train.ray_trainer import pretrain
 
     client = client_for(cfg.tracking.uri)
     _limit_data_cpus(cfg)

@@ -10,7 +10,7 @@ Runbook::
 The driver (this module) resolves the data (synthesising the built-in
 benchmark when ``data.path`` is empty), creates the MLflow run, builds the
 Ray Data pipeline and a ``TorchTrainer`` whose workers run
-``worker.train_loop_per_worker``, then records the outcome: FINISHED with
+``worker_loop.train_loop_per_worker``, then records the outcome: FINISHED with
 artifacts (resolved config, final weights, loss curves) or FAILED with the
 error. ``FailureConfig(max_failures=train.max_failures)`` restarts workers
 from the last checkpoint; ``CheckpointConfig`` keeps ``train.keep_checkpoints``.
@@ -23,9 +23,7 @@ calls :func:`pretrain` with its own MLflow child run and Ray's
 
 from __future__ import annotations
 
-import copy
 import math
-import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -33,14 +31,10 @@ from pathlib import Path
 
 from .. import relay, storage
 from ..config import OskarConfig, config_yaml, save_config
+from ..data.resolve import resolve_data
+from ..ray_runtime import init_ray
 from ..tracking import client_for, end_run, log_loss_curve, start_run, tracking_uri
 from .checkpoint import WEIGHTS, read_state
-
-#: one progress line per log step instead of a wall of Ray internals; override any by exporting it
-QUIET_ENV = {"RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_USAGE_STATS_ENABLED": "0",
-             "RAY_DATA_LOG_LEVEL": "WARNING", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
-             "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
-
 
 #: beyond this many epochs per stream the worker simply re-iterates the shard
 MAX_UNION_EPOCHS = 64
@@ -52,136 +46,6 @@ class PretrainResult:
     checkpoint: str | None
     metrics: dict
     run_dir: str
-
-
-def configure_environment() -> None:
-    for key, value in QUIET_ENV.items():
-        os.environ.setdefault(key, value)
-
-
-def resolve_data(cfg: OskarConfig) -> OskarConfig:
-    """A copy of ``cfg`` whose ``data.path`` points at a dataset, synthesised if needed."""
-    cfg = copy.deepcopy(cfg)
-    if cfg.data.path:
-        cfg.data.path = storage.resolve(cfg.data.path)
-        if not storage.is_file(storage.join(cfg.data.path, "manifest.json")):
-            raise FileNotFoundError(f"data.path={cfg.data.path}: no manifest.json there "
-                                    f"(create one with `oskar data synth --out DIR`)")
-        return cfg
-    from ..data.synth import SynthSpec, generate, split_sizes
-
-    video, skeleton = cfg.modalities["video"], cfg.modalities["skeleton"]
-    pretrain = cfg.data.synth_pretrain_samples
-    name = f"synthaction-{video.frames}x{video.height}x{video.width}-n{cfg.data.synth_samples}" + \
-        (f"-p{pretrain}" if pretrain else "")
-    root = (Path("data") / name).resolve()
-    if not (root / "manifest.json").is_file():
-        sizes = split_sizes(cfg.data.synth_samples, pretrain)
-        print(f"built-in benchmark not found: synthesising {sum(sizes.values())} clips "
-              f"({', '.join(f'{k} {v}' for k, v in sizes.items())}) into {root}", flush=True)
-        spec = SynthSpec(samples=cfg.data.synth_samples, pretrain_samples=pretrain, seed=0, frames=video.frames,
-                         height=video.height, width=video.width, joints=skeleton.joints)
-        generate(spec, root)
-    cfg.data.path = str(root)
-    shared = storage.storage_root()
-    if shared and not storage.is_local(shared):
-        # a cluster: workers on other nodes read the benchmark from object storage, not this disk
-        cfg.data.path = storage.join(shared, "data", name)
-        if not storage.is_file(storage.join(cfg.data.path, "manifest.json")):
-            print(f"uploading the built-in benchmark to {cfg.data.path}", flush=True)
-            storage.copy(root, cfg.data.path)
-    return cfg
-
-
-def init_ray(log_to_driver: bool = True, *, for_sweep: bool = False, trial_slots: int = 0,
-             concurrent_trials: int = 1) -> None:
-    """Connect to ``$RAY_ADDRESS`` or start a quiet local Ray (no-op when already connected).
-
-    ``for_sweep``: a local cluster for Ray Tune trials. When ASHA kills a trial,
-    only Ray Train's ``PlacementGroupCleaner`` frees its workers' resources, and
-    it finds the controller through the dashboard's state API by auto-detecting
-    the cluster — which fails as soon as another Ray instance runs on the host
-    (``Found multiple active Ray instances``), leaking the trial's CPUs until the
-    next trials wait forever. So sweeps start the dashboard, pin the GCS port and
-    export this cluster's address to every worker as ``RAY_ADDRESS``; and they
-    declare :data:`SWEEP_CPU_FACTOR` logical CPUs per core, because each trial
-    reserves CPUs for its driver and trainer and Ray Data would otherwise find
-    none left for its read tasks and hang (concurrency is capped by physical
-    cores instead, see ``oskar_ray.tune.runner.max_concurrent``). ``trial_slots``:
-    that many units of the custom resource :data:`TRIAL_SLOT` on the local
-    sweep cluster, one per running trial (a paused trial holds none). ``concurrent_trials`` sizes the local
-    raylet's worker start-up (:func:`startup_concurrency`).
-    """
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = os.environ.get("RAY_ADDRESS")
-    env = {k: os.environ.get(k, v) for k, v in QUIET_ENV.items()}
-    # a local cluster without the dashboard saves ~0.5 GB on a laptop
-    kwargs: dict = {} if address else {"include_dashboard": False}
-    pinned = for_sweep and not address
-    if pinned:
-        port = _free_port()
-        env["RAY_ADDRESS"] = f"{_node_ip()}:{port}"
-        kwargs = {"include_dashboard": True, "num_cpus": SWEEP_CPU_FACTOR * (os.cpu_count() or 1)}
-        if trial_slots:
-            kwargs["resources"] = {TRIAL_SLOT: trial_slots}
-        os.environ["RAY_GCS_SERVER_PORT"] = str(port)  # read by the local head node at start
-    runtime_env: dict = {"env_vars": env}
-    if kwargs.get("include_dashboard") is False:  # see oskar_ray.ray_quiet
-        runtime_env["worker_process_setup_hook"] = "oskar_ray.ray_quiet.silence_placement_group_cleaner"
-    sized = not address and STARTUP_CONCURRENCY_ENV not in os.environ
-    if sized:  # read by the local raylet at start
-        os.environ[STARTUP_CONCURRENCY_ENV] = str(startup_concurrency(concurrent_trials))
-    try:
-        ray.init(address=address, logging_level="WARNING", runtime_env=runtime_env,
-                 log_to_driver=log_to_driver, **kwargs)
-    finally:
-        if pinned:
-            os.environ.pop("RAY_GCS_SERVER_PORT", None)
-        if sized:
-            os.environ.pop(STARTUP_CONCURRENCY_ENV, None)
-
-
-#: how many worker processes a raylet starts at once: a raylet config (ray_config_def.h) read from the environment
-#: as ``RAY_<name>`` — an internal knob, not a public API: a Ray upgrade that drops it brings the warnings back
-#: (tests/test_train_ray.py::test_a_local_cluster_sized_for_its_trials_prints_no_worker_startup_warnings fails)
-STARTUP_CONCURRENCY_ENV = "RAY_worker_maximum_startup_concurrency"
-#: Python processes one running trial keeps: Ray Train V2's controller, dataset manager, synchronisation,
-#: preemption watcher and placement-group cleaner actors, the train worker, the Tune function, Ray Data's split
-#: coordinator and its preprocessing tasks, a stopped trial's evaluation (measured: 38 for 2 trials), with room
-PROCESSES_PER_TRIAL = 20
-
-
-def startup_concurrency(concurrent_trials: int) -> int:
-    """Worker processes the local raylet may start at once. Its default is the core count (2 on a laptop), and
-    the raylet warns each time the live processes pass 4x that ("N PYTHON worker processes have been started
-    ... 19x the maximum expected startup concurrency") — which every sweep trial does by design (Ray Train V2
-    runs ~8 actors per trial). Sized for the trials that run at once, the warning keeps its meaning: a leak.
-    The knob also lets that many processes boot in parallel (they queued before), which a trial's start-up
-    does anyway, one actor after another."""
-    return max(os.cpu_count() or 1, PROCESSES_PER_TRIAL * max(1, concurrent_trials) // 2)
-
-
-#: logical CPUs per physical core of a local sweep cluster (see init_ray)
-SWEEP_CPU_FACTOR = 2
-#: custom resource of a local sweep cluster that caps running trials when paused ones must not count
-TRIAL_SLOT = "oskar_trial_slot"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("", 0))
-        return sock.getsockname()[1]
-
-
-def _node_ip() -> str:
-    from ray._private.services import get_node_ip_address
-
-    return get_node_ip_address()
 
 
 def pretrain(cfg: OskarConfig, *, resume: str | None = None, fail_at_step: int | None = None,
@@ -197,7 +61,6 @@ def pretrain(cfg: OskarConfig, *, resume: str | None = None, fail_at_step: int |
     ``log_weights=False`` skips the weights artifact (the checkpoint stays
     under ``train.output_dir``).
     """
-    configure_environment()
     cfg = resolve_data(cfg)
     init_ray()
     relay.start(tracking_uri(cfg), cfg.tracking.relay)
@@ -255,7 +118,7 @@ def build_trainer(cfg: OskarConfig, name: str, run_id: str, resume: str | None =
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from .worker import train_loop_per_worker
+    from .worker_loop import train_loop_per_worker
 
     t = cfg.train
     # a local directory, or object storage that every node reaches ($OSKAR_STORAGE, s3://...)

@@ -1,30 +1,12 @@
-"""Typed configuration: defaults → experiment YAML → ``--set a.b=c`` overrides.
-
->>> cfg = load_config("experiments/configs/tiny.yaml", ["budget.input_tokens=48"])
->>> cfg.budget.input_tokens
-48
-
-Every value is checked at load; a bad one raises ``ValueError`` naming its
-dotted field (``budget.input_tokens``, ``modalities.video.mask_ratio`` …).
-``modalities`` maps a registered modality name to that modality's own config
-dataclass (see ``oskar_ray/modalities``), so a new modality brings its own keys.
-``save_config`` writes the resolved config next to every run and checkpoint.
-"""
+"""The config schema: one dataclass per section, defaults in the fields (see ``oskar_ray.config``)."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .modalities import ModalityConfig, modality_class
-from .validation import validate
+from ..modalities import ModalityConfig, modality_class
 
 
 @dataclass
@@ -42,7 +24,7 @@ class ModelConfig:
     target_norm: str = "layer"
     #: momentum of the running per-slot statistics used by target_norm="slot"
     target_stats_momentum: float = 0.9
-    #: weights of the anti-collapse terms on pooled context features (model/spread.py); 0 = off
+    #: weights of the anti-collapse terms on pooled context features (model/variance_covariance.py); 0 = off
     var_weight: float = 0.0
     cov_weight: float = 0.0
     #: weight of the clip-level cross-modal contrastive terms (model/align.py): pooled context tokens of
@@ -138,7 +120,7 @@ class TrainConfig:
     cpus_per_worker: float = 0.5
     use_gpu: bool = False
     #: "fp32", "bf16" (autocast, fp32 master weights; GPU, or a CPU with bf16 matmul units) or "auto" (bf16
-    #: where it is faster: a GPU or a CPU with bf16 matmul units; train/loop.py::resolved_precision)
+    #: where it is faster: a GPU or a CPU with bf16 matmul units; train/step.py::resolved_precision)
     precision: str = "fp32"
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
@@ -187,7 +169,7 @@ class TrackingConfig:
     relay: str = "auto"
 
 
-def _default_modalities() -> dict[str, ModalityConfig]:
+def default_modalities() -> dict[str, ModalityConfig]:
     return {name: modality_class(name).config_class() for name in ("video", "skeleton", "text")}
 
 
@@ -197,7 +179,7 @@ class OskarConfig:
     predictor: PredictorConfig = field(default_factory=PredictorConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     ema: EmaConfig = field(default_factory=EmaConfig)
-    modalities: dict[str, ModalityConfig] = field(default_factory=_default_modalities)
+    modalities: dict[str, ModalityConfig] = field(default_factory=default_modalities)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -213,162 +195,6 @@ class OskarConfig:
     def flat(self) -> dict[str, Any]:
         """``{"budget.input_tokens": 64, ...}`` — MLflow params, sweep keys."""
         return _flatten(self.to_dict())
-
-
-# --- loading -------------------------------------------------------------
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> OskarConfig:
-    """Defaults, then the YAML at ``path`` (if any), then ``key=value`` overrides."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        raw = _read_yaml(Path(path))
-    for item in overrides or []:
-        key, value = _parse_override(item)
-        _set_dotted(raw, key, value)
-    return config_from_dict(raw)
-
-
-def config_from_dict(raw: dict[str, Any]) -> OskarConfig:
-    cfg = _build(OskarConfig, {k: v for k, v in raw.items() if k != "modalities"}, "")
-    cfg.modalities = _build_modalities(raw.get("modalities"))
-    validate(cfg)
-    return cfg
-
-
-def config_yaml(cfg: OskarConfig) -> str:
-    """The resolved config as the YAML text ``load_config`` reads back."""
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-
-
-def save_config(cfg: OskarConfig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(config_yaml(cfg))
-    return path
-
-
-def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """The YAML's sections over those of its ``base:`` (a path relative to it, itself maybe based), so an
-    experiment YAML states only what it changes."""
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: top level must be a mapping of sections, got {type(data).__name__}")
-    base = data.pop("base", None)
-    if base is None:
-        return data
-    parent, chain = base_path(path, base), (*chain, path.resolve())
-    if parent in chain:
-        raise ValueError(f"{path}: base {base!r} leads back to {parent} (a loop)")
-    return _merged(_read_yaml(parent, chain), data)
-
-
-def base_path(yaml_file: Path, base: Any) -> Path:
-    """The config YAML a ``base:`` key of ``yaml_file`` names: relative to that file (absolute as given), the one
-    rule for experiment YAMLs and sweep specs; a clear error when it is not a path or not there."""
-    if not isinstance(base, str) or not base:
-        raise ValueError(f"{yaml_file}: base must be the path of another config YAML, got {base!r}")
-    parent = (Path(yaml_file).parent / base).resolve()
-    if not parent.is_file():
-        raise FileNotFoundError(f"{yaml_file}: base {base!r} not found ({parent})")
-    return parent
-
-
-def _merged(base: dict[str, Any], over: dict[str, Any], depth: int = 0) -> dict[str, Any]:
-    """``over`` on top of ``base``, mappings merged key by key. Inside a section an explicit empty mapping
-    (``model: {align_weights: {}}``) clears the base's field, since merging nothing into it could never undo a
-    base's per-key settings; an empty *section* (``budget: {}``) changes nothing."""
-    out = dict(base)
-    for key, value in over.items():
-        merge = isinstance(value, dict) and (value or depth == 0) and isinstance(out.get(key), dict)
-        out[key] = _merged(out[key], value, depth + 1) if merge else value
-    return out
-
-
-def _parse_override(item: str) -> tuple[str, Any]:
-    key, sep, text = item.partition("=")
-    if not sep or not key.strip():
-        raise ValueError(f"override {item!r} must look like section.field=value")
-    return key.strip(), yaml.safe_load(text) if text.strip() else ""
-
-
-def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
-    *parents, leaf = key.split(".")
-    node = raw
-    for i, part in enumerate(parents):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ValueError(f"{'.'.join(parents[: i + 1])} is a value, cannot set {key}")
-        node = child
-    node[leaf] = value
-
-
-def _build_modalities(raw: Any) -> dict[str, ModalityConfig]:
-    # the built-ins are always configured (switch one off with enabled: false);
-    # a registered extra modality joins by being named
-    result = _default_modalities()
-    if raw is None:
-        return result
-    if not isinstance(raw, dict):
-        raise ValueError(f"modalities must be a mapping of modality name to settings, got {raw!r}")
-    for name, settings in raw.items():
-        cls = modality_class(name).config_class
-        result[name] = _build(cls, settings or {}, f"modalities.{name}")
-    return result
-
-
-def _build(cls: type, data: Any, prefix: str) -> Any:
-    if not isinstance(data, dict):
-        raise ValueError(f"{prefix or 'config'} must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        where = f"{prefix}." if prefix else ""
-        raise ValueError(f"unknown config key {where}{unknown[0]} (valid: {sorted(names)})")
-    kwargs = {}
-    for name, value in data.items():
-        kwargs[name] = _coerce(hints[name], value, f"{prefix}.{name}" if prefix else name)
-    return cls(**kwargs)
-
-
-def _coerce(hint: Any, value: Any, name: str) -> Any:
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, name)
-    origin = typing.get_origin(hint)
-    if origin is list:
-        if not isinstance(value, list):
-            value = [v.strip() for v in str(value).split(",") if v.strip()]
-        (item,) = typing.get_args(hint)
-        return [_coerce(item, v, f"{name}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ValueError(f"{name} must be a mapping, got {value!r}")
-        _, item = typing.get_args(hint)
-        return {str(k): _coerce(item, v, f"{name}.{k}") for k, v in value.items()}
-    if origin in (typing.Union, types.UnionType):
-        raise TypeError(f"{name}: union-typed config fields are not supported")
-    return _coerce_scalar(hint, value, name)
-
-
-def _coerce_scalar(hint: type, value: Any, name: str) -> Any:
-    if hint is float and isinstance(value, str):
-        # YAML 1.1 reads "1e-3" (no dot) as a string; users type it that way
-        with contextlib.suppress(ValueError):
-            value = float(value)
-    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is bool and isinstance(value, bool):
-        return value
-    if hint is int and is_number and float(value).is_integer():
-        return int(value)
-    if hint is float and is_number:
-        return float(value)
-    if hint is str and (is_number or isinstance(value, str)):
-        return str(value)
-    raise ValueError(f"{name} must be {hint.__name__}, got {value!r}")
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -160,12 +160,18 @@ def linear_probe(x_train, y_train, x_val, y_val, x_test, y_test, n_classes: int,
 
 @single_threaded
 def knn_scores(x_train, y_train, x_query, n_classes: int, k: int = 20,
-               temperature: float = KNN_TEMPERATURE) -> torch.Tensor:
-    """Class scores of a cosine kNN with exp(sim / T) weighted votes (as in DINO's kNN eval)."""
+               temperature: float = KNN_TEMPERATURE, exclude_self: bool = False) -> torch.Tensor:
+    """Class scores of a cosine kNN with exp(sim / T) weighted votes (as in DINO's kNN eval).
+
+    ``exclude_self``: the query *is* the train set (row i of each), and a row may not vote for itself —
+    the leave-one-out probe of pretraining (:mod:`oskar_ray.probes.online`).
+    """
     train = F.normalize(x_train.float(), dim=1)
     query = F.normalize(x_query.float(), dim=1)
     sims = query @ train.T
-    k = min(k, len(train))
+    if exclude_self:
+        sims.fill_diagonal_(-float("inf"))
+    k = min(k, len(train) - int(exclude_self))
     top, idx = sims.topk(k, dim=1)
     votes = torch.zeros(len(query), n_classes)
     votes.scatter_add_(1, y_train[idx], (top / temperature).exp())

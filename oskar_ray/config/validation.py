@@ -6,13 +6,11 @@ defaults → YAML → overrides merge, so no run starts on an invalid config.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .metric_names import ACTION_PROTOCOLS, EVAL_TASKS, VQA_VIEWS
-from .modalities import modality_class
-
-if TYPE_CHECKING:
-    from .config import OskarConfig
+from ..metric_names import ACTION_PROTOCOLS, EVAL_TASKS, VQA_VIEWS
+from ..modalities import modality_class
+from .schema import OskarConfig
 
 
 def validate(cfg: OskarConfig) -> None:

@@ -1,6 +1,6 @@
 """The Ray Train worker loop: ``train_step`` under DDP, checkpoints, health, logging.
 
-Runs inside every ``TorchTrainer`` worker (see ``launch.py``). Rank 0 logs to
+Runs inside every ``TorchTrainer`` worker (see ``ray_trainer.py``). Rank 0 logs to
 MLflow (the run id comes from the driver) and prints one console line per
 ``train.log_every`` steps. Every rank calls ``ray.train.report`` at the same
 steps (it is a collective in Train V2): each log step, each online-probe step
@@ -32,12 +32,13 @@ import torch
 import torch.distributed as dist
 
 from ..config import OskarConfig, config_from_dict
-from ..eval.health import health_metrics
 from ..model import Oskar, move_batch
+from ..probes.health import health_metrics
+from ..probes.online import OnlineProbe
+from ..ray_runtime import quiet_train_worker_logs
 from ..tracking import client_for, log_metrics, set_tags
-from ..tune.signal import OnlineProbe
 from .checkpoint import TrainState, load_checkpoint, save_checkpoint
-from .loop import NonFiniteLossError, build_optimizer, progress_line, seed_everything, train_step, unwrap
+from .step import NonFiniteLossError, build_optimizer, progress_line, seed_everything, train_step, unwrap
 
 
 def _quiet_ray_train_logs() -> None:
@@ -124,7 +125,7 @@ class _Throughput:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    _quiet_ray_train_logs()
+    quiet_train_worker_logs()
     cfg = config_from_dict(config["cfg"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()

@@ -1,4 +1,4 @@
-"""The cheap signal reported during pretraining: an online leave-one-out kNN probe.
+"""The online probe: the cheap signal reported during pretraining, a leave-one-out kNN on held-out clips.
 
 Runbook::
 
@@ -9,7 +9,8 @@ Every ``eval.online_probe_every`` steps rank 0 encodes a fixed set of
 ``eval.online_probe_samples`` labelled held-out clips (``data.val_split``,
 preprocessed once, eval mode) with the current weights and scores each view by
 leave-one-out kNN (cosine, ``eval.online_probe_k`` neighbours, the eval
-suite's temperature-weighted vote): no training, a few forward passes. Views:
+suite's :func:`~oskar_ray.probes.heads.knn_scores`, its temperature-weighted vote): no training, a few
+forward passes. Views (:data:`~oskar_ray.probes.views.ACTION_VIEWS`):
 ``eval.online_probe_views`` among ``video`` / ``skeleton`` (target encoders) and
 ``fusion`` (fusion encoder over video + skeleton), those the model has;
 ``probe/mean`` averages them. Cost: one forward pass of each view over the probe
@@ -25,27 +26,16 @@ the rank correlation.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..metric_names import PROBE_PREFIX
-
-#: the eval suite's kNN temperature (oskar_ray.eval.probes.KNN_TEMPERATURE)
-TEMPERATURE = 0.07
-#: name → (encoder, modalities)
-VIEWS = {"video": ("target", ["video"]), "skeleton": ("target", ["skeleton"]),
-         "fusion": ("fusion", ["video", "skeleton"])}
+from .heads import knn_scores, topk_accuracy
+from .views import ACTION_VIEWS, parse_view
 
 
 def loo_knn_top1(features: torch.Tensor, labels: torch.Tensor, k: int, n_classes: int) -> float:
-    """Leave-one-out kNN accuracy: each row is classified by its ``k`` nearest other rows."""
-    feats = F.normalize(features.double(), dim=1)
-    sims = feats @ feats.T
-    sims.fill_diagonal_(-float("inf"))  # a clip may not vote for itself
-    k = min(k, len(feats) - 1)
-    top, idx = sims.topk(k, dim=1)
-    votes = torch.zeros(len(feats), n_classes, dtype=torch.double)
-    votes.scatter_add_(1, labels[idx], (top / TEMPERATURE).exp())
-    return float((votes.argmax(1) == labels).double().mean())
+    """Leave-one-out kNN accuracy: each row is classified by its ``k`` nearest *other* rows."""
+    scores = knn_scores(features, labels, features, n_classes, k, exclude_self=True)
+    return topk_accuracy(scores, labels, 1)
 
 
 class OnlineProbe:
@@ -85,7 +75,7 @@ class OnlineProbe:
         model.eval()
         out = {}
         for view in self.views:
-            encoder, names = VIEWS[view]
+            encoder, names = parse_view(ACTION_VIEWS[view])
             if not all(n in model.modalities for n in names):
                 continue
             feats = torch.cat([model.encode(b, names, encoder=encoder).float().cpu() for b in self.batches])

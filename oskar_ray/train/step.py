@@ -1,16 +1,14 @@
-"""One implementation of an OSKAR optimisation step, and a plain loop around it.
+"""One OSKAR optimisation step: schedules, forward under autocast, clipping, the EMA step.
 
-The Ray Train worker loop calls :func:`train_step` too (with a DDP-wrapped
-model), so schedules, clipping, the EMA step and the health checks exist once.
+Both loops call :func:`train_step` — the single-process one
+(:mod:`oskar_ray.train.single_process`) and the Ray Train worker loop
+(:mod:`oskar_ray.train.worker_loop`, with a DDP-wrapped model) — so schedules,
+clipping, the EMA step and the non-finite-loss check exist once.
 
-Runbook (single process, no Ray)::
+Runbook::
 
-    from oskar_ray.config import load_config
-    from oskar_ray.train import train
-    history = train(load_config("experiments/configs/smoke.yaml", ["train.steps=50"]))
-
-Without ``data.path`` the loop trains on ``Oskar.example_batch`` (structured
-random signals) — enough to check that the objective learns.
+    optimizer = build_optimizer(model, cfg)
+    metrics = train_step(model, optimizer, batch, step, cfg)   # {"loss": .., "loss/video": .., "lr": ..}
 """
 
 from __future__ import annotations
@@ -20,7 +18,7 @@ import functools
 import math
 import random
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -149,37 +147,3 @@ def progress_line(done: int, total: int, metrics: dict[str, float], samples_per_
     wait = "" if data_wait is None else f"  data wait {data_wait:.0%}"
     return (f"step {done:>6}/{total}  loss {metrics['loss']:.4f} ({parts})  lr {metrics['lr']:.2e}  "
             f"{samples_per_s:.1f} samples/s{wait}  ETA {eta_s:.0f}s")
-
-
-def example_stream(model: Oskar, batch_size: int, seed: int) -> Iterator[dict]:
-    """An endless, deterministic stream of structured example batches."""
-    index = 0
-    while True:
-        yield model.example_batch(batch_size, seed=seed * 1_000_003 + index)
-        index += 1
-
-
-def train(
-    cfg: OskarConfig,
-    batches: Iterable[dict] | None = None,
-    model: Oskar | None = None,
-    on_step: Callable[[int, dict[str, float]], None] | None = None,
-) -> list[dict[str, float]]:
-    """Run ``cfg.train.steps`` steps single-process; returns per-step metrics."""
-    seed_everything(cfg.train.seed)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    model = model or Oskar(cfg)
-    optimizer = build_optimizer(model, cfg)
-    stream = iter(batches if batches is not None else example_stream(model, cfg.train.batch_size, cfg.train.seed))
-    history = []
-    for step in range(cfg.train.steps):
-        try:
-            batch = next(stream)
-        except StopIteration:
-            break
-        metrics = train_step(model, optimizer, batch, step, cfg)
-        history.append(metrics)
-        if on_step is not None:
-            on_step(step, metrics)
-    return history
