@@ -171,23 +171,51 @@ def test_asha_never_stops_a_trial_that_finished_training():
 
 
 class _Trial:
-    """What HyperBand reads of a Tune trial; Tune itself sets ``status`` from the returned decision."""
+    """What the schedulers read of a Tune trial; Tune itself sets ``status`` from the returned decision."""
 
     def __init__(self, trial_id: str):
-        self.trial_id, self.status, self.is_saving = trial_id, "RUNNING", False
+        self.trial_id, self.status = trial_id, "RUNNING"
 
 
 class _Controller:
-    """Tune's side of stopping a paused trial: it tells the scheduler the trial is gone."""
+    """The one TuneController method SynchronousHalving calls: ``stop_trial``, which (as Tune's) tells the
+    scheduler the trial is gone — ``on_trial_remove`` if it was paused or pending, else ``on_trial_complete``."""
 
     def __init__(self):
         self.stopped: list[str] = []
         self.scheduler = None
 
     def stop_trial(self, trial):
+        if trial.status in ("TERMINATED", "ERROR"):
+            return
         self.stopped.append(trial.trial_id)
+        if trial.status in ("PENDING", "PAUSED"):
+            self.scheduler.on_trial_remove(self, trial)
+        else:
+            self.scheduler.on_trial_complete(self, trial, {})
         trial.status = "TERMINATED"
-        self.scheduler.on_trial_remove(self, trial)
+
+
+def _sha(num_trials: int, steps: int, grace: int, factor: int, **scheduler):
+    """A SynchronousHalving as the sweep builds it, its fake controller and ``num_trials`` running trials."""
+    from oskar_ray.tune.schedulers import make_scheduler
+
+    spec = spec_from_dict({"name": "s", "base": str(SMOKE), "space": {"train.lr": [1e-3]}, "scheduler": {
+        "kind": "sha", "metric": "probe/mean", "grace_period": grace, "reduction_factor": factor, **scheduler}})
+    cfg = load_config(SMOKE, [f"train.steps={steps}", f"train.checkpoint_every={grace}"])
+    sched = make_scheduler(spec, cfg, num_trials=num_trials)
+    ctrl, trials = _Controller(), [_Trial(f"t{i}") for i in range(num_trials)]
+    ctrl.scheduler = sched
+    for trial in trials:
+        sched.on_trial_add(ctrl, trial)
+    return sched, ctrl, trials
+
+
+def _report(sched, ctrl, trial, step: int, value: float, metric: str = "probe/mean") -> str:
+    """One report; the trial's status follows the decision, as Tune sets it."""
+    decision = sched.on_trial_result(ctrl, trial, {"step": step, metric: value})
+    trial.status = {"PAUSE": "PAUSED", "STOP": "TERMINATED"}.get(decision, trial.status)
+    return decision
 
 
 def test_synchronous_halving_pauses_until_every_trial_reached_the_rung():
@@ -253,6 +281,84 @@ def test_synchronous_halving_handles_a_report_past_several_rungs(first):
         assert sched.choose_trial_to_run(ctrl) is good  # past rung 8 alone: it must be let go on
         good.status = "RUNNING"
     assert sched.on_trial_result(ctrl, good, {"step": 12, "loss": 0.5}) == TrialScheduler.CONTINUE
+
+
+def test_synchronous_halving_decides_a_rung_an_errored_or_removed_trial_held_open():
+    """A trial that errors (or is stopped while paused) leaves the bracket: the rung it held open is decided at
+    once — else the trials paused there wait for a report that never comes."""
+    sched, ctrl, t = _sha(4, steps=40, grace=10, factor=2)  # rungs 10, 20; keep 2, then 1
+    for trial, score in zip(t[:3], [0.1, 0.9, 0.5], strict=True):
+        assert _report(sched, ctrl, trial, 10, score) == "PAUSE"
+    assert sched.choose_trial_to_run(ctrl) is None  # all wait at rung 10 for t3
+    sched.on_trial_error(ctrl, t[3])
+    t[3].status = "ERROR"
+    assert ctrl.stopped == ["t0"]  # rung 10 among the three left: t1 and t2 go on
+    assert sched.choose_trial_to_run(ctrl) is t[1]
+    t[1].status = "RUNNING"
+    assert _report(sched, ctrl, t[1], 20, 0.9) == "PAUSE"  # waits at rung 20 for t2, itself paused and promoted
+    assert sched.choose_trial_to_run(ctrl) is t[2]
+    ctrl.stop_trial(t[2])  # removed while paused (e.g. by the user)
+    assert sched.choose_trial_to_run(ctrl) is t[1]  # alone at rung 20: promoted, not left paused
+    t[1].status = "RUNNING"
+    assert _report(sched, ctrl, t[1], 30, 0.9) == "CONTINUE"
+    assert "past the last rung: 1 live trial" in sched.debug_string()
+
+
+def test_synchronous_halving_never_pauses_or_stops_a_trial_at_or_past_max_t():
+    """The final report precedes the trial's evaluation: pausing or stopping it there would waste the run."""
+    sched, ctrl, (a, b, c) = _sha(3, steps=12, grace=4, factor=2)  # rungs 4, 8
+    assert _report(sched, ctrl, a, 4, 0.9) == "PAUSE"
+    # b logged no signal before its end (the worst value, past every rung, with rung 4 open): it still finishes
+    assert _report(sched, ctrl, b, 12, 0.0) == "CONTINUE"
+    assert _report(sched, ctrl, b, 13, 0.0) == "CONTINUE"
+    sched.on_trial_complete(ctrl, b, {})
+    b.status = "TERMINATED"
+    assert _report(sched, ctrl, c, 4, 0.1) == "CONTINUE"  # keep ceil(3/2) = 2 of the two left: both go on
+    assert ctrl.stopped == [] and sched.choose_trial_to_run(ctrl) is a
+    a.status = "RUNNING"
+    assert _report(sched, ctrl, a, 8, 0.9) == "PAUSE"
+    assert _report(sched, ctrl, c, 8, 0.1) == "STOP"  # keep ceil(2/2) = 1
+    assert sched.choose_trial_to_run(ctrl) is a
+    a.status = "RUNNING"
+    assert [_report(sched, ctrl, a, step, 0.0) for step in (10, 12)] == ["CONTINUE", "CONTINUE"]
+
+
+def test_synchronous_halving_under_mode_min_keeps_the_lowest_and_cuts_a_nan():
+    sched, ctrl, t = _sha(4, steps=12, grace=4, factor=2, metric="loss", mode="min")
+    for trial, loss in ((t[1], 0.1), (t[3], 0.2), (t[0], float("nan"))):
+        assert _report(sched, ctrl, trial, 4, loss, "loss") == "PAUSE"
+    assert _report(sched, ctrl, t[2], 4, 0.3, "loss") == "STOP"
+    assert ctrl.stopped == ["t0"]
+    assert sched.choose_trial_to_run(ctrl) is t[1] and sched.metric == "loss"
+
+
+def test_synchronous_halving_restores_an_empty_bracket_and_rebuilds_it_from_the_unfinished_trials():
+    """Tune pickles the scheduler with the tuner (tuner.pkl); Tuner.restore re-adds every trial, the finished
+    ones with their final status. No stale bookkeeping may survive the pickle: it would wait for trials gone."""
+    import pickle
+
+    sched, ctrl, t = _sha(4, steps=40, grace=10, factor=2)  # rungs 10, 20; keep 2, then 1
+    for trial, score in zip(t, [0.1, 0.9, 0.5, 0.3], strict=True):
+        _report(sched, ctrl, trial, 10, score)
+    assert ctrl.stopped == ["t0"] and t[3].status == "TERMINATED"
+    sched.choose_trial_to_run(ctrl).status = "RUNNING"
+    assert _report(sched, ctrl, t[1], 20, 0.9) == "PAUSE"
+    # the driver dies here; the restored driver unpickles the scheduler and re-adds the trials
+    restored, ctrl = pickle.loads(pickle.dumps(sched)), _Controller()
+    ctrl.scheduler = restored
+    assert restored.choose_trial_to_run(ctrl) is None
+    t[0].status, t[1].status, t[2].status = "ERROR", "PENDING", "PENDING"  # t3 stays TERMINATED (cut)
+    for trial in t:
+        restored.on_trial_add(ctrl, trial)
+    assert restored.choose_trial_to_run(ctrl) is t[1]
+    t[1].status = "RUNNING"
+    assert _report(restored, ctrl, t[1], 20, 0.9) == "PAUSE"  # re-reported past rungs 10 and 20; t2 not at 10
+    assert restored.choose_trial_to_run(ctrl) is t[2]
+    t[2].status = "RUNNING"
+    assert _report(restored, ctrl, t[2], 10, 0.5) == "CONTINUE"  # rung 10 keeps 2 (from 4 trials): both
+    assert restored.choose_trial_to_run(ctrl) is None  # t1 waits at rung 20
+    assert _report(restored, ctrl, t[2], 20, 0.6) == "STOP"
+    assert restored.choose_trial_to_run(ctrl) is t[1] and ctrl.stopped == []
 
 
 def test_synchronous_halving_needs_a_checkpoint_at_every_rung():
