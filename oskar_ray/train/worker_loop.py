@@ -18,7 +18,6 @@ loss, reports ``error`` and returns; the driver marks the MLflow run FAILED.
 
 from __future__ import annotations
 
-import logging
 import os
 import tempfile
 import time
@@ -39,14 +38,6 @@ from ..ray_runtime import quiet_train_worker_logs
 from ..tracking import client_for, log_metrics, set_tags
 from .checkpoint import TrainState, load_checkpoint, save_checkpoint
 from .step import NonFiniteLossError, build_optimizer, progress_line, seed_everything, train_step, unwrap
-
-
-def _quiet_ray_train_logs() -> None:
-    """Our progress line says it all; Ray Train's per-report INFO lines are noise."""
-    from ray.train.v2._internal.execution import context
-
-    logging.getLogger("ray.train").setLevel(logging.WARNING)
-    logging.getLogger(context.__file__).setLevel(logging.WARNING)  # that module names its logger by path
 
 
 class HealthMonitor:
