@@ -4,7 +4,8 @@ Runbook::
 
     python experiments/eval_tiny.py --seeds 0,1,2 --tasks action,retrieval,vqa --baselines random
     #   the tiny recipe (experiments/configs/tiny.yaml: video, skeleton and captions, one checkpoint for action,
-    #   retrieval and QA), three pretraining seeds, mean ± std beside random init: README "Downstream: the tiny recipe"
+    #   retrieval and QA), three pretraining seeds, mean ± std beside random init
+    #   (docs/results.md, "Downstream: the tiny recipe")
     python experiments/eval_tiny.py --set train.steps=100 --tasks action,retrieval      # a quick look
     python experiments/eval_tiny.py --config experiments/configs/tiny_pose.yaml --tasks action,health
     #   the recipe without captions (the best video probes before text was trained)

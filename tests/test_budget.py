@@ -159,7 +159,7 @@ def test_sample_batch_gives_sorted_global_indices():
 
 
 def test_modality_weights_route_inputs_and_targets():
-    """DESIGN's video -> skeleton routing: inputs only from video, targets only from skeleton."""
+    """The video -> skeleton routing of docs/design.md: inputs only from video, targets only from skeleton."""
     n = 200
     present = {"video": np.ones(n, bool), "skeleton": np.ones(n, bool), "text": np.ones(n, bool)}
     present["video"][:10] = False  # no video: inputs fall back to what the sample has

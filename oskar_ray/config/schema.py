@@ -67,7 +67,7 @@ class BudgetConfig:
     time_bins: int = 8
     #: per-modality weights on the Dirichlet shares ({} = all 1); 0 keeps a modality out of
     #: that budget unless a sample has nothing else (e.g. inputs {video: 1, skeleton: 0, text: 0}
-    #: with targets {skeleton: 1} is DESIGN's video -> skeleton routing)
+    #: with targets {skeleton: 1} is video -> skeleton: docs/design.md, "Cross-modal routing")
     input_weights: dict[str, float] = field(default_factory=dict)
     target_weights: dict[str, float] = field(default_factory=dict)
 

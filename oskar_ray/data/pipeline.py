@@ -13,7 +13,7 @@ Without Ray (unit tests, single-process training, evaluation)::
     for batch in iterate_local("data/synth", "val", cfg, batch_size=64):
         ...
 
-Both yield the DESIGN.md batch: ``video`` (B, T, 3, H, W) float32, ``skeleton``
+Both yield the batch of docs/design.md ("Contracts"): ``video`` (B, T, 3, H, W) float32, ``skeleton``
 (B, T, J, 3) float32, ``text_ids`` int64 / ``text_mask`` bool (B, L),
 ``present`` {modality: (B,) bool}, labels on labelled splits (``action``,
 ``answer``, ``question_ids``/``question_mask``, ``question_type``, ``segment``

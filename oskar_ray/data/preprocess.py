@@ -7,7 +7,7 @@ batch. Steps, per batch of stored rows:
 1. video: raw uint8 bytes → (T, 3, H, W) float32, uniform temporal resampling to
    ``modalities.video.frames`` (nearest spatial resampling if the stored size
    differs), normalised per clip and channel (``data.video_norm=clip``: removes
-   the colour shortcut DESIGN.md measured) or with the dataset statistics;
+   the colour shortcut of docs/design.md) or with the dataset statistics;
 2. skeleton: raw float32 bytes → (T, J, 3), resampled to ``modalities.skeleton.frames``;
 3. light augmentation when training (``data.augment``): small spatial shifts,
    skeleton rotation about the vertical axis, scale jitter and noise — never a
@@ -20,7 +20,7 @@ batch. Steps, per batch of stored rows:
    ``oskar_ray.model.budget.TokenBudgetSampler`` (when importable).
 
 Output columns are flat (``present_video`` …) because Ray Data batches are
-flat; :func:`nest_present` builds the ``present`` dict of the DESIGN batch.
+flat; :func:`nest_present` builds the ``present`` dict of the batch (docs/design.md, "Contracts").
 """
 
 from __future__ import annotations

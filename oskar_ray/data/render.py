@@ -3,8 +3,8 @@
 The same joints the skeleton modality sees are projected with a pinhole
 camera and drawn as coloured bones over a textured background. Appearance
 (shirt/trousers/background colours, texture, distractors) is drawn from the
-caller's rng *independently of the action*: DESIGN.md measured colour to be an
-easy shortcut for latent targets, so it must carry no class information.
+caller's rng *independently of the action*: colour is an easy shortcut for
+latent targets (docs/design.md, "SynthAction's shortcut"), so it carries no class information.
 
 Use::
 

@@ -35,7 +35,7 @@ from ..probes.heads import single_threaded
 from .context import EvalContext, TaskResult
 from .features import encode_view, iterate_batches, to_device
 
-#: metric prefix -> view; video is the headline (DESIGN.md), skeleton shows what the same head gets from pose
+#: metric prefix -> view; video is the headline (docs/design.md), skeleton shows what the same head gets from pose
 LOC_VIEWS = {"": "target:video", "skeleton/": "target:skeleton"}
 SPLIT = "untrimmed"
 WINDOW_STRIDE = 4

@@ -7,7 +7,7 @@ random skeleton encoder — separate the actions perfectly (linear probe 100 %).
 Asking each clip's pooled video *context* to pick out its own clip's pooled
 skeleton *target* features among the batch's (symmetric InfoNCE, as CLIP) needs
 only what the two modalities share — the motion — and measured the largest video
-probe gain of any lever tried (README, "Downstream: OSKAR vs random init").
+probe gain of any lever tried (docs/results.md, "Downstream: OSKAR vs random init").
 
 The target side is the frozen-per-step EMA target encoder (no gradient), so the
 term is still "predict the latent of another modality", at clip level; light

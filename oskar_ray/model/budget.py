@@ -15,7 +15,7 @@ Per sample, across the modalities it carries:
 
 Independent draws (and ``cross_modal_share``, which routes part of the target
 budget away from the input modalities) make many samples predict one modality
-from another — the cross-modal routing DESIGN.md measured to matter.
+from another (docs/design.md, "Cross-modal routing").
 
 When a sample cannot fill a budget from its preferred pool (a modality is
 missing, exclusivity removed too much), the budget spills into the next pool

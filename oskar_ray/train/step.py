@@ -81,7 +81,7 @@ def autocast_for(cfg: OskarConfig, device: torch.device):
 def resolved_precision(cfg: OskarConfig, device: torch.device) -> str:
     """``train.precision``, with ``auto`` made bf16 on a bf16 GPU or a CPU with bf16 matmul units, else fp32: the
     default recipe then takes the faster arithmetic wherever it runs (results differ by well under the
-    seed-to-seed spread, README "bf16")."""
+    seed-to-seed spread, docs/results.md, "Against the goal: bf16 buys the steps")."""
     if cfg.train.precision != "auto":
         return cfg.train.precision
     if device.type == "cuda":

@@ -11,12 +11,15 @@ Runbook::
 
 Modules: ``spec`` (sweep YAML, profiles, grid validation), ``trial`` (the Tune
 function trainable), ``runner`` (Tuner / restore, parent run), ``schedulers``
-(ASHA / synchronous successive halving on steps), ``watchdog`` (a stalled sweep errors instead of hanging),
-``results`` (summary, MLflow, report), ``signal`` (the online
-kNN probe reported during pretraining), ``flops`` (FLOPs per step from the
-config), ``cli`` (``oskar sweep SPEC.yaml`` and its flags).
+(synchronous successive halving / ASHA on steps, on Tune's public scheduler API),
+``stopped_trials`` (every stopped trial evaluated at its stop checkpoint),
+``decisions`` (what the scheduler decided, rebuilt from the runs), ``watchdog``
+(a stalled sweep errors instead of hanging), ``results`` (summary, MLflow,
+report), ``flops`` (FLOPs per step from the config), ``cli`` (``oskar sweep
+SPEC.yaml`` and its flags). The signal the schedulers rank on is the online kNN
+probe pretraining reports (:mod:`oskar_ray.probes.online`).
 
-Only light modules are imported here: Ray Train workers import ``signal``.
+Only light modules are imported here (the submodules load on first use).
 """
 
 from __future__ import annotations
