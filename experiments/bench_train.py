@@ -10,7 +10,7 @@ Both sides train the tiny config on the same SynthAction pretrain split
 report steady-state samples/s (the first ``--skip`` steps excluded: process
 start, Ray Data warm-up, first-epoch compile of the plan):
 
-* single process: ``iterate_local`` → ``train_step`` in this process;
+* single process: ``iterate_local`` → ``oskar_ray.train.train`` (the loop of ``oskar pretrain --local``);
 * Ray Train: ``oskar pretrain`` machinery (``TorchTrainer``, Ray Data shard,
   DDP wrapper, checkpoints, MLflow), throughput read back from the
   ``samples_per_s`` metric it logs.

@@ -9,6 +9,8 @@ PROBE_PREFIX = "probe/"
 EVAL_TASKS = ("action", "lowshot", "localization", "retrieval", "vqa", "health", "robustness")
 ACTION_PROTOCOLS = ("attentive", "linear", "knn")
 VQA_VIEWS = ("video", "video+skeleton")
+#: the action views (oskar_ray.probes.views.ACTION_VIEWS maps each to its encoder and modalities)
+ACTION_VIEW_NAMES = ("video", "skeleton", "fusion")
 
 
 def probe_metrics(views: list[str]) -> list[str]:

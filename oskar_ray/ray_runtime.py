@@ -8,21 +8,24 @@ Runbook::
     ray_runtime.in_ray_worker()                              # False in the driver, True in tasks and actors
 
 Everything this project asks of Ray's runtime is here, so a Ray upgrade is
-checked in one place. The public Ray API covers all of it except three
-internals, each named below as a *string* (nothing private is imported) and
-each checked by ``tests/test_ray_runtime.py``, which fails loudly when a Ray
-upgrade moves or drops it:
+checked in one place. The public Ray API covers most of it; what has no public
+route is named below as a *string* (nothing private is imported) and checked by
+``tests/test_ray_runtime.py``, which fails loudly when a Ray upgrade moves or drops it:
 
 * :data:`STARTUP_CONCURRENCY_ENV` — a raylet config read from the environment;
+* :data:`INTERNAL_QUIET_ENV` — two Ray Train / Ray Data switches read from the
+  environment but not documented (a print patch and Ray Data's log level);
 * :data:`PLACEMENT_GROUP_CLEANER_LOGGER` and :data:`TRAIN_CONTEXT_MODULE` —
   the names of two Ray Train V2 loggers (not API: their messages are noise here).
 
-Everything else is public: ``ray.init`` (``runtime_env`` with ``env_vars`` and
-a ``worker_process_setup_hook``), ``ray.util.get_node_ip_address``,
-``ray.get_runtime_context``, and environment variables Ray documents
-(``RAY_DATA_DISABLE_PROGRESS_BARS``, ``RAY_USAGE_STATS_ENABLED``, ...).
-Kept free of heavy imports at module level: Ray imports the setup hook in
-every worker process.
+Everything else is public (``@PublicAPI``, or documented environment variables):
+``ray.init`` (``runtime_env`` with ``env_vars`` and a ``worker_process_setup_hook``),
+``ray.get_runtime_context()`` (``gcs_address``, ``get_task_id``),
+``ray.cluster_resources`` / ``available_resources``, ``ray.data.DataContext``
+resource limits, ``RAY_DATA_DISABLE_PROGRESS_BARS``, ``RAY_USAGE_STATS_ENABLED``,
+``TUNE_DISABLE_AUTO_CALLBACK_LOGGERS``, ``TUNE_GLOBAL_CHECKPOINT_S``,
+``TUNE_DISABLE_STRICT_METRIC_CHECKING``. Kept free of heavy imports at module
+level: Ray imports the setup hook in every worker process.
 """
 
 from __future__ import annotations
@@ -32,10 +35,14 @@ import importlib.util
 import logging
 import os
 
-#: one progress line per log step instead of a wall of Ray internals; override any by exporting it
-QUIET_ENV = {"RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_USAGE_STATS_ENABLED": "0",
-             "RAY_DATA_LOG_LEVEL": "WARNING", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
-             "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
+#: documented Ray / Tune switches: one progress line per log step instead of a wall of Ray internals
+DOCUMENTED_QUIET_ENV = {"RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_USAGE_STATS_ENABLED": "0",
+                        "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
+#: read by Ray Train V2 / Ray Data from the environment, but not documented (tests/test_ray_runtime.py checks
+#: Ray still reads them): no stdout patching in train workers; Ray Data logs warnings only
+INTERNAL_QUIET_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_DATA_LOG_LEVEL": "WARNING"}
+#: what every process of a run gets, unless the variable is exported already
+QUIET_ENV = {**DOCUMENTED_QUIET_ENV, **INTERNAL_QUIET_ENV}
 
 #: how many worker processes a raylet starts at once: a raylet config (ray_config_def.h) read from the environment
 #: as ``RAY_<name>`` — an internal knob, not a public API: a Ray upgrade that drops it brings the warnings back
@@ -57,6 +64,8 @@ PLACEMENT_GROUP_CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.pl
 TRAIN_CONTEXT_MODULE = "ray.train.v2._internal.execution.context"
 #: the public module whose ``get_task_id`` warns when asked in a driver (where the answer, None, is what we want)
 RUNTIME_CONTEXT_LOGGER = "ray.runtime_context"
+#: set in the workers of a local Ray without dashboard: the setup hook silences the placement-group cleaner there
+NO_DASHBOARD_ENV = "OSKAR_RAY_NO_DASHBOARD"
 
 
 def configure_environment() -> None:
@@ -74,41 +83,37 @@ def init_ray(log_to_driver: bool = True, *, for_sweep: bool = False, trial_slots
     resources, and it finds the controller through the dashboard's state API by
     auto-detecting the cluster — which fails as soon as another Ray instance runs
     on the host (``Found multiple active Ray instances``), leaking the trial's
-    CPUs until the next trials wait forever. So sweeps start the dashboard, pin
-    the GCS port and export this cluster's address to every worker as
-    ``RAY_ADDRESS``; and they declare :data:`SWEEP_CPU_FACTOR` logical CPUs per
+    CPUs until the next trials wait forever. So sweeps start the dashboard, and
+    every worker exports its own cluster's address as ``RAY_ADDRESS``
+    (:func:`setup_worker_process`); and sweeps declare :data:`SWEEP_CPU_FACTOR` logical CPUs per
     core, because each trial reserves CPUs for its driver and trainer and Ray
     Data would otherwise find none left for its read tasks and hang (concurrency
-    is capped by physical cores instead, see ``oskar_ray.tune.runner``).
+    is capped by physical cores instead, :func:`concurrent_trials`).
     ``trial_slots``: that many units of the custom resource :data:`TRIAL_SLOT`,
     one per running trial (a paused trial holds none). ``concurrent_trials``
     sizes the local raylet's worker start-up (:func:`startup_concurrency`).
     """
     import ray
 
+    configure_environment()
     if ray.is_initialized():
         return
-    configure_environment()
     address = os.environ.get("RAY_ADDRESS")
     env = {k: os.environ.get(k, v) for k, v in QUIET_ENV.items()}
-    # a local cluster without the dashboard saves ~0.5 GB on a laptop
-    kwargs: dict = {} if address else {"include_dashboard": False}
-    pinned = for_sweep and not address
-    if pinned:
-        port = _free_port()
-        env["RAY_ADDRESS"] = f"{ray.util.get_node_ip_address()}:{port}"
+    # a local cluster without the dashboard saves ~0.5 GB on a laptop; a sweep's needs it (see above)
+    local_sweep = for_sweep and not address
+    kwargs: dict = {}
+    if local_sweep:
         kwargs = {"include_dashboard": True, "num_cpus": SWEEP_CPU_FACTOR * (os.cpu_count() or 1)}
         if trial_slots:
             kwargs["resources"] = {TRIAL_SLOT: trial_slots}
-    runtime_env: dict = {"env_vars": env}
-    if kwargs.get("include_dashboard") is False:
-        runtime_env["worker_process_setup_hook"] = f"{__name__}.silence_placement_group_cleaner"
-    started_env = {}
-    if pinned:
-        started_env["RAY_GCS_SERVER_PORT"] = str(port)  # read by the local head node at start
-    if not address and STARTUP_CONCURRENCY_ENV not in os.environ:  # read by the local raylet at start
-        started_env[STARTUP_CONCURRENCY_ENV] = str(startup_concurrency(concurrent_trials))
-    with _exported(started_env):
+    elif not address:
+        kwargs = {"include_dashboard": False}
+        env[NO_DASHBOARD_ENV] = "1"
+    runtime_env = {"env_vars": env, "worker_process_setup_hook": f"{__name__}.setup_worker_process"}
+    sized = {} if address or STARTUP_CONCURRENCY_ENV in os.environ else {
+        STARTUP_CONCURRENCY_ENV: str(startup_concurrency(concurrent_trials))}  # read by the local raylet at start
+    with _exported(sized):
         ray.init(address=address, logging_level="WARNING", runtime_env=runtime_env,
                  log_to_driver=log_to_driver, **kwargs)
 
@@ -123,13 +128,23 @@ def startup_concurrency(concurrent_trials: int) -> int:
     return max(os.cpu_count() or 1, PROCESSES_PER_TRIAL * max(1, concurrent_trials) // 2)
 
 
-def silence_placement_group_cleaner() -> None:
-    """The ``worker_process_setup_hook`` of a local Ray without dashboard (see :data:`PLACEMENT_GROUP_CLEANER_LOGGER`).
+def setup_worker_process() -> None:
+    """The ``worker_process_setup_hook`` of every Ray worker this project starts.
 
-    On a local cluster the run's placement group dies with the cluster anyway, so the
-    cleaner's warnings say nothing actionable there.
+    * ``RAY_ADDRESS`` = this worker's own cluster (``gcs_address``): whatever in the
+      worker auto-detects a cluster (Ray Train's placement-group cleaner, through the
+      state API) finds this one even when other Ray instances run on the host.
+    * Without a dashboard (:data:`NO_DASHBOARD_ENV`): the placement-group cleaner
+      cannot reach the state API and would warn once a second for the whole run; on
+      a local cluster the run's placement group dies with the cluster anyway, so
+      its warnings (:data:`PLACEMENT_GROUP_CLEANER_LOGGER`) say nothing actionable.
     """
-    logging.getLogger(PLACEMENT_GROUP_CLEANER_LOGGER).setLevel(logging.ERROR)
+    import ray
+
+    if ray.is_initialized():
+        os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+    if os.environ.get(NO_DASHBOARD_ENV):
+        logging.getLogger(PLACEMENT_GROUP_CLEANER_LOGGER).setLevel(logging.ERROR)
 
 
 def quiet_train_worker_logs() -> None:
@@ -144,19 +159,90 @@ def in_ray_worker() -> bool:
     """True in a Ray task or actor, False in a driver (or without Ray).
 
     ``get_task_id`` is None exactly in a driver, where Ray also logs a warning saying
-    it is only meaningful in workers; the question is ours, so the warning is muted.
+    it is only meaningful in workers; the question is ours, so that one record is dropped.
     """
     import ray
 
     if not ray.is_initialized():
         return False
+    _drop_driver_task_id_warning()
+    return ray.get_runtime_context().get_task_id() is not None
+
+
+def _is_not_task_id_warning(record: logging.LogRecord) -> bool:
+    return "only available when the process is a worker" not in record.getMessage()
+
+
+def _drop_driver_task_id_warning() -> None:
     logger = logging.getLogger(RUNTIME_CONTEXT_LOGGER)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        return ray.get_runtime_context().get_task_id() is not None
-    finally:
-        logger.setLevel(level)
+    if _is_not_task_id_warning not in logger.filters:
+        logger.addFilter(_is_not_task_id_warning)
+
+
+def configure_tune_driver(save_every_s: int) -> None:
+    """The sweep driver's Tune settings (documented environment variables; an exported value wins).
+
+    Tune saves its experiment state at least every ``save_every_s`` seconds (what an interrupted sweep
+    resumes from); the early-stopping signal comes every ``eval.online_probe_every`` steps and other reports
+    lack it (the schedulers skip them), so Tune must not insist on it in every result; results come from
+    memory with Tune's file loggers off, so its warning that it cannot read them is noise.
+    """
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(save_every_s))
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+
+
+def concurrent_trials(trial_cpu: float, num_workers: int, cpus_per_worker: float, data_cpus: float,
+                      use_gpu: bool, threads: int, cap: int = 0) -> int:
+    """Trials that can train at once. On a cluster (``$RAY_ADDRESS``): its CPUs (and GPUs) over one trial's
+    reservation. Locally: physical cores over one trial's torch threads (the local sweep cluster declares
+    more logical CPUs than cores, see :func:`init_ray`). ``cap``: the sweep's own limit (0 = none)."""
+    import ray
+
+    if os.environ.get("RAY_ADDRESS"):
+        resources = ray.cluster_resources()
+        fit = int(resources.get("CPU", 1) // (trial_cpu + num_workers * cpus_per_worker + data_cpus))
+        if use_gpu:
+            fit = min(fit, int(resources.get("GPU", 0) // num_workers))
+    else:
+        fit = (os.cpu_count() or 1) // max(1, num_workers * max(threads, 1))
+    fit = max(1, fit)
+    return min(fit, cap) if cap else fit
+
+
+def trial_resources(trial_cpu: float, slotted: bool) -> tuple[dict[str, float], str]:
+    """A trial's Tune resources, and a note when a wanted :data:`TRIAL_SLOT` is missing on the cluster
+    (a cluster that does not declare it: trials then start as its CPUs/GPUs allow)."""
+    import ray
+
+    if not slotted:
+        return {"cpu": trial_cpu}, ""
+    if not ray.cluster_resources().get(TRIAL_SLOT):
+        return {"cpu": trial_cpu}, (f"the cluster has no {TRIAL_SLOT!r} resource: trials start as its CPUs/GPUs "
+                                    f"allow (declare it on the nodes to cap them)")
+    return {"cpu": trial_cpu, TRIAL_SLOT: 1}, ""
+
+
+def limit_data_cpus(cpus: float) -> None:
+    """Cap this process's Ray Data execution at ``cpus`` logical CPUs (public ``DataContext`` resource limits)."""
+    from ray.data import DataContext
+
+    options = DataContext.get_current().execution_options
+    options.resource_limits = options.resource_limits.copy(cpu=cpus)
+
+
+def cpus_still_held(wait_s: float = 10.0) -> float:
+    """CPUs still reserved on the cluster after ``wait_s`` (Ray Train's placement-group cleaner polls every
+    few seconds): on a sweep's own local cluster, anything above 0 after the last trial is a leak."""
+    import time
+
+    import ray
+
+    total = ray.cluster_resources().get("CPU", 0.0)
+    deadline = time.time() + wait_s
+    while (held := total - ray.available_resources().get("CPU", 0.0)) > 1e-6 and time.time() < deadline:
+        time.sleep(1)
+    return max(0.0, held)
 
 
 @contextlib.contextmanager
@@ -168,11 +254,3 @@ def _exported(values: dict[str, str]):
     finally:
         for key in values:
             os.environ.pop(key, None)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("", 0))
-        return sock.getsockname()[1]

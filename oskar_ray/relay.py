@@ -107,7 +107,7 @@ def start(uri: str, mode: str) -> bool:
     Call from the driver after ``ray.init``. Idempotent; the actor lives as long as the
     driver holds its handle (i.e. the driver's lifetime).
     """
-    if not wanted(mode, uri) or in_ray_worker():
+    if not wanted(mode, uri) or not ray.is_initialized() or in_ray_worker():
         return False
     key = (uri, ray.get_runtime_context().get_job_id())
     if key in _HANDLES:  # the creating handle must stay: dropping it ends the actor

@@ -204,24 +204,24 @@ def test_slot_target_norm_trains_and_round_trips(tmp_path):
         _model("model.target_norm=batch")
 
 
-def test_spread_terms_penalise_collapsed_and_correlated_features():
-    from oskar_ray.model.variance_covariance import spread_terms
+def test_variance_covariance_terms_penalise_collapsed_and_correlated_features():
+    from oskar_ray.model.variance_covariance import variance_covariance_terms
 
     torch.manual_seed(0)
     ids = torch.zeros(64, 5, dtype=torch.long)
     collapsed = torch.ones(64, 5, 16) + 1e-4 * torch.randn(64, 5, 16)
     spread = 5.0 * torch.randn(64, 5, 16)  # pooled over 5 tokens: std ≈ 2.2
     correlated = 5.0 * torch.randn(64, 5, 1).expand(64, 5, 16)  # same scale, one direction
-    assert spread_terms(collapsed, ids, 1)["var"] > 0.95
-    assert spread_terms(spread, ids, 1)["var"] < 0.05
-    assert spread_terms(correlated, ids, 1)["cov"] > 20 * spread_terms(spread, ids, 1)["cov"]
+    assert variance_covariance_terms(collapsed, ids, 1)["var"] > 0.95
+    assert variance_covariance_terms(spread, ids, 1)["var"] < 0.05
+    assert variance_covariance_terms(correlated, ids, 1)["cov"] > 20 * variance_covariance_terms(spread, ids, 1)["cov"]
     # a modality carried by fewer than two samples contributes nothing
     one = torch.zeros(64, 5, dtype=torch.long)
     one[0] = 1
-    assert spread_terms(spread, one, 2)["var"] == spread_terms(spread[1:], one[1:], 1)["var"]
+    assert variance_covariance_terms(spread, one, 2)["var"] == variance_covariance_terms(spread[1:], one[1:], 1)["var"]
 
 
-def test_spread_weights_add_to_the_loss_and_reach_the_encoder():
+def test_variance_covariance_weights_add_to_the_loss_and_reach_the_encoder():
     model = _model("model.var_weight=1.0", "model.cov_weight=0.04")
     out = model(model.example_batch(6))
     assert {"reg/var", "reg/cov"} <= set(out) and float(out["reg/var"]) > 0

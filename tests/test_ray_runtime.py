@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -20,22 +21,49 @@ def test_the_ray_internals_named_as_logger_strings_still_exist(module):
     assert importlib.util.find_spec(module) is not None, f"{module} is gone: update oskar_ray/ray_runtime.py"
 
 
-def _imports(path: Path) -> list[str]:
-    names = []
+def _private_ray_references(path: Path) -> list[str]:
+    """Imports of private Ray modules, attribute chains through them (``ray._private.state``), and private
+    Ray module names written as strings."""
+    found = []
     for node in ast.walk(ast.parse(path.read_text())):
+        names = []
         if isinstance(node, ast.Import):
-            names += [alias.name for alias in node.names]
+            names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            names += [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
-    return names
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.Attribute):
+            parts, inner = [node.attr], node.value
+            while isinstance(inner, ast.Attribute):
+                parts.append(inner.attr)
+                inner = inner.value
+            if isinstance(inner, ast.Name):
+                names = [".".join([inner.id, *reversed(parts)])]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and path.name != "ray_runtime.py":
+            names = re.findall(r"\bray(?:\.\w+)+", node.value)
+        found += [n for n in names if n.split(".")[0] == "ray" and any(_private(p) for p in n.split("."))]
+    return found
 
 
-def test_the_package_imports_no_private_ray_module():
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))  # __version__ is public
+
+
+def test_the_package_uses_no_private_ray_api():
     private = [f"{path.relative_to(PACKAGE.parent)}: {name}" for path in sorted(PACKAGE.rglob("*.py"))
-               for name in _imports(path)
-               if name.split(".")[0] == "ray" and any(part.startswith("_") for part in name.split("."))]
+               for name in _private_ray_references(path)]
     assert not private, "private Ray APIs break on minor releases; use a public one or ray_runtime:\n" + \
-        "\n".join(private)
+        "\n".join(sorted(set(private)))
+
+
+def test_the_undocumented_environment_switches_are_still_read_by_ray():
+    """``INTERNAL_QUIET_ENV`` names variables Ray reads but does not document: a Ray upgrade that stops reading
+    one brings its noise back; this fails first, naming it."""
+    import ray
+
+    sources = [p.read_text(errors="replace") for p in Path(ray.__file__).parent.rglob("*.py")
+               if "tests" not in p.parts]
+    missing = [name for name in ray_runtime.INTERNAL_QUIET_ENV if not any(name in text for text in sources)]
+    assert not missing, f"Ray no longer reads {missing}: update oskar_ray/ray_runtime.py"
 
 
 def test_in_ray_worker_is_false_in_the_driver_and_true_in_tasks_and_actors(ray_local, caplog):

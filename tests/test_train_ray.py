@@ -200,15 +200,17 @@ def _experiment_id(url: str) -> str:
     return json.loads(urllib.request.urlopen(query, timeout=10).read())["experiment"]["experiment_id"]
 
 
-def test_a_local_ray_without_dashboard_silences_the_placement_group_cleaner_in_its_workers():
+def test_a_local_ray_without_dashboard_silences_the_placement_group_cleaner_and_workers_know_their_cluster():
     # without the dashboard's state API, Ray Train's cleaner would log a warning every second of every run
     code = """if True:
         import logging, ray
-        from oskar_ray.ray_runtime import PLACEMENT_GROUP_CLEANER_LOGGER, configure_environment, init_ray
-        configure_environment()
+        from oskar_ray.ray_runtime import PLACEMENT_GROUP_CLEANER_LOGGER, init_ray
         init_ray(log_to_driver=False)
         level = ray.get(ray.remote(lambda: logging.getLogger(PLACEMENT_GROUP_CLEANER_LOGGER).level).remote())
         print("level", level)
+        import os
+        address = ray.get(ray.remote(lambda: os.environ.get("RAY_ADDRESS")).remote())
+        print("own address", address == ray.get_runtime_context().gcs_address)
         ray.shutdown()
     """
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
@@ -217,6 +219,8 @@ def test_a_local_ray_without_dashboard_silences_the_placement_group_cleaner_in_i
                               env={**env, "RAY_TMPDIR": short})
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"level {logging.ERROR}" in done.stdout
+    # what auto-detects a cluster in a worker (the cleaner's state API client) finds its own, not another one
+    assert "own address True" in done.stdout
 
 
 @pytest.mark.slow

@@ -145,6 +145,21 @@ def test_leave_one_out_knn():
     duplicates = torch.randn(2, 16).repeat_interleave(2, 0)
     # a point may not vote for itself: its twin carries the other label
     assert loo_knn_top1(duplicates, torch.tensor([0, 1, 0, 1]), k=1, n_classes=2) == 0.0
+    # k at or past the other rows: every other row votes (what a float64 leave-one-out vote gives)
+    feats, labels = torch.randn(6, 8), torch.tensor([0, 0, 1, 1, 2, 2])
+    unit = torch.nn.functional.normalize(feats.double(), dim=1)
+    sims = (unit @ unit.T).fill_diagonal_(-float("inf"))
+    votes = torch.zeros(6, 3, dtype=torch.double).scatter_add_(1, labels.expand(6, 6), (sims / 0.07).exp())
+    expected = float((votes.argmax(1) == labels).double().mean())
+    assert loo_knn_top1(feats, labels, k=5, n_classes=3) == pytest.approx(expected)
+    assert loo_knn_top1(feats, labels, k=50, n_classes=3) == pytest.approx(expected)
+
+
+def test_the_leave_one_out_vote_refuses_a_query_set_that_is_not_the_train_set():
+    from oskar_ray.probes.heads import knn_scores
+
+    with pytest.raises(ValueError, match="exclude_self"):
+        knn_scores(torch.randn(5, 4), torch.zeros(5, dtype=torch.long), torch.randn(5, 4), 2, exclude_self=True)
 
 
 def test_asha_never_stops_a_trial_that_finished_training():

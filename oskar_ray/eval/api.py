@@ -37,7 +37,7 @@ from ..config import OskarConfig, load_config
 from ..metric_names import EVAL_TASKS
 from ..probes.views import ACTION_VIEWS
 from .action import run_action
-from .artifacts import log_eval, write_report
+from .artifacts import log_eval, write_artifacts
 from .context import EvalContext, TaskResult, text_trained
 from .features import FeatureCache
 from .health import run_health
@@ -120,7 +120,7 @@ def evaluate_full(checkpoint_or_model: Any, dataset: str | Path | None = None, t
     info = {"tasks": tasks, "dataset": str(dataset), "baseline": baseline or "", "seconds": seconds,
             "checkpoint": source.get("path", "")}
     with tempfile.TemporaryDirectory() as tmp:
-        result.artifacts = write_report(metrics, plots, out_dir or tmp, info)
+        result.artifacts = write_artifacts(metrics, plots, out_dir or tmp, info)
         if log:
             name = f"eval-baseline-{baseline}" if baseline else "eval"
             own = pretrain_run if not baseline else ""

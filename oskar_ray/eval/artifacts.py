@@ -2,7 +2,7 @@
 
 Runbook::
 
-    paths = write_report(metrics, plots, out_dir)      # summary.json, action_confusion.png, ...
+    paths = write_artifacts(metrics, plots, out_dir)      # summary.json, action_confusion.png, ...
     run_id = log_eval(cfg, metrics, paths, run_id=...) # eval/<task>/<metric> + artifacts under eval/
 
 PNGs: confusion matrix of the video attentive probe (action), the pooled
@@ -22,7 +22,7 @@ from typing import Any
 ARTIFACT_DIR = "eval"
 
 
-def write_report(metrics: dict[str, float], plots: dict[str, dict[str, Any]], out_dir: str | Path,
+def write_artifacts(metrics: dict[str, float], plots: dict[str, dict[str, Any]], out_dir: str | Path,
                  info: dict[str, Any] | None = None) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

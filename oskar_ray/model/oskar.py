@@ -33,7 +33,7 @@ from .budget import Layout, TokenBudgetSampler, batch_layout, build_modalities, 
 from .ema import ema_update
 from .encoder import Encoder
 from .predictor import Predictor
-from .variance_covariance import spread_terms
+from .variance_covariance import variance_covariance_terms
 
 
 class Oskar(nn.Module):
@@ -81,7 +81,7 @@ class Oskar(nn.Module):
         out = self._loss(prediction, targets, target_modality, layout, input_index, target_index)
         for name in aligned_to:
             out = self._add_alignment(out, name, batch, fused, layout, input_index, full)
-        return self._add_spread(out, fused, layout, input_index)
+        return self._add_variance_covariance(out, fused, layout, input_index)
 
     @torch.no_grad()
     def update_targets(self, momentum: float | dict[str, float]) -> None:
@@ -278,11 +278,12 @@ class Oskar(nn.Module):
             out["loss/align"] = out.get("loss/align", 0.0) + term.detach()  # summed over the aligned targets
         return out
 
-    def _add_spread(self, out: dict, fused: torch.Tensor, layout: Layout, input_index: torch.Tensor) -> dict:
+    def _add_variance_covariance(self, out: dict, fused: torch.Tensor, layout: Layout,
+                                 input_index: torch.Tensor) -> dict:
         var_weight, cov_weight = self.cfg.model.var_weight, self.cfg.model.cov_weight
         if not (var_weight or cov_weight):
             return out
-        terms = spread_terms(fused, self._modality_ids(layout, input_index), len(layout.names))
+        terms = variance_covariance_terms(fused, self._modality_ids(layout, input_index), len(layout.names))
         out["loss"] = out["loss"] + var_weight * terms["var"] + cov_weight * terms["cov"]
         out["reg/var"], out["reg/cov"] = terms["var"].detach(), terms["cov"].detach()
         return out

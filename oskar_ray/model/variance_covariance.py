@@ -12,7 +12,7 @@ reads; the target encoders follow through the EMA.
 
 Use::
 
-    terms = spread_terms(fused, input_modality, n_modalities)   # {"var": ..., "cov": ...}
+    terms = variance_covariance_terms(fused, input_modality, n_modalities)   # {"var": ..., "cov": ...}
     loss = loss + var_weight * terms["var"] + cov_weight * terms["cov"]
 """
 
@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 
-def spread_terms(fused: torch.Tensor, input_modality: torch.Tensor, n_modalities: int,
-                 floor: float = 1.0) -> dict[str, torch.Tensor]:
+def variance_covariance_terms(fused: torch.Tensor, input_modality: torch.Tensor, n_modalities: int,
+                              floor: float = 1.0) -> dict[str, torch.Tensor]:
     """Variance hinge and off-diagonal covariance of per-modality pooled context features.
 
     ``fused``: ``(B, N, D)`` context tokens; ``input_modality``: ``(B, N)`` the

@@ -166,6 +166,8 @@ def knn_scores(x_train, y_train, x_query, n_classes: int, k: int = 20,
     ``exclude_self``: the query *is* the train set (row i of each), and a row may not vote for itself —
     the leave-one-out probe of pretraining (:mod:`oskar_ray.probes.online`).
     """
+    if exclude_self and x_query is not x_train and not torch.equal(x_query, x_train):
+        raise ValueError("knn_scores(exclude_self=True) scores a set against itself: pass the same features twice")
     train = F.normalize(x_train.float(), dim=1)
     query = F.normalize(x_query.float(), dim=1)
     sims = query @ train.T

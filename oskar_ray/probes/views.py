@@ -8,8 +8,10 @@ pseudo-modality ``question`` (video QA) feeds question tokens through the text t
 
 from __future__ import annotations
 
+from ..metric_names import ACTION_VIEW_NAMES
+
 #: the action views: target encoders (unimodal) and the fusion encoder over video + skeleton
-ACTION_VIEWS = {"video": "target:video", "skeleton": "target:skeleton", "fusion": "fusion:video+skeleton"}
+ACTION_VIEWS = dict(zip(ACTION_VIEW_NAMES, ("target:video", "target:skeleton", "fusion:video+skeleton"), strict=True))
 
 
 def parse_view(view: str) -> tuple[str, list[str]]:

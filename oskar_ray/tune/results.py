@@ -248,17 +248,11 @@ def time_split(rows: list[TrialRow]) -> dict[str, float]:
 
 def write_report(spec: SweepSpec, setup, exp_dir: Path) -> Path | None:
     """The comparison report (``oskar report``) for this sweep, logged on the parent run."""
-    try:
-        from ..report import build_report
-    except ImportError:
-        print("note: oskar_ray.report is not available; skipping the HTML report", flush=True)
-        return None
-    import inspect
+    from ..report import build_report
 
-    extra = {"metric": spec.select.metric} if "metric" in inspect.signature(build_report).parameters else {}
     try:
         html = Path(build_report(spec.mlflow_experiment, exp_dir / "report", tracking_uri=setup.tracking_uri,
-                                 parent_run_id=setup.parent_run_id, **extra))
+                                 parent_run_id=setup.parent_run_id, metric=spec.select.metric))
     except Exception as err:  # the sweep's results stand without the report; say why it is missing
         print(f"warning: the report failed ({type(err).__name__}: {err}); the runs are in MLflow", flush=True)
         set_tags(client_for(setup.tracking_uri), setup.parent_run_id, {"oskar.report_error": str(err)})

@@ -22,7 +22,6 @@ not yet in Tune's saved state re-reports its metrics without training again.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import time
@@ -48,19 +47,17 @@ from .watchdog import StallWatchdog
 
 STATE_FILE = "oskar_sweep.json"
 #: Tune saves its experiment state at least this often (s): what an interrupted sweep resumes from
-SAVE_EVERY_S = "10"
+SAVE_EVERY_S = 10
 
 
 def run_sweep(spec: SweepSpec, *, resume: str | None = None, report: bool = True) -> SweepOutcome:
     """Run (or resume) a sweep end to end; prints the best trial, the report and the mlflow ui command."""
     from .. import relay
-    from ..ray_runtime import configure_environment, init_ray
+    from ..ray_runtime import configure_environment, configure_tune_driver, init_ray
 
     started = time.perf_counter()
     configure_environment()
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", SAVE_EVERY_S)
-    # the early-stopping signal comes every eval.online_probe_every steps; other reports lack it (schedulers skip them)
-    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    configure_tune_driver(SAVE_EVERY_S)
     exp_dir = find_experiment(spec, resume) if resume else None
     state = json.loads((exp_dir / STATE_FILE).read_text()) if exp_dir else None
     if state:
@@ -69,8 +66,6 @@ def run_sweep(spec: SweepSpec, *, resume: str | None = None, report: bool = True
         n_points = validate_points(spec)
         exp_dir = Path(spec.storage_path).resolve() / f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         print(f"sweep {spec.name}: {n_points} grid point(s) x {spec.num_samples} sample(s); {exp_dir}", flush=True)
-    # results come from memory; Tune's file loggers are off (ray_runtime.QUIET_ENV), so it warns it cannot read them
-    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     import ray
 
     own_cluster = not ray.is_initialized() and not os.environ.get("RAY_ADDRESS")
@@ -102,15 +97,12 @@ def _stopped_trial_evaluator(spec: SweepSpec, setup: TrialSetup) -> StoppedTrial
     return StoppedTrialEvaluator(cfg.train.output_dir, cfg.eval.tasks, setup.tracking_uri, max_concurrent(spec, cfg))
 
 
-def warn_if_resources_held(wait_s: float = 10.0) -> None:
+def warn_if_resources_held() -> None:
     """After the last trial every CPU of the sweep's own local cluster should be free again (a shared
     cluster's other jobs hold some); say so when a killed trial's placement group was not released."""
-    import ray
+    from ..ray_runtime import cpus_still_held
 
-    total = ray.cluster_resources().get("CPU", 0.0)
-    deadline = time.time() + wait_s
-    while (held := total - ray.available_resources().get("CPU", 0.0)) > 1e-6 and time.time() < deadline:
-        time.sleep(1)  # Ray Train's PlacementGroupCleaner polls every few seconds
+    held = cpus_still_held()
     if held > 1e-6:
         print(f"warning: {held:g} CPU(s) are still reserved after the sweep: the placement groups of trials "
               f"the scheduler stopped were not released (Ray Train's PlacementGroupCleaner needs the dashboard's state "
@@ -211,22 +203,12 @@ def _parent_run(spec: SweepSpec, base, uri: str) -> str:
 
 
 def max_concurrent(spec: SweepSpec, cfg) -> int:
-    """Trials at once. On a cluster (``$RAY_ADDRESS``): its CPUs (and GPUs) over one trial's
-    reservation. Locally: physical cores over one trial's torch threads (the local sweep cluster
-    declares more logical CPUs than cores, see ``ray_runtime.init_ray``)."""
-    import ray
+    """Trials at once: what the cluster (or this machine's cores) fits, capped by ``spec.max_concurrent``."""
+    from ..ray_runtime import concurrent_trials
 
     t = cfg.train
-    if os.environ.get("RAY_ADDRESS"):
-        resources = ray.cluster_resources()
-        per_trial = spec.trial_cpu + t.num_workers * t.cpus_per_worker + cfg.data.cpus_per_task
-        fit = int(resources.get("CPU", 1) // per_trial)
-        if t.use_gpu:
-            fit = min(fit, int(resources.get("GPU", 0) // t.num_workers))
-    else:
-        fit = (os.cpu_count() or 1) // max(1, t.num_workers * max(t.threads, 1))
-    fit = max(1, fit)
-    return min(fit, spec.max_concurrent) if spec.max_concurrent else fit
+    return concurrent_trials(spec.trial_cpu, t.num_workers, t.cpus_per_worker, cfg.data.cpus_per_task, t.use_gpu,
+                             t.threads, cap=spec.max_concurrent)
 
 
 def _trial_slots(spec: SweepSpec) -> int:
@@ -236,17 +218,12 @@ def _trial_slots(spec: SweepSpec) -> int:
 
 
 def _trial_resources(spec: SweepSpec) -> dict[str, float]:
-    import ray
+    from ..ray_runtime import trial_resources
 
-    from ..ray_runtime import TRIAL_SLOT
-
-    if spec.scheduler.kind != "sha":
-        return {"cpu": spec.trial_cpu}
-    if not ray.cluster_resources().get(TRIAL_SLOT):
-        print(f"sweep {spec.name}: synchronous halving on a cluster without the {TRIAL_SLOT!r} resource: trials "
-              f"start as its CPUs/GPUs allow (declare it on the nodes to cap them)", flush=True)
-        return {"cpu": spec.trial_cpu}
-    return {"cpu": spec.trial_cpu, TRIAL_SLOT: 1}
+    resources, note = trial_resources(spec.trial_cpu, slotted=spec.scheduler.kind == "sha")
+    if note:
+        print(f"sweep {spec.name}: synchronous halving: {note}", flush=True)
+    return resources
 
 
 def _tuner(spec: SweepSpec, setup: TrialSetup, exp_dir: Path, state: dict, restoring: bool,

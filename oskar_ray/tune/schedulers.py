@@ -18,9 +18,11 @@ every ``train.log_every`` / ``eval.online_probe_every`` / checkpoint step), so
   (``train.checkpoint_every`` must divide every rung), costing one trial
   start-up per promotion.
 
-Both are written against Ray Tune's public scheduler interface only (the hooks
-of ``TrialScheduler``, ``tune_controller.stop_trial``, a trial's ``status`` and
-``trial_id``): Ray's private HyperBand bracket changes between minor releases.
+Both are written against Ray Tune's scheduler interface only: the hooks of the
+public ``TrialScheduler``, ``tune_controller.stop_trial`` and a trial's
+``status`` / ``trial_id`` (``TuneController`` and ``Trial`` are Tune's
+developer API, which its own schedulers use); nothing private — Ray's HyperBand
+bracket changes between minor releases.
 """
 
 from __future__ import annotations
@@ -73,6 +75,12 @@ class SynchronousHalving(FIFOScheduler):
     Nothing of the bookkeeping is pickled: Tune stores the scheduler with the
     tuner and ``Tuner.restore`` rebuilds the bracket from the unfinished trials'
     re-reported values (finished ones, re-added with their final status, are ignored).
+
+    Limits (none reached by the sweeps here): a rung is decided once every trial
+    *added so far* waits at it, so Tune must add all trials up front (it does below
+    its pending-trial cap, 200 by default); and a trial Tune retries after an error
+    (``max_failures > 0``; sweeps run with 0) rejoins as a new entrant, at whatever
+    rung it re-reports.
     """
 
     def __init__(self, *, num_trials: int, grace_period: int, reduction_factor: float, max_t: int, metric: str,

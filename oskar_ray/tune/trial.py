@@ -121,10 +121,9 @@ def _limit_data_cpus(cfg) -> None:
     training needs. Two tasks keep a tiny trial fed (measured: no data wait
     after the first batch, 2 trials on 2 busy cores).
     """
-    from ray.data import DataContext
+    from ..ray_runtime import limit_data_cpus
 
-    options = DataContext.get_current().execution_options
-    options.resource_limits = options.resource_limits.copy(cpu=DATA_TASKS * cfg.data.cpus_per_task)
+    limit_data_cpus(DATA_TASKS * cfg.data.cpus_per_task)
 
 
 def report_last_signal(client, run_id: str, signal: str) -> None:
