@@ -239,6 +239,41 @@ def test_tasks_a_dataset_cannot_serve_are_named_from_its_manifest(synth_dir, tmp
     del manifest["splits"]["val"]
     store.save_manifest(bare, manifest)
     problems = unservable(["action", "vqa", "health"], str(bare))
-    assert set(problems) == {"action", "vqa"}
-    assert "no split val" in problems["action"]
+    assert set(problems) == {"vqa"}  # no val split: carved from train, every probe task still served
     assert "vocab.answers is empty (no question-answer annotations" in problems["vqa"]
+    del manifest["splits"]["test"]
+    store.save_manifest(bare, manifest)
+    problems = unservable(["action", "vqa", "health"], str(bare))
+    assert set(problems) == {"action", "vqa", "health"}
+    assert "no split test" in problems["action"]
+
+
+def test_a_dataset_without_val_or_lowshot_splits_is_evaluated_on_carves_of_train(pretrained, tmp_path):
+    """A user's pretrain / train / test layout: every probe task runs, val and the low-shot subsets are carved
+    from train (seeded, per class) and the run records how."""
+    import shutil
+
+    from oskar_ray.data import store
+    from oskar_ray.eval.cli import main
+
+    tmp, cfg, ckpt, run_id = pretrained
+    user = tmp_path / "user"
+    shutil.copytree(cfg.data.path, user)
+    manifest = store.load_manifest(user)
+    for split in ("val", "train_1pct", "train_10pct", "untrimmed"):
+        del manifest["splits"][split]
+    store.save_manifest(user, manifest)
+    out = tmp_path / "out"
+    assert main(["--checkpoint", str(ckpt), "--data", str(user), "--out", str(out), "--quiet",
+                 "--tasks", "action,lowshot,retrieval,vqa,health,robustness"]) == 0
+    metrics = json.loads((out / "summary.json").read_text())["metrics"]
+    for key in ("eval/action/video/linear/top1", "eval/lowshot/1pct/video/linear/top1",
+                "eval/lowshot/10pct/skeleton/linear/top1", "eval/retrieval/t2v/R1", "eval/vqa/accuracy",
+                "eval/health/video/rankme", "eval/robustness/video_only/attentive/top1"):
+        assert key in metrics, key
+    tags = MlflowClient(cfg.tracking.uri).get_run(run_id).data.tags
+    assert tags["eval.split.val"].startswith("carved val: 0.1 of train per class, stratified by action, seed 0")
+    assert tags["eval.split.train"].startswith("train less the carved val")
+    assert tags["eval.split.train_1pct"].startswith("carved train_1pct") and tags["eval.split.test"] == \
+        "stored split test"
+    assert "eval.failed_tasks" not in tags

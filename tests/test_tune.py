@@ -444,6 +444,49 @@ def test_eval_tasks_the_dataset_cannot_serve_are_refused_before_any_trial(synth_
     check_eval_tasks(spec, spec.base_config(["eval.tasks=[action]"]))
 
 
+def test_a_scheduler_ranking_on_the_probe_refuses_a_dataset_without_labelled_held_out_clips(synth_dir, tmp_path):
+    import shutil
+
+    from oskar_ray.data import store
+    from oskar_ray.tune.runner import check_scheduler_signal
+
+    data = tmp_path / "pretrain_only"
+    shutil.copytree(synth_dir, data)
+    manifest = store.load_manifest(data)
+    manifest["splits"] = {"pretrain": manifest["splits"]["pretrain"]}
+    store.save_manifest(data, manifest)
+    spec = spec_from_dict({"name": "x", "base": str(SMOKE), "space": {"train.lr": [1e-3]},
+                           "overrides": [f"data.path={data}", "eval.online_probe_every=4"],
+                           "scheduler": {"kind": "sha", "metric": "probe/mean", "grace_period": 4}})
+    with pytest.raises(ValueError, match=r"ranks trials on probe/mean.*no split 'val' and no 'train' split.*fifo"):
+        check_scheduler_signal(spec, spec.base_config())
+    check_scheduler_signal(edit_spec(spec, scheduler_kind="fifo"), spec.base_config())  # nothing to rank: fine
+    # a dataset with a labelled train split: the probe reads a carve of it, no refusal
+    check_scheduler_signal(spec, spec.base_config([f"data.path={synth_dir}"]))
+
+
+def test_the_online_probe_reads_a_carve_of_train_when_the_dataset_has_no_val(synth_dir, tmp_path):
+    import shutil
+
+    from oskar_ray.data import store
+    from oskar_ray.data.splits import SplitPlan
+    from oskar_ray.model import Oskar
+    from oskar_ray.probes.online import OnlineProbe
+
+    data = tmp_path / "no_val"
+    shutil.copytree(synth_dir, data)
+    manifest = store.load_manifest(data)
+    del manifest["splits"]["val"]
+    store.save_manifest(data, manifest)
+    cfg = load_config(SMOKE, [f"data.path={data}", "eval.online_probe_every=4", "eval.online_probe_k=3"])
+    probe, off = OnlineProbe.from_config(cfg, torch.device("cpu"))
+    assert off == "" and len(probe.labels) == len(SplitPlan.from_config(str(data), cfg).source("val").rows)
+    scores = probe(Oskar(cfg))
+    assert set(scores) >= {"probe/video/knn_top1", "probe/mean"}
+    none, why = OnlineProbe.from_config(load_config(SMOKE, [f"data.path={data}"]), torch.device("cpu"))
+    assert none is None and "online_probe_every is 0" in why
+
+
 def test_scheduler_decisions_are_rebuilt_from_the_runs_even_off_the_rung_steps():
     from types import SimpleNamespace
 

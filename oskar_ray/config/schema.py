@@ -156,6 +156,14 @@ class EvalConfig:
     online_probe_k: int = 10
     #: views it scores: video / skeleton (target encoders), fusion (video + skeleton)
     online_probe_views: list[str] = field(default_factory=lambda: ["video", "skeleton", "fusion"])
+    #: stored splits the probes train and score on (the validation split is ``data.val_split``)
+    train_split: str = "train"
+    test_split: str = "test"
+    #: a dataset without the validation split gets one carved from train: this fraction per class, seeded
+    #: (oskar_ray/data/splits.py); low-shot subsets are drawn the same way, ``lowshot_percents`` % of train
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    lowshot_percents: list[float] = field(default_factory=lambda: [1.0, 10.0])
 
 
 @dataclass

@@ -39,6 +39,23 @@ def validate(cfg: OskarConfig) -> None:
     for name, valid in (("action_protocols", ACTION_PROTOCOLS), ("vqa_views", VQA_VIEWS)):
         if not getattr(cfg.eval, name):
             raise ValueError(f"eval.{name} is empty (valid: {', '.join(valid)})")
+    _validate_splits(cfg)
+
+
+def _validate_splits(cfg: OskarConfig) -> None:
+    e = cfg.eval
+    if not 0 < e.val_fraction < 1:
+        raise ValueError(f"eval.val_fraction must be in (0, 1) (the share of train carved as val), "
+                         f"got {e.val_fraction}")
+    bad = [p for p in e.lowshot_percents if not 0 < p < 100]
+    if bad:
+        raise ValueError(f"eval.lowshot_percents: {bad[0]} is not a percentage in (0, 100)")
+    names = {"eval.train_split": e.train_split, "data.val_split": cfg.data.val_split, "eval.test_split": e.test_split}
+    for key, name in names.items():
+        if not name:
+            raise ValueError(f"{key} is empty (a stored split name, e.g. train / val / test)")
+    if len(set(names.values())) < len(names):
+        raise ValueError(f"the probe splits must differ: {', '.join(f'{k}={v}' for k, v in names.items())}")
 
 
 def _get(cfg: OskarConfig, dotted: str) -> Any:

@@ -94,23 +94,42 @@ def iter_train_batches(dataset, cfg, batch_size: int | None = None, *, train: bo
 
 def iterate_local(dataset_dir: str | Path, split: str, cfg, batch_size: int, seed: int = 0, *,
                   train: bool = False, epochs: int = 1, drop_last: bool = False,
-                  with_masks: bool = True) -> Iterator[dict[str, Any]]:
-    """The same batches without Ray: row group by row group, shuffled within a shard when training."""
+                  with_masks: bool = True, rows: np.ndarray | None = None) -> Iterator[dict[str, Any]]:
+    """The same batches without Ray: row group by row group, shuffled within a shard when training.
+
+    ``rows``: only these row positions of the split (stored order), e.g. a carved split
+    (:class:`oskar_ray.data.splits.SplitPlan`); None reads every row."""
     meta = DatasetMeta.load(dataset_dir, split)
     paths = store.split_paths(dataset_dir, split)
+    offsets = shard_offsets(paths) if rows is not None else [0] * len(paths)
     for epoch in range(epochs):
         order = np.random.default_rng([seed, epoch]).permutation(len(paths)) if train else range(len(paths))
         pending: dict[str, list] = {}
         for k in order:
             table = pq.read_table(paths[k], columns=READ_COLUMNS)
+            keep = selected_positions(rows, offsets[k], len(table))
+            table = table.take(keep) if keep is not None else table
             idx = np.random.default_rng([seed, epoch, int(k)]).permutation(len(table)) if train else None
-            rows = table.take(idx) if idx is not None else table
-            pending = _concat(pending, rows.to_pydict())
+            rows_of_shard = table.take(idx) if idx is not None else table
+            pending = _concat(pending, rows_of_shard.to_pydict())
             while len(pending.get("id", [])) >= batch_size:
                 head, pending = _split(pending, batch_size)
                 yield _to_model_batch(head, cfg, meta, train, seed, epoch, with_masks)
         if pending.get("id") and not drop_last:
             yield _to_model_batch(pending, cfg, meta, train, seed, epoch, with_masks)
+
+
+def shard_offsets(paths: list[str]) -> list[int]:
+    """The stored-order position of each shard's first row."""
+    counts = [pq.read_metadata(path).num_rows for path in paths]
+    return [int(x) for x in np.cumsum([0, *counts[:-1]])]
+
+
+def selected_positions(rows: np.ndarray | None, offset: int, n: int) -> np.ndarray | None:
+    """Positions within one shard (``offset`` .. ``offset + n``) of the selected split rows; None: all."""
+    if rows is None:
+        return None
+    return (rows[(rows >= offset) & (rows < offset + n)] - offset).astype(np.int64)
 
 
 def _concat(a: dict[str, list], b: dict[str, list]) -> dict[str, list]:

@@ -42,7 +42,7 @@ from .context import EvalContext, TaskResult, text_trained
 from .features import FeatureCache
 from .health import run_health
 from .localization import LOC_VIEWS, run_localization
-from .lowshot import run_lowshot
+from .lowshot import run_lowshot, subsets
 from .retrieval import TEXT_VIEW as RETRIEVAL_TEXT
 from .retrieval import VIDEO_VIEW as RETRIEVAL_VIDEO
 from .retrieval import ZERO_SHOT_VIDEO, run_retrieval
@@ -108,7 +108,7 @@ def evaluate_full(checkpoint_or_model: Any, dataset: str | Path | None = None, t
     ctx = _context(model, cfg, dataset, seed, progress, cache_dir, task_views(tasks, cfg))
     metrics, plots, seconds, skipped, errors = _run_tasks(ctx, tasks)
     result = EvalResult(metrics, seconds=seconds, errors=errors)
-    tags = {"eval.baseline": baseline or "none", "eval.tasks": ",".join(tasks),
+    tags = {"eval.baseline": baseline or "none", "eval.tasks": ",".join(tasks), **split_tags(ctx, tasks),
             **{f"eval.{task}.skipped": why for task, why in skipped.items()},
             **{f"eval.{task}.error": why for task, why in errors.items()}}
     if errors:
@@ -201,6 +201,12 @@ def _context(model, cfg: OskarConfig, dataset: str, seed: int, progress: bool,
     where = Path(cache_dir) / "features" / _fingerprint(model, dataset) if cache_dir else None
     cache = FeatureCache(model, dataset, cfg, views, batch_size=e.batch_size, progress=progress, cache_dir=where)
     return EvalContext(model=model, cfg=cfg, dataset=dataset, cache=cache, seed=seed, progress=progress)
+
+
+def split_tags(ctx: EvalContext, tasks: list[str]) -> dict[str, str]:
+    """``eval.split.<split>``: which stored rows each probe split read (stored, or carved: how, how many)."""
+    splits = ("train", "val", "test") + (tuple(subsets(ctx.cfg).values()) if "lowshot" in tasks else ())
+    return {f"eval.split.{name}": note for name, note in ctx.cache.plan.describe(splits).items()}
 
 
 def _fingerprint(model, dataset: str) -> str:

@@ -52,11 +52,13 @@ class EvalContext:
         return list(vocab)
 
     def has_split(self, split: str) -> bool:
-        return split in self.manifest.get("splits", {})
+        """Whether the logical split can be served: stored, or carved (``val``, low-shot subsets) from train."""
+        return self.cache.plan.has(split)
 
     def require_split(self, split: str, task: str) -> None:
         if not self.has_split(split):
-            raise ValueError(f"{self.dataset}/manifest.json: task {task!r} needs split {split!r} "
+            stored = self.cache.plan.names.get(split, split)
+            raise ValueError(f"{self.dataset}/manifest.json: task {task!r} needs split {stored!r} "
                              f"(splits: {sorted(self.manifest.get('splits', {}))})")
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from ..data.language import Fact, stated_facts
+from ..data.splits import SplitSource
 from .features import read_rows
 
 #: a clip's facts: (action, colour, reps); a caption's: the same with None for what it does not say
@@ -40,7 +41,7 @@ class ClipFacts:
                               for clip in self.clips] for cap in self.captions])
 
 
-def load_facts(dataset: str | Path, split: str, actions: list[str]) -> ClipFacts | None:
+def load_facts(dataset: str | Path, split: str | SplitSource, actions: list[str]) -> ClipFacts | None:
     """Facts of every row of ``split`` in stored order (the features' order), from ``attributes`` JSON
     (colour, reps) and ``action``; None if any row lacks them."""
     clips, captions = [], []

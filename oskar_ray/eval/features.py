@@ -18,6 +18,7 @@ With ``cache_dir`` set, features also persist on disk (``<split>__<view>.pt``).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,9 @@ import torch
 from tqdm import tqdm
 
 from ..data import store
+from ..data.pipeline import selected_positions, shard_offsets
 from ..data.preprocess import READ_COLUMNS, DatasetMeta, nest_present, preprocess_batch
+from ..data.splits import SplitPlan, SplitSource
 from ..model.oskar import pool_by_modality
 from ..probes.views import parse_view, view_available
 
@@ -53,19 +56,28 @@ class Features:
         return len(self.pooled)
 
 
-def read_rows(dataset_dir: str | Path, split: str, columns: list[str] | None = None) -> Iterator[dict[str, Any]]:
-    """Rows of a split as dicts, shard by shard, in stored order."""
-    for path in store.split_paths(dataset_dir, split):
+def read_rows(dataset_dir: str | Path, split: str | SplitSource,
+              columns: list[str] | None = None) -> Iterator[dict[str, Any]]:
+    """Rows of a split as dicts, shard by shard, in stored order; ``split``: a stored split's name, or a
+    :class:`SplitSource` (a stored split, maybe only some rows: ``EvalContext.cache.plan.source(name)``)."""
+    source = split if isinstance(split, SplitSource) else SplitSource(split, None, "")
+    paths = store.split_paths(dataset_dir, source.stored)
+    offsets = shard_offsets(paths) if source.rows is not None else [0] * len(paths)
+    for path, offset in zip(paths, offsets, strict=True):
         table = pq.read_table(path, columns=columns or READ_COLUMNS)
-        yield from table.to_pylist()
+        keep = selected_positions(source.rows, offset, len(table))
+        yield from (table.take(keep) if keep is not None else table).to_pylist()
 
 
-def iterate_batches(dataset_dir: str | Path, split: str, cfg, batch_size: int, expand: Expand | None = None,
+def iterate_batches(dataset_dir: str | Path, split: str | SplitSource, cfg, batch_size: int,
+                    expand: Expand | None = None,
                     columns: list[str] | None = None) -> Iterator[tuple[dict, list[dict]]]:
-    """Model batches (eval preprocessing) with the raw rows they came from."""
-    meta = DatasetMeta.load(dataset_dir, split)
+    """Model batches (eval preprocessing) with the raw rows they came from; ``split``: a stored split's name,
+    or a :class:`SplitSource` (a stored split, maybe only some rows)."""
+    source = split if isinstance(split, SplitSource) else SplitSource(split, None, "")
+    meta = DatasetMeta.load(dataset_dir, source.stored)
     pending: list[dict] = []
-    for row in read_rows(dataset_dir, split, columns):
+    for row in read_rows(dataset_dir, source, columns):
         pending += expand(row) if expand else [row]
         while len(pending) >= batch_size:
             yield _batch(pending[:batch_size], cfg, meta), pending[:batch_size]
@@ -132,15 +144,17 @@ class FeatureCache:
     """Features per (split, view), extracted lazily: all clip views of a split in one pass."""
 
     def __init__(self, model, dataset_dir: str | Path, cfg, views: list[str], batch_size: int = 64,
-                 cache_dir: str | Path | None = None, progress: bool = True):
+                 cache_dir: str | Path | None = None, progress: bool = True, plan: SplitPlan | None = None):
         self.model, self.root, self.cfg = model, str(dataset_dir), cfg
+        #: logical split -> stored rows (a dataset without val gets one carved from train)
+        self.plan = plan or SplitPlan.from_config(self.root, cfg)
         self.views = [v for v in views if view_available(model, v)]
         self.batch_size, self.progress = batch_size, progress
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self._store: dict[tuple[str, str, str], Features] = {}
 
     def has_split(self, split: str) -> bool:
-        return split in store.load_manifest(self.root).get("splits", {})
+        return self.plan.has(split)
 
     def get(self, split: str, view: str) -> Features:
         """Features of ``view`` on ``split``; views with ``question`` have one row per question."""
@@ -158,7 +172,7 @@ class FeatureCache:
         loaded = torch.load(disk, weights_only=False) if disk is not None and disk.is_file() else {}
         # a cache written for fewer views (another view list, an older version) is extended, not trusted
         if not set(views) <= set(loaded):
-            batches = iterate_batches(self.root, split, self.cfg, self.batch_size,
+            batches = iterate_batches(self.root, self.plan.source(split), self.cfg, self.batch_size,
                                       expand=per_question if mode == "qa" else None)
             loaded |= extract(self.model, batches, views, desc=f"features {split}", progress=self.progress)
             if disk is not None:
@@ -168,4 +182,9 @@ class FeatureCache:
             self._store[(split, view, mode)] = feats
 
     def _disk_path(self, split: str, mode: str) -> Path | None:
-        return self.cache_dir / f"{split}__{mode}.pt" if self.cache_dir else None
+        if not self.cache_dir:
+            return None
+        rows = self.plan.source(split).rows
+        # a carved split is named by its rows: another fraction or seed is another file
+        tag = "" if rows is None else "__" + hashlib.sha1(rows.tobytes()).hexdigest()[:10]
+        return self.cache_dir / f"{split}{tag}__{mode}.pt"

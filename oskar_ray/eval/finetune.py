@@ -23,6 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..data.pipeline import iterate_local
+from ..data.splits import SplitPlan
 from ..model.oskar import pool_by_modality
 from ..probes.heads import ProbeResult, topk_accuracy
 from ..probes.views import parse_view
@@ -57,8 +58,10 @@ def finetune(model, view: str, dataset_dir, cfg, *, train_split: str, test_split
     net = FineTuned(model, view, n_classes).to(device)
     opt = torch.optim.AdamW([{"params": net.encoder.parameters(), "lr": FINETUNE_LR * ENCODER_LR_SCALE},
                              {"params": net.head.parameters(), "lr": FINETUNE_LR}], weight_decay=0.05)
-    batches = iterate_local(dataset_dir, train_split, cfg, batch_size, seed=seed, train=True, epochs=epochs,
-                            with_masks=False)
+    plan = SplitPlan.from_config(str(dataset_dir), cfg)  # the same carve as the probes' (deterministic)
+    source = plan.source(train_split)
+    batches = iterate_local(dataset_dir, source.stored, cfg, batch_size, seed=seed, train=True, epochs=epochs,
+                            with_masks=False, rows=source.rows)
     net.train()
     for batch in tqdm(batches, desc=f"fine-tune {view}", disable=not progress, leave=False):
         batch = to_device(batch, device)
@@ -68,7 +71,7 @@ def finetune(model, view: str, dataset_dir, cfg, *, train_split: str, test_split
     net.eval()
     logits, labels = [], []
     with torch.no_grad():
-        for batch, _ in iterate_batches(dataset_dir, test_split, cfg, batch_size):
+        for batch, _ in iterate_batches(dataset_dir, plan.source(test_split), cfg, batch_size):
             batch = to_device(batch, device)
             logits.append(net(batch).cpu())
             labels.append(batch["action"].cpu())

@@ -173,7 +173,7 @@ def run_retrieval(ctx: EvalContext) -> TaskResult:
     with torch.no_grad():
         sim = heads.similarity(*pairs["test"])
     metrics = {**retrieval_metrics(sim), "val_mean_R1": val_score}
-    facts = load_facts(ctx.dataset, "test", ctx.vocab("actions"))
+    facts = load_facts(ctx.dataset, ctx.cache.plan.source("test"), ctx.vocab("actions"))
     if facts is not None:
         metrics.update(fact_metrics(sim, facts))
     zero_shot = zero_shot_similarity(ctx)

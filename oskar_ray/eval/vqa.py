@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..data.splits import SplitSource
 from ..probes.heads import predict_attentive, select_head, standardize, topk_accuracy, train_moments
 from .context import EvalContext, TaskResult
 from .features import read_rows
@@ -97,7 +98,7 @@ def type_priors(train_answers: torch.Tensor, train_types: torch.Tensor, answers:
     return out
 
 
-def questions_per_clip(dataset: str, split: str) -> torch.Tensor:
+def questions_per_clip(dataset: str, split: str | SplitSource) -> torch.Tensor:
     """How many question rows each clip expands into, in stored order (the clip features' order)."""
     return torch.tensor([len(r.get("questions") or []) for r in read_rows(dataset, split, ["questions"])])
 
@@ -135,7 +136,7 @@ def run_vqa(ctx: EvalContext) -> TaskResult:
     keep = [y >= 0 for y in labels]  # a row without an answer is not scored
     metrics = type_priors(labels[0][keep[0]], types[0][keep[0]], labels[2][keep[2]], types[2][keep[2]], type_names)
     options = option_sets(labels[0][keep[0]], types[0][keep[0]], len(answers), len(type_names))
-    repeats = [questions_per_clip(ctx.dataset, s) for s in splits]
+    repeats = [questions_per_clip(ctx.dataset, ctx.cache.plan.source(s)) for s in splits]
     for name, views in CLIP_VIEWS.items():
         if name not in ctx.cfg.eval.vqa_views or not all(v in ctx.cache.views for v in views):
             continue

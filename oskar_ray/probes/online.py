@@ -2,15 +2,19 @@
 
 Runbook::
 
-    probe = OnlineProbe.from_config(cfg, device)      # None when the data has no labelled val split
+    probe, why_off = OnlineProbe.from_config(cfg, device)   # (None, reason) without labelled held-out clips
     probe(model)  # {"probe/skeleton/knn_top1": .., "probe/fusion/knn_top1": .., "probe/mean": ..}
 
 Every ``eval.online_probe_every`` steps rank 0 encodes a fixed set of
-``eval.online_probe_samples`` labelled held-out clips (``data.val_split``,
-preprocessed once, eval mode) with the current weights and scores each view by
-leave-one-out kNN (cosine, ``eval.online_probe_k`` neighbours, the eval
-suite's :func:`~oskar_ray.probes.heads.knn_scores`, its temperature-weighted vote): no training, a few
-forward passes. Views (:data:`~oskar_ray.probes.views.ACTION_VIEWS`):
+``eval.online_probe_samples`` labelled held-out clips (``data.val_split``, or a
+seeded, per-class carve of ``eval.train_split`` when the dataset has no
+validation split: :func:`held_out_source`; preprocessed once, eval mode) with
+the current weights and scores each view by leave-one-out kNN (cosine,
+``eval.online_probe_k`` neighbours, the eval suite's
+:func:`~oskar_ray.probes.heads.knn_scores`, its temperature-weighted vote): no
+training, a few forward passes. Without labelled held-out clips the probe is
+off and :func:`unavailable_reason` says why (a sweep whose scheduler ranks on
+it refuses to start with that reason). Views (:data:`~oskar_ray.probes.views.ACTION_VIEWS`):
 ``eval.online_probe_views`` among ``video`` / ``skeleton`` (target encoders) and
 ``fusion`` (fusion encoder over video + skeleton), those the model has;
 ``probe/mean`` averages them. Cost: one forward pass of each view over the probe
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import torch
 
+from ..data.splits import SplitPlan, SplitSource, stored_labels
 from ..metric_names import PROBE_PREFIX
 from .heads import knn_scores, topk_accuracy
 from .views import ACTION_VIEWS, parse_view
@@ -44,30 +49,26 @@ class OnlineProbe:
         self.n_classes = int(labels.max()) + 1
 
     @classmethod
-    def from_config(cls, cfg, device) -> OnlineProbe | None:
-        """The probe set from ``data.val_split``; None without labelled held-out data."""
+    def from_config(cls, cfg, device) -> tuple[OnlineProbe | None, str]:
+        """The probe over held-out labelled clips, or None and the reason it is off."""
         from ..data.pipeline import iterate_local
         from ..model import move_batch
 
-        if not cfg.data.path or cfg.eval.online_probe_every <= 0:
-            return None
+        if cfg.eval.online_probe_every <= 0:
+            return None, "eval.online_probe_every is 0"
+        reason = unavailable_reason(cfg)
+        if reason:
+            return None, reason
+        source = held_out_source(cfg)
         batches, labels, wanted = [], [], cfg.eval.online_probe_samples
-        try:
-            for batch in iterate_local(cfg.data.path, cfg.data.val_split, cfg, batch_size=cfg.eval.batch_size,
-                                       with_masks=False):
-                if "action" not in batch:
-                    return None
-                batch = _head(batch, wanted - sum(len(x) for x in labels))
-                batches.append(move_batch(batch, device))
-                labels.append(batch["action"].cpu())
-                if sum(len(x) for x in labels) >= wanted:
-                    break
-        except (FileNotFoundError, KeyError, ValueError):
-            return None  # no val split (e.g. an ingested pretrain-only set): no signal
-        labels = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
-        if len(labels) <= cfg.eval.online_probe_k:
-            return None
-        return cls(batches, labels, cfg.eval.online_probe_k, cfg.eval.online_probe_views)
+        for batch in iterate_local(cfg.data.path, source.stored, cfg, batch_size=cfg.eval.batch_size,
+                                   with_masks=False, rows=source.rows):
+            batch = _head(batch, wanted - sum(len(x) for x in labels))
+            batches.append(move_batch(batch, device))
+            labels.append(batch["action"].cpu())
+            if sum(len(x) for x in labels) >= wanted:
+                break
+        return cls(batches, torch.cat(labels), cfg.eval.online_probe_k, cfg.eval.online_probe_views), ""
 
     @torch.no_grad()
     def __call__(self, model) -> dict[str, float]:
@@ -92,3 +93,29 @@ def _head(batch: dict, n: int) -> dict:
         return batch
     return {k: ({m: v[:n] for m, v in value.items()} if isinstance(value, dict) else value[:n])
             for k, value in batch.items()}
+
+
+def held_out_source(cfg) -> SplitSource | None:
+    """The held-out clips of pretraining-time checks: the dataset's validation split, or one carved from its
+    labelled train split (:class:`~oskar_ray.data.splits.SplitPlan`, as the eval suite carves it); None if
+    neither exists."""
+    plan = SplitPlan.from_config(cfg.data.path, cfg)
+    return plan.source("val") if plan.has("val") else None
+
+
+def unavailable_reason(cfg) -> str:
+    """Why the online probe cannot run on this dataset ("" if it can): no held-out split, no labels, too few."""
+    if not cfg.data.path:
+        return "no dataset (data.path is empty)"
+    source = held_out_source(cfg)
+    if source is None:
+        splits = ", ".join(sorted(SplitPlan.from_config(cfg.data.path, cfg).stored))
+        return (f"{cfg.data.path}: no split {cfg.data.val_split!r} and no {cfg.eval.train_split!r} split to carve one "
+                f"from (splits: {splits})")
+    labels = stored_labels(cfg.data.path, source.stored)
+    labels = labels if source.rows is None else labels[source.rows]
+    labelled = int((labels >= 0).sum())
+    if labelled <= cfg.eval.online_probe_k:
+        return (f"{cfg.data.path}: the held-out clips ({source.note}) carry {labelled} action labels; the kNN probe "
+                f"needs more than eval.online_probe_k={cfg.eval.online_probe_k}")
+    return ""

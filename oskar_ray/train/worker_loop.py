@@ -33,7 +33,7 @@ import torch.distributed as dist
 from ..config import OskarConfig, config_from_dict
 from ..model import Oskar, move_batch
 from ..probes.health import health_metrics
-from ..probes.online import OnlineProbe
+from ..probes.online import OnlineProbe, held_out_source
 from ..ray_runtime import quiet_train_worker_logs
 from ..tracking import client_for, log_metrics, set_tags
 from .checkpoint import TrainState, load_checkpoint, save_checkpoint
@@ -62,15 +62,17 @@ def prepare_ddp(model: Oskar):
 
 
 def _held_out_batch(cfg: OskarConfig, model: Oskar, device) -> dict:
-    if cfg.data.path:
-        from ..data.pipeline import iterate_local
+    """The health check's fixed batch: held-out clips of the dataset (its val split, or the carve of its train
+    split the online probe uses), else the first batch of the pretraining split — the dataset's own clips
+    either way; the model's example batch only when there is no dataset at all."""
+    from ..data.pipeline import iterate_local
 
-        try:
-            return move_batch(next(iterate_local(cfg.data.path, cfg.data.val_split, cfg,
-                                                 batch_size=cfg.eval.batch_size)), device)
-        except (FileNotFoundError, KeyError, ValueError, StopIteration):
-            pass  # no val split (e.g. an ingested pretrain-only set): fall back below
-    return move_batch(model.example_batch(cfg.eval.batch_size, seed=10_007), device)
+    if not cfg.data.path:
+        return move_batch(model.example_batch(cfg.eval.batch_size, seed=10_007), device)
+    source = held_out_source(cfg)
+    stored, rows = (source.stored, source.rows) if source else (cfg.data.train_split, None)
+    return move_batch(next(iterate_local(cfg.data.path, stored, cfg, batch_size=cfg.eval.batch_size, rows=rows)),
+                      device)
 
 
 def _batches(cfg: OskarConfig, per_worker: int) -> Iterator[dict]:
@@ -157,7 +159,11 @@ def _run_steps(cfg, config, wrapped, optimizer, state: TrainState, rank: int, wo
     batches = _batches(cfg, per_worker)
     client = client_for(config["tracking_uri"]) if rank == 0 and state.run_id else None
     monitor = HealthMonitor(cfg, _held_out_batch(cfg, model, device)) if rank == 0 else None
-    probe = OnlineProbe.from_config(cfg, device) if rank == 0 else None
+    probe, probe_off = OnlineProbe.from_config(cfg, device) if rank == 0 else (None, "")
+    if probe_off and cfg.eval.online_probe_every > 0:  # asked for but impossible: say so, on the run too
+        print(f"online probe off: {probe_off}", flush=True)
+        if client:
+            set_tags(client, state.run_id, {"probe.off": probe_off[:5000]})
     throughput = _Throughput(cfg)
     fail_at = config.get("fail_at_step")
     started = time.perf_counter()

@@ -141,6 +141,7 @@ def _new_state(spec: SweepSpec, exp_dir: Path) -> dict:
 
     base = resolve_data(spec.base_config())
     check_eval_tasks(spec, base)
+    check_scheduler_signal(spec, base)
     uri = tracking_uri(base)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_absolute():
         uri = f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
@@ -160,12 +161,28 @@ def check_eval_tasks(spec: SweepSpec, cfg) -> None:
     """Refuse, before any trial trains, eval tasks the dataset cannot serve (e.g. VQA without QA annotations)."""
     from ..eval.requirements import unservable
 
-    problems = unservable(cfg.eval.tasks, cfg.data.path)
+    problems = unservable(cfg.eval.tasks, cfg.data.path, cfg)
     if problems:
         servable = [t for t in cfg.eval.tasks if t not in problems]
         raise ValueError(f"sweep {spec.name}: the dataset {cfg.data.path} cannot serve eval task(s) "
                          + "; ".join(f"{task!r}: {why}" for task, why in problems.items())
                          + f". eval.tasks={cfg.eval.tasks}: drop them with --set eval.tasks=[{','.join(servable)}]")
+
+
+def check_scheduler_signal(spec: SweepSpec, cfg) -> None:
+    """Refuse, before any trial trains, a scheduler that ranks on the online probe when the dataset cannot give
+    one (no labelled held-out clips): it would never stop a trial, silently running the whole grid."""
+    from ..metric_names import PROBE_PREFIX
+    from ..probes.online import unavailable_reason
+
+    s = spec.scheduler
+    if s.kind == "fifo" or not s.metric.startswith(PROBE_PREFIX):
+        return
+    why = unavailable_reason(cfg)
+    if why:
+        raise ValueError(f"sweep {spec.name}: scheduler.kind={s.kind} ranks trials on {s.metric}, but the online "
+                         f"probe cannot run: {why}. Run every trial to the end (--scheduler fifo) or set the sweep "
+                         f"YAML's scheduler.metric to one every trial reports (e.g. loss, mode: min)")
 
 
 def _train_dir(exp_dir: Path) -> str:
