@@ -40,10 +40,13 @@ def _add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> 
 def _pretrain(args: argparse.Namespace) -> int:
     if not (args.config or args.resume):
         raise ValueError("--config FILE is required (or --resume CHECKPOINT_DIR)")
-    if args.resume and not args.config:
-        from .train.checkpoint import checkpoint_config
+    changes: dict = {}
+    if args.resume:
+        from .train.resume import describe, resume_config
 
-        cfg = checkpoint_config(args.resume)
+        cfg, changes = resume_config(args.resume, args.config, args.overrides)
+        if changes:
+            print(f"oskar pretrain: resuming with changes: {describe(changes)}", flush=True)
     else:
         cfg = load_config(args.config, args.overrides)
     if args.local:
@@ -56,7 +59,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     from .train.ray_trainer import pretrain
 
     print(f"oskar pretrain: {config_summary(cfg)}", flush=True)
-    result = pretrain(cfg, resume=args.resume)
+    result = pretrain(cfg, resume=args.resume, resume_changes=changes)
     print(f"done: MLflow run {result.run_id}; last checkpoint {result.checkpoint}", flush=True)
     return 0
 

@@ -34,3 +34,22 @@ def test_sweep_is_one_subcommand_with_the_sweep_scripts_flags(tmp_path, capsys):
     assert "base '../missing.yaml' not found" in capsys.readouterr().err
     assert main(["sweep", str(spec), "--profile", "gpu"]) == 2
     assert "no profile 'gpu'" in capsys.readouterr().err
+
+
+def test_a_resume_applies_safe_overrides_and_refuses_the_rest_naming_them(tmp_path, capsys):
+    import pytest
+
+    from oskar_ray.config import save_config
+    from oskar_ray.train.resume import resume_config
+
+    ckpt = tmp_path / "checkpoint_000001"
+    save_config(load_config(SMOKE, ["train.steps=20"]), ckpt / "config.yaml")
+    cfg, changes = resume_config(ckpt, overrides=["train.steps=40", "eval.knn_k=5"])
+    assert cfg.train.steps == 40 and cfg.eval.knn_k == 5 and cfg.model.dim == load_config(SMOKE).model.dim
+    assert changes == {"eval.knn_k": (20, 5), "train.steps": (20, 40)}
+    assert resume_config(ckpt)[1] == {}
+    with pytest.raises(ValueError, match=r"cannot change mid-run \(model\.dim: 128 -> 96; train\.lr: 0\.001 -> 0\.5\)"):
+        resume_config(ckpt, overrides=["model.dim=96", "train.lr=0.5", "train.steps=40"])
+    # through the CLI: never silently dropped
+    assert main(["pretrain", "--resume", str(ckpt), "--set", "budget.input_tokens=8"]) == 2
+    assert "budget.input_tokens" in capsys.readouterr().err

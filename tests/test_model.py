@@ -63,6 +63,27 @@ def test_per_modality_momentum_and_shared_target_encoder():
     assert torch.isfinite(shared(shared.example_batch(4))["loss"])
 
 
+def test_per_modality_schedules_give_target_encoders_their_own_weights():
+    """ema.per_modality is real: modalities on their own schedules end up with different target blocks after
+    training steps; under one shared schedule the copies of the same fusion encoder stay identical."""
+    from oskar_ray.train import train
+
+    def blocks(model, name):
+        return torch.cat([p.flatten() for p in model.target_encoders[name].transformer.parameters()])
+
+    steps = ["train.steps=3", "train.batch_size=4", "ema.start=0.5", "ema.end=0.9"]
+    own = load_config(SMOKE, [*steps, "ema.modality_end.skeleton=0.6", "ema.modality_schedule.skeleton=constant"])
+    assert momentum_at(own, 3, 3) == {"video": 0.9, "skeleton": 0.5, "text": 0.9}
+    model = Oskar(own)
+    train(own, model=model)
+    assert not torch.allclose(blocks(model, "video"), blocks(model, "skeleton"))
+    assert torch.allclose(blocks(model, "video"), blocks(model, "text"))  # same schedule: same weights
+    with pytest.raises(ValueError, match="ema.modality_schedule.video must be cosine, linear or constant"):
+        load_config(SMOKE, ["ema.modality_schedule.video=step"])
+    with pytest.raises(ValueError, match="ema.modality_end needs ema.per_modality=true"):
+        load_config(SMOKE, ["ema.per_modality=false", "ema.modality_end.video=0.9"])
+
+
 def test_momentum_schedule_endpoints():
     cfg = load_config(SMOKE, ["ema.start=0.99", "ema.end=1.0", "ema.modality_start.text=0.9"])
     assert momentum_at(cfg, 0, 100) == {"video": 0.99, "skeleton": 0.99, "text": 0.9}

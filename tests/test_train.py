@@ -100,3 +100,15 @@ def test_bf16_on_cpu_autocasts_keeps_fp32_weights_and_tracks_fp32_losses():
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert np.mean(bf16[-5:]) == pytest.approx(np.mean(fp32[-5:]), rel=0.1)
     assert np.mean(bf16[-5:]) < np.mean(bf16[:5])
+
+
+def test_a_resumed_run_streams_a_fresh_order_of_its_epoch_not_the_samples_it_already_saw():
+    from oskar_ray.train.ray_trainer import EPOCH_SEED_STRIDE, stream_epochs
+
+    cfg = load_config(SMOKE, ["train.steps=100", "train.batch_size=10", "train.seed=3"])
+    fresh, note = stream_epochs(cfg, samples=210, start_step=0)  # 200 usable rows: 20 steps per epoch
+    assert fresh == [3 + EPOCH_SEED_STRIDE * e for e in range(5)] and note == "epochs 0-4 from the start"
+    resumed, note = stream_epochs(cfg, samples=210, start_step=50)  # mid-epoch 2
+    assert resumed[1:] == fresh[3:] and resumed[0] not in fresh  # epoch 2 reshuffled, then epochs 3 and 4
+    assert note.startswith(f"resumed at step 50: epoch 2 in a fresh order (seed {resumed[0]}), then epochs 3-4")
+    assert stream_epochs(cfg, samples=210, start_step=50) == (resumed, note)  # reproducible

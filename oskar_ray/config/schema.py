@@ -78,10 +78,15 @@ class EmaConfig:
     end: float = 1.0
     #: "cosine" | "linear" | "constant" from start to end over train.steps
     schedule: str = "cosine"
-    #: one target encoder per modality (else one shared target encoder)
+    #: one target encoder per modality (else one shared target encoder). The copies follow one fusion encoder:
+    #: under the same schedule their transformer blocks stay identical, so give modalities their own schedule
+    #: (below) for copies that differ
     per_modality: bool = True
-    #: optional per-modality start momentum (only with per_modality)
+    #: per-modality momentum schedule (only with per_modality): start, end and kind override ema.start / end /
+    #: schedule for the named modality, e.g. {skeleton: 0.99}
     modality_start: dict[str, float] = field(default_factory=dict)
+    modality_end: dict[str, float] = field(default_factory=dict)
+    modality_schedule: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

@@ -160,13 +160,16 @@ def _validate_ema(cfg: OskarConfig) -> None:
             raise ValueError(f"{name} must be in [0, 1], got {_get(cfg, name)}")
     if e.schedule not in ("cosine", "linear", "constant"):
         raise ValueError(f"ema.schedule must be cosine, linear or constant, got {e.schedule!r}")
-    for name, start in e.modality_start.items():
-        if name not in cfg.modalities:
-            raise ValueError(f"ema.modality_start.{name}: unknown modality (configured: {list(cfg.modalities)})")
-        if not 0.0 <= start <= 1.0:
-            raise ValueError(f"ema.modality_start.{name} must be in [0, 1], got {start}")
-    if e.modality_start and not e.per_modality:
-        raise ValueError("ema.modality_start needs ema.per_modality=true (one shared target encoder)")
+    for key in ("modality_start", "modality_end", "modality_schedule"):
+        for name, value in getattr(e, key).items():
+            if name not in cfg.modalities:
+                raise ValueError(f"ema.{key}.{name}: unknown modality (configured: {list(cfg.modalities)})")
+            if key == "modality_schedule" and value not in ("cosine", "linear", "constant"):
+                raise ValueError(f"ema.{key}.{name} must be cosine, linear or constant, got {value!r}")
+            if key != "modality_schedule" and not 0.0 <= value <= 1.0:
+                raise ValueError(f"ema.{key}.{name} must be in [0, 1], got {value}")
+        if getattr(e, key) and not e.per_modality:
+            raise ValueError(f"ema.{key} needs ema.per_modality=true (one shared target encoder)")
 
 
 def _validate_train(cfg: OskarConfig) -> None:

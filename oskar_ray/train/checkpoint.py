@@ -80,5 +80,24 @@ def load_checkpoint(directory: str | Path, model: Oskar, optimizer: torch.optim.
     return state
 
 
+def latest_checkpoint(run_dir: str, max_step: int | None = None) -> tuple[str, int] | None:
+    """(path, step) of the newest checkpoint of a Ray Train run directory (local or a URI) at or before
+    ``max_step``, or None. A stopped trial may train on for a moment while Tune stops it; its checkpoints past
+    the step the scheduler decided on are not the model that was ranked."""
+    found = []
+    if not storage.is_dir(run_dir):
+        return None
+    for name in storage.list_dir(run_dir):
+        path = storage.join(run_dir, name)
+        if name.startswith("checkpoint_") and storage.is_file(storage.join(path, STATE)):
+            step = read_state(path).step
+            if max_step is None or step <= max_step:
+                found.append((step, path))
+    if not found:
+        return None
+    step, path = max(found)
+    return path, step
+
+
 def checkpoint_config(directory: str | Path) -> OskarConfig:
     return load_config(storage.local_file(storage.join(directory, "config.yaml")))

@@ -32,12 +32,17 @@ from pathlib import Path
 from .. import relay, storage
 from ..config import OskarConfig, config_yaml, save_config
 from ..data.resolve import resolve_data
+from ..data.store import split_info
 from ..ray_runtime import init_ray
-from ..tracking import client_for, end_run, log_loss_curve, start_run, tracking_uri
-from .checkpoint import WEIGHTS, read_state
+from ..tracking import client_for, end_run, log_loss_curve, set_tags, start_run, tracking_uri
+from .checkpoint import WEIGHTS, latest_checkpoint, read_state
 
 #: beyond this many epochs per stream the worker simply re-iterates the shard
 MAX_UNION_EPOCHS = 64
+#: epoch e of a run is shuffled, augmented and masked with seed ``train.seed + EPOCH_SEED_STRIDE * e``
+EPOCH_SEED_STRIDE = 1_000_003
+#: the epoch a resumed run restarts in gets ``RESUME_SEED_STRIDE * start step`` added: a fresh order
+RESUME_SEED_STRIDE = 7_919
 
 
 @dataclass
@@ -50,7 +55,8 @@ class PretrainResult:
 
 def pretrain(cfg: OskarConfig, *, resume: str | None = None, fail_at_step: int | None = None,
              run_name: str = "", run_id: str | None = None, callbacks: list | None = None,
-             finish: bool = True, log_weights: bool = True) -> PretrainResult:
+             finish: bool = True, log_weights: bool = True,
+             resume_changes: dict | None = None) -> PretrainResult:
     """Run (or resume) a pretraining; returns the MLflow run id and final checkpoint path.
 
     ``run_id``: train into this existing MLflow run (a sweep trial's child run)
@@ -59,7 +65,8 @@ def pretrain(cfg: OskarConfig, *, resume: str | None = None, fail_at_step: int |
     (a sweep trial evaluates next, and its driver records stops and failures:
     a trial killed by ASHA must not race it with a FAILED of its own);
     ``log_weights=False`` skips the weights artifact (the checkpoint stays
-    under ``train.output_dir``).
+    under ``train.output_dir``); ``resume_changes``: what a resume changed of the
+    checkpoint's config (``train/resume.py``), recorded on the run as tag ``resume.changes``.
     """
     cfg = resolve_data(cfg)
     init_ray()
@@ -67,6 +74,10 @@ def pretrain(cfg: OskarConfig, *, resume: str | None = None, fail_at_step: int |
     name = run_name or cfg.tracking.run_name or time.strftime("pretrain-%Y%m%d-%H%M%S")
     run_id = run_id or _run_id(cfg, resume, name)
     client = client_for(tracking_uri(cfg))
+    if resume_changes:
+        from .resume import describe
+
+        set_tags(client, run_id, {"resume.changes": describe(resume_changes)[:5000]})
     try:
         result = build_trainer(cfg, name, run_id, resume, fail_at_step, callbacks).fit()
     except BaseException as err:
@@ -129,6 +140,10 @@ def build_trainer(cfg: OskarConfig, name: str, run_id: str, resume: str | None =
                    "fail_marker": storage.join(run_dir, ".injected_failure")}
     storage.makedirs(run_dir)
     storage.write_text(storage.join(run_dir, "config.yaml"), config_yaml(cfg))
+    start_step = _start_step(run_dir, resume)
+    if start_step:
+        note = stream_epochs(cfg, split_info(cfg.data.path, cfg.data.train_split)["samples"], start_step)[1]
+        set_tags(client_for(tracking_uri(cfg)), run_id, {"data.stream": note})
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -139,13 +154,22 @@ def build_trainer(cfg: OskarConfig, name: str, run_id: str, resume: str | None =
             name=name, storage_path=root,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures), callbacks=list(callbacks or [])),
-        datasets={"train": training_stream(cfg)},
+        datasets={"train": training_stream(cfg, start_step)},
     )
     return trainer
 
 
-def training_stream(cfg: OskarConfig):
-    """All the epochs a run needs as one Ray Data stream.
+def _start_step(run_dir: str, resume: str | None) -> int:
+    """Where the run continues: the ``--resume`` checkpoint's step, else the newest checkpoint Ray Train will
+    restore from the run directory (a sweep trial restarted after a pause), else 0."""
+    if resume:
+        return read_state(storage.resolve(resume)).step
+    found = latest_checkpoint(run_dir)
+    return found[1] if found else 0
+
+
+def training_stream(cfg: OskarConfig, start_step: int = 0):
+    """All the epochs a run (still) needs as one Ray Data stream.
 
     Re-iterating a dataset per epoch restarts Ray Data's executor (seconds of
     idle workers each time); a union of per-epoch datasets streams straight
@@ -158,15 +182,38 @@ def training_stream(cfg: OskarConfig):
     pays again. An epoch yields at least ``samples - batch_size`` usable rows
     (each worker drops one partial batch); should a run still outlive the
     stream (a restart, uneven shards), the worker re-iterates its shard.
+
+    A run continued from a checkpoint at ``start_step`` (``--resume``, a sweep
+    trial restarted after a pause) does not replay the samples it already saw:
+    see :func:`stream_epochs`.
     """
     from ..data.pipeline import build_dataset
-    from ..data.store import split_info
 
     samples = split_info(cfg.data.path, cfg.data.train_split)["samples"]
-    usable = max(samples - cfg.train.batch_size, 1)
-    epochs = min(max(1, math.ceil(cfg.train.steps * cfg.train.batch_size / usable)), MAX_UNION_EPOCHS)
-    streams = [build_dataset(cfg, cfg.data.train_split, seed=cfg.train.seed + 1_000_003 * e) for e in range(epochs)]
+    seeds, _ = stream_epochs(cfg, samples, start_step)
+    streams = [build_dataset(cfg, cfg.data.train_split, seed=seed) for seed in seeds]
     return streams[0].union(*streams[1:]) if len(streams) > 1 else streams[0]
+
+
+def stream_epochs(cfg: OskarConfig, samples: int, start_step: int = 0) -> tuple[list[int], str]:
+    """The seeds of the epochs a run streams from ``start_step`` on, and a note saying so.
+
+    From step 0: epochs 0, 1, ... seeded ``train.seed + 1_000_003 * e``. From a later step: the epoch that
+    step falls in again, but in a fresh order (its seed salted with the step: the rest of that epoch is not
+    the part already trained on, and it is reproducible), then the following epochs with their usual seeds.
+    """
+    batch = cfg.train.batch_size
+    usable = max(samples - batch, 1)
+    first = start_step * batch // usable
+    remaining = max(cfg.train.steps - start_step, 1)
+    count = min(max(1, math.ceil(remaining * batch / usable)), MAX_UNION_EPOCHS)
+    seeds = [cfg.train.seed + EPOCH_SEED_STRIDE * e for e in range(first, first + count)]
+    if start_step == 0:
+        return seeds, f"epochs 0-{count - 1} from the start"
+    seeds[0] += RESUME_SEED_STRIDE * start_step
+    return seeds, (f"resumed at step {start_step}: epoch {first} in a fresh order (seed {seeds[0]}), then "
+                   f"epochs {first + 1}-{first + count - 1}" if count > 1 else
+                   f"resumed at step {start_step}: epoch {first} in a fresh order (seed {seeds[0]})")
 
 
 def _log_artifacts(client, run_id: str, cfg: OskarConfig, checkpoint: str | None) -> None:

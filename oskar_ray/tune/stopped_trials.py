@@ -44,34 +44,13 @@ class StoppedEval:
     task_errors: dict[str, str] = field(default_factory=dict)
 
 
-def latest_checkpoint(run_dir: str, max_step: int | None = None) -> tuple[str, int] | None:
-    """(path, step) of the newest checkpoint of a Ray Train run directory (local or a URI) at or before
-    ``max_step``, or None. A stopped trial may train on for a moment while Tune stops it; its checkpoints past
-    the step the scheduler decided on are not the model that was ranked."""
-    from ..train.checkpoint import STATE, read_state
-
-    found = []
-    if not storage.is_dir(run_dir):
-        return None
-    for name in storage.list_dir(run_dir):
-        path = storage.join(run_dir, name)
-        if name.startswith("checkpoint_") and storage.is_file(storage.join(path, STATE)):
-            step = read_state(path).step
-            if max_step is None or step <= max_step:
-                found.append((step, path))
-    if not found:
-        return None
-    step, path = max(found)
-    return path, step
-
-
 def evaluate_stopped(run_dir: str, stopped_at: int, run_id: str, tracking_uri: str) -> dict:
     """Body of the Ray task: evaluate the newest checkpoint under ``run_dir`` up to step ``stopped_at`` onto MLflow
     run ``run_id``, with the tasks and protocol of the trial's own config (saved in the checkpoint)."""
     import torch
 
     from ..eval.api import evaluate_full
-    from ..train.checkpoint import checkpoint_config
+    from ..train.checkpoint import checkpoint_config, latest_checkpoint
 
     torch.set_num_threads(max(1, int(EVAL_CPUS)))
     found = latest_checkpoint(run_dir, stopped_at)
