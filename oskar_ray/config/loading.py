@@ -46,17 +46,23 @@ def save_config(cfg: OskarConfig, path: str | Path) -> Path:
     return path
 
 
-def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """The YAML's sections over those of its ``base:`` (a path relative to it, itself maybe based), so an
-    experiment YAML states only what it changes."""
+def read_mapping(path: Path, kind: str) -> dict[str, Any]:
+    """A YAML file whose top level is a mapping (a config, a sweep spec); errors name the file."""
     if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
+        raise FileNotFoundError(f"{kind} file not found: {path}")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ValueError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The YAML's sections over those of its ``base:`` (a path relative to it, itself maybe based), so an
+    experiment YAML states only what it changes."""
+    data = read_mapping(path, "config")
     base = data.pop("base", None)
     if base is None:
         return data

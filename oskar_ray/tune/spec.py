@@ -38,6 +38,7 @@ from typing import Any
 import yaml
 
 from ..config import OskarConfig, base_path, load_config
+from ..config.loading import read_mapping
 from ..metric_names import PROBE_PREFIX, VQA_VIEWS, probe_metrics
 
 AXIS_KINDS = ("grid", "choice", "uniform", "loguniform", "randint", "variants")
@@ -105,14 +106,7 @@ class SweepSpec:
 def load_spec(path: str | Path, profile: str = "") -> SweepSpec:
     """The sweep at ``path`` with ``profile`` applied; raises ValueError naming the bad field."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"sweep file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: top level must be a mapping")
+    raw = read_mapping(path, "sweep")
     profiles = raw.pop("profiles", {}) or {}
     if profile:
         if profile not in profiles:
