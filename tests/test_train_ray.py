@@ -135,6 +135,9 @@ def test_worker_failure_resumes_from_checkpoint_in_the_same_run(ray_local, synth
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")]
     assert max(steps) == 20 and steps.count(15) == 2  # step 15 logged before the crash and again after
+    # restored at the step-10 checkpoint, the worker continued the stream past what it had trained on
+    assert runs[0].data.tags["data.stream_restart"] == "worker restarted at step 10: skipped the 10 batches " \
+        "already trained on"
 
 
 def test_resume_continues_step_counter_schedules_and_run(ray_local, synth_dir, tmp_path):

@@ -135,12 +135,12 @@ def build_trainer(cfg: OskarConfig, name: str, run_id: str, resume: str | None =
     # a local directory, or object storage that every node reaches ($OSKAR_STORAGE, s3://...)
     root = storage.resolve(t.output_dir)
     run_dir = storage.join(root, name)
+    start_step = _start_step(run_dir, resume)
     loop_config = {"cfg": cfg.to_dict(), "run_id": run_id, "tracking_uri": tracking_uri(cfg),
                    "resume": storage.resolve(resume) if resume else None, "fail_at_step": fail_at_step,
-                   "fail_marker": storage.join(run_dir, ".injected_failure")}
+                   "fail_marker": storage.join(run_dir, ".injected_failure"), "stream_start_step": start_step}
     storage.makedirs(run_dir)
     storage.write_text(storage.join(run_dir, "config.yaml"), config_yaml(cfg))
-    start_step = _start_step(run_dir, resume)
     if start_step:
         note = stream_epochs(cfg, split_info(cfg.data.path, cfg.data.train_split)["samples"], start_step)[1]
         set_tags(client_for(tracking_uri(cfg)), run_id, {"data.stream": note})

@@ -164,6 +164,7 @@ def _run_steps(cfg, config, wrapped, optimizer, state: TrainState, rank: int, wo
         print(f"online probe off: {probe_off}", flush=True)
         if client:
             set_tags(client, state.run_id, {"probe.off": probe_off[:5000]})
+    _skip_trained_batches(batches, state, config.get("stream_start_step", 0), client)
     throughput = _Throughput(cfg)
     fail_at = config.get("fail_at_step")
     started = time.perf_counter()
@@ -197,6 +198,21 @@ def _run_steps(cfg, config, wrapped, optimizer, state: TrainState, rank: int, wo
         checkpoint_now = _due(done, cfg.train.checkpoint_every, cfg)
         if log_now or probe_now or checkpoint_now:
             _report(model, optimizer, cfg, TrainState(done, state.run_id, _scalars(metrics)), rank, checkpoint_now)
+
+
+def _skip_trained_batches(batches: Iterator[dict], state: TrainState, stream_start: int, client) -> None:
+    """A worker group Ray restarted mid-run (a failure) gets the run's stream again from its start, while the
+    restored checkpoint is ``state.step - stream_start`` steps into it: skip those batches (data path only, no
+    model compute) so training continues the stream instead of seeing the same samples again."""
+    skip = state.step - stream_start
+    if skip <= 0:
+        return
+    for _ in range(skip):
+        next(batches)
+    note = f"worker restarted at step {state.step}: skipped the {skip} batches already trained on"
+    print(note, flush=True)
+    if client is not None:
+        set_tags(client, state.run_id, {"data.stream_restart": note})
 
 
 def _due(done: int, every: int, cfg: OskarConfig) -> bool:
