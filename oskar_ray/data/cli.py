@@ -5,6 +5,8 @@ Runbook::
     python -m oskar_ray.data.cli synth --out data/synth --samples 20000 --seed 0 --workers 2
     python -m oskar_ray.data.cli ingest --out data/mine --split train --videos clips/ \\
         --skeletons skel/ --captions caps.json --labels list.txt --label-map classes.txt --qa qa.json
+    python -m oskar_ray.data.cli ingest --out data/mine --split untrimmed --videos long/ --frames 64 \\
+        --segments activity_net.json
 
 ``add_data_commands(subparsers)`` registers the ``data`` command on an argparse
 subparsers object; every leaf sets ``func(args) -> int`` (exit code).
@@ -42,8 +44,14 @@ def add_data_commands(subparsers) -> argparse.ArgumentParser:
     ingest.add_argument("--skeletons", type=Path, help="folder of NTU .skeleton or .npy (T, J, 3) files")
     ingest.add_argument("--captions", type=Path, help="mmaction2 {file: [captions]} or MSR-VTT videodatainfo JSON")
     ingest.add_argument("--labels", type=Path, help="mmaction2 list: 'file label' per line")
-    ingest.add_argument("--label-map", type=Path, help="class names, one per line (line i = label i)")
-    ingest.add_argument("--qa", type=Path, help="MSVD/MSRVTT-QA JSON, TGIF-QA TSV or NExT-QA CSV")
+    ingest.add_argument("--label-map", type=Path, help="class names, one per line (line i = label i); with "
+                        "--segments alone: the segment classes (a label outside it is a reported skip)")
+    ingest.add_argument("--qa", type=Path, help="MSVD/MSRVTT-QA JSON (optional 'choices'), TGIF-QA TSV or "
+                                                "NExT-QA CSV")
+    ingest.add_argument("--segments", type=Path, metavar="FILE_OR_DIR",
+                        help="temporal action segments of untrimmed videos (localization; ingest them as split "
+                             "'untrimmed' with more --frames): ActivityNet JSON, THUMOS '<class>_val.txt' lists "
+                             "('video start end') or one list of 'video start end label', or a folder of them")
     ingest.add_argument("--missing-list", type=Path, action="append", default=[],
                         help="official NTU missing-skeleton list (repeatable)")
     ingest.add_argument("--strict", action="store_true", help="fail on the first skipped item")
@@ -79,13 +87,13 @@ def run_ingest(args: argparse.Namespace) -> int:
 
     opts = IngestOptions(
         out=args.out, split=args.split, videos=args.videos, skeletons=args.skeletons, captions=args.captions,
-        labels=args.labels, label_map=args.label_map, qa=args.qa, missing=args.missing_list,
+        labels=args.labels, label_map=args.label_map, qa=args.qa, segments=args.segments, missing=args.missing_list,
         strict=args.strict, frames=args.frames, height=args.size, width=args.size, joints=args.joints,
         vocab_size=args.vocab_size,
     )
     try:
         report = ingest(opts)
-    except (IngestError, ValueError, FileNotFoundError, FileExistsError) as err:
+    except (IngestError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print_summary(report, args.out)

@@ -6,6 +6,8 @@ Runbook::
         --skeletons skel/ --captions captions.json --labels train_list.txt \\
         --label-map classes.txt --qa qa.json [--strict]
     oskar data ingest --out data/mine --split val --videos val_clips/ ...   # adds a split
+    oskar data ingest --out data/mine --split untrimmed --videos long/ --frames 64 \\
+        --segments activity_net.json [--label-map classes.txt]              # localization's split
 
 Samples are matched by file *stem*: ``vid12.mp4`` ↔ ``vid12.skeleton`` (or
 ``vid12.npy``) ↔ caption key ``vid12.mp4`` ↔ label line ``vid12.mp4 3`` ↔
@@ -20,6 +22,20 @@ an empty caption, a bad annotation row — is counted with its reason in
 
 A second split reuses the dataset's tokenizer and appends to its label
 vocabularies (existing ids never change); shapes must match the manifest.
+
+Multiple-choice QA: each question's choices join the answer vocabulary (after
+the answers), so evaluation can rank a question's own choices with the
+answer head's class logits (``oskar_ray/eval/vqa.py``).
+
+Temporal segments (``--segments``: ActivityNet JSON, THUMOS lists; see
+``readers/annotations.py``) are stored as the split's ``segments`` (flat
+``[start, end, ...]`` as fractions of the decoded video: seconds divided by
+its decoded duration, frames / fps) and ``segment_labels`` (``vocab.actions``
+ids) — what localization reads, the same as SynthAction's ``untrimmed``
+split. A segment past the video's end is clipped (noted in the report); one
+wholly outside it, with start >= end, or with a label missing from
+``--label-map`` (when given) is a counted skip naming the file, the video and
+the field. Without ``--label-map`` the segment labels extend ``vocab.actions``.
 """
 
 from __future__ import annotations
@@ -33,13 +49,26 @@ from typing import Any
 from tqdm import tqdm
 
 from . import store
-from .readers.annotations import QAItem, read_captions, read_label_map, read_labels, read_qa
+from .readers.annotations import (
+    QAItem,
+    SegmentFile,
+    SegmentItem,
+    read_captions,
+    read_label_map,
+    read_labels,
+    read_qa,
+    read_segments,
+)
 from .readers.common import ReadError
 from .readers.skeleton import SKELETON_EXTENSIONS, read_missing_list, read_skeleton
 from .readers.video import VIDEO_EXTENSIONS, read_video
 from .tokenizer import DEFAULT_VOCAB_SIZE, train_tokenizer
 
 REPORT = "ingest_report.json"
+#: the split localization reads (oskar_ray/eval/localization.py)
+UNTRIMMED = "untrimmed"
+#: annotated vs decoded duration beyond this (seconds, or this share of it) is noted: a different cut of the video
+DURATION_SLACK_S, DURATION_SLACK = 1.0, 0.05
 
 
 class IngestError(RuntimeError):
@@ -56,6 +85,7 @@ class IngestOptions:
     labels: Path | None = None
     label_map: Path | None = None
     qa: Path | None = None
+    segments: Path | None = None
     missing: list[Path] = field(default_factory=list)
     strict: bool = False
     frames: int = 16
@@ -76,6 +106,10 @@ class Report:
         if self.strict:
             raise IngestError(f"--strict: {kind} {item}: {reason}")
         self.skips.append({"kind": kind, "item": str(item), "reason": reason, "category": category})
+
+    def note(self, key: str, entry: Any) -> None:
+        """Something kept but changed or worth knowing (a clipped segment): listed in the report, never silent."""
+        self.notes.setdefault(key, []).append(entry)
 
     def summary(self) -> dict[str, int]:
         return dict(Counter(f"{s['kind']}: {s['category']}" for s in self.skips))
@@ -116,34 +150,39 @@ def ingest(opts: IngestOptions, progress: bool = True) -> dict[str, Any]:
     if not videos:
         raise FileNotFoundError(f"--videos: no video files ({', '.join(VIDEO_EXTENSIONS)}) under {opts.videos}")
     skeletons = _files(opts.skeletons, SKELETON_EXTENSIONS, "skeletons", report)
-    captions, labels, label_names, qa = _annotations(opts, report)
+    ann = _annotations(opts, report, videos)
     missing = set().union(*(read_missing_list(p) for p in opts.missing)) if opts.missing else set()
-    _unmatched(report, videos, skeletons, captions, labels, qa)
+    _unmatched(report, videos, skeletons, ann)
 
-    actions = manifest["vocab"]["actions"]
-    action_id = store.extend_vocab(actions, label_names)
-    answer_id = store.extend_vocab(manifest["vocab"]["answers"], [q.answer for items in qa.values() for q in items])
-    store.extend_vocab(manifest["vocab"]["question_types"], [q.qtype for items in qa.values() for q in items])
+    action_id = store.extend_vocab(manifest["vocab"]["actions"], ann.names + ann.segment_labels())
+    qa_items = [q for items in ann.qa.values() for q in items]
+    # choices after the answers: a choice the head has a class for can be ranked by its logit
+    answer_id = store.extend_vocab(manifest["vocab"]["answers"],
+                                   [q.answer for q in qa_items] + [c for q in qa_items for c in q.choices])
+    store.extend_vocab(manifest["vocab"]["question_types"], [q.qtype for q in qa_items])
     rows = []
     for stem, path in tqdm(sorted(videos.items()), desc=f"ingest {opts.split}", disable=not progress):
         row = _sample(stem, path, opts, report, skeletons, missing)
         if row is None:
             continue
-        row["captions"] = captions.get(stem, [])
-        if stem in labels:
-            row["action"] = action_id[label_names[labels[stem]]]
-            row["action_name"] = label_names[labels[stem]]
-        items = qa.get(stem, [])
+        row["captions"] = ann.captions.get(stem, [])
+        if stem in ann.labels:
+            row["action"] = action_id[ann.names[ann.labels[stem]]]
+            row["action_name"] = ann.names[ann.labels[stem]]
+        items = ann.qa.get(stem, [])
         row.update(questions=[q.question for q in items], answers=[q.answer for q in items],
                    answer_ids=[answer_id[q.answer] for q in items], question_types=[q.qtype for q in items],
                    choices=[q.choices for q in items])
+        if ann.segments is not None:
+            _place_segments(row, ann.segments, report, action_id)
+        row["attributes"] = json.dumps(row["attributes"])
         rows.append(row)
     if not rows:
         raise IngestError(f"{opts.videos}: no sample could be read; see the reasons above "
                           f"({report.summary()})")
     shards = store.write_split(rows, opts.out, opts.split)
     store.add_split(manifest, opts.split, shards, len(rows), frames=opts.frames, labelled=True,
-                    has_segments=False, source=str(opts.videos))
+                    has_segments=ann.segments is not None, source=str(opts.videos))
     _ensure_tokenizer(opts, manifest, rows)
     store.save_manifest(opts.out, manifest)
     return _write_report(opts, report, len(rows), len(videos))
@@ -162,20 +201,33 @@ def _open_manifest(opts: IngestOptions) -> dict[str, Any]:
     return manifest
 
 
-def _annotations(opts: IngestOptions, report: Report):
-    captions: dict[str, list[str]] = {}
-    labels: dict[str, int] = {}
-    names: list[str] = []
-    qa: dict[str, list[QAItem]] = {}
+@dataclass
+class Annotations:
+    captions: dict[str, list[str]] = field(default_factory=dict)
+    labels: dict[str, int] = field(default_factory=dict)
+    names: list[str] = field(default_factory=list)
+    qa: dict[str, list[QAItem]] = field(default_factory=dict)
+    segments: SegmentFile | None = None
+
+    def segment_labels(self) -> list[str]:
+        """Segment class names in first-seen order (already checked against the label map when one is given)."""
+        seen = [s.label for items in (self.segments.segments.values() if self.segments else ()) for s in items]
+        return list(dict.fromkeys(seen))
+
+
+def _annotations(opts: IngestOptions, report: Report, videos: dict[str, Path]) -> Annotations:
+    ann = Annotations()
     if opts.captions:
-        captions, problems = read_captions(opts.captions)
+        ann.captions, problems = read_captions(opts.captions)
         for item, reason in problems:
             report.skip("caption", item, reason, reason.split(" (")[0])
-    if opts.labels or opts.label_map:
-        if not (opts.labels and opts.label_map):
-            raise ValueError("--labels and --label-map go together (a list of 'file label' + class names)")
-        names = read_label_map(opts.label_map)
-        labels, problems = read_labels(opts.labels, names)
+    if opts.labels and not opts.label_map or opts.label_map and not (opts.labels or opts.segments):
+        raise ValueError("--labels and --label-map go together (a list of 'file label' + class names); "
+                         "--label-map alone names the classes of --segments")
+    if opts.label_map:
+        ann.names = read_label_map(opts.label_map)
+    if opts.labels:
+        ann.labels, problems = read_labels(opts.labels, ann.names)
         for item, reason in problems:
             report.skip("label", item, reason, "bad label line")
     if opts.qa:
@@ -183,27 +235,57 @@ def _annotations(opts: IngestOptions, report: Report):
         for item, reason in problems:
             report.skip("qa", item, reason, reason.split(" (")[0])
         for q in items:
-            qa.setdefault(q.stem, []).append(q)
-    return captions, labels, names, qa
+            ann.qa.setdefault(q.stem, []).append(q)
+    if opts.segments:
+        ann.segments = _segments(opts, report, videos, ann.names)
+    return ann
 
 
-def _unmatched(report: Report, videos: dict, skeletons: dict, captions: dict, labels: dict, qa: dict) -> None:
+def _segments(opts: IngestOptions, report: Report, videos: dict[str, Path], names: list[str]) -> SegmentFile:
+    if not opts.segments.exists():
+        raise FileNotFoundError(f"--segments: {opts.segments} does not exist")
+    found = read_segments(opts.segments)
+    for item, reason in found.problems:
+        report.skip("segment", item, reason, reason.split(" (")[0])
+    # ActivityNet ids name files v_<id>.mp4 (its download scripts): match those too
+    rekey = {vid: f"v_{vid}" for vid in found.segments if vid not in videos and f"v_{vid}" in videos}
+    found.segments = {rekey.get(v, v): items for v, items in found.segments.items()}
+    found.info = {rekey.get(v, v): info for v, info in found.info.items()}
+    if names:
+        known = set(names)
+        for vid, items in found.segments.items():
+            for seg in (s for s in items if s.label not in known):
+                report.skip("segment", seg.where, f"label not in the label map (field label {seg.label!r}; "
+                            f"--label-map {opts.label_map.name})", "label not in the label map")
+            found.segments[vid] = [s for s in items if s.label in known]
+    if opts.split != UNTRIMMED:
+        report.notes["segments_split"] = f"localization reads the split named {UNTRIMMED!r}, not {opts.split!r}"
+    report.notes["videos_without_segments"] = sorted(v for v in videos if not found.segments.get(v))
+    return found
+
+
+def _unmatched(report: Report, videos: dict, skeletons: dict, ann: Annotations) -> None:
     stems = set(videos) | {s[:-4] for s in videos if s.endswith("_rgb")}
-    for kind, keys in (("skeleton", skeletons), ("caption", captions), ("label", labels), ("qa", qa)):
+    segments = ann.segments.segments if ann.segments else {}
+    for kind, keys in (("skeleton", skeletons), ("caption", ann.captions), ("label", ann.labels), ("qa", ann.qa),
+                       ("segment", segments)):
         lost = sorted(set(keys) - stems)
         for stem in lost:
-            count = len(keys[stem]) if kind == "qa" else 1
-            report.skip(kind, stem, f"no video with stem {stem!r} ({count} item(s))", "unmatched id (no video)")
+            count = len(keys[stem]) if kind in ("qa", "segment") else 1
+            item = keys[stem][0].where if kind == "segment" else stem  # names the segments' file too
+            report.skip(kind, item, f"no video with stem {stem!r} ({count} item(s))", "unmatched id (no video)")
     report.notes["videos_without_skeleton"] = sorted(s for s in videos if skeletons
                                                       and _match_stem(s, skeletons) is None)
 
 
 def _sample(stem: str, path: Path, opts: IngestOptions, report: Report, skeletons: dict[str, Path],
             missing: set[str]) -> dict[str, Any] | None:
-    row: dict[str, Any] = {"id": stem, "attributes": json.dumps({"video": str(path)})}
+    # attributes stay a dict until the row is complete (segments add to them); written as JSON
+    row: dict[str, Any] = {"id": stem, "attributes": {"video": str(path)}}
     try:
-        clip, _ = read_video(path, opts.frames, opts.height, opts.width)
+        clip, info = read_video(path, opts.frames, opts.height, opts.width)
         row["video"] = clip.tobytes()
+        row["attributes"].update(fps=info["fps"], source_frames=info["source_frames"])
     except ReadError as err:
         report.skip("video", str(path), str(err), _category(err.reason))
     key = _match_stem(stem, skeletons)
@@ -220,6 +302,53 @@ def _sample(stem: str, path: Path, opts: IngestOptions, report: Report, skeleton
         report.skip("sample", stem, "neither video nor skeleton could be read", "no readable modality")
         return None
     return row
+
+
+def _place_segments(row: dict[str, Any], found: SegmentFile, report: Report, action_id: dict[str, int]) -> None:
+    """Segments in seconds → ``segments`` as fractions of the decoded video, ``segment_labels`` as action ids."""
+    items, annotated = found.segments.get(row["id"], []), found.info.get(row["id"], {})
+    attrs = row["attributes"]
+    attrs.update({k: v for k, v in annotated.items() if k == "subset"})
+    duration = _duration(row, annotated, report)
+    if items and duration is None:
+        why = ("the video was not decoded" if "video" not in row else
+               "the video's frame rate is unknown and the annotation gives no 'duration'")
+        for seg in items:
+            report.skip("segment", seg.where, f"no duration to place the segment on ({why})", "no video duration")
+        return
+    flat, labels, seconds = [], [], []
+    for seg in items:
+        placed = _clip_segment(seg, row["id"], duration, report)
+        if placed is not None:
+            flat += [placed[0] / duration, placed[1] / duration]
+            labels.append(action_id[seg.label])
+            seconds.append([round(placed[0], 3), round(placed[1], 3), seg.label])
+    row.update(segments=flat, segment_labels=labels)
+    attrs.update(duration_s=duration, segments_s=seconds)
+
+
+def _duration(row: dict[str, Any], annotated: dict[str, Any], report: Report) -> float | None:
+    """The decoded duration (frames / fps: where the stored frames come from), else the annotated one."""
+    fps, frames = row["attributes"].get("fps", 0.0), row["attributes"].get("source_frames", 0)
+    decoded = frames / fps if "video" in row and fps > 0 else None
+    stated = annotated.get("duration")
+    if decoded and stated and abs(decoded - stated) > max(DURATION_SLACK_S, DURATION_SLACK * decoded):
+        report.note("segment_duration_mismatch", {"video": row["id"], "annotated_s": stated,
+                                                  "decoded_s": round(decoded, 3),
+                                                  "used": "decoded (the stored frames span it)"})
+    return decoded if decoded else (stated if "video" in row else None)
+
+
+def _clip_segment(seg: SegmentItem, video: str, duration: float, report: Report) -> tuple[float, float] | None:
+    if seg.end <= 0 or seg.start >= duration:
+        report.skip("segment", seg.where, f"segment outside the video (field segment [{seg.start}, {seg.end}] s; "
+                    f"video {video} lasts {duration:.2f} s)", "segment outside the video")
+        return None
+    start, end = max(seg.start, 0.0), min(seg.end, duration)
+    if (start, end) != (seg.start, seg.end):
+        report.note("segments_clipped", {"item": seg.where, "reason": f"[{seg.start}, {seg.end}] s clipped to "
+                                         f"[{start:.3f}, {end:.3f}] s (video {video} lasts {duration:.2f} s)"})
+    return start, end
 
 
 def _category(reason: str) -> str:
@@ -254,6 +383,13 @@ def print_summary(report: dict[str, Any], out: Path) -> None:
           f"{report['videos_found']} videos; {report['skipped']} item(s) skipped")
     for reason, count in sorted(report["by_reason"].items(), key=lambda kv: -kv[1]):
         print(f"  {count:5d}  {reason}")
+    for key, what in (("segments_clipped", "segment(s) clipped to their video's duration"),
+                      ("segment_duration_mismatch", "video(s) whose annotated duration differs from the decoded"),
+                      ("videos_without_segments", "video(s) have no segment (all background)")):
+        if report.get(key):
+            print(f"  note: {len(report[key])} {what}")
+    if report.get("segments_split"):
+        print(f"  note: {report['segments_split']}")
     if report.get("videos_without_skeleton"):
         print(f"  note: {len(report['videos_without_skeleton'])} video(s) have no skeleton file "
               f"(kept without the skeleton modality)")

@@ -45,9 +45,6 @@ class SplitSource:
     rows: np.ndarray | None
     note: str
 
-    def __len__(self) -> int:
-        return -1 if self.rows is None else len(self.rows)
-
 
 class SplitPlan:
     def __init__(self, dataset: str, *, train: str = "train", val: str = "val", test: str = "test",

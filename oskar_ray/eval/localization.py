@@ -11,7 +11,9 @@ Runbook::
    its pooled feature describes the window centre (one timestep).
 2. Head: a 1-D convolution over time (kernel 3: each timestep sees its
    neighbours) classifies every timestep into background or an action class.
-   The ``untrimmed`` split is divided in stored order: the first
+   The ``untrimmed`` split (SynthAction's, or ingested with ``--segments``:
+   ``segments`` are [start, end] fractions of the sequence, ``segment_labels``
+   action ids) is divided in stored order: the first
    :data:`TRAIN_SHARE` of the sequences train the head, the rest are scored.
 3. Segments: for each class and each threshold in :data:`THRESHOLDS`, runs of
    timesteps above it become candidate segments scored by their mean
@@ -144,14 +146,15 @@ def _windows(meta: DatasetMeta, clip_len: int, stride: int):
 @torch.no_grad()
 def sequence_features(ctx: EvalContext, view: str = "target:video"):
     """Per sequence: (features (T, D), centre times (T,), segments, labels)."""
-    meta = DatasetMeta.load(ctx.dataset, SPLIT)
+    source = ctx.cache.plan.source(SPLIT)  # the stored split (and rows) behind the logical name
+    meta = DatasetMeta.load(ctx.dataset, source.stored)
     clip_len = ctx.cfg.modalities["video"].frames
     expand = _windows(meta, clip_len, WINDOW_STRIDE)
     columns = [*READ_COLUMNS, "segment_labels"]
     seqs: dict[str, dict] = defaultdict(lambda: {"feats": [], "times": []})
     ctx.model.eval()
     device = next(ctx.model.parameters()).device
-    for batch, rows in iterate_batches(ctx.dataset, SPLIT, ctx.cfg, ctx.batch_size, expand, columns):
+    for batch, rows in iterate_batches(ctx.dataset, source, ctx.cfg, ctx.batch_size, expand, columns):
         pooled, _, _ = encode_view(ctx.model, to_device(batch, device), view)
         pooled = pooled.float().cpu()
         for row, feat in zip(rows, pooled, strict=True):

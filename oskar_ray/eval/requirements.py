@@ -28,6 +28,8 @@ NEEDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "health": (("test",), ()),
     "robustness": (PROBE_SPLITS, ("actions",)),
 }
+#: task -> the splits whose rows must carry temporal segments (manifest ``has_segments``)
+SEGMENT_SPLITS: dict[str, tuple[str, ...]] = {"localization": ("untrimmed",)}
 #: what each vocabulary comes from, for the message
 VOCAB_SOURCE = {"actions": "action labels", "answers": "question-answer annotations (e.g. --qa at ingest)",
                 "question_types": "question-answer annotations (e.g. --qa at ingest)"}
@@ -47,7 +49,9 @@ def unservable(tasks: list[str], dataset: str, cfg=None) -> dict[str, str]:
         missing = [plan.names.get(s, s) for s in need_splits if not plan.has(s)]
         stored = ", ".join(sorted(plan.stored)) or "none"
         reasons = ([f"no split {', '.join(missing)} (splits: {stored})"] if missing else []) + \
-            [f"manifest vocab.{v} is empty (no {VOCAB_SOURCE[v]})" for v in need_vocab if not vocab.get(v)]
+            [f"manifest vocab.{v} is empty (no {VOCAB_SOURCE[v]})" for v in need_vocab if not vocab.get(v)] + \
+            [f"split {s} has no temporal segments (ingest it with --segments)" for s in SEGMENT_SPLITS.get(task, ())
+             if plan.has(s) and not manifest["splits"].get(s, {}).get("has_segments")]
         if reasons:
             out[task] = "; ".join(reasons)
     return out

@@ -5,6 +5,7 @@ Runbook::
     result = run_vqa(ctx)
     result.metrics["accuracy"], result.metrics["type/count/accuracy"], result.metrics["type/count/prior"]
     result.metrics["mc_accuracy"], result.metrics["video+skeleton/accuracy"]
+    result.metrics["mc/accuracy"], result.metrics["mc/questions"], result.metrics["mc/chance"]  # ingested choices
 
 Every (clip, question) pair is one row (all question types, not only the first). The question is read by the
 *text target encoder* (pooled, z-scored with train moments: like captions, pooled text features are
@@ -14,12 +15,22 @@ question's projection steers the attention query over the clip tokens and joins 
 before the classifier, so what is read from the clip depends on what is asked (a single question-independent
 query has to carry every fact at once). Open-ended: classify into the whole answer vocabulary
 (``manifest.json`` ``vocab.answers``), LR chosen on val, scored on test — overall and per question type,
-each beside its *prior* (the type's most frequent train answer). Multiple choice: the same scores restricted
-to the answers seen with the question's type in train. A model without text gets no VQA; one whose recipe
-never trained text is still evaluated (``eval/api`` tags the run).
+each beside its *prior* (the type's most frequent train answer). Multiple choice, where a test question has
+ingested choices (TGIF-QA action/transition, NExT-QA, JSON ``choices``: the ``choices`` column): the same
+scores ranked over that question's own choices, each mapped to its answer-vocabulary class (ingest adds every
+choice to ``vocab.answers``; an exact, else case- and space-insensitive, match) — ``mc/accuracy`` beside
+``mc/chance`` (the mean of 1 / its distinct choices) over ``mc/questions`` questions; a question whose choices
+cannot all be mapped (a dataset ingested before choices joined the vocabulary), or whose answer is not among
+them, is counted in ``mc/skipped``, never silently dropped. A class never seen as a train answer (most
+distractors) only ever had its logit pushed down, so where answers are rarely repeated (NExT-QA's phrases) the
+ranking leans on the train answer prior: read ``mc/accuracy`` beside ``mc/chance``. Questions without choices
+keep ``mc_accuracy``: the scores restricted to the answers seen with the question's type in train. A model
+without text gets no VQA; one whose recipe never trained text is still evaluated (``eval/api`` tags the run).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -98,6 +109,59 @@ def type_priors(train_answers: torch.Tensor, train_types: torch.Tensor, answers:
     return out
 
 
+@dataclass
+class ChoiceSets:
+    """Per test question: its choices as answer ids (``ids``, -1: padding or unmapped), whether it has any
+    (``has``) and whether they can be ranked (``rankable``: all mapped, the answer among them)."""
+
+    ids: torch.Tensor
+    has: torch.Tensor
+    rankable: torch.Tensor
+
+
+def question_choices(dataset: str, split: SplitSource) -> list[list[str]]:
+    """Each question row's ingested choices ([]: none), in the question features' order."""
+    out: list[list[str]] = []
+    for row in read_rows(dataset, split, ["questions", "choices"]):
+        listed = row.get("choices") or []
+        out += [list(listed[k] or []) if k < len(listed) else [] for k in range(len(row.get("questions") or []))]
+    return out
+
+
+def _loose(text: str) -> str:
+    return " ".join(text.casefold().split())
+
+
+def choice_sets(choices: list[list[str]], answers: torch.Tensor, vocab: list[str]) -> ChoiceSets:
+    exact = {a: i for i, a in enumerate(vocab)}
+    loose: dict[str, int] = {}
+    for i, a in enumerate(vocab):
+        loose.setdefault(_loose(a), i)
+    ids = torch.full((len(choices), max((len(c) for c in choices), default=1) or 1), -1, dtype=torch.long)
+    rankable = torch.zeros(len(choices), dtype=torch.bool)
+    for n, listed in enumerate(choices):
+        mapped = [exact.get(c, loose.get(_loose(c), -1)) for c in listed]
+        ids[n, :len(mapped)] = torch.tensor(mapped, dtype=torch.long)
+        rankable[n] = bool(mapped) and -1 not in mapped and int(answers[n]) in mapped
+    return ChoiceSets(ids, torch.tensor([bool(c) for c in choices], dtype=torch.bool), rankable)
+
+
+def choice_accuracy(logits: torch.Tensor, answers: torch.Tensor, sets: ChoiceSets) -> float:
+    """Accuracy when each rankable question picks the best-scored of its own choices."""
+    rows = sets.rankable
+    ids = sets.ids[rows]
+    scores = logits[rows].gather(1, ids.clamp(min=0)).masked_fill(ids < 0, float("-inf"))
+    picked = ids.gather(1, scores.argmax(1, keepdim=True))[:, 0]
+    return float((picked == answers[rows]).float().mean())
+
+
+def choice_counts(sets: ChoiceSets) -> dict[str, float]:
+    """How many questions were ranked over their choices, how many could not be, and the chance level."""
+    distinct = [len(set(r[r >= 0].tolist())) for r in sets.ids[sets.rankable]]
+    return {"mc/questions": float(len(distinct)), "mc/skipped": float((sets.has & ~sets.rankable).sum()),
+            "mc/chance": sum(1 / n for n in distinct) / len(distinct) if distinct else float("nan")}
+
+
 def questions_per_clip(dataset: str, split: str | SplitSource) -> torch.Tensor:
     """How many question rows each clip expands into, in stored order (the clip features' order)."""
     return torch.tensor([len(r.get("questions") or []) for r in read_rows(dataset, split, ["questions"])])
@@ -137,6 +201,9 @@ def run_vqa(ctx: EvalContext) -> TaskResult:
     metrics = type_priors(labels[0][keep[0]], types[0][keep[0]], labels[2][keep[2]], types[2][keep[2]], type_names)
     options = option_sets(labels[0][keep[0]], types[0][keep[0]], len(answers), len(type_names))
     repeats = [questions_per_clip(ctx.dataset, ctx.cache.plan.source(s)) for s in splits]
+    sets = _test_choices(ctx, keep[2], labels[2][keep[2]], answers)
+    if bool(sets.has.any()):
+        metrics.update(choice_counts(sets))
     for name, views in CLIP_VIEWS.items():
         if name not in ctx.cfg.eval.vqa_views or not all(v in ctx.cache.views for v in views):
             continue
@@ -150,8 +217,22 @@ def run_vqa(ctx: EvalContext) -> TaskResult:
         logits = predict_attentive(head, *rows[2][:-1])
         test_answers, test_types = rows[2][-1], types[2][keep[2]]
         found = {"accuracy": topk_accuracy(logits, test_answers, 1),
-                 "mc_accuracy": multiple_choice_accuracy(logits, test_answers, test_types, options),
                  **per_type_accuracy(logits, test_answers, test_types, type_names)}
+        open_rows = ~sets.has  # questions without their own choices: the type's train answers are the options
+        if bool(open_rows.any()):
+            found["mc_accuracy"] = multiple_choice_accuracy(logits[open_rows], test_answers[open_rows],
+                                                            test_types[open_rows], options)
+        if bool(sets.rankable.any()):
+            found["mc/accuracy"] = choice_accuracy(logits, test_answers, sets)
         prefix = "" if name == "video" else f"{name}/"
         metrics.update({prefix + k: v for k, v in found.items()})
     return TaskResult(metrics=metrics)
+
+
+def _test_choices(ctx: EvalContext, keep: torch.Tensor, answers: torch.Tensor, vocab: list[str]) -> ChoiceSets:
+    """The scored test questions' choice sets (rows without an answer dropped, as from the features)."""
+    listed = question_choices(ctx.dataset, ctx.cache.plan.source("test"))
+    if len(listed) != len(keep):
+        raise ValueError(f"{ctx.dataset}: {len(listed)} test questions in the store but {len(keep)} question "
+                         "features: the feature cache is stale for this dataset")
+    return choice_sets([c for c, k in zip(listed, keep.tolist(), strict=True) if k], answers, vocab)

@@ -70,7 +70,7 @@ def _held_out_batch(cfg: OskarConfig, model: Oskar, device) -> dict:
     if not cfg.data.path:
         return move_batch(model.example_batch(cfg.eval.batch_size, seed=10_007), device)
     source = held_out_source(cfg)
-    stored, rows = (source.stored, source.rows) if source else (cfg.data.train_split, None)
+    stored, rows = (source.stored, source.rows) if source is not None else (cfg.data.train_split, None)
     return move_batch(next(iterate_local(cfg.data.path, stored, cfg, batch_size=cfg.eval.batch_size, rows=rows)),
                       device)
 

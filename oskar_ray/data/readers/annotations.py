@@ -13,13 +13,21 @@ Formats (detected from content, not extension):
 * QA — MSVD-QA/MSRVTT-QA JSON ``[{question, answer, video_id}]``; TGIF-QA
   tab-separated files with CRLF (action/transition: 5 choices + answer index,
   count: a number, frameqa: answer + type code); NExT-QA CSV (5 choices, answer index);
-* labels — mmaction2 list ``file label`` lines + a label map (class name per line, line i = id i).
+* labels — mmaction2 list ``file label`` lines + a label map (class name per line, line i = id i);
+* temporal segments (untrimmed videos) — ActivityNet JSON ``{"database": {video_id: {"duration", "subset",
+  "annotations": [{"label", "segment": [start_s, end_s]}]}}}`` (also the bare ``{video_id: {...}}`` form and
+  ``segments`` for ``annotations``); THUMOS lists, one file per class ``<class>_val.txt`` of lines
+  ``video start end``, or one file of lines ``video start end label``; a folder of such files.
+
+A question whose choices do not contain its answer is a problem naming the file, the row and the question
+(multiple-choice scoring ranks a question's own choices, so its answer must be one of them).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +45,21 @@ class QAItem:
     answer: str
     qtype: str
     choices: list[str] = field(default_factory=list)
+
+
+class ChoiceError(ValueError):
+    """A multiple-choice question whose answer is not one of its choices."""
+
+
+def _chosen(choices: list[str], answer: Any, question: str, *, by_index: bool) -> str:
+    """The answer among ``choices``: given as an index (TGIF-QA, NExT-QA, an int in JSON) or as its text."""
+    text = str(answer).strip()
+    if by_index and text.lstrip("-").isdigit() and 0 <= int(text) < len(choices):
+        return choices[int(text)]
+    if not by_index and text in choices:
+        return text
+    raise ChoiceError(f"answer not among its choices (question {question!r}: answer {text!r}"
+                      f"{' (an index)' if by_index else ''}, choices {choices})")
 
 
 def stem_of(name: Any) -> str:
@@ -136,12 +159,27 @@ def _qa_json(path: Path) -> tuple[list[QAItem], Problems]:
             continue
         vid = row["video_id"]
         stem = f"vid{vid}" if isinstance(vid, int) else stem_of(vid)
-        if not str(row["question"]).strip() or not str(row["answer"]).strip():
+        question, answer = str(row["question"]).strip(), str(row["answer"]).strip()
+        if not question or not answer:
             problems.append((f"{path.name}[{i}]", "empty question or answer"))
             continue
-        items.append(QAItem(stem, str(row["question"]).strip(), str(row["answer"]).strip(),
-                            _question_word(str(row["question"]))))
+        try:
+            choices = _json_choices(row.get("choices"))
+            if choices:  # optional: multiple choice, the answer given as its text or its index
+                answer = _chosen(choices, row["answer"], question, by_index=isinstance(row["answer"], int))
+        except ValueError as err:
+            problems.append((f"{path.name}[{i}]", str(err)))
+            continue
+        items.append(QAItem(stem, question, answer, _question_word(question), choices))
     return items, problems
+
+
+def _json_choices(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(c, str | int | float) for c in value):
+        raise ValueError(f"field 'choices' must be a list of strings (got {value!r})")
+    return [str(c).strip() for c in value]
 
 
 def _rows(path: Path, delimiter: str) -> list[dict[str, str]]:
@@ -152,12 +190,12 @@ def _rows(path: Path, delimiter: str) -> list[dict[str, str]]:
 def _qa_tgif(path: Path) -> tuple[list[QAItem], Problems]:
     items, problems = [], []
     for n, row in enumerate(_rows(path, "\t"), start=2):
-        where = f"{path.name}:{n}"
         try:
             question, answer = row["question"].strip(), row["answer"].strip()
             if "a1" in row:  # action / transition: multiple choice
                 choices = [row[f"a{k}"].strip() for k in range(1, 6)]
-                answer, qtype = choices[int(answer)], "transition" if "transition" in path.name else "action"
+                answer = _chosen(choices, answer, question, by_index=True)
+                qtype = "transition" if "transition" in path.name else "action"
             elif "type" in row:  # frameqa
                 choices, qtype = [], "frameqa_" + _FRAMEQA_TYPES.get(row["type"].strip(), "other")
             else:
@@ -165,8 +203,10 @@ def _qa_tgif(path: Path) -> tuple[list[QAItem], Problems]:
             if not question or not answer:
                 raise ValueError("empty question or answer")
             items.append(QAItem(stem_of(row["gif_name"].strip()), question, answer, qtype, choices))
+        except ChoiceError as err:
+            problems.append((f"{path.name}:{n}", str(err)))
         except (KeyError, ValueError, IndexError, AttributeError) as err:
-            problems.append((where, f"bad TGIF-QA row ({type(err).__name__}: {err})"))
+            problems.append((f"{path.name}:{n}", f"bad TGIF-QA row ({type(err).__name__}: {err})"))
     return items, problems
 
 
@@ -175,11 +215,122 @@ def _qa_nextqa(path: Path) -> tuple[list[QAItem], Problems]:
     for n, row in enumerate(_rows(path, ","), start=2):
         try:
             choices = [row[f"a{k}"].strip() for k in range(5)]
-            answer = choices[int(row["answer"])]
-            if not row["question"].strip() or not answer:
+            question = row["question"].strip()
+            answer = _chosen(choices, row["answer"], question, by_index=True)
+            if not question or not answer:
                 raise ValueError("empty question or answer")
-            items.append(QAItem(row["video"].strip(), row["question"].strip(), answer,
-                                "nextqa_" + row["type"].strip(), choices))
+            items.append(QAItem(row["video"].strip(), question, answer, "nextqa_" + row["type"].strip(), choices))
+        except ChoiceError as err:
+            problems.append((f"{path.name}:{n}", str(err)))
         except (KeyError, ValueError, IndexError, AttributeError) as err:
             problems.append((f"{path.name}:{n}", f"bad NExT-QA row ({type(err).__name__}: {err})"))
     return items, problems
+
+
+# --- temporal segments ---------------------------------------------------------------
+@dataclass
+class SegmentItem:
+    """One labelled stretch of an untrimmed video, in seconds as annotated; ``where`` names file and entry."""
+
+    video: str
+    label: str
+    start: float
+    end: float
+    where: str
+
+
+@dataclass
+class SegmentFile:
+    segments: dict[str, list[SegmentItem]] = field(default_factory=dict)
+    #: per video: what the annotation says besides segments (``duration`` in seconds, ``subset``)
+    info: dict[str, dict[str, Any]] = field(default_factory=dict)
+    problems: Problems = field(default_factory=list)
+
+
+#: THUMOS marks stretches too unclear to label "Ambiguous": a mark to ignore, never a class
+THUMOS_AMBIGUOUS = "Ambiguous"
+
+
+def read_segments(path: str | Path) -> SegmentFile:
+    """ActivityNet JSON, THUMOS list(s) or a folder of them → segments per video id (see the module doc)."""
+    path = Path(path)
+    out = SegmentFile()
+    files = sorted(p for p in path.rglob("*") if p.suffix in (".json", ".txt") and p.is_file()) \
+        if path.is_dir() else [path]
+    if not files:
+        raise ReadError(path, "no .json or .txt segment files in the folder")
+    for file in files:
+        head = file.read_bytes()[:4096].decode("utf-8-sig", errors="replace").lstrip()
+        (_segments_json if head.startswith(("{", "[")) else _segments_thumos)(file, out)
+    return out
+
+
+def _segments_json(path: Path, out: SegmentFile) -> None:
+    data = _load_json(path)
+    data = data.get("database", data) if isinstance(data, dict) else data
+    if not isinstance(data, dict):
+        raise ReadError(path, "segments JSON must be {'database': {video_id: {...}}} or {video_id: {...}}")
+    for key, entry in data.items():
+        vid, where = stem_of(str(key)), f"{path.name}:{key}"
+        if not isinstance(entry, dict):
+            out.problems.append((where, f"video entry must be an object (got {type(entry).__name__})"))
+            continue
+        duration = entry.get("duration")
+        info = out.info.setdefault(vid, {})
+        if isinstance(duration, int | float) and math.isfinite(duration) and duration > 0:
+            info["duration"] = float(duration)
+        if "subset" in entry:
+            info["subset"] = entry["subset"]
+        field_name = "annotations" if "annotations" in entry else "segments"
+        anns = entry.get(field_name) or []
+        if not isinstance(anns, list):
+            out.problems.append((where, f"field {field_name!r} must be a list (got {type(anns).__name__})"))
+            continue
+        for k, ann in enumerate(anns):
+            _add_json_segment(out, vid, ann, f"{where}.{field_name}[{k}]")
+
+
+def _add_json_segment(out: SegmentFile, vid: str, ann: Any, where: str) -> None:
+    if not isinstance(ann, dict) or not isinstance(ann.get("label"), str) or not ann["label"].strip():
+        out.problems.append((where, f"missing or empty field 'label' ({ann!r})"))
+        return
+    seg = ann.get("segment")
+    if not isinstance(seg, list | tuple) or len(seg) != 2:
+        out.problems.append((where, f"field 'segment' must be [start_s, end_s] ({seg!r})"))
+        return
+    _add_segment(out, vid, ann["label"].strip(), seg[0], seg[1], where, "field 'segment'")
+
+
+def _add_segment(out: SegmentFile, vid: str, label: str, start: Any, end: Any, where: str, fields: str) -> None:
+    try:
+        start, end = float(start), float(end)
+    except (TypeError, ValueError):
+        out.problems.append((where, f"start/end not numbers in {fields} ({start!r}, {end!r})"))
+        return
+    if not (math.isfinite(start) and math.isfinite(end)):
+        out.problems.append((where, f"start/end not finite in {fields} ({start}, {end})"))
+    elif start >= end:
+        out.problems.append((where, f"start >= end in {fields} ({start}, {end})"))
+    else:
+        out.segments.setdefault(vid, []).append(SegmentItem(vid, label, start, end, where))
+        out.info.setdefault(vid, {})
+
+
+def _segments_thumos(path: Path, out: SegmentFile) -> None:
+    """``video start end`` (class from the file name, ``BaseballPitch_val.txt``) or ``video start end label``."""
+    stem = path.stem
+    file_class = stem.rsplit("_", 1)[0] if stem.rsplit("_", 1)[-1] in ("val", "test", "train") else stem
+    for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        where = f"{path.name}:{n}"
+        if len(fields) < 3:
+            out.problems.append((where, f"line must be 'video start end [label]' ({line.strip()!r})"))
+            continue
+        label = " ".join(fields[3:]) or file_class
+        if label == THUMOS_AMBIGUOUS:
+            out.problems.append((f"{where} video {fields[0]}", "THUMOS 'Ambiguous' mark, not a class (field label)"))
+            continue
+        _add_segment(out, stem_of(fields[0]), label, fields[1], fields[2], f"{where} video {fields[0]}",
+                     "fields start/end")
