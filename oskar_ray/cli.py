@@ -40,6 +40,9 @@ def _add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> 
 def _pretrain(args: argparse.Namespace) -> int:
     if not (args.config or args.resume):
         raise ValueError("--config FILE is required (or --resume CHECKPOINT_DIR)")
+    if args.resume and args.local:
+        raise ValueError("--resume continues a Ray Train checkpoint; --local trains a fresh single-process model "
+                         "on the example stream: use one or the other")
     changes: dict = {}
     if args.resume:
         from .train.resume import describe, resume_config

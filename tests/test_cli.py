@@ -50,6 +50,10 @@ def test_a_resume_applies_safe_overrides_and_refuses_the_rest_naming_them(tmp_pa
     assert resume_config(ckpt)[1] == {}
     with pytest.raises(ValueError, match=r"cannot change mid-run \(model\.dim: 128 -> 96; train\.lr: 0\.001 -> 0\.5\)"):
         resume_config(ckpt, overrides=["model.dim=96", "train.lr=0.5", "train.steps=40"])
+    # a checkpoint stores its resolved data.path; a YAML naming the same data ("" = built-in, or relative) agrees
+    resolved = tmp_path / "resolved"
+    save_config(load_config(SMOKE, [f"data.path={tmp_path / 'ds'}"]), resolved / "config.yaml")
+    assert "data.path" not in resume_config(resolved, SMOKE)[1]
     # through the CLI: never silently dropped
     assert main(["pretrain", "--resume", str(ckpt), "--set", "budget.input_tokens=8"]) == 2
     assert "budget.input_tokens" in capsys.readouterr().err

@@ -67,3 +67,25 @@ def test_stratified_sample_keeps_one_row_per_class_out_when_asked():
     taken = stratified_sample(labels, np.arange(6), 0.9, 0, keep_one=True)
     assert 2 not in taken and (labels[taken] == 2).sum() == 2  # the single class-1 row stays; 2 of 3 taken
     assert len(stratified_sample(labels, np.arange(6), 0.01, 0, keep_one=False)) == 3  # one per class
+
+
+def test_only_labelled_rows_are_carved_and_a_stored_lowshot_split_yields_to_a_carved_val(synth_dir, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = tmp_path / "partly_labelled"
+    shutil.copytree(synth_dir, root)
+    manifest = store.load_manifest(root)
+    del manifest["splits"]["val"]  # train_1pct stays stored: drawn from all of train, it could overlap a carve
+    store.save_manifest(root, manifest)
+    shard = store.split_paths(root, "train")[0]
+    table = pq.read_table(shard)
+    action = table.column("action").to_numpy().copy()
+    action[::3] = -1  # every third train clip unlabelled (e.g. an ingest whose label list covers some videos)
+    pq.write_table(table.set_column(table.schema.get_field_index("action"), "action", pa.array(action)), shard)
+    plan = SplitPlan(str(root), seed=0)
+    labels = stored_labels(str(root), "train")
+    val, one = plan.source("val"), plan.source("train_1pct")
+    assert (labels[val.rows] >= 0).all() and (labels[one.rows] >= 0).all()
+    assert set(np.flatnonzero(labels < 0)) <= set(plan.source("train").rows)  # unlabelled rows stay in train
+    assert one.stored == "train" and not set(one.rows) & set(val.rows) and "carved" in one.note

@@ -102,7 +102,7 @@ def test_bf16_on_cpu_autocasts_keeps_fp32_weights_and_tracks_fp32_losses():
     assert np.mean(bf16[-5:]) < np.mean(bf16[:5])
 
 
-def test_a_resumed_run_streams_a_fresh_order_of_its_epoch_not_the_samples_it_already_saw():
+def test_a_resumed_run_streams_its_epoch_in_a_fresh_order_not_the_batches_it_already_trained_on():
     from oskar_ray.train.ray_trainer import EPOCH_SEED_STRIDE, stream_epochs
 
     cfg = load_config(SMOKE, ["train.steps=100", "train.batch_size=10", "train.seed=3"])

@@ -47,6 +47,8 @@ def _validate_splits(cfg: OskarConfig) -> None:
     if not 0 < e.val_fraction < 1:
         raise ValueError(f"eval.val_fraction must be in (0, 1) (the share of train carved as val), "
                          f"got {e.val_fraction}")
+    if "lowshot" in e.tasks and not e.lowshot_percents:
+        raise ValueError("eval.lowshot_percents is empty but eval.tasks has lowshot (e.g. [1, 10])")
     bad = [p for p in e.lowshot_percents if not 0 < p < 100]
     if bad:
         raise ValueError(f"eval.lowshot_percents: {bad[0]} is not a percentage in (0, 100)")

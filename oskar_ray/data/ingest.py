@@ -247,6 +247,8 @@ def _segments(opts: IngestOptions, report: Report, videos: dict[str, Path], name
     found = read_segments(opts.segments)
     for item, reason in found.problems:
         report.skip("segment", item, reason, reason.split(" (")[0])
+    if found.ambiguous:
+        report.notes["segments_ambiguous_ignored"] = found.ambiguous  # THUMOS's unlabelled stretches
     # ActivityNet ids name files v_<id>.mp4 (its download scripts): match those too
     rekey = {vid: f"v_{vid}" for vid in found.segments if vid not in videos and f"v_{vid}" in videos}
     found.segments = {rekey.get(v, v): items for v, items in found.segments.items()}
@@ -258,6 +260,7 @@ def _segments(opts: IngestOptions, report: Report, videos: dict[str, Path], name
                 report.skip("segment", seg.where, f"label not in the label map (field label {seg.label!r}; "
                             f"--label-map {opts.label_map.name})", "label not in the label map")
             found.segments[vid] = [s for s in items if s.label in known]
+        found.segments = {v: items for v, items in found.segments.items() if items}  # all skipped: none left
     if opts.split != UNTRIMMED:
         report.notes["segments_split"] = f"localization reads the split named {UNTRIMMED!r}, not {opts.split!r}"
     report.notes["videos_without_segments"] = sorted(v for v in videos if not found.segments.get(v))

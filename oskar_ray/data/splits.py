@@ -17,7 +17,8 @@ user data — gets one carved from train: a seeded, label-stratified fraction
 two or more rows; ``train`` is then the rest, so no row is both. Low-shot
 subsets ``train_<p>pct`` are drawn the same way from (that) train, at least
 one row per class; a stored split of that name wins (SynthAction writes
-``train_1pct`` / ``train_10pct``). Every carve is a pure function of the
+``train_1pct`` / ``train_10pct``) unless val is carved (it could overlap the
+carve). Only labelled train rows are carved; unlabelled ones stay in train. Every carve is a pure function of the
 stored labels, the fraction and ``eval.split_seed``: the same on every run,
 node and process. Any other name is a stored split, read whole.
 """
@@ -81,9 +82,11 @@ class SplitPlan:
                 raise ValueError(f"{store.manifest_path(self.dataset)}: no split {stored!r} "
                                  f"(splits: {', '.join(sorted(self.stored)) or 'none'})")
             return SplitSource(stored, None, f"stored split {stored}")
-        if split in self.stored:
-            return SplitSource(split, None, f"stored split {split}")
         match = LOWSHOT.match(split)
+        if split in self.stored and not (match and self._carves_val):
+            # a stored low-shot split was drawn from the whole train split: with a carved val it could overlap
+            # the rows that choose hyper-parameters, so it is then drawn again from the rest of train
+            return SplitSource(split, None, f"stored split {split}")
         if match and self.names["train"] in self.stored:
             return self._lowshot(float(match.group(1)) / 100, split)
         raise ValueError(f"{store.manifest_path(self.dataset)}: no split {self.names.get(split, split)!r} "
@@ -104,9 +107,19 @@ class SplitPlan:
         return stored_labels(self.dataset, self.names["train"])
 
     @cached_property
+    def _labelled_train(self) -> np.ndarray:
+        """Train row positions that carry a label: only these are carved (an unlabelled row stays in train,
+        where label-free readers such as retrieval can still use it, and never reaches a probe's targets)."""
+        labelled = np.flatnonzero(self._train_labels >= 0)
+        return labelled if len(labelled) else np.arange(len(self._train_labels))  # no labels at all: any row
+
+    @cached_property
     def _carved_val(self) -> SplitSource:
-        rows = stratified_sample(self._train_labels, np.arange(len(self._train_labels)), self.val_fraction,
-                                 self.seed, keep_one=True)
+        rows = stratified_sample(self._train_labels, self._labelled_train, self.val_fraction, self.seed,
+                                 keep_one=True)
+        if not len(rows):
+            raise ValueError(f"{store.manifest_path(self.dataset)}: no split {self.names['val']!r}, and none can be "
+                             f"carved from {self.names['train']!r}: no class has two labelled rows")
         return SplitSource(self.names["train"], rows, self._note(rows, self.val_fraction, "val"))
 
     @cached_property
@@ -118,6 +131,7 @@ class SplitPlan:
     def _lowshot(self, fraction: float, split: str) -> SplitSource:
         base = self.source("train")
         pool = base.rows if base.rows is not None else np.arange(len(self._train_labels))
+        pool = np.intersect1d(pool, self._labelled_train)
         rows = stratified_sample(self._train_labels, pool, fraction, self.seed + 1, keep_one=False)
         return SplitSource(base.stored, rows, self._note(rows, fraction, split))
 

@@ -48,10 +48,11 @@ def video_only_config(cfg: OskarConfig) -> OskarConfig:
         print(f"video-only baseline: modalities.video.mask_ratio {before[0]} -> {video.mask_ratio:g} and "
               f"budget.input_tokens {before[1]} -> {cfg.budget.input_tokens} (video alone must hide "
               f"budget.target_tokens={cfg.budget.target_tokens} of its {tokens} tokens to predict them)", flush=True)
-    if "video" in cfg.ema.modality_start:
-        start = cfg.ema.modality_start.pop("video")
-        print(f"video-only baseline: ema.modality_start.video {start} dropped (video is this run's target: "
-              f"its EMA starts at ema.start={cfg.ema.start})", flush=True)
+    for key in ("modality_start", "modality_end", "modality_schedule"):
+        if "video" in getattr(cfg.ema, key):
+            value = getattr(cfg.ema, key).pop("video")
+            print(f"video-only baseline: ema.{key}.video {value} dropped (video is this run's target: its EMA "
+                  f"follows ema.start / end / schedule)", flush=True)
     return cfg
 
 

@@ -13,7 +13,7 @@ modality's valid tokens, then over the modalities a sample carries.
 Rows are read straight from the Parquet shards and preprocessed with the
 training code (:func:`preprocess_batch`, eval mode, no augmentation), which lets
 VQA expand a clip into one row per question and localization into sliding windows.
-With ``cache_dir`` set, features also persist on disk (``<split>__<view>.pt``).
+With ``cache_dir`` set, features also persist on disk (``<split>[__<stored split>][__<rows hash>]__<mode>.pt``).
 """
 
 from __future__ import annotations
@@ -184,7 +184,9 @@ class FeatureCache:
     def _disk_path(self, split: str, mode: str) -> Path | None:
         if not self.cache_dir:
             return None
-        rows = self.plan.source(split).rows
-        # a carved split is named by its rows: another fraction or seed is another file
-        tag = "" if rows is None else "__" + hashlib.sha1(rows.tobytes()).hexdigest()[:10]
+        source = self.plan.source(split)
+        # named by what is read: another stored split (eval.test_split ...) or another carve is another file
+        tag = "" if source.stored == split else f"__{source.stored}"
+        if source.rows is not None:
+            tag += "__" + hashlib.sha1(source.rows.tobytes()).hexdigest()[:10]
         return self.cache_dir / f"{split}{tag}__{mode}.pt"

@@ -213,6 +213,10 @@ def detect(head: TimestepHead, seqs: list[dict], n_classes: int) -> dict[int, li
 def run_localization(ctx: EvalContext) -> TaskResult:
     """``mAP_<tIoU>`` on video features (the headline) and ``skeleton/mAP_<tIoU>`` on skeleton windows."""
     ctx.require_split(SPLIT, "localization")
+    stored = ctx.cache.plan.source(SPLIT).stored
+    if not ctx.manifest["splits"][stored].get("has_segments"):
+        raise ValueError(f"{ctx.dataset}/manifest.json: split {stored!r} has no temporal segments, so there is "
+                         f"nothing to localize (ingest it with --segments)")
     result = TaskResult()
     for prefix, view in LOC_VIEWS.items():
         if view not in ctx.cache.views:

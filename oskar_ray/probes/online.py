@@ -63,7 +63,9 @@ class OnlineProbe:
         batches, labels, wanted = [], [], cfg.eval.online_probe_samples
         for batch in iterate_local(cfg.data.path, source.stored, cfg, batch_size=cfg.eval.batch_size,
                                    with_masks=False, rows=source.rows):
-            batch = _head(batch, wanted - sum(len(x) for x in labels))
+            batch = _head(_labelled(batch), wanted - sum(len(x) for x in labels))
+            if not len(batch["action"]):
+                continue
             batches.append(move_batch(batch, device))
             labels.append(batch["action"].cpu())
             if sum(len(x) for x in labels) >= wanted:
@@ -85,6 +87,15 @@ class OnlineProbe:
             out[f"{PROBE_PREFIX}mean"] = sum(out.values()) / len(out)
         model.train(was_training)
         return out
+
+
+def _labelled(batch: dict) -> dict:
+    """The rows of a batch that carry an action label (-1: none); nested ``present`` included."""
+    keep = batch["action"] >= 0
+    if bool(keep.all()):
+        return batch
+    return {k: ({m: v[keep] for m, v in value.items()} if isinstance(value, dict) else value[keep])
+            for k, value in batch.items()}
 
 
 def _head(batch: dict, n: int) -> dict:

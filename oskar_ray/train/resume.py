@@ -8,8 +8,9 @@ Runbook::
 A resumed run starts from the checkpoint's own resolved config; ``--config``
 (another YAML) and ``--set`` are applied on top of it. Keys that only say how
 long to go on, how often to log, checkpoint and evaluate may change
-(:data:`SAFE_KEYS`, :data:`SAFE_PREFIXES`); the schedules are pure functions of
-the step, so ``train.steps`` stretches the remaining schedule. Anything else
+(:data:`SAFE_KEYS`, :data:`SAFE_PREFIXES`). The schedules are functions of
+``step / train.steps``: a longer ``train.steps`` re-places the run on its LR and
+EMA curves at the resume step (a warm restart: the LR steps up, the momentum down). Anything else
 (model shape, budgets, data, learning rate, seed …) would make the checkpoint a
 different experiment, and is refused with the keys named — never dropped silently.
 """
@@ -38,6 +39,7 @@ def resume_config(checkpoint: str | Path, config: str | Path | None = None,
     saved_yaml = storage.local_file(storage.join(str(checkpoint), "config.yaml"))
     saved = load_config(saved_yaml)
     wanted = load_config(config or saved_yaml, overrides or [])
+    _same_dataset(saved, wanted)
     before, after = saved.flat(), wanted.flat()
     changes = {k: (before.get(k), after.get(k)) for k in sorted(set(before) | set(after))
                if before.get(k) != after.get(k)}
@@ -48,6 +50,14 @@ def resume_config(checkpoint: str | Path, config: str | Path | None = None,
                          f"change mid-run ({listed}). A resume may change {', '.join(sorted(SAFE_KEYS))} and "
                          f"eval.*; start a new run (without --resume) for the rest")
     return wanted, changes
+
+
+def _same_dataset(saved: OskarConfig, wanted: OskarConfig) -> None:
+    """A checkpoint stores its *resolved* ``data.path`` (absolute; the built-in benchmark's directory when the
+    YAML said ""): a YAML naming the same data — "" or the same path, relative — is no change."""
+    path = wanted.data.path
+    if not path or storage.resolve(path) == storage.resolve(saved.data.path):
+        wanted.data.path = saved.data.path
 
 
 def safe_to_change(key: str) -> bool:

@@ -245,6 +245,8 @@ class SegmentFile:
     #: per video: what the annotation says besides segments (``duration`` in seconds, ``subset``)
     info: dict[str, dict[str, Any]] = field(default_factory=dict)
     problems: Problems = field(default_factory=list)
+    #: THUMOS 'Ambiguous' marks read and ignored (a standard part of its annotations: a note, not a skip)
+    ambiguous: int = 0
 
 
 #: THUMOS marks stretches too unclear to label "Ambiguous": a mark to ignore, never a class
@@ -330,7 +332,7 @@ def _segments_thumos(path: Path, out: SegmentFile) -> None:
             continue
         label = " ".join(fields[3:]) or file_class
         if label == THUMOS_AMBIGUOUS:
-            out.problems.append((f"{where} video {fields[0]}", "THUMOS 'Ambiguous' mark, not a class (field label)"))
+            out.ambiguous += 1
             continue
         _add_segment(out, stem_of(fields[0]), label, fields[1], fields[2], f"{where} video {fields[0]}",
                      "fields start/end")
