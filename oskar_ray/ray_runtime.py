@@ -223,8 +223,18 @@ def trial_resources(trial_cpu: float, slotted: bool) -> tuple[dict[str, float], 
     return {"cpu": trial_cpu, TRIAL_SLOT: 1}, ""
 
 
+#: Ray Data preprocessing tasks in flight per training run (see limit_data_cpus)
+DATA_TASKS = 2
+
+
 def limit_data_cpus(cpus: float) -> None:
-    """Cap this process's Ray Data execution at ``cpus`` logical CPUs (public ``DataContext`` resource limits)."""
+    """Cap this process's Ray Data execution at ``cpus`` logical CPUs (public ``DataContext`` resource limits).
+
+    Sweep trials use it (``tune/trial.py``): left alone, every concurrent trial's pipeline fills all free
+    logical CPUs with fractional tasks, dozens of worker processes whose start-up costs the training; two
+    tasks keep a tiny trial fed. A plain pretraining is left uncapped: on a small dataset its stream finishes
+    early and the trainer then has the cores (``experiments/bench_dataset_size.py``: capped, the 300-clip run
+    fell from 99 to 39 samples/s)."""
     from ray.data import DataContext
 
     options = DataContext.get_current().execution_options

@@ -47,10 +47,6 @@ STOPPED_AT = "oskar.stopped_at_step"
 TRIAL_S, EVAL_S = "time/trial_s", "time/eval_s"
 
 
-#: Ray Data preprocessing tasks in flight per trial (see _limit_data_cpus)
-DATA_TASKS = 2
-
-
 @dataclass
 class TrialSetup:
     """What every trial of one sweep shares (passed with ``tune.with_parameters``)."""
@@ -113,15 +109,9 @@ def train_and_evaluate(cfg, run_id: str, trial_id: str) -> dict[str, float]:
 
 
 def _limit_data_cpus(cfg) -> None:
-    """Cap this trial's Ray Data preprocessing at :data:`DATA_TASKS` tasks in flight.
-
-    Left alone, every concurrent trial's pipeline (one read + map per epoch,
-    unioned) fills all free logical CPUs with fractional tasks: dozens of
-    worker processes on a laptop, each start costing seconds of CPU that the
-    training needs. Two tasks keep a tiny trial fed (measured: no data wait
-    after the first batch, 2 trials on 2 busy cores).
-    """
-    from ..ray_runtime import limit_data_cpus
+    """Cap this trial's Ray Data preprocessing at ``ray_runtime.DATA_TASKS`` tasks in flight (measured: no data
+    wait after the first batch, 2 trials on 2 busy cores; see ``ray_runtime.limit_data_cpus``)."""
+    from ..ray_runtime import DATA_TASKS, limit_data_cpus
 
     limit_data_cpus(DATA_TASKS * cfg.data.cpus_per_task)
 
