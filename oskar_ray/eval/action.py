@@ -53,7 +53,7 @@ def run_action(ctx: EvalContext) -> TaskResult:
         if ctx.finetune_epochs > 0 and short in FINETUNE_VIEWS:
             probes["finetune"] = finetune(ctx.model, view, ctx.dataset, ctx.cfg, train_split="train",
                                           test_split="test", n_classes=n_classes, epochs=ctx.finetune_epochs,
-                                          seed=ctx.seed, progress=ctx.progress)
+                                          seed=ctx.seed, progress=ctx.progress, plan=ctx.cache.plan)
         for protocol, res in probes.items():
             result.metrics[f"{short}/{protocol}/top1"] = res.top1
             result.metrics[f"{short}/{protocol}/top5"] = res.top5

@@ -51,14 +51,15 @@ class FineTuned(nn.Module):
 
 
 def finetune(model, view: str, dataset_dir, cfg, *, train_split: str, test_split: str, n_classes: int,
-             epochs: int, batch_size: int = 32, seed: int = 0, progress: bool = True) -> ProbeResult:
+             epochs: int, batch_size: int = 32, seed: int = 0, progress: bool = True,
+             plan: SplitPlan | None = None) -> ProbeResult:
     """Fine-tune on ``train_split`` for ``epochs``; top-1/top-5 on ``test_split``."""
     torch.manual_seed(seed)
     device = next(model.parameters()).device
     net = FineTuned(model, view, n_classes).to(device)
     opt = torch.optim.AdamW([{"params": net.encoder.parameters(), "lr": FINETUNE_LR * ENCODER_LR_SCALE},
                              {"params": net.head.parameters(), "lr": FINETUNE_LR}], weight_decay=0.05)
-    plan = SplitPlan.from_config(str(dataset_dir), cfg)  # the same carve as the probes' (deterministic)
+    plan = plan or SplitPlan.from_config(str(dataset_dir), cfg)  # the probes' plan: the same carve
     source = plan.source(train_split)
     batches = iterate_local(dataset_dir, source.stored, cfg, batch_size, seed=seed, train=True, epochs=epochs,
                             with_masks=False, rows=source.rows)

@@ -42,6 +42,6 @@ def run_lowshot(ctx: EvalContext) -> TaskResult:
                 # a tiny subset needs more passes to take as many optimisation steps
                 tuned = finetune(ctx.model, view, ctx.dataset, ctx.cfg, train_split=split, test_split="test",
                                  n_classes=n_classes, epochs=ctx.finetune_epochs * 3, batch_size=16, seed=ctx.seed,
-                                 progress=ctx.progress)
+                                 progress=ctx.progress, plan=ctx.cache.plan)
                 result.metrics[f"{name}/{short}/finetune/top1"] = tuned.top1
     return result

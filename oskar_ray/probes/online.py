@@ -56,14 +56,14 @@ class OnlineProbe:
 
         if cfg.eval.online_probe_every <= 0:
             return None, "eval.online_probe_every is 0"
-        reason = unavailable_reason(cfg)
+        source, reason = _held_out(cfg)
         if reason:
             return None, reason
-        source = held_out_source(cfg)
         batches, labels, wanted = [], [], cfg.eval.online_probe_samples
         for batch in iterate_local(cfg.data.path, source.stored, cfg, batch_size=cfg.eval.batch_size,
                                    with_masks=False, rows=source.rows):
-            batch = _head(_labelled(batch), wanted - sum(len(x) for x in labels))
+            batch = _rows(batch, batch["action"] >= 0)  # unlabelled clips (-1) cannot vote
+            batch = _rows(batch, slice(0, wanted - sum(len(x) for x in labels)))
             if not len(batch["action"]):
                 continue
             batches.append(move_batch(batch, device))
@@ -89,20 +89,9 @@ class OnlineProbe:
         return out
 
 
-def _labelled(batch: dict) -> dict:
-    """The rows of a batch that carry an action label (-1: none); nested ``present`` included."""
-    keep = batch["action"] >= 0
-    if bool(keep.all()):
-        return batch
-    return {k: ({m: v[keep] for m, v in value.items()} if isinstance(value, dict) else value[keep])
-            for k, value in batch.items()}
-
-
-def _head(batch: dict, n: int) -> dict:
-    """The first ``n`` samples of a batch (nested ``present`` included)."""
-    if n >= len(batch["action"]):
-        return batch
-    return {k: ({m: v[:n] for m, v in value.items()} if isinstance(value, dict) else value[:n])
+def _rows(batch: dict, index) -> dict:
+    """The samples of a batch at ``index`` (a boolean mask or a slice); nested ``present`` included."""
+    return {k: ({m: v[index] for m, v in value.items()} if isinstance(value, dict) else value[index])
             for k, value in batch.items()}
 
 
@@ -116,17 +105,23 @@ def held_out_source(cfg) -> SplitSource | None:
 
 def unavailable_reason(cfg) -> str:
     """Why the online probe cannot run on this dataset ("" if it can): no held-out split, no labels, too few."""
+    return _held_out(cfg)[1]
+
+
+def _held_out(cfg) -> tuple[SplitSource | None, str]:
+    """The probe's held-out clips and "", or None and why there are none usable (one manifest and label read)."""
     if not cfg.data.path:
-        return "no dataset (data.path is empty)"
-    source = held_out_source(cfg)
-    if source is None:
-        splits = ", ".join(sorted(SplitPlan.from_config(cfg.data.path, cfg).stored))
-        return (f"{cfg.data.path}: no split {cfg.data.val_split!r} and no {cfg.eval.train_split!r} split to carve one "
-                f"from (splits: {splits})")
+        return None, "no dataset (data.path is empty)"
+    plan = SplitPlan.from_config(cfg.data.path, cfg)
+    if not plan.has("val"):
+        splits = ", ".join(sorted(plan.stored))
+        return None, (f"{cfg.data.path}: no split {cfg.data.val_split!r} and no {cfg.eval.train_split!r} split "
+                      f"to carve one from (splits: {splits})")
+    source = plan.source("val")
     labels = stored_labels(cfg.data.path, source.stored)
     labels = labels if source.rows is None else labels[source.rows]
     labelled = int((labels >= 0).sum())
     if labelled <= cfg.eval.online_probe_k:
-        return (f"{cfg.data.path}: the held-out clips ({source.note}) carry {labelled} action labels; the kNN probe "
-                f"needs more than eval.online_probe_k={cfg.eval.online_probe_k}")
-    return ""
+        return None, (f"{cfg.data.path}: the held-out clips ({source.note}) carry {labelled} action labels; the "
+                      f"kNN probe needs more than eval.online_probe_k={cfg.eval.online_probe_k}")
+    return source, ""

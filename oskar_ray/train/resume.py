@@ -45,7 +45,7 @@ def resume_config(checkpoint: str | Path, config: str | Path | None = None,
                if before.get(k) != after.get(k)}
     unsafe = [k for k in changes if not safe_to_change(k)]
     if unsafe:
-        listed = "; ".join(f"{k}: {changes[k][0]!r} -> {changes[k][1]!r}" for k in unsafe)
+        listed = describe({k: changes[k] for k in unsafe})
         raise ValueError(f"--resume {checkpoint}: these settings differ from the checkpoint's config and cannot "
                          f"change mid-run ({listed}). A resume may change {', '.join(sorted(SAFE_KEYS))} and "
                          f"eval.*; start a new run (without --resume) for the rest")
