@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import types
 import typing
 from pathlib import Path
@@ -28,10 +29,22 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def config_from_dict(raw: dict[str, Any]) -> OskarConfig:
+    import_plugins(raw.get("plugins") or [])
     cfg = _build(OskarConfig, {k: v for k, v in raw.items() if k != "modalities"}, "")
     cfg.modalities = _build_modalities(raw.get("modalities"))
     validate(cfg)
     return cfg
+
+
+def import_plugins(modules: Any) -> None:
+    """Import each module of ``plugins:`` (a modality registers itself on import); errors name the entry."""
+    if not isinstance(modules, list) or not all(isinstance(m, str) and m for m in modules):
+        raise ValueError(f"plugins must be a list of importable module names, got {modules!r}")
+    for i, module in enumerate(modules):
+        try:
+            importlib.import_module(module)
+        except Exception as err:  # any failure of a user module is reported under its config entry
+            raise ValueError(f"plugins[{i}]: cannot import {module!r} ({type(err).__name__}: {err})") from err
 
 
 def config_yaml(cfg: OskarConfig) -> str:

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..modalities import ModalityConfig, modality_class
+from ..modalities import BUILTIN_MODALITIES, ModalityConfig, modality_class
 
 
 @dataclass
@@ -183,11 +183,14 @@ class TrackingConfig:
 
 
 def default_modalities() -> dict[str, ModalityConfig]:
-    return {name: modality_class(name).config_class() for name in ("video", "skeleton", "text")}
+    return {name: modality_class(name).config_class() for name in BUILTIN_MODALITIES}
 
 
 @dataclass
 class OskarConfig:
+    #: modules imported before the config is read (and in every Ray worker that reads it): each may
+    #: register a modality (oskar_ray/modalities/base.py), which ``modalities:`` can then name
+    plugins: list[str] = field(default_factory=list)
     model: ModelConfig = field(default_factory=ModelConfig)
     predictor: PredictorConfig = field(default_factory=PredictorConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..metric_names import ACTION_PROTOCOLS, ACTION_VIEW_NAMES, EVAL_TASKS, VQA_VIEWS
-from ..modalities import modality_class
+from ..modalities import BUILTIN_MODALITIES, modality_class
 from .schema import OskarConfig
 
 
@@ -31,7 +31,8 @@ def validate(cfg: OskarConfig) -> None:
     _positive(cfg, "eval.online_probe_samples", "eval.online_probe_k")
     if cfg.eval.online_probe_every < 0:
         raise ValueError(f"eval.online_probe_every must be >= 0 (0 = off), got {cfg.eval.online_probe_every}")
-    for name, valid in (("online_probe_views", ACTION_VIEW_NAMES), ("tasks", EVAL_TASKS),
+    added = tuple(m for m in cfg.modalities if m not in BUILTIN_MODALITIES)  # an added modality m: view target:m
+    for name, valid in (("online_probe_views", ACTION_VIEW_NAMES + added), ("tasks", EVAL_TASKS),
                         ("action_protocols", ACTION_PROTOCOLS), ("vqa_views", VQA_VIEWS)):
         unknown = [v for v in getattr(cfg.eval, name) if v not in valid]
         if unknown:

@@ -54,6 +54,10 @@ def add_data_commands(subparsers) -> argparse.ArgumentParser:
                              "('video start end') or one list of 'video start end label', or a folder of them")
     ingest.add_argument("--missing-list", type=Path, action="append", default=[],
                         help="official NTU missing-skeleton list (repeatable)")
+    ingest.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="module to import first (it registers an added modality; repeatable)")
+    ingest.add_argument("--modality", action="append", default=[], metavar="NAME=DIR",
+                        help="an added modality's files (matched to videos by stem; repeatable)")
     ingest.add_argument("--strict", action="store_true", help="fail on the first skipped item")
     ingest.add_argument("--frames", type=int, default=16)
     ingest.add_argument("--size", type=int, default=32)
@@ -83,13 +87,20 @@ def run_synth(args: argparse.Namespace) -> int:
 
 
 def run_ingest(args: argparse.Namespace) -> int:
+    from ..config.loading import import_plugins
     from .ingest import IngestError, IngestOptions, ingest, print_summary
 
+    try:
+        import_plugins(args.plugin)
+        added = _modality_folders(args.modality)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     opts = IngestOptions(
         out=args.out, split=args.split, videos=args.videos, skeletons=args.skeletons, captions=args.captions,
         labels=args.labels, label_map=args.label_map, qa=args.qa, segments=args.segments, missing=args.missing_list,
         strict=args.strict, frames=args.frames, height=args.size, width=args.size, joints=args.joints,
-        vocab_size=args.vocab_size,
+        vocab_size=args.vocab_size, modalities=added,
     )
     try:
         report = ingest(opts)
@@ -98,6 +109,18 @@ def run_ingest(args: argparse.Namespace) -> int:
         return 2
     print_summary(report, args.out)
     return 0
+
+
+def _modality_folders(items: list[str]) -> dict[str, Path]:
+    folders: dict[str, Path] = {}
+    for item in items:
+        name, sep, folder = item.partition("=")
+        if not sep or not name.strip() or not folder.strip():
+            raise ValueError(f"--modality {item!r} must look like NAME=DIR")
+        if name.strip() in folders:
+            raise ValueError(f"--modality {name.strip()} given twice")
+        folders[name.strip()] = Path(folder.strip())
+    return folders
 
 
 def main(argv: list[str] | None = None) -> int:

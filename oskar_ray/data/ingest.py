@@ -8,6 +8,14 @@ Runbook::
     oskar data ingest --out data/mine --split val --videos val_clips/ ...   # adds a split
     oskar data ingest --out data/mine --split untrimmed --videos long/ --frames 64 \\
         --segments activity_net.json [--label-map classes.txt]              # localization's split
+    oskar data ingest --plugin my_pkg.imu --modality imu=imu_npy/ ...       # an added modality
+
+An added modality (one registered by a ``--plugin`` module, see
+oskar_ray/modalities/base.py) reads its files from ``--modality NAME=DIR``:
+each file with one of its ``file_suffixes`` joins the video of the same stem,
+its ``read_file`` bytes stored in the split's ``NAME`` column. A dataset's added
+modalities are fixed by its first split (the manifest lists them); a later
+split without one stores it as absent.
 
 Samples are matched by file *stem*: ``vid12.mp4`` ↔ ``vid12.skeleton`` (or
 ``vid12.npy``) ↔ caption key ``vid12.mp4`` ↔ label line ``vid12.mp4 3`` ↔
@@ -48,6 +56,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from ..modalities import BUILTIN_MODALITIES, Modality, modality_class
 from . import store
 from .readers.annotations import (
     QAItem,
@@ -87,6 +96,8 @@ class IngestOptions:
     qa: Path | None = None
     segments: Path | None = None
     missing: list[Path] = field(default_factory=list)
+    #: added modality name -> folder of its files (``--modality NAME=DIR``)
+    modalities: dict[str, Path] = field(default_factory=dict)
     strict: bool = False
     frames: int = 16
     height: int = 32
@@ -115,11 +126,12 @@ class Report:
         return dict(Counter(f"{s['kind']}: {s['category']}" for s in self.skips))
 
 
-def _files(folder: Path | None, extensions: tuple[str, ...], what: str, report: Report) -> dict[str, Path]:
+def _files(folder: Path | None, extensions: tuple[str, ...], what: str, report: Report,
+           flag: str = "") -> dict[str, Path]:
     if folder is None:
         return {}
     if not folder.is_dir():
-        raise FileNotFoundError(f"--{what}: {folder} is not a directory")
+        raise FileNotFoundError(f"{flag or '--' + what}: {folder} is not a directory")
     found: dict[str, Path] = {}
     for p in sorted(folder.rglob("*")):
         if p.suffix.lower() not in extensions or not p.is_file():
@@ -150,9 +162,10 @@ def ingest(opts: IngestOptions, progress: bool = True) -> dict[str, Any]:
     if not videos:
         raise FileNotFoundError(f"--videos: no video files ({', '.join(VIDEO_EXTENSIONS)}) under {opts.videos}")
     skeletons = _files(opts.skeletons, SKELETON_EXTENSIONS, "skeletons", report)
+    added = _added_modalities(opts, manifest, report)
     ann = _annotations(opts, report, videos)
     missing = set().union(*(read_missing_list(p) for p in opts.missing)) if opts.missing else set()
-    _unmatched(report, videos, skeletons, ann)
+    _unmatched(report, videos, {"skeleton": skeletons, **{m.name: files for m, files in added}}, ann)
 
     action_id = store.extend_vocab(manifest["vocab"]["actions"], ann.names + ann.segment_labels())
     qa_items = [q for items in ann.qa.values() for q in items]
@@ -162,7 +175,7 @@ def ingest(opts: IngestOptions, progress: bool = True) -> dict[str, Any]:
     store.extend_vocab(manifest["vocab"]["question_types"], [q.qtype for q in qa_items])
     rows = []
     for stem, path in tqdm(sorted(videos.items()), desc=f"ingest {opts.split}", disable=not progress):
-        row = _sample(stem, path, opts, report, skeletons, missing)
+        row = _sample(stem, path, opts, report, skeletons, missing, added)
         if row is None:
             continue
         row["captions"] = ann.captions.get(stem, [])
@@ -180,7 +193,7 @@ def ingest(opts: IngestOptions, progress: bool = True) -> dict[str, Any]:
     if not rows:
         raise IngestError(f"{opts.videos}: no sample could be read; see the reasons above "
                           f"({report.summary()})")
-    shards = store.write_split(rows, opts.out, opts.split)
+    shards = store.write_split(rows, opts.out, opts.split, extra=store.extra_modalities(manifest))
     store.add_split(manifest, opts.split, shards, len(rows), frames=opts.frames, labelled=True,
                     has_segments=ann.segments is not None, source=str(opts.videos))
     _ensure_tokenizer(opts, manifest, rows)
@@ -199,6 +212,33 @@ def _open_manifest(opts: IngestOptions) -> dict[str, Any]:
             raise ValueError(f"--{key} {shapes[key]} differs from {opts.out}/manifest.json shapes.{key} "
                              f"{manifest['shapes'][key]}: a dataset has one frame size and joint count")
     return manifest
+
+
+def _added_modalities(opts: IngestOptions, manifest: dict[str, Any],
+                      report: Report) -> list[tuple[Modality, dict[str, Path]]]:
+    """Each ``--modality NAME=DIR``: the registered modality (default settings: ``read_file`` stores whole
+    files; shapes are the training config's business) and its files by stem; the manifest learns the name."""
+    extra = store.extra_modalities(manifest)
+    for name in opts.modalities:
+        if name in BUILTIN_MODALITIES:
+            raise ValueError(f"--modality {name}: built in; its files come with --videos / --skeletons / --captions")
+        if name not in extra and manifest["splits"]:
+            raise ValueError(f"--modality {name}: {opts.out} has splits {sorted(manifest['splits'])} stored without "
+                             f"it; a dataset's added modalities are fixed by its first split")
+    found = []
+    for name, folder in opts.modalities.items():
+        cls = modality_class(name)
+        if not cls.file_suffixes:
+            raise ValueError(f"--modality {name}: {cls.__name__}.file_suffixes is empty (no file it can read)")
+        files = _files(folder, cls.file_suffixes, name, report, flag=f"--modality {name}")
+        if not files:
+            raise FileNotFoundError(f"--modality {name}: no {', '.join(cls.file_suffixes)} files under {folder}")
+        found.append((cls(cls.config_class()), files))
+    store.schema([*extra, *(n for n in opts.modalities if n not in extra)])  # refuses a name that clashes
+    manifest["modalities"] += [n for n in opts.modalities if n not in manifest["modalities"]]
+    for name in extra:
+        manifest["storage"].setdefault(name, f"bytes of {modality_class(name).__name__}.read_file")
+    return found
 
 
 @dataclass
@@ -267,22 +307,23 @@ def _segments(opts: IngestOptions, report: Report, videos: dict[str, Path], name
     return found
 
 
-def _unmatched(report: Report, videos: dict, skeletons: dict, ann: Annotations) -> None:
+def _unmatched(report: Report, videos: dict, by_stem: dict[str, dict], ann: Annotations) -> None:
+    """Count every item whose stem has no video; ``by_stem``: skeleton and added-modality files by stem."""
     stems = set(videos) | {s[:-4] for s in videos if s.endswith("_rgb")}
     segments = ann.segments.segments if ann.segments else {}
-    for kind, keys in (("skeleton", skeletons), ("caption", ann.captions), ("label", ann.labels), ("qa", ann.qa),
+    for kind, keys in (*by_stem.items(), ("caption", ann.captions), ("label", ann.labels), ("qa", ann.qa),
                        ("segment", segments)):
         lost = sorted(set(keys) - stems)
         for stem in lost:
             count = len(keys[stem]) if kind in ("qa", "segment") else 1
             item = keys[stem][0].where if kind == "segment" else stem  # names the segments' file too
             report.skip(kind, item, f"no video with stem {stem!r} ({count} item(s))", "unmatched id (no video)")
-    report.notes["videos_without_skeleton"] = sorted(s for s in videos if skeletons
-                                                      and _match_stem(s, skeletons) is None)
+    for kind, files in by_stem.items():  # kept without that modality: listed, never silent
+        report.notes[f"videos_without_{kind}"] = sorted(s for s in videos if files and _match_stem(s, files) is None)
 
 
 def _sample(stem: str, path: Path, opts: IngestOptions, report: Report, skeletons: dict[str, Path],
-            missing: set[str]) -> dict[str, Any] | None:
+            missing: set[str], added: list[tuple[Modality, dict[str, Path]]]) -> dict[str, Any] | None:
     # attributes stay a dict until the row is complete (segments add to them); written as JSON
     row: dict[str, Any] = {"id": stem, "attributes": {"video": str(path)}}
     try:
@@ -301,10 +342,30 @@ def _sample(stem: str, path: Path, opts: IngestOptions, report: Report, skeleton
             row.update(skeleton=seq.tobytes(), skeleton_bodies=info["bodies"])
         except ReadError as err:
             report.skip("skeleton", str(skeletons[key]), str(err), _category(err.reason))
-    if "video" not in row and "skeleton" not in row:
-        report.skip("sample", stem, "neither video nor skeleton could be read", "no readable modality")
+    for modality, files in added:
+        _read_added(row, stem, modality, files, report)
+    if not any(name in row for name in ("video", "skeleton", *(m.name for m, _ in added))):
+        report.skip("sample", stem, "no modality could be read (video, skeleton"
+                    f"{''.join(', ' + m.name for m, _ in added)})", "no readable modality")
         return None
     return row
+
+
+def _read_added(row: dict[str, Any], stem: str, modality: Modality, files: dict[str, Path], report: Report) -> None:
+    key = _match_stem(stem, files)
+    if key is None:
+        return
+    try:
+        stored = modality.read_file(files[key])
+    except (ValueError, OSError) as err:
+        report.skip(modality.name, str(files[key]), str(err), _category(str(err)))
+        return
+    if not isinstance(stored, bytes) or not stored:
+        report.skip(modality.name, str(files[key]), f"{type(modality).__name__}.read_file returned "
+                    f"{type(stored).__name__} of length {len(stored) if stored is not None else 0}, not bytes",
+                    "read_file returned no bytes")
+        return
+    row[modality.name] = stored
 
 
 def _place_segments(row: dict[str, Any], found: SegmentFile, report: Report, action_id: dict[str, int]) -> None:
@@ -393,7 +454,8 @@ def print_summary(report: dict[str, Any], out: Path) -> None:
             print(f"  note: {len(report[key])} {what}")
     if report.get("segments_split"):
         print(f"  note: {report['segments_split']}")
-    if report.get("videos_without_skeleton"):
-        print(f"  note: {len(report['videos_without_skeleton'])} video(s) have no skeleton file "
-              f"(kept without the skeleton modality)")
+    for key in sorted(k for k in report if k.startswith("videos_without_") and k != "videos_without_segments"):
+        if report[key]:
+            kind = key[len("videos_without_"):]
+            print(f"  note: {len(report[key])} video(s) have no {kind} file (kept without the {kind} modality)")
     print(f"details: {out / REPORT}")

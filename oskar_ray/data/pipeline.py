@@ -38,15 +38,17 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from ..modalities import adopt_modalities, carried_modalities
 from . import store
-from .preprocess import READ_COLUMNS, DatasetMeta, batch_rng, nest_present, preprocess_batch
+from .preprocess import DatasetMeta, batch_rng, nest_present, preprocess_batch
 
 #: rows per map_batches call; independent of the training batch size (re-batched downstream)
 MAP_BATCH_SIZE = 64
 
 
 def _ray_preprocess(batch: dict[str, np.ndarray], cfg, meta: DatasetMeta, train: bool, seed: int,
-                    with_masks: bool) -> dict[str, np.ndarray]:
+                    with_masks: bool, modalities: dict) -> dict[str, np.ndarray]:
+    adopt_modalities(modalities)  # an added modality registered in the driver only
     rng = batch_rng(batch["id"], seed)
     return preprocess_batch(batch, cfg, meta, train=train, rng=rng, with_masks=with_masks)
 
@@ -71,10 +73,11 @@ def build_dataset(cfg, split: str, *, root: str | Path | None = None, train: boo
     # shard order shuffled as the files are listed, not with randomize_block_order: that is an
     # all-to-all barrier that reads the whole split before the first row is preprocessed
     shuffle = ray.data.FileShuffleConfig(seed=seed) if train else None
-    ds = ray.data.read_parquet(store.split_paths(root, split), columns=READ_COLUMNS, shuffle=shuffle)
+    ds = ray.data.read_parquet(store.split_paths(root, split), columns=meta.read_columns, shuffle=shuffle)
     return ds.map_batches(
         _ray_preprocess, batch_format="numpy", batch_size=MAP_BATCH_SIZE, num_cpus=cfg.data.cpus_per_task,
-        fn_kwargs={"cfg": cfg, "meta": meta, "train": train, "seed": seed, "with_masks": with_masks},
+        fn_kwargs={"cfg": cfg, "meta": meta, "train": train, "seed": seed, "with_masks": with_masks,
+                   "modalities": carried_modalities(cfg.enabled_modalities)},
         concurrency=concurrency,
     )
 
@@ -106,7 +109,7 @@ def iterate_local(dataset_dir: str | Path, split: str, cfg, batch_size: int, see
         order = np.random.default_rng([seed, epoch]).permutation(len(paths)) if train else range(len(paths))
         pending: dict[str, list] = {}
         for k in order:
-            table = pq.read_table(paths[k], columns=READ_COLUMNS)
+            table = pq.read_table(paths[k], columns=meta.read_columns)
             keep = selected_positions(rows, offsets[k], len(table))
             table = table.take(keep) if keep is not None else table
             idx = np.random.default_rng([seed, epoch, int(k)]).permutation(len(table)) if train else None

@@ -16,7 +16,9 @@ batch. Steps, per batch of stored rows:
    question tokenized to ``modalities.text.max_len``;
 5. labels (labelled splits only): ``action``, ``answer``, ``question_type``,
    ``segment`` (first segment, untrimmed splits);
-6. token-budget masks ``input_index`` / ``target_index`` drawn CPU-side with
+6. an added modality (oskar_ray/modalities/base.py): its stored bytes through its
+   ``decode`` (and ``augment`` when training), zeros where absent;
+7. token-budget masks ``input_index`` / ``target_index`` drawn CPU-side with
    ``oskar_ray.model.budget.TokenBudgetSampler`` (when importable).
 
 Output columns are flat (``present_video`` …) because Ray Data batches are
@@ -32,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from ..modalities import BUILTIN_MODALITIES, modality_class
 from . import store
 from .readers.common import uniform_indices
 from .tokenizer import check_tokenizer, load_tokenizer
@@ -54,6 +57,8 @@ class DatasetMeta:
     labelled: bool
     has_segments: bool
     question_types: list[str] = field(default_factory=list)
+    #: the dataset's added modalities (stored in their own columns; manifest ``modalities``)
+    extra_modalities: list[str] = field(default_factory=list)
     video_mean: tuple[float, ...] = (0.5, 0.5, 0.5)
     video_std: tuple[float, ...] = (0.25, 0.25, 0.25)
 
@@ -67,8 +72,19 @@ class DatasetMeta:
             joints=shapes["joints"], tokenizer=store.tokenizer_file(root, manifest),
             labelled=bool(info.get("labelled", True)), has_segments=bool(info.get("has_segments", False)),
             question_types=list(manifest["vocab"].get("question_types", [])),
+            extra_modalities=store.extra_modalities(manifest),
             video_mean=tuple(stats.get("mean", (0.5,) * 3)), video_std=tuple(stats.get("std", (0.25,) * 3)),
         )
+
+
+    @property
+    def read_columns(self) -> list[str]:
+        """The stored columns preprocessing reads: the built-ins' and each added modality's."""
+        return read_columns(self.extra_modalities)
+
+
+def read_columns(extra: list[str] = ()) -> list[str]:
+    return [*READ_COLUMNS, *(c for name in extra for c in (name, f"present_{name}"))]
 
 
 def batch_rng(ids: Any, seed: int, epoch: int = 0) -> np.random.Generator:
@@ -92,6 +108,8 @@ def preprocess_batch(rows: Any, cfg, meta: DatasetMeta, *, train: bool, rng: np.
     if "text" in enabled:
         captions = [_pick(c, train, rng) for c in rows["captions"]]
         out["text_ids"], out["text_mask"] = _tokenize(captions, cfg, meta)
+    for name in (n for n in enabled if n not in BUILTIN_MODALITIES):
+        out.update(_added(name, rows, cfg, meta, augment, rng))
     for name in enabled:
         out[f"present_{name}"] = np.asarray(rows[f"present_{name}"], dtype=bool).reshape(size)
     if "text" in enabled:
@@ -99,8 +117,27 @@ def preprocess_batch(rows: Any, cfg, meta: DatasetMeta, *, train: bool, rng: np.
     if meta.labelled:
         out.update(_labels(rows, cfg, meta, train, rng))
     if with_masks:
+        # a row carrying none of the enabled modalities has no token to mask or predict: not trained on
+        # (counted up front per run: rows_without_modalities, tag data.rows_without_modalities)
+        carries = np.logical_or.reduce([out[f"present_{name}"] for name in enabled])
+        if not carries.all():
+            out = {key: value[carries] for key, value in out.items()}
         out.update(draw_masks(out, cfg, rng))
     return out
+
+
+def rows_without_modalities(root: str | Path, split: str, modalities: list[str]) -> tuple[int, int]:
+    """(rows of ``split`` that carry none of ``modalities``, all rows): the rows training skips."""
+    import pyarrow.parquet as pq
+
+    manifest = store.load_manifest(root)
+    columns = [f"present_{name}" for name in modalities]
+    missing = total = 0
+    for path in store.split_paths(root, split, manifest):
+        table = pq.read_table(path, columns=columns).to_pydict()
+        carries = np.logical_or.reduce([np.asarray(table[c], bool) for c in columns])
+        missing, total = missing + int((~carries).sum()), total + len(carries)
+    return missing, total
 
 
 def _columns(rows: Any) -> dict[str, Any]:
@@ -163,6 +200,32 @@ def _skeletons(rows: dict, cfg, meta: DatasetMeta, augment: bool, rng: np.random
             seq = _jitter_skeleton(seq, rng)
         out[i] = seq
     return out
+
+
+def _added(name: str, rows: dict, cfg, meta: DatasetMeta, augment: bool,
+           rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """An added modality's column through its ``decode`` / ``augment``: stacked batch arrays."""
+    if name not in meta.extra_modalities:
+        raise ValueError(f"modalities.{name} is enabled but {meta.root}/manifest.json stores no such modality "
+                         f"(added: {meta.extra_modalities}); ingest it with --modality {name}=DIR")
+    modality = modality_class(name)(cfg.modalities[name])
+    empty = modality.empty()
+    samples = []
+    for row_id, raw in zip(rows["id"], rows[name], strict=True):
+        if raw is None or len(raw) == 0:
+            samples.append(empty)
+            continue
+        where = f"{meta.root} split {meta.split} row {row_id}: column {name!r}"
+        try:
+            arrays = modality.decode(bytes(raw))
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+        for key, want in empty.items():
+            if np.shape(arrays.get(key)) != want.shape:
+                raise ValueError(f"{where}: {type(modality).__name__}.decode gave {key!r} of shape "
+                                 f"{np.shape(arrays.get(key))}, expected {want.shape} (from its config)")
+        samples.append(modality.augment(arrays, rng) if augment else arrays)
+    return {key: np.stack([np.asarray(s[key], dtype=empty[key].dtype) for s in samples]) for key in empty}
 
 
 def _jitter_skeleton(seq: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -10,7 +10,10 @@ Layout::
 One row per clip (see :data:`SCHEMA`). Video is stored *decoded and resized*,
 as raw uint8 ``(T, H, W, 3)`` bytes, skeletons as raw float32 ``(T, J, 3)``
 bytes; a modality absent from a row is an empty byte string and
-``present_<modality>`` is false. Why raw frames rather than re-encoded video:
+``present_<modality>`` is false. An added modality (``ingest --modality
+NAME=DIR``, oskar_ray/modalities/base.py) gets a binary ``NAME`` column with the
+bytes its ``read_file`` returned and a ``present_NAME`` flag (:func:`schema`); the
+manifest's ``modalities`` lists it. Why raw frames rather than re-encoded video:
 at 16×32×32 a clip is 48 KiB raw and decoding is a ``np.frombuffer`` (~µs),
 while re-encoding to H.264/MPEG-4 saves disk but costs a PyAV container open
 and decode per clip (~ms) in the data path; ``experiments/bench_data.py
@@ -64,6 +67,25 @@ SCHEMA = pa.schema([
     ("attributes", pa.string()),
 ])
 
+BUILTIN_MODALITIES = ("video", "skeleton", "text")
+
+
+def schema(extra: tuple[str, ...] | list[str] = ()) -> pa.Schema:
+    """The row schema of a dataset whose added modalities are ``extra`` (manifest ``modalities`` beyond the
+    built-ins)."""
+    out = SCHEMA
+    for name in extra:
+        if name in SCHEMA.names or f"present_{name}" in SCHEMA.names:
+            raise ValueError(f"modality {name!r}: its column would clash with the stored column {name!r}")
+        out = out.append(pa.field(name, pa.binary())).append(pa.field(f"present_{name}", pa.bool_()))
+    return out
+
+
+def extra_modalities(manifest: dict[str, Any]) -> list[str]:
+    """The dataset's added modalities (stored in their own columns), in the order of its manifest."""
+    return [m for m in manifest.get("modalities", []) if m not in BUILTIN_MODALITIES]
+
+
 _DEFAULTS: dict[str, Any] = {
     "video": b"", "skeleton": b"", "skeleton_bodies": 0, "captions": [], "questions": [], "answers": [],
     "answer_ids": [], "question_types": [], "choices": [], "action": -1, "action_name": "",
@@ -71,32 +93,35 @@ _DEFAULTS: dict[str, Any] = {
 }
 
 
-def complete_row(row: dict[str, Any]) -> dict[str, Any]:
+def complete_row(row: dict[str, Any], extra: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
     """Fill defaults and presence flags; raise on unknown keys (a typo would otherwise vanish)."""
-    unknown = set(row) - set(SCHEMA.names)
+    unknown = set(row) - set(schema(extra).names)
     if unknown:
         raise ValueError(f"row {row.get('id')!r}: unknown column(s) {sorted(unknown)}")
-    full = {**_DEFAULTS, **row}
+    full = {**_DEFAULTS, **{name: b"" for name in extra}, **row}
+    for name in extra:
+        full.setdefault(f"present_{name}", len(full[name]) > 0)
     full.setdefault("present_video", len(full["video"]) > 0)
     full.setdefault("present_skeleton", len(full["skeleton"]) > 0)
     full.setdefault("present_text", any(c.strip() for c in full["captions"]))
     return full
 
 
-def write_shard(rows: list[dict[str, Any]], path: Path) -> Path:
+def write_shard(rows: list[dict[str, Any]], path: Path, extra: tuple[str, ...] | list[str] = ()) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pylist([complete_row(r) for r in rows], schema=SCHEMA)
+    table = pa.Table.from_pylist([complete_row(r, extra) for r in rows], schema=schema(extra))
     # zstd: skeleton/text compress well; raw frames with texture noise barely do, but it is cheap
     pq.write_table(table, path, compression="zstd", row_group_size=128)
     return path
 
 
-def write_split(rows: list[dict[str, Any]], root: Path, split: str, start_shard: int = 0) -> list[str]:
+def write_split(rows: list[dict[str, Any]], root: Path, split: str, start_shard: int = 0,
+                extra: tuple[str, ...] | list[str] = ()) -> list[str]:
     """Write rows as ``ROWS_PER_SHARD``-row shards; returns paths relative to ``root``."""
     names = []
     for i in range(0, len(rows), ROWS_PER_SHARD):
         rel = f"{split}/part-{start_shard + i // ROWS_PER_SHARD:05d}.parquet"
-        write_shard(rows[i:i + ROWS_PER_SHARD], root / rel)
+        write_shard(rows[i:i + ROWS_PER_SHARD], root / rel, extra)
         names.append(rel)
     return names
 
@@ -105,7 +130,7 @@ def new_manifest(shapes: dict[str, int], source: str) -> dict[str, Any]:
     return {
         "schema_version": SCHEMA_VERSION,
         "source": source,
-        "modalities": ["video", "skeleton", "text"],
+        "modalities": list(BUILTIN_MODALITIES),
         "shapes": shapes,
         "splits": {},
         "vocab": {"actions": [], "answers": [], "question_types": []},

@@ -35,7 +35,7 @@ import torch
 from .. import storage
 from ..config import OskarConfig, load_config
 from ..metric_names import EVAL_TASKS
-from ..probes.views import ACTION_VIEWS
+from ..probes.views import ACTION_VIEWS, action_views
 from .action import run_action
 from .artifacts import log_eval, write_artifacts
 from .context import EvalContext, TaskResult, text_trained
@@ -57,12 +57,12 @@ TASKS: dict[str, Callable[[EvalContext], TaskResult]] = {
 }
 #: the feature views each task reads: the cache extracts just the union for the tasks asked (one pass per split)
 TASK_VIEWS: dict[str, Callable[[OskarConfig], list[str]]] = {
-    "action": lambda cfg: list(ACTION_VIEWS.values()),
+    "action": lambda cfg: list(action_views(cfg.enabled_modalities).values()),
     "lowshot": lambda cfg: [ACTION_VIEWS["video"], ACTION_VIEWS["skeleton"]],
     "localization": lambda cfg: list(LOC_VIEWS.values()),
     "retrieval": lambda cfg: [RETRIEVAL_VIDEO, RETRIEVAL_TEXT, ZERO_SHOT_VIDEO],
     "vqa": lambda cfg: [QUESTION_VIEW, *(v for name in cfg.eval.vqa_views for v in CLIP_VIEWS[name])],
-    "health": lambda cfg: [*ACTION_VIEWS.values(), RETRIEVAL_TEXT],
+    "health": lambda cfg: [*action_views(cfg.enabled_modalities).values(), RETRIEVAL_TEXT],
     "robustness": lambda cfg: [view for n in (3, 2) for mods in combinations(ROBUST, n)
                                for view in robustness_settings(mods).values()],
 }

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from ..data import store
 from ..data.pipeline import selected_positions, shard_offsets
-from ..data.preprocess import READ_COLUMNS, DatasetMeta, nest_present, preprocess_batch
+from ..data.preprocess import DatasetMeta, nest_present, preprocess_batch, read_columns
 from ..data.splits import SplitPlan, SplitSource
 from ..model.oskar import pool_by_modality
 from ..probes.views import parse_view, view_available
@@ -61,10 +61,12 @@ def read_rows(dataset_dir: str | Path, split: str | SplitSource,
     """Rows of a split as dicts, shard by shard, in stored order; ``split``: a stored split's name, or a
     :class:`SplitSource` (a stored split, maybe only some rows: ``EvalContext.cache.plan.source(name)``)."""
     source = split if isinstance(split, SplitSource) else SplitSource(split, None, "")
-    paths = store.split_paths(dataset_dir, source.stored)
+    manifest = store.load_manifest(dataset_dir)
+    paths = store.split_paths(dataset_dir, source.stored, manifest)
+    columns = columns or read_columns(store.extra_modalities(manifest))
     offsets = shard_offsets(paths) if source.rows is not None else [0] * len(paths)
     for path, offset in zip(paths, offsets, strict=True):
-        table = pq.read_table(path, columns=columns or READ_COLUMNS)
+        table = pq.read_table(path, columns=columns)
         keep = selected_positions(source.rows, offset, len(table))
         yield from (table.take(keep) if keep is not None else table).to_pylist()
 
@@ -87,7 +89,7 @@ def iterate_batches(dataset_dir: str | Path, split: str | SplitSource, cfg, batc
 
 
 def _batch(rows: list[dict], cfg, meta: DatasetMeta) -> dict:
-    columns = {k: [r.get(k) for r in rows] for k in READ_COLUMNS}
+    columns = {k: [r.get(k) for r in rows] for k in meta.read_columns}
     flat = preprocess_batch(columns, cfg, meta, train=False, rng=np.random.default_rng(0), with_masks=False)
     return nest_present({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in flat.items()})
 

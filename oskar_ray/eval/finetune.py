@@ -67,7 +67,8 @@ def finetune(model, view: str, dataset_dir, cfg, *, train_split: str, test_split
     for batch in tqdm(batches, desc=f"fine-tune {view}", disable=not progress, leave=False):
         batch = to_device(batch, device)
         opt.zero_grad()
-        F.cross_entropy(net(batch), batch["action"]).backward()
+        # a clip without an action label (-1) teaches nothing; the frozen probes leave it out the same way
+        F.cross_entropy(net(batch), batch["action"], ignore_index=-1).backward()
         opt.step()
     net.eval()
     logits, labels = [], []
@@ -77,4 +78,5 @@ def finetune(model, view: str, dataset_dir, cfg, *, train_split: str, test_split
             logits.append(net(batch).cpu())
             labels.append(batch["action"].cpu())
     out, y = torch.cat(logits), torch.cat(labels)
+    out, y = out[y >= 0], y[y >= 0]
     return ProbeResult(topk_accuracy(out, y, 1), topk_accuracy(out, y, 5), out)

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.preprocess import READ_COLUMNS, DatasetMeta
+from ..data.preprocess import DatasetMeta
 from ..probes.heads import single_threaded
 from .context import EvalContext, TaskResult
 from .features import encode_view, iterate_batches, to_device
@@ -150,7 +150,7 @@ def sequence_features(ctx: EvalContext, view: str = "target:video"):
     meta = DatasetMeta.load(ctx.dataset, source.stored)
     clip_len = ctx.cfg.modalities["video"].frames
     expand = _windows(meta, clip_len, WINDOW_STRIDE)
-    columns = [*READ_COLUMNS, "segment_labels"]
+    columns = [*meta.read_columns, "segment_labels"]
     seqs: dict[str, dict] = defaultdict(lambda: {"feats": [], "times": []})
     ctx.model.eval()
     device = next(ctx.model.parameters()).device

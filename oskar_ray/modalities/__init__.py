@@ -7,9 +7,12 @@
 
 from . import skeleton, text, video  # noqa: F401  (registers the built-ins)
 from .base import (
+    BUILTIN_MODALITIES,
     Modality,
     ModalityConfig,
     ModalityTokenizer,
+    adopt_modalities,
+    carried_modalities,
     grouped_scores,
     modality_class,
     register_modality,
@@ -18,9 +21,12 @@ from .base import (
 )
 
 __all__ = [
+    "BUILTIN_MODALITIES",
     "Modality",
     "ModalityConfig",
     "ModalityTokenizer",
+    "adopt_modalities",
+    "carried_modalities",
     "grouped_scores",
     "modality_class",
     "register_modality",

@@ -8,9 +8,17 @@ A modality is one file that defines
   raw input to ``(B, N, D)`` tokens (position + modality embedding included);
 * a ``register_modality(...)`` call.
 
-Adding audio or depth is exactly that: one new file, imported once (see
-``oskar_ray/modalities/__init__.py`` for the built-ins, or register from your
-own code before loading a config).
+Adding audio, depth or an IMU is exactly that: one new file, imported once (see
+``oskar_ray/modalities/__init__.py`` for the built-ins; list your module under
+``plugins:`` in the config, or register from your own code before loading a
+config). For its data to be stored and streamed, a new modality also gives
+``file_suffixes`` + ``read_file`` (``oskar data ingest --modality NAME=DIR``
+stores each file's bytes in the dataset's ``NAME`` column) and ``decode`` (those
+bytes → its batch arrays, in Ray Data's preprocessing); the built-ins' richer
+data paths (frame sizes, tokenizer, annotations) live in ``oskar_ray/data``.
+A class registered in the driver reaches Ray's worker processes with the work
+sent there (:func:`carried_modalities`), by value when it has no importable
+module (a test, a notebook).
 
 Masking scores are numpy (they run in the data path, on CPU, per batch): a
 higher score means "masked earlier". Structure (tubes, blocks, segments, spans)
@@ -20,7 +28,9 @@ masked tokens is then exact per sample (``round(mask_ratio * available)``).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -28,6 +38,8 @@ import torch
 from torch import nn
 
 _REGISTRY: dict[str, type[Modality]] = {}
+#: the modalities with their own data paths in oskar_ray/data (store columns, readers, preprocessing)
+BUILTIN_MODALITIES = ("video", "skeleton", "text")
 
 
 @dataclass
@@ -86,6 +98,33 @@ class Modality:
     def example(self, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """A random batch of this modality's keys, with learnable structure."""
         raise NotImplementedError
+
+    # --- stored data (an added modality; the built-ins' data paths live in oskar_ray/data) ---------
+    #: file suffixes ``oskar data ingest --modality NAME=DIR`` reads (lower case, with the dot)
+    file_suffixes: ClassVar[tuple[str, ...]] = ()
+
+    def read_file(self, path: Path) -> bytes:
+        """One source file → the bytes stored in the dataset's ``<name>`` column (at ingest).
+
+        Raise ``ValueError`` saying what is wrong with the file: ingest counts it as a skip naming the file.
+        """
+        raise NotImplementedError(f"modality {self.name!r} defines no read_file: it cannot be ingested")
+
+    def decode(self, stored: bytes) -> dict[str, np.ndarray]:
+        """One row's stored bytes → its arrays (no batch axis), shaped by this config (in the data path).
+
+        Raise ``ValueError`` for bytes that cannot be this modality's (the error names the row)."""
+        raise NotImplementedError(f"modality {self.name!r} defines no decode: it cannot be streamed")
+
+    def augment(self, arrays: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Training-time augmentation of one decoded sample (``data.augment``); none by default."""
+        return arrays
+
+    def empty(self) -> dict[str, np.ndarray]:
+        """Zeros shaped like one decoded sample: what a row without this modality carries."""
+        example = self.example(1, torch.Generator().manual_seed(0))
+        return {key: np.zeros(value.shape[1:], np.float32 if value.is_floating_point() else np.int64)
+                for key, value in example.items()}
 
     def blank(self, batch: dict, absent: torch.Tensor) -> None:
         """Zero this modality's inputs for samples where it is absent (in place)."""
@@ -147,12 +186,26 @@ def modality_class(name: str) -> type[Modality]:
         return _REGISTRY[name]
     except KeyError:
         raise ValueError(
-            f"modalities.{name}: unknown modality (registered: {sorted(_REGISTRY)})"
+            f"modalities.{name}: unknown modality (registered: {sorted(_REGISTRY)}; a module listed under "
+            f"`plugins:` registers its own)"
         ) from None
 
 
 def registered_modalities() -> list[str]:
     return list(_REGISTRY)
+
+
+def carried_modalities(names: Iterable[str]) -> dict[str, type[Modality]]:
+    """The registered classes of the added (not built-in) modalities among ``names``: what work sent to
+    another process (a Ray Train worker, a Ray Data task) carries, so that process knows them too."""
+    return {name: _REGISTRY[name] for name in names if name not in BUILTIN_MODALITIES and name in _REGISTRY}
+
+
+def adopt_modalities(classes: dict[str, type[Modality]]) -> None:
+    """Register modality classes carried from another process (:func:`carried_modalities`)."""
+    for name, cls in classes.items():
+        if _REGISTRY.get(name) is not cls:
+            _REGISTRY[name] = cls
 
 
 # --- masking helpers shared by modalities ---------------------------------

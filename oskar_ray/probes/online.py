@@ -34,7 +34,7 @@ import torch
 from ..data.splits import SplitPlan, SplitSource, stored_labels
 from ..metric_names import PROBE_PREFIX
 from .heads import knn_scores, topk_accuracy
-from .views import ACTION_VIEWS, parse_view
+from .views import action_views, parse_view
 
 
 def loo_knn_top1(features: torch.Tensor, labels: torch.Tensor, k: int, n_classes: int) -> float:
@@ -46,6 +46,7 @@ def loo_knn_top1(features: torch.Tensor, labels: torch.Tensor, k: int, n_classes
 class OnlineProbe:
     def __init__(self, batches: list[dict], labels: torch.Tensor, k: int, views: list[str]):
         self.batches, self.labels, self.k, self.views = batches, labels, k, views
+        self.view_of = action_views(views)  # an added modality's view is named after it
         self.n_classes = int(labels.max()) + 1
 
     @classmethod
@@ -78,7 +79,7 @@ class OnlineProbe:
         model.eval()
         out = {}
         for view in self.views:
-            encoder, names = parse_view(ACTION_VIEWS[view])
+            encoder, names = parse_view(self.view_of[view])
             if not all(n in model.modalities for n in names):
                 continue
             feats = torch.cat([model.encode(b, names, encoder=encoder).float().cpu() for b in self.batches])

@@ -8,10 +8,20 @@ pseudo-modality ``question`` (video QA) feeds question tokens through the text t
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from ..metric_names import ACTION_VIEW_NAMES
+from ..modalities import BUILTIN_MODALITIES
 
 #: the action views: target encoders (unimodal) and the fusion encoder over video + skeleton
 ACTION_VIEWS = dict(zip(ACTION_VIEW_NAMES, ("target:video", "target:skeleton", "fusion:video+skeleton"), strict=True))
+
+
+def action_views(modalities: Iterable[str]) -> dict[str, str]:
+    """:data:`ACTION_VIEWS` plus the target encoder of each added modality among ``modalities`` (an
+    ``imu`` modality is read as view ``imu`` = ``target:imu``: its metrics are ``eval/action/imu/...``)."""
+    added = {name: f"target:{name}" for name in modalities if name not in (*BUILTIN_MODALITIES, *ACTION_VIEWS)}
+    return {**ACTION_VIEWS, **added}
 
 
 def parse_view(view: str) -> tuple[str, list[str]]:

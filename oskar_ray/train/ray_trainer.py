@@ -31,8 +31,10 @@ from pathlib import Path
 
 from .. import relay, storage
 from ..config import OskarConfig, config_yaml, save_config
+from ..data.preprocess import rows_without_modalities
 from ..data.resolve import resolve_data
 from ..data.store import split_info
+from ..modalities import carried_modalities
 from ..ray_runtime import init_ray
 from ..tracking import client_for, end_run, log_loss_curve, set_tags, start_run, tracking_uri
 from .checkpoint import WEIGHTS, latest_checkpoint, read_state
@@ -78,6 +80,7 @@ def pretrain(cfg: OskarConfig, *, resume: str | None = None, fail_at_step: int |
         from .resume import describe
 
         set_tags(client, run_id, {"resume.changes": describe(resume_changes)[:5000]})
+    _note_rows_without_modalities(cfg, client, run_id)
     try:
         result = build_trainer(cfg, name, run_id, resume, fail_at_step, callbacks).fit()
     except BaseException as err:
@@ -96,6 +99,16 @@ def pretrain(cfg: OskarConfig, *, resume: str | None = None, fail_at_step: int |
         end_run(client, run_id)
     return PretrainResult(run_id, checkpoint, dict(result.metrics or {}),
                           storage.join(storage.resolve(cfg.train.output_dir), name))
+
+
+def _note_rows_without_modalities(cfg: OskarConfig, client, run_id: str) -> None:
+    """Rows that carry none of the enabled modalities are not trained on: counted, tagged, printed."""
+    skipped, total = rows_without_modalities(cfg.data.path, cfg.data.train_split, cfg.enabled_modalities)
+    if skipped:
+        note = (f"{skipped} of {total} rows of split {cfg.data.train_split!r} carry none of the enabled "
+                f"modalities {cfg.enabled_modalities}: not trained on")
+        print(f"note: {note}", flush=True)
+        set_tags(client, run_id, {"data.rows_without_modalities": note})
 
 
 def _run_id(cfg: OskarConfig, resume: str | None, name: str) -> str:
@@ -138,7 +151,9 @@ def build_trainer(cfg: OskarConfig, name: str, run_id: str, resume: str | None =
     start_step = _start_step(run_dir, resume)
     loop_config = {"cfg": cfg.to_dict(), "run_id": run_id, "tracking_uri": tracking_uri(cfg),
                    "resume": storage.resolve(resume) if resume else None, "fail_at_step": fail_at_step,
-                   "fail_marker": storage.join(run_dir, ".injected_failure"), "stream_start_step": start_step}
+                   "fail_marker": storage.join(run_dir, ".injected_failure"), "stream_start_step": start_step,
+                   # an added modality registered in this process only (a test, a notebook) travels with the loop
+                   "modalities": carried_modalities(cfg.modalities)}
     storage.makedirs(run_dir)
     storage.write_text(storage.join(run_dir, "config.yaml"), config_yaml(cfg))
     if start_step:

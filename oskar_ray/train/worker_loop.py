@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 
 from ..config import OskarConfig, config_from_dict
+from ..modalities import adopt_modalities
 from ..model import Oskar, move_batch
 from ..probes.health import health_metrics
 from ..probes.online import OnlineProbe, held_out_source
@@ -119,6 +120,7 @@ class _Throughput:
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     quiet_train_worker_logs()
+    adopt_modalities(config.get("modalities", {}))
     cfg = config_from_dict(config["cfg"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
