@@ -4,6 +4,7 @@ Runbook::
 
     python experiments/bench_data.py                       # synthesises a temporary SynthAction set
     python experiments/bench_data.py --data data/synth --steps 60 --batch-size 32
+    python experiments/bench_data.py --dataset-size [--data-cpus 0.5]   # = experiments/bench_dataset_size.py
 
 Prints, measured side by side in one run:
 
@@ -16,6 +17,10 @@ Prints, measured side by side in one run:
    step is a forward + backward + AdamW step of ``oskar_ray.model.Oskar(cfg)``
    when it is importable, else a comparable torch workload (the output says which).
 Goal from issue 3: data wait <= 5 % of step time on this machine for the tiny config.
+
+``--dataset-size`` instead runs ``experiments/bench_dataset_size.py`` (its options follow): steady-state
+samples/s through Ray Train on a small dataset (many epochs) vs the built-in one, side by side, and the data
+path's CPU share on each (issue 27's goal: small / built-in >= 0.9).
 """
 
 from __future__ import annotations
@@ -38,6 +43,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:
+    if "--dataset-size" in sys.argv[1:]:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from bench_dataset_size import main as dataset_size
+
+        dataset_size([a for a in sys.argv[1:] if a != "--dataset-size"])
+        return 0
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, help="dataset directory (default: synthesise a temporary one)")
     parser.add_argument("--samples", type=int, default=3000, help="clips to synthesise when --data is absent")

@@ -228,17 +228,24 @@ DATA_TASKS = 2
 
 
 def limit_data_cpus(cpus: float) -> None:
-    """Cap this process's Ray Data execution at ``cpus`` logical CPUs (public ``DataContext`` resource limits).
+    """Cap this process's Ray Data execution at ``cpus`` logical CPUs, 0 = uncapped (public ``DataContext``
+    resource limits); ``pretrain`` applies ``data.max_cpus`` with it before building its datasets.
 
-    Sweep trials use it (``tune/trial.py``): left alone, every concurrent trial's pipeline fills all free
-    logical CPUs with fractional tasks, dozens of worker processes whose start-up costs the training; two
-    tasks keep a tiny trial fed. A plain pretraining is left uncapped: on a small dataset its stream finishes
-    early and the trainer then has the cores (``experiments/bench_dataset_size.py``: capped, the 300-clip run
-    fell from 99 to 39 samples/s)."""
-    from ray.data import DataContext
+    Sweep trials cap by default (``tune/trial.py``): left alone, every concurrent trial's pipeline fills all
+    free logical CPUs with fractional tasks, dozens of worker processes whose start-up costs the training; two
+    tasks keep a tiny trial fed. A plain pretraining is uncapped by default: on a small dataset its stream
+    finishes early and the trainer then has the cores (``experiments/bench_dataset_size.py``: capped, the
+    300-clip run fell from 99 to 39 samples/s). A cap above the cluster's CPUs is refused with the numbers."""
+    import ray
+    from ray.data import DataContext, ExecutionResources
 
+    have = ray.cluster_resources().get("CPU", 0.0) if ray.is_initialized() else 0.0
+    if cpus and have and cpus > have:
+        raise ValueError(f"data.max_cpus={cpus} exceeds the {have:g} logical CPUs of this Ray cluster")
     options = DataContext.get_current().execution_options
-    options.resource_limits = options.resource_limits.copy(cpu=cpus)
+    old = options.resource_limits  # for_limits: an unspecified field is unlimited (copy() cannot lift a cap)
+    options.resource_limits = ExecutionResources.for_limits(
+        cpu=cpus or None, gpu=old.gpu, object_store_memory=old.object_store_memory, memory=old.memory)
 
 
 def cpus_still_held(wait_s: float = 10.0) -> float:

@@ -101,6 +101,10 @@ class DataConfig:
     shuffle_buffer: int = 256
     #: CPUs per Ray Data preprocessing task (fractions fit 2-core laptops)
     cpus_per_task: float = 0.25
+    #: Ray Data's CPU budget for a run's preprocessing, in logical CPUs (0: uncapped, Ray decides; a sweep
+    #: trial left at 0 takes 2 tasks' worth). A small dataset streams fastest uncapped: its whole stream is
+    #: done early and the trainer then has the cores (docs/results.md, "dataset size")
+    max_cpus: float = 0.0
     prefetch_batches: int = 2
     #: size of the built-in benchmark synthesised when ``path`` is empty (labelled splits: shares of it)
     synth_samples: int = 2000

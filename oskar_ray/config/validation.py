@@ -24,6 +24,9 @@ def validate(cfg: OskarConfig) -> None:
         if value not in allowed:
             raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
     _positive(cfg, "data.cpus_per_task", "data.shuffle_buffer", "data.prefetch_batches", "data.synth_samples")
+    if cfg.data.max_cpus < 0 or 0 < cfg.data.max_cpus < cfg.data.cpus_per_task:
+        raise ValueError(f"data.max_cpus must be 0 (uncapped) or at least data.cpus_per_task "
+                         f"({cfg.data.cpus_per_task}: one preprocessing task), got {cfg.data.max_cpus}")
     if cfg.data.synth_pretrain_samples < 0:
         raise ValueError(f"data.synth_pretrain_samples must be >= 0 (0 = half of data.synth_samples), "
                          f"got {cfg.data.synth_pretrain_samples}")

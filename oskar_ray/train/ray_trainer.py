@@ -35,7 +35,7 @@ from ..data.preprocess import rows_without_modalities
 from ..data.resolve import resolve_data
 from ..data.store import split_info
 from ..modalities import carried_modalities
-from ..ray_runtime import init_ray
+from ..ray_runtime import init_ray, limit_data_cpus
 from ..tracking import client_for, end_run, log_loss_curve, set_tags, start_run, tracking_uri
 from .checkpoint import WEIGHTS, latest_checkpoint, read_state
 
@@ -72,6 +72,7 @@ def pretrain(cfg: OskarConfig, *, resume: str | None = None, fail_at_step: int |
     """
     cfg = resolve_data(cfg)
     init_ray()
+    limit_data_cpus(cfg.data.max_cpus)  # before the datasets are built: they run under this process's context
     relay.start(tracking_uri(cfg), cfg.tracking.relay)
     name = run_name or cfg.tracking.run_name or time.strftime("pretrain-%Y%m%d-%H%M%S")
     run_id = run_id or _run_id(cfg, resume, name)

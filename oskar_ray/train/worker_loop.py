@@ -112,8 +112,9 @@ class _Throughput:
 
     def metrics(self) -> dict[str, float]:
         rate = self.steps * self.samples_per_step / max(self.total, 1e-9)
+        # trainer_cpu_s: this process's CPU seconds so far (all threads): beside the machine's, the data path's share
         out = {"samples_per_s": rate, "tokens_per_s": rate * self.tokens_per_sample,
-               "data_wait_fraction": self.data_wait / max(self.total, 1e-9)}
+               "data_wait_fraction": self.data_wait / max(self.total, 1e-9), "trainer_cpu_s": time.process_time()}
         self.steps, self.data_wait, self.total = 0, 0.0, 0.0
         return out
 

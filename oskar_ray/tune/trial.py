@@ -109,11 +109,13 @@ def train_and_evaluate(cfg, run_id: str, trial_id: str) -> dict[str, float]:
 
 
 def _limit_data_cpus(cfg) -> None:
-    """Cap this trial's Ray Data preprocessing at ``ray_runtime.DATA_TASKS`` tasks in flight (measured: no data
-    wait after the first batch, 2 trials on 2 busy cores; see ``ray_runtime.limit_data_cpus``)."""
-    from ..ray_runtime import DATA_TASKS, limit_data_cpus
+    """Unless ``data.max_cpus`` says otherwise, cap this trial's Ray Data preprocessing at
+    ``ray_runtime.DATA_TASKS`` tasks in flight (measured: no data wait after the first batch, 2 trials on 2 busy
+    cores; see ``ray_runtime.limit_data_cpus``); ``pretrain`` applies it."""
+    from ..ray_runtime import DATA_TASKS
 
-    limit_data_cpus(DATA_TASKS * cfg.data.cpus_per_task)
+    if not cfg.data.max_cpus:
+        cfg.data.max_cpus = DATA_TASKS * cfg.data.cpus_per_task
 
 
 def report_last_signal(client, run_id: str, signal: str) -> None:
