@@ -5,6 +5,7 @@ Runbook::
     python experiments/bench_data.py                       # synthesises a temporary SynthAction set
     python experiments/bench_data.py --data data/synth --steps 60 --batch-size 32
     python experiments/bench_data.py --dataset-size [--data-cpus 0.5]   # = experiments/bench_dataset_size.py
+    python experiments/bench_data.py --decode [--size 224]              # = experiments/bench_decode.py
 
 Prints, measured side by side in one run:
 
@@ -20,7 +21,8 @@ Goal from issue 3: data wait <= 5 % of step time on this machine for the tiny co
 
 ``--dataset-size`` instead runs ``experiments/bench_dataset_size.py`` (its options follow): steady-state
 samples/s through Ray Train on a small dataset (many epochs) vs the built-in one, side by side, and the data
-path's CPU share on each (issue 27's goal: small / built-in >= 0.9).
+path's CPU share on each (issue 27's goal: small / built-in >= 0.9). ``--decode`` runs
+``experiments/bench_decode.py``: frames/s of Ray Data decoding encoded videos vs a tight PyAV loop (goal >= 0.8).
 """
 
 from __future__ import annotations
@@ -43,12 +45,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:
-    if "--dataset-size" in sys.argv[1:]:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from bench_dataset_size import main as dataset_size
-
-        dataset_size([a for a in sys.argv[1:] if a != "--dataset-size"])
-        return 0
+    for flag, module in (("--dataset-size", "bench_dataset_size"), ("--decode", "bench_decode")):
+        if flag in sys.argv[1:]:
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            __import__(module).main([a for a in sys.argv[1:] if a != flag])
+            return 0
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, help="dataset directory (default: synthesise a temporary one)")
     parser.add_argument("--samples", type=int, default=3000, help="clips to synthesise when --data is absent")

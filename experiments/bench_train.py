@@ -15,8 +15,14 @@ start, Ray Data warm-up, first-epoch compile of the plan):
   DDP wrapper, checkpoints, MLflow), throughput read back from the
   ``samples_per_s`` metric it logs.
 
-Goal: Ray Train ≥ 0.90 × single process. GPU MFU (bf16, base.yaml) is printed
-with ``--device cuda`` by ``--mfu``.
+Goal: Ray Train ≥ 0.90 × single process.
+
+``--mfu`` instead times the model step alone on ``--device`` (cpu or cuda; the
+config's ``train.precision``, e.g. base.yaml's bf16 autocast) on an example batch
+and prints step time, tokens/s, achieved TFLOP/s (``oskar_ray.tune.flops``) and, on
+a known GPU, MFU against its dense bf16 peak::
+
+    python experiments/bench_train.py --mfu --device cuda --config experiments/configs/base.yaml
 """
 
 from __future__ import annotations
@@ -62,13 +68,70 @@ def ray_train(cfg: OskarConfig, skip: int, workdir: Path) -> float:
     return len(windows) / sum(1.0 / w for w in windows)
 
 
+#: dense bf16 peak TFLOP/s (no sparsity) by device-name fragment, from the vendors' data sheets
+BF16_PEAK_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0}
+
+
+def peak_tflops(device_name: str) -> float | None:
+    return next((peak for key, peak in BF16_PEAK_TFLOPS.items() if key in device_name), None)
+
+
+def model_step_rate(cfg: OskarConfig, device: str, steps: int) -> dict[str, float]:
+    """Median step time of the model alone (example batch already on ``device``; no data path)."""
+    import torch
+
+    from oskar_ray.model import Oskar, move_batch
+    from oskar_ray.train.step import build_optimizer, train_step
+    from oskar_ray.tune.flops import flops_per_step
+
+    torch.manual_seed(0)
+    model = Oskar(cfg).to(device)
+    optimizer = build_optimizer(model, cfg)
+    batch = move_batch(model.example_batch(cfg.train.batch_size), device)
+    times = []
+    for step in range(steps + 3):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        train_step(model, optimizer, batch, step, cfg)  # .item() on the loss: the step has finished
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    step_s = float(np.median(times[3:]))
+    flops = flops_per_step(cfg) / cfg.train.num_workers  # one worker's share: this is one device
+    tokens = cfg.train.batch_size * (cfg.budget.input_tokens + cfg.budget.target_tokens)
+    return {"step_s": step_s, "tokens_per_s": tokens / step_s, "tflops": flops / step_s / 1e12}
+
+
+def report_mfu(cfg: OskarConfig, device: str, steps: int) -> dict[str, float]:
+    import torch
+
+    out = model_step_rate(cfg, device, steps)
+    name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    peak = peak_tflops(name) if device == "cuda" else None
+    out["mfu"] = out["tflops"] / peak if peak else float("nan")
+    print(f"{name}: batch {cfg.train.batch_size}, precision {cfg.train.precision}, step {out['step_s'] * 1e3:.1f} ms, "
+          f"{out['tokens_per_s']:.0f} tokens/s, {out['tflops']:.1f} TFLOP/s"
+          + (f", MFU {out['mfu']:.3f} of {peak:.0f} dense bf16 TFLOP/s" if peak else " (no peak known: no MFU)"))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="experiments/configs/smoke.yaml")
     parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE")
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--skip", type=int, default=20, help="warm-up steps left out of the rate (>= 1)")
+    parser.add_argument("--mfu", action="store_true", help="time the model step alone on --device (see above)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = parser.parse_args()
+    if args.mfu:
+        import torch
+
+        if args.device == "cuda" and not torch.cuda.is_available():
+            raise SystemExit("--device cuda: no CUDA device here")
+        report_mfu(load_config(args.config, args.overrides), args.device, min(args.steps, 20))
+        return
     cfg = load_config(args.config, [f"train.steps={args.steps}", "train.log_every=10", *args.overrides])
     cfg = resolve_data(cfg)
     print(f"tiny config, batch {cfg.train.batch_size}, {args.steps} steps (first {args.skip} excluded), "

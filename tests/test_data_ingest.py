@@ -74,7 +74,8 @@ def test_every_skip_is_counted(raw):
     assert rows["captions"][v1] == ["a person waves"] and not rows["present_text"][v2]
     assert rows["action_name"][v1] == "wave" and rows["action"][by_id["vid3"]] == -1
     assert rows["questions"][v1] == ["who waves?"] and rows["answers"][by_id["vid3"]] == ["jump"]
-    assert len(rows["video"][v1]) == 16 * 32 * 32 * 3 and len(rows["skeleton"][v1]) == 16 * 25 * 3 * 4
+    assert rows["video"][v1] == (raw / "videos" / "vid1.mp4").read_bytes()  # kept encoded, whole
+    assert len(rows["skeleton"][v1]) == 16 * 25 * 3 * 4
     manifest = store.load_manifest(raw / "ds")
     assert manifest["vocab"]["actions"] == ["wave", "jump"] and (raw / "ds" / "tokenizer.json").exists()
 
@@ -128,7 +129,8 @@ def test_real_samples(shared_data, tmp_path):
         out=tmp_path / "ds", split="train", videos=videos, skeletons=shared_data / "skeleton" / "ntu_rgbd",
         captions=ann / "mmaction2" / "video_text_test_list.json", qa=ann / "msvd_qa" / "val_qa_first200.json",
         labels=ann / "mmaction2" / "video_test_list.txt", label_map=shared_data / "labels" / "label_map_k400.txt",
-        missing=[shared_data / "skeleton" / "ntu_rgbd" / "NTU_RGBD_samples_with_missing_skeletons.txt"])
+        missing=[shared_data / "skeleton" / "ntu_rgbd" / "NTU_RGBD_samples_with_missing_skeletons.txt"],
+        video_storage="raw")  # decoded once to 16 x 32 x 32 (tests/test_encoded_video.py keeps them encoded)
     report = ingest(opts, progress=False)
     assert report["samples_written"] == 4
     # 7 other MSVD videos are in the excerpt but not here: reported, not silently dropped

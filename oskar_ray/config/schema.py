@@ -98,6 +98,14 @@ class DataConfig:
     #: "clip" (per-clip mean/std: removes the colour shortcut) or "dataset"
     video_norm: str = "clip"
     augment: bool = True
+    #: encoded videos (``ingest --video-storage encoded``): a clip is ``modalities.video.frames`` frames this many
+    #: source frames apart, its start drawn per visit when training (oskar_ray/data/readers/clips.py)
+    frame_step: int = 4
+    #: random resized crop per training visit: area share and aspect (w/h) ranges (V-JEPA: [0.3, 1], [0.75, 1.35])
+    crop_scale: list[float] = field(default_factory=lambda: [0.3, 1.0])
+    crop_aspect: list[float] = field(default_factory=lambda: [0.75, 1.35])
+    #: horizontal flips swap left and right: off unless no label or caption says which hand or side
+    hflip: bool = False
     shuffle_buffer: int = 256
     #: CPUs per Ray Data preprocessing task (fractions fit 2-core laptops)
     cpus_per_task: float = 0.25
@@ -154,6 +162,10 @@ class EvalConfig:
     #: clip readings the VQA head is trained on: "video" (the headline) and "video+skeleton"
     vqa_views: list[str] = field(default_factory=lambda: ["video", "video+skeleton"])
     batch_size: int = 64
+    #: encoded videos: each clip is read as this many windows spread over it x this many crops along its long side
+    #: (V-JEPA's frozen eval: 8 x 3 on Kinetics); pooled features and tokens are averaged over them
+    video_segments: int = 1
+    video_views: int = 1
     #: feature std below this for `collapse_patience` evaluations raises the alarm
     collapse_std: float = 1e-3
     collapse_patience: int = 3

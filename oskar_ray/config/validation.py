@@ -24,6 +24,12 @@ def validate(cfg: OskarConfig) -> None:
         if value not in allowed:
             raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
     _positive(cfg, "data.cpus_per_task", "data.shuffle_buffer", "data.prefetch_batches", "data.synth_samples")
+    _positive(cfg, "data.frame_step", "eval.video_segments", "eval.video_views")
+    for name in ("crop_scale", "crop_aspect"):
+        low_high = getattr(cfg.data, name)
+        if len(low_high) != 2 or not 0 < low_high[0] <= low_high[1] or (name == "crop_scale" and low_high[1] > 1):
+            raise ValueError(f"data.{name} must be [low, high] with 0 < low <= high"
+                             f"{' <= 1' if name == 'crop_scale' else ''}, got {low_high}")
     if cfg.data.max_cpus < 0 or 0 < cfg.data.max_cpus < cfg.data.cpus_per_task:
         raise ValueError(f"data.max_cpus must be 0 (uncapped) or at least data.cpus_per_task "
                          f"({cfg.data.cpus_per_task}: one preprocessing task), got {cfg.data.max_cpus}")

@@ -59,8 +59,15 @@ def add_data_commands(subparsers) -> argparse.ArgumentParser:
     ingest.add_argument("--modality", action="append", default=[], metavar="NAME=DIR",
                         help="an added modality's files (matched to videos by stem; repeatable)")
     ingest.add_argument("--strict", action="store_true", help="fail on the first skipped item")
-    ingest.add_argument("--frames", type=int, default=16)
-    ingest.add_argument("--size", type=int, default=32)
+    ingest.add_argument("--video-storage", choices=["encoded", "raw"], default="encoded",
+                        help="encoded: each whole video kept as its container bytes, clips decoded per visit in the "
+                             "data path (default); raw: --frames uint8 frames of --size, decoded once here")
+    ingest.add_argument("--reencode-short-side", type=int, default=0, metavar="PIXELS",
+                        help="encoded: re-encode videos whose short side is larger (0: keep the source bytes)")
+    ingest.add_argument("--reencode-fps", type=float, default=0.0, help="encoded: re-encode above this frame rate")
+    ingest.add_argument("--frames", type=int, default=16, help="raw storage: frames kept per video; skeletons: "
+                        "frames resampled to")
+    ingest.add_argument("--size", type=int, default=32, help="raw storage: frame height and width")
     ingest.add_argument("--joints", type=int, default=25)
     ingest.add_argument("--vocab-size", type=int, default=1000)
     ingest.set_defaults(func=run_ingest)
@@ -100,7 +107,8 @@ def run_ingest(args: argparse.Namespace) -> int:
         out=args.out, split=args.split, videos=args.videos, skeletons=args.skeletons, captions=args.captions,
         labels=args.labels, label_map=args.label_map, qa=args.qa, segments=args.segments, missing=args.missing_list,
         strict=args.strict, frames=args.frames, height=args.size, width=args.size, joints=args.joints,
-        vocab_size=args.vocab_size, modalities=added,
+        vocab_size=args.vocab_size, modalities=added, video_storage=args.video_storage,
+        reencode_short_side=args.reencode_short_side, reencode_fps=args.reencode_fps,
     )
     try:
         report = ingest(opts)

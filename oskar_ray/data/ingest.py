@@ -70,7 +70,7 @@ from .readers.annotations import (
 )
 from .readers.common import ReadError
 from .readers.skeleton import SKELETON_EXTENSIONS, read_missing_list, read_skeleton
-from .readers.video import VIDEO_EXTENSIONS, read_video
+from .readers.video import VIDEO_EXTENSIONS, probe_video, read_video, reencode_video
 from .tokenizer import DEFAULT_VOCAB_SIZE, train_tokenizer
 
 REPORT = "ingest_report.json"
@@ -99,6 +99,11 @@ class IngestOptions:
     #: added modality name -> folder of its files (``--modality NAME=DIR``)
     modalities: dict[str, Path] = field(default_factory=dict)
     strict: bool = False
+    #: "encoded": each whole video's container bytes (re-encoded when reencode_short_side / reencode_fps ask),
+    #: clips decoded in the data path; "raw": ``frames`` uint8 frames of height x width, decoded here
+    video_storage: str = "encoded"
+    reencode_short_side: int = 0
+    reencode_fps: float = 0.0
     frames: int = 16
     height: int = 32
     width: int = 32
@@ -194,7 +199,8 @@ def ingest(opts: IngestOptions, progress: bool = True) -> dict[str, Any]:
         raise IngestError(f"{opts.videos}: no sample could be read; see the reasons above "
                           f"({report.summary()})")
     shards = store.write_split(rows, opts.out, opts.split, extra=store.extra_modalities(manifest))
-    store.add_split(manifest, opts.split, shards, len(rows), frames=opts.frames, labelled=True,
+    store.add_split(manifest, opts.split, shards, len(rows), frames=opts.frames, video_storage=opts.video_storage,
+                    labelled=True,
                     has_segments=ann.segments is not None, source=str(opts.videos))
     _ensure_tokenizer(opts, manifest, rows)
     store.save_manifest(opts.out, manifest)
@@ -202,6 +208,8 @@ def ingest(opts: IngestOptions, progress: bool = True) -> dict[str, Any]:
 
 
 def _open_manifest(opts: IngestOptions) -> dict[str, Any]:
+    if opts.video_storage not in ("encoded", "raw"):
+        raise ValueError(f"--video-storage must be 'encoded' or 'raw', got {opts.video_storage!r}")
     shapes = {"frames": opts.frames, "height": opts.height, "width": opts.width, "channels": 3,
               "joints": opts.joints}
     if not (opts.out / store.MANIFEST).exists():
@@ -327,9 +335,8 @@ def _sample(stem: str, path: Path, opts: IngestOptions, report: Report, skeleton
     # attributes stay a dict until the row is complete (segments add to them); written as JSON
     row: dict[str, Any] = {"id": stem, "attributes": {"video": str(path)}}
     try:
-        clip, info = read_video(path, opts.frames, opts.height, opts.width)
-        row["video"] = clip.tobytes()
-        row["attributes"].update(fps=info["fps"], source_frames=info["source_frames"])
+        row["video"], info = _video(path, opts)
+        row["attributes"].update(info)
     except ReadError as err:
         report.skip("video", str(path), str(err), _category(err.reason))
     key = _match_stem(stem, skeletons)
@@ -349,6 +356,20 @@ def _sample(stem: str, path: Path, opts: IngestOptions, report: Report, skeleton
                     f"{''.join(', ' + m.name for m, _ in added)})", "no readable modality")
         return None
     return row
+
+
+def _video(path: Path, opts: IngestOptions) -> tuple[bytes, dict[str, Any]]:
+    """The stored bytes and attributes of one video (raw frames, or the container, maybe re-encoded)."""
+    if opts.video_storage == "raw":
+        clip, info = read_video(path, opts.frames, opts.height, opts.width)
+        return clip.tobytes(), {"fps": info["fps"], "source_frames": info["source_frames"]}
+    info = probe_video(path)  # names an undecodable file up front, counts the frames exactly
+    data = path.read_bytes()
+    if opts.reencode_short_side or opts.reencode_fps:
+        data = reencode_video(path, opts.reencode_short_side, opts.reencode_fps)
+        info = {**probe_video(path, data), "source_bytes": path.stat().st_size}
+    # frames / fps describe the stored video (what the data path decodes); source_frames keeps segments' clock
+    return data, {**info, "source_frames": info["frames"], "storage": "encoded"}
 
 
 def _read_added(row: dict[str, Any], stem: str, modality: Modality, files: dict[str, Path], report: Report) -> None:

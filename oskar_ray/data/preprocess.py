@@ -6,12 +6,15 @@ batch. Steps, per batch of stored rows:
 
 1. video: raw uint8 bytes → (T, 3, H, W) float32, uniform temporal resampling to
    ``modalities.video.frames`` (nearest spatial resampling if the stored size
-   differs), normalised per clip and channel (``data.video_norm=clip``: removes
+   differs) — or, for a split stored encoded, a clip decoded per visit
+   (``encoded_video.py``: random window + resized crop when training; undecodable
+   rows counted in ``skipped_video``, short ones in ``padded_video``) — normalised per clip and
+   channel (``data.video_norm=clip``: removes
    the colour shortcut of docs/design.md) or with the dataset statistics;
 2. skeleton: raw float32 bytes → (T, J, 3), resampled to ``modalities.skeleton.frames``;
-3. light augmentation when training (``data.augment``): small spatial shifts,
-   skeleton rotation about the vertical axis, scale jitter and noise — never a
-   horizontal flip, which would swap "left"/"right" labels and captions;
+3. light augmentation when training (``data.augment``): small spatial shifts (raw video; encoded video gets
+   its random resized crop), skeleton rotation about the vertical axis, scale jitter and noise — no
+   horizontal flip unless ``data.hflip`` (encoded video): it would swap "left"/"right" labels and captions;
 4. captions (one picked at random when training, the first otherwise) and a
    question tokenized to ``modalities.text.max_len``;
 5. labels (labelled splits only): ``action``, ``answer``, ``question_type``,
@@ -36,9 +39,12 @@ import numpy as np
 
 from ..modalities import BUILTIN_MODALITIES, modality_class
 from . import store
+from .encoded_video import ENCODED, RAW, decode_row
 from .readers.common import uniform_indices
 from .tokenizer import check_tokenizer, load_tokenizer
 
+#: per-row counters of the data path (summed by the training loop into data/<counter> metrics)
+COUNTERS = ("skipped_video", "padded_video")
 #: columns the pipeline reads from the store (the rest is metadata for eval/reporting)
 READ_COLUMNS = ["id", "video", "skeleton", "captions", "questions", "answer_ids", "question_types",
                 "action", "segments", "present_video", "present_skeleton", "present_text"]
@@ -59,6 +65,8 @@ class DatasetMeta:
     question_types: list[str] = field(default_factory=list)
     #: the dataset's added modalities (stored in their own columns; manifest ``modalities``)
     extra_modalities: list[str] = field(default_factory=list)
+    #: "raw" (uint8 frames, e.g. SynthAction) or "encoded" (whole container bytes; manifest splits.<s>.video_storage)
+    video_storage: str = RAW
     video_mean: tuple[float, ...] = (0.5, 0.5, 0.5)
     video_std: tuple[float, ...] = (0.25, 0.25, 0.25)
 
@@ -72,15 +80,16 @@ class DatasetMeta:
             joints=shapes["joints"], tokenizer=store.tokenizer_file(root, manifest),
             labelled=bool(info.get("labelled", True)), has_segments=bool(info.get("has_segments", False)),
             question_types=list(manifest["vocab"].get("question_types", [])),
-            extra_modalities=store.extra_modalities(manifest),
+            extra_modalities=store.extra_modalities(manifest), video_storage=info.get("video_storage", RAW),
             video_mean=tuple(stats.get("mean", (0.5,) * 3)), video_std=tuple(stats.get("std", (0.25,) * 3)),
         )
 
 
     @property
     def read_columns(self) -> list[str]:
-        """The stored columns preprocessing reads: the built-ins' and each added modality's."""
-        return read_columns(self.extra_modalities)
+        """The stored columns preprocessing reads: the built-ins', each added modality's, and an encoded split's
+        ``attributes`` (frame count and rate)."""
+        return read_columns(self.extra_modalities) + (["attributes"] if self.video_storage == ENCODED else [])
 
 
 def read_columns(extra: list[str] = ()) -> list[str]:
@@ -102,7 +111,7 @@ def preprocess_batch(rows: Any, cfg, meta: DatasetMeta, *, train: bool, rng: np.
     out: dict[str, np.ndarray] = {}
     enabled = cfg.enabled_modalities
     if "video" in enabled:
-        out["video"] = _videos(rows, cfg, meta, augment, rng)
+        out["video"], decoded, padded = _videos(rows, cfg, meta, train, rng)
     if "skeleton" in enabled:
         out["skeleton"] = _skeletons(rows, cfg, meta, augment, rng)
     if "text" in enabled:
@@ -114,6 +123,10 @@ def preprocess_batch(rows: Any, cfg, meta: DatasetMeta, *, train: bool, rng: np.
         out[f"present_{name}"] = np.asarray(rows[f"present_{name}"], dtype=bool).reshape(size)
     if "text" in enabled:
         out["present_text"] &= out["text_mask"].any(axis=1)
+    if "video" in enabled and meta.video_storage == ENCODED:
+        out["skipped_video"] = (out["present_video"] & ~decoded).astype(np.int64)
+        out["padded_video"] = padded.astype(np.int64)
+        out["present_video"] &= decoded
     if meta.labelled:
         out.update(_labels(rows, cfg, meta, train, rng))
     if with_masks:
@@ -121,8 +134,19 @@ def preprocess_batch(rows: Any, cfg, meta: DatasetMeta, *, train: bool, rng: np.
         # (counted up front per run: rows_without_modalities, tag data.rows_without_modalities)
         carries = np.logical_or.reduce([out[f"present_{name}"] for name in enabled])
         if not carries.all():
-            out = {key: value[carries] for key, value in out.items()}
+            out = _keep_rows(out, carries)
         out.update(draw_masks(out, cfg, rng))
+    return out
+
+
+def _keep_rows(out: dict[str, np.ndarray], keep: np.ndarray) -> dict[str, np.ndarray]:
+    """The kept rows; counters of dropped rows (``skipped_video`` ...) move to the first kept row, so the
+    worker still counts them."""
+    counters = {key: int(out[key][~keep].sum()) for key in COUNTERS if key in out}
+    out = {key: value[keep] for key, value in out.items()}
+    for key, dropped in counters.items():
+        if len(out[key]):
+            out[key][0] += dropped
     return out
 
 
@@ -153,26 +177,43 @@ def _pick(items: Any, train: bool, rng: np.random.Generator) -> str:
     return str(items[int(rng.integers(len(items)))] if train else items[0])
 
 
-def _videos(rows: dict, cfg, meta: DatasetMeta, augment: bool, rng: np.random.Generator) -> np.ndarray:
-    c = cfg.modalities["video"]
-    clips = np.zeros((len(rows["id"]), c.frames, 3, c.height, c.width), np.float32)
-    frame_bytes = meta.height * meta.width * 3
+def _videos(rows: dict, cfg, meta: DatasetMeta, train: bool,
+            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(clips (B, T, 3, H, W) float32, decoded (B,), padded (B,)); absent or undecodable rows stay zeros."""
+    c, size = cfg.modalities["video"], len(rows["id"])
+    clips = np.zeros((size, c.frames, 3, c.height, c.width), np.float32)
+    decoded, padded = np.ones(size, bool), np.zeros(size, bool)
     for i, raw in enumerate(rows["video"]):
         if raw is None or len(raw) == 0:
             continue  # absent: zeros, present_video is false
-        if len(raw) % frame_bytes:
-            raise ValueError(f"{meta.root} split {meta.split} row {rows['id'][i]}: video has {len(raw)} "
-                             f"bytes, not a multiple of one {meta.height}x{meta.width}x3 frame")
-        frames = np.frombuffer(raw, np.uint8).reshape(-1, meta.height, meta.width, 3)
-        frames = frames[uniform_indices(len(frames), c.frames)]
-        if (meta.height, meta.width) != (c.height, c.width):
-            frames = frames[:, uniform_indices(meta.height, c.height)][:, :, uniform_indices(meta.width, c.width)]
-        clip = frames.astype(np.float32).transpose(0, 3, 1, 2) / 255.0  # (T, 3, H, W)
-        if augment:
-            shift = max(1, c.height // 16)
-            clip = np.roll(clip, tuple(rng.integers(-shift, shift + 1, 2)), axis=(2, 3))
-        clips[i] = _normalise(clip, cfg.data.video_norm, meta)
-    return clips
+        if meta.video_storage == ENCODED:
+            clip = rows["clip"][i] if "clip" in rows else None
+            frames, decoded[i], padded[i] = decode_row(raw, rows["attributes"][i], cfg, train=train, rng=rng,
+                                                       clip=clip)
+            if frames is not None:
+                clips[i] = _normalise(frames.astype(np.float32).transpose(0, 3, 1, 2) / 255.0, cfg.data.video_norm,
+                                      meta)
+            continue
+        clips[i] = _raw_clip(rows, i, raw, cfg, meta, train and cfg.data.augment, rng)
+    return clips, decoded, padded
+
+
+def _raw_clip(rows: dict, i: int, raw: bytes, cfg, meta: DatasetMeta, augment: bool,
+              rng: np.random.Generator) -> np.ndarray:
+    c = cfg.modalities["video"]
+    frame_bytes = meta.height * meta.width * 3
+    if len(raw) % frame_bytes:
+        raise ValueError(f"{meta.root} split {meta.split} row {rows['id'][i]}: video has {len(raw)} "
+                         f"bytes, not a multiple of one {meta.height}x{meta.width}x3 frame")
+    frames = np.frombuffer(raw, np.uint8).reshape(-1, meta.height, meta.width, 3)
+    frames = frames[uniform_indices(len(frames), c.frames)]
+    if (meta.height, meta.width) != (c.height, c.width):
+        frames = frames[:, uniform_indices(meta.height, c.height)][:, :, uniform_indices(meta.width, c.width)]
+    clip = frames.astype(np.float32).transpose(0, 3, 1, 2) / 255.0  # (T, 3, H, W)
+    if augment:
+        shift = max(1, c.height // 16)
+        clip = np.roll(clip, tuple(rng.integers(-shift, shift + 1, 2)), axis=(2, 3))
+    return _normalise(clip, cfg.data.video_norm, meta)
 
 
 def _normalise(clip: np.ndarray, mode: str, meta: DatasetMeta) -> np.ndarray:

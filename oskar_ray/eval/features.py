@@ -30,8 +30,9 @@ import torch
 from tqdm import tqdm
 
 from ..data import store
+from ..data.encoded_video import ENCODED, eval_clips
 from ..data.pipeline import selected_positions, shard_offsets
-from ..data.preprocess import DatasetMeta, nest_present, preprocess_batch, read_columns
+from ..data.preprocess import DatasetMeta, nest_present, preprocess_batch
 from ..data.splits import SplitPlan, SplitSource
 from ..model.oskar import pool_by_modality
 from ..probes.views import parse_view, view_available
@@ -61,9 +62,8 @@ def read_rows(dataset_dir: str | Path, split: str | SplitSource,
     """Rows of a split as dicts, shard by shard, in stored order; ``split``: a stored split's name, or a
     :class:`SplitSource` (a stored split, maybe only some rows: ``EvalContext.cache.plan.source(name)``)."""
     source = split if isinstance(split, SplitSource) else SplitSource(split, None, "")
-    manifest = store.load_manifest(dataset_dir)
-    paths = store.split_paths(dataset_dir, source.stored, manifest)
-    columns = columns or read_columns(store.extra_modalities(manifest))
+    paths = store.split_paths(dataset_dir, source.stored)
+    columns = columns or DatasetMeta.load(dataset_dir, source.stored).read_columns
     offsets = shard_offsets(paths) if source.rows is not None else [0] * len(paths)
     for path, offset in zip(paths, offsets, strict=True):
         table = pq.read_table(path, columns=columns)
@@ -89,9 +89,22 @@ def iterate_batches(dataset_dir: str | Path, split: str | SplitSource, cfg, batc
 
 
 def _batch(rows: list[dict], cfg, meta: DatasetMeta) -> dict:
-    columns = {k: [r.get(k) for r in rows] for k in meta.read_columns}
+    # "clip": the [start frame, view] an expanded row of an encoded video asks for (multi-clip eval, localization)
+    keys = [*meta.read_columns, *(["clip"] if "clip" in rows[0] else [])]
+    columns = {k: [r.get(k) for r in rows] for k in keys}
     flat = preprocess_batch(columns, cfg, meta, train=False, rng=np.random.default_rng(0), with_masks=False)
     return nest_present({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in flat.items()})
+
+
+def average_clips(feats: Features, clips: int) -> Features:
+    """One row per video from ``clips`` consecutive rows each (multi-clip eval): pooled features and tokens
+    averaged, a token valid where any clip has it, labels of the first."""
+    if clips == 1:
+        return feats
+    n = len(feats) // clips
+    tokens = feats.tokens.float().view(n, clips, *feats.tokens.shape[1:]).mean(1).to(feats.tokens.dtype)
+    return Features(feats.pooled.view(n, clips, -1).mean(1), tokens,
+                    feats.valid.view(n, clips, -1).any(1), {k: v[::clips] for k, v in feats.labels.items()})
 
 
 def per_question(row: dict[str, Any]) -> list[dict[str, Any]]:
@@ -174,14 +187,24 @@ class FeatureCache:
         loaded = torch.load(disk, weights_only=False) if disk is not None and disk.is_file() else {}
         # a cache written for fewer views (another view list, an older version) is extended, not trusted
         if not set(views) <= set(loaded):
-            batches = iterate_batches(self.root, self.plan.source(split), self.cfg, self.batch_size,
-                                      expand=per_question if mode == "qa" else None)
-            loaded |= extract(self.model, batches, views, desc=f"features {split}", progress=self.progress)
+            clips = self._clips_per_row(split) if mode == "clip" else 1
+            expand = per_question if mode == "qa" else (self._per_clip if clips > 1 else None)
+            batches = iterate_batches(self.root, self.plan.source(split), self.cfg, self.batch_size, expand=expand)
+            found = extract(self.model, batches, views, desc=f"features {split}", progress=self.progress)
+            loaded |= {view: average_clips(feats, clips) for view, feats in found.items()}
             if disk is not None:
                 disk.parent.mkdir(parents=True, exist_ok=True)
                 torch.save(loaded, disk)
         for view, feats in loaded.items():
             self._store[(split, view, mode)] = feats
+
+    def _clips_per_row(self, split: str) -> int:
+        """Clips read per video: ``eval.video_segments`` x ``eval.video_views`` for an encoded split, else 1."""
+        meta = DatasetMeta.load(self.root, self.plan.source(split).stored)
+        return self.cfg.eval.video_segments * self.cfg.eval.video_views if meta.video_storage == ENCODED else 1
+
+    def _per_clip(self, row: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{**row, "clip": clip} for clip in eval_clips(row["attributes"], self.cfg)]
 
     def _disk_path(self, split: str, mode: str) -> Path | None:
         if not self.cache_dir:
@@ -191,4 +214,6 @@ class FeatureCache:
         tag = "" if source.stored == split else f"__{source.stored}"
         if source.rows is not None:
             tag += "__" + hashlib.sha1(source.rows.tobytes()).hexdigest()[:10]
+        clips = self._clips_per_row(split) if mode == "clip" else 1
+        tag += f"__{clips}clips" if clips > 1 else ""
         return self.cache_dir / f"{split}{tag}__{mode}.pt"

@@ -32,7 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.encoded_video import ENCODED, clip_plan, video_info
 from ..data.preprocess import DatasetMeta
+from ..data.readers.clips import DecodeError
 from ..probes.heads import single_threaded
 from .context import EvalContext, TaskResult
 from .features import encode_view, iterate_batches, to_device
@@ -122,7 +124,9 @@ def nms(segments: list[tuple[float, float, float]], threshold: float = NMS_TIOU)
 
 
 # --- features and head ----------------------------------------------------------
-def _windows(meta: DatasetMeta, clip_len: int, stride: int):
+def _windows(meta: DatasetMeta, clip_len: int, stride: int, cfg=None):
+    if meta.video_storage == ENCODED:
+        return _encoded_windows(cfg, stride)
     frame_bytes = meta.height * meta.width * 3
     joint_bytes = meta.joints * 3 * 4
 
@@ -143,13 +147,32 @@ def _windows(meta: DatasetMeta, clip_len: int, stride: int):
     return expand
 
 
+def _encoded_windows(cfg, stride: int):
+    """Windows over an encoded video: ``clip`` = [start frame, centre view], starts ``stride`` x
+    ``data.frame_step`` frames apart; the video's frames stay encoded (each window decodes its own)."""
+    plan = clip_plan(cfg)
+
+    def expand(row: dict) -> list[dict]:
+        if not row.get("video"):
+            return []
+        try:
+            frames = int(video_info(row["attributes"])["frames"])
+        except DecodeError:
+            return []  # undecodable metadata: the sequence has no timestep (localization reads what decodes)
+        starts = range(0, max(frames - plan.span, 0) + 1, stride * plan.step)
+        return [{**row, "clip": [s, 0], "_centre": min(s + plan.span / 2, frames) / frames, "_frames": frames}
+                for s in starts]
+
+    return expand
+
+
 @torch.no_grad()
 def sequence_features(ctx: EvalContext, view: str = "target:video"):
     """Per sequence: (features (T, D), centre times (T,), segments, labels)."""
     source = ctx.cache.plan.source(SPLIT)  # the stored split (and rows) behind the logical name
     meta = DatasetMeta.load(ctx.dataset, source.stored)
     clip_len = ctx.cfg.modalities["video"].frames
-    expand = _windows(meta, clip_len, WINDOW_STRIDE)
+    expand = _windows(meta, clip_len, WINDOW_STRIDE, ctx.cfg)
     columns = [*meta.read_columns, "segment_labels"]
     seqs: dict[str, dict] = defaultdict(lambda: {"feats": [], "times": []})
     ctx.model.eval()
@@ -161,7 +184,8 @@ def sequence_features(ctx: EvalContext, view: str = "target:video"):
             seq = seqs[row["id"]]
             seq["feats"].append(feat)
             seq["times"].append(row["_centre"])
-            seq["half"] = WINDOW_STRIDE / 2 / row["_frames"]
+            seq["half"] = WINDOW_STRIDE * (ctx.cfg.data.frame_step if meta.video_storage == ENCODED else 1) / 2 \
+                / row["_frames"]
             flat = row.get("segments") or []
             seq["segments"] = [(flat[i], flat[i + 1]) for i in range(0, len(flat) - 1, 2)]
             seq["labels"] = list(row.get("segment_labels") or [])

@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 
 from ..config import OskarConfig, config_from_dict
+from ..data.preprocess import COUNTERS
 from ..modalities import adopt_modalities
 from ..model import Oskar, move_batch
 from ..probes.health import health_metrics
@@ -106,6 +107,15 @@ class _Throughput:
         self.samples_per_step = cfg.train.batch_size
         self.tokens_per_sample = cfg.budget.input_tokens + cfg.budget.target_tokens
         self.steps, self.data_wait, self.total = 0, 0.0, 0.0
+        #: the data path's per-row counters (undecodable / padded videos), summed over the run on this rank
+        self.counted: dict[str, float] = {}
+
+    def count(self, batch: dict) -> dict:
+        """Take the data path's counters out of a batch (the model does not read them); returns the batch."""
+        for key in COUNTERS:
+            if key in batch:
+                self.counted[key] = self.counted.get(key, 0.0) + float(batch.pop(key).sum())
+        return batch
 
     def add(self, waited: float, took: float) -> None:
         self.steps, self.data_wait, self.total = self.steps + 1, self.data_wait + waited, self.total + took
@@ -114,7 +124,8 @@ class _Throughput:
         rate = self.steps * self.samples_per_step / max(self.total, 1e-9)
         # trainer_cpu_s: this process's CPU seconds so far (all threads): beside the machine's, the data path's share
         out = {"samples_per_s": rate, "tokens_per_s": rate * self.tokens_per_sample,
-               "data_wait_fraction": self.data_wait / max(self.total, 1e-9), "trainer_cpu_s": time.process_time()}
+               "data_wait_fraction": self.data_wait / max(self.total, 1e-9), "trainer_cpu_s": time.process_time(),
+               **{f"data/{key}": value for key, value in self.counted.items()}}
         self.steps, self.data_wait, self.total = 0, 0.0, 0.0
         return out
 
@@ -175,7 +186,7 @@ def _run_steps(cfg, config, wrapped, optimizer, state: TrainState, rank: int, wo
         if fail_at is not None and step == fail_at and rank == 0 and _first_time(config["fail_marker"]):
             raise RuntimeError(f"injected worker failure at step {step}")
         tick = time.perf_counter()
-        batch = move_batch(next(batches), device)
+        batch = move_batch(throughput.count(next(batches)), device)
         waited = time.perf_counter() - tick
         try:
             metrics = train_step(wrapped, optimizer, batch, step, cfg, reduce=_mean_across_ranks)

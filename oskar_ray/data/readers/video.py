@@ -7,10 +7,15 @@ input, then centre-crops to H×W and picks ``frames`` uniformly spaced frames
 over the real decoded count (container frame counts are often wrong).
 Raises :class:`ReadError` naming the file for undecodable, empty or
 stream-less inputs.
+
+``probe_video(path)`` decodes every frame without converting it (the checks and
+the exact frame count an encoded dataset row stores); ``reencode_video`` writes a
+smaller copy (short side, frame rate) when ingest is asked to shrink videos.
 """
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import av
@@ -54,6 +59,61 @@ def read_video(path: str | Path, frames: int = 16, height: int = 32, width: int 
         size = (stream.codec_context.width, stream.codec_context.height)
     clip = np.stack(small)[uniform_indices(len(small), frames)]
     return clip, {"source_frames": len(small), "fps": fps, "source_size": list(size)}
+
+
+def probe_video(path: str | Path, data: bytes | None = None) -> dict:
+    """Decode every frame once (no conversion): {frames, fps, duration_s, width, height, codec}; ReadError if
+    the file (or ``data``, its bytes after a re-encode) cannot be decoded (a damaged tail keeps the frames
+    before it: ``frames`` counts what decodes)."""
+    path = Path(path)
+    try:
+        container = av.open(io.BytesIO(data) if data is not None else str(path))
+    except (av.FFmpegError, OSError, UnicodeDecodeError) as err:
+        raise ReadError(path, f"undecodable video (cannot open container: {err})") from None
+    with container:
+        if not container.streams.video:
+            raise ReadError(path, "no video stream in the container")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        count = 0
+        try:
+            for _ in container.decode(stream):
+                count += 1
+        except av.FFmpegError as err:
+            if not count:
+                raise ReadError(path, f"undecodable video stream ({err})") from None
+        if not count:
+            raise ReadError(path, "video stream has no decodable frames (empty video)")
+        fps = float(stream.average_rate) if stream.average_rate else 0.0
+        ctx = stream.codec_context
+        return {"frames": count, "fps": fps, "duration_s": round(count / fps, 3) if fps else 0.0,
+                "width": ctx.width, "height": ctx.height, "codec": ctx.name}
+
+
+def reencode_video(path: str | Path, short_side: int = 0, fps: float = 0.0, codec: str = "mpeg4") -> bytes:
+    """The video re-encoded with its short side at most ``short_side`` and at most ``fps`` frames/s (0: keep)."""
+    import tempfile
+
+    path = Path(path)
+    info = probe_video(path)
+    keep_every = max(1, round(info["fps"] / fps)) if fps and info["fps"] > fps else 1
+    scale = min(1.0, short_side / min(info["width"], info["height"])) if short_side else 1.0
+    width, height = (2 * round(info["width"] * scale / 2), 2 * round(info["height"] * scale / 2))
+    with av.open(str(path)) as source, tempfile.TemporaryDirectory() as tmp:
+        out_path = Path(tmp) / "video.mp4"
+        with av.open(str(out_path), mode="w") as out:
+            stream = out.add_stream(codec, rate=max(1, round(info["fps"] / keep_every)) if info["fps"] else 10)
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            try:
+                for k, frame in enumerate(source.decode(video=0)):
+                    if k % keep_every == 0:
+                        image = frame.reformat(width=width, height=height, format="yuv420p")
+                        image.pts = None
+                        out.mux(stream.encode(image))
+            except av.FFmpegError:
+                pass  # a damaged tail: probe_video already counted the frames before it
+            out.mux(stream.encode())
+        return out_path.read_bytes()
 
 
 def _centre_crop(image: np.ndarray, height: int, width: int) -> np.ndarray:
