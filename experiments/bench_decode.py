@@ -38,6 +38,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 REPO = Path(__file__).resolve().parents[1]
+#: the config the decode sides read the clips with (video only; the model settings do not matter here)
+PIPELINE = REPO / "experiments/configs/smoke.yaml"
 
 
 def make_dataset(videos: Path | None, rows: int, out: Path) -> Path:
@@ -58,23 +60,26 @@ def make_dataset(videos: Path | None, rows: int, out: Path) -> Path:
     index = np.arange(rows) % table.num_rows
     repeated = table.take(pa.array(index)).set_column(0, "id", pa.array([f"row{i:05d}" for i in range(rows)]))
     (out / "bench").mkdir(exist_ok=True)
-    pq.write_table(repeated, out / "bench" / "part-00000.parquet", row_group_size=16)
+    shards = []
+    for k in range(0, rows, store.ENCODED_ROWS_PER_SHARD):  # ingest's shard size for encoded videos
+        shards.append(f"bench/part-{k:05d}.parquet")
+        pq.write_table(repeated.slice(k, store.ENCODED_ROWS_PER_SHARD), out / shards[-1])
     manifest = store.load_manifest(out)
-    store.add_split(manifest, "bench", ["bench/part-00000.parquet"], rows, video_storage="encoded", labelled=False)
+    store.add_split(manifest, "bench", shards, rows, video_storage="encoded", labelled=False)
     store.save_manifest(out, manifest)
     return out
 
 
-def _decode_rows(job: tuple[str, list[int], dict]) -> int:
+def _decode_rows(job: tuple[list[str], list[int], list[str]]) -> int:
     """Worker of the tight loop: decode the training clip of each row (PyAV only), return frames decoded."""
     from oskar_ray.config import load_config
     from oskar_ray.data.encoded_video import clip_plan, video_info
     from oskar_ray.data.readers.clips import decode_clip
 
-    path, positions, overrides = job
-    cfg = load_config(REPO / "experiments/configs/tiny.yaml", overrides)
+    paths, positions, overrides = job
+    cfg = load_config(PIPELINE, overrides)
     plan, size = clip_plan(cfg), (cfg.modalities["video"].height, cfg.modalities["video"].width)
-    table = pq.read_table(path, columns=["video", "attributes"]).take(pa.array(positions)).to_pydict()
+    table = pq.read_table(paths, columns=["video", "attributes"]).take(pa.array(positions)).to_pydict()
     done = 0
     for k, (data, attrs) in enumerate(zip(table["video"], table["attributes"], strict=True)):
         info, rng = video_info(attrs), np.random.default_rng(k)
@@ -84,10 +89,10 @@ def _decode_rows(job: tuple[str, list[int], dict]) -> int:
     return done
 
 
-def tight_loop(shard: Path, rows: int, cores: int, overrides: list[str]) -> float:
-    jobs = [(str(shard), list(range(c, rows, cores)), overrides) for c in range(cores)]
+def tight_loop(shards: list[str], rows: int, cores: int, overrides: list[str]) -> float:
+    jobs = [(shards, list(range(c, rows, cores)), overrides) for c in range(cores)]
     with multiprocessing.get_context("spawn").Pool(cores) as pool:
-        pool.map(_decode_rows, [(str(shard), [0], overrides)] * cores)  # warm-up: imports, config
+        pool.map(_decode_rows, [(shards, [0], overrides)] * cores)  # warm-up: imports, config
         start = time.perf_counter()
         frames = sum(pool.map(_decode_rows, jobs))
     return frames / (time.perf_counter() - start)
@@ -98,13 +103,18 @@ def ray_pipeline(cfg, frames_per_clip: int) -> float:
 
     from oskar_ray.data.pipeline import build_dataset
 
-    ray.init(num_cpus=os.cpu_count() * 2, include_dashboard=False, log_to_driver=False)  # fractional tasks
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     ds = build_dataset(cfg, "bench", train=True, with_masks=False)
-    for _ in ds.iter_batches(batch_size=32):  # warm-up: worker start, imports
+    for _ in ds.iter_batches(batch_size=None):  # warm-up: worker start, imports
         pass
-    start, clips = time.perf_counter(), 0
-    for batch in ds.iter_batches(batch_size=32):
-        clips += len(batch["video"])
+    # steady state: from the first block out (Ray Data's file listing and start-up excluded) to the last;
+    # blocks as produced (batch_size=None): re-batching 224^2 float clips would cost the driver a core
+    start, clips = None, 0
+    for batch in ds.iter_batches(batch_size=None):
+        if start is None:
+            start = time.perf_counter()
+        else:
+            clips += len(batch["video"])
     rate = clips * frames_per_clip / (time.perf_counter() - start)
     ray.shutdown()
     return rate
@@ -121,7 +131,7 @@ def step_seconds(cfg, device: str) -> float:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--videos", type=Path, help="folder of videos (default ../shared/data/videos, else synthetic)")
-    parser.add_argument("--rows", type=int, default=96)
+    parser.add_argument("--rows", type=int, default=256)
     parser.add_argument("--size", type=int, default=224, help="crop output side")
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--step", type=int, default=4, help="data.frame_step")
@@ -139,10 +149,12 @@ def main(argv: list[str] | None = None) -> None:
                      f"modalities.video.height={args.size}", f"modalities.video.width={args.size}",
                      "modalities.video.patch=16", f"data.frame_step={args.step}", "modalities.skeleton.enabled=false",
                      "modalities.text.enabled=false"]
-        cfg = load_config(args.config, overrides)
+        cfg = load_config(PIPELINE, overrides)
         print(f"{args.rows} clips of {args.frames} frames (step {args.step}) cropped to {args.size}^2 from "
               f"{videos or 'synthetic 340x256 videos'}; {cores} cores")
-        limit = tight_loop(data / "bench" / "part-00000.parquet", args.rows, cores, overrides)
+        from oskar_ray.data import store
+
+        limit = tight_loop(store.split_paths(data, "bench"), args.rows, cores, overrides)
         print(f"  tight PyAV loop, {cores} processes   {limit:8.1f} frames/s", flush=True)
         ray_rate = ray_pipeline(cfg, args.frames)
         print(f"  Ray Data pipeline (decode+crop+norm) {ray_rate:8.1f} frames/s", flush=True)

@@ -106,6 +106,9 @@ class DataConfig:
     crop_aspect: list[float] = field(default_factory=lambda: [0.75, 1.35])
     #: horizontal flips swap left and right: off unless no label or caption says which hand or side
     hflip: bool = False
+    #: CPUs per Ray Data task of an encoded split: decoding is a core's work, so fractional tasks (cpus_per_task,
+    #: sized for raw 32 x 32 clips) would put many decoders on each core (experiments/bench_decode.py)
+    decode_cpus_per_task: float = 1.0
     shuffle_buffer: int = 256
     #: CPUs per Ray Data preprocessing task (fractions fit 2-core laptops)
     cpus_per_task: float = 0.25

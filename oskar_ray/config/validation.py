@@ -24,7 +24,7 @@ def validate(cfg: OskarConfig) -> None:
         if value not in allowed:
             raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
     _positive(cfg, "data.cpus_per_task", "data.shuffle_buffer", "data.prefetch_batches", "data.synth_samples")
-    _positive(cfg, "data.frame_step", "eval.video_segments", "eval.video_views")
+    _positive(cfg, "data.frame_step", "data.decode_cpus_per_task", "eval.video_segments", "eval.video_views")
     for name in ("crop_scale", "crop_aspect"):
         low_high = getattr(cfg.data, name)
         if len(low_high) != 2 or not 0 < low_high[0] <= low_high[1] or (name == "crop_scale" and low_high[1] > 1):

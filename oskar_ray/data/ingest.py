@@ -198,7 +198,9 @@ def ingest(opts: IngestOptions, progress: bool = True) -> dict[str, Any]:
     if not rows:
         raise IngestError(f"{opts.videos}: no sample could be read; see the reasons above "
                           f"({report.summary()})")
-    shards = store.write_split(rows, opts.out, opts.split, extra=store.extra_modalities(manifest))
+    per_shard = store.ENCODED_ROWS_PER_SHARD if opts.video_storage == "encoded" else store.ROWS_PER_SHARD
+    shards = store.write_split(rows, opts.out, opts.split, extra=store.extra_modalities(manifest),
+                               rows_per_shard=per_shard)
     store.add_split(manifest, opts.split, shards, len(rows), frames=opts.frames, video_storage=opts.video_storage,
                     labelled=True,
                     has_segments=ann.segments is not None, source=str(opts.videos))

@@ -40,10 +40,15 @@ import torch
 
 from ..modalities import adopt_modalities, carried_modalities
 from . import store
+from .encoded_video import ENCODED
 from .preprocess import DatasetMeta, batch_rng, nest_present, preprocess_batch
 
 #: rows per map_batches call; independent of the training batch size (re-batched downstream)
 MAP_BATCH_SIZE = 64
+#: for encoded video: each row is a decode (~0.1 s at 224^2) and its clip 9.6 MB of float32, so a task takes a
+#: few rows: enough to amortise the per-task cost, few enough to spread decoding and keep blocks ~77 MB
+#: (bench_decode.py, Ray Data / tight PyAV loop: 4 rows 0.74, 8 rows 0.81-0.86, 16 rows 1.10 with 154 MB blocks)
+ENCODED_MAP_BATCH_SIZE = 8
 
 
 def _ray_preprocess(batch: dict[str, np.ndarray], cfg, meta: DatasetMeta, train: bool, seed: int,
@@ -74,8 +79,14 @@ def build_dataset(cfg, split: str, *, root: str | Path | None = None, train: boo
     # all-to-all barrier that reads the whole split before the first row is preprocessed
     shuffle = ray.data.FileShuffleConfig(seed=seed) if train else None
     ds = ray.data.read_parquet(store.split_paths(root, split), columns=meta.read_columns, shuffle=shuffle)
+    if meta.video_storage == ENCODED:
+        # one map task per few videos, so decoding spreads over tasks: Ray Data's parquet reader packs small
+        # files into one block, and one task would decode all of them (bench_decode.py); streaming, no barrier
+        ds = ds.repartition(target_num_rows_per_block=ENCODED_MAP_BATCH_SIZE)
     return ds.map_batches(
-        _ray_preprocess, batch_format="numpy", batch_size=MAP_BATCH_SIZE, num_cpus=cfg.data.cpus_per_task,
+        _ray_preprocess, batch_format="numpy",
+        num_cpus=cfg.data.decode_cpus_per_task if meta.video_storage == ENCODED else cfg.data.cpus_per_task,
+        batch_size=ENCODED_MAP_BATCH_SIZE if meta.video_storage == ENCODED else MAP_BATCH_SIZE,
         fn_kwargs={"cfg": cfg, "meta": meta, "train": train, "seed": seed, "with_masks": with_masks,
                    "modalities": carried_modalities(cfg.enabled_modalities)},
         concurrency=concurrency,

@@ -45,6 +45,9 @@ SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 #: rows per Parquet shard: big enough for efficient reads, small enough to stream
 ROWS_PER_SHARD = 512
+#: rows per shard of whole encoded videos (~1 MB each): a shard is one Ray Data read block, so small shards
+#: keep blocks small and let many decode tasks run at once (experiments/bench_decode.py)
+ENCODED_ROWS_PER_SHARD = 16
 
 SCHEMA = pa.schema([
     ("id", pa.string()),
@@ -116,12 +119,12 @@ def write_shard(rows: list[dict[str, Any]], path: Path, extra: tuple[str, ...] |
 
 
 def write_split(rows: list[dict[str, Any]], root: Path, split: str, start_shard: int = 0,
-                extra: tuple[str, ...] | list[str] = ()) -> list[str]:
-    """Write rows as ``ROWS_PER_SHARD``-row shards; returns paths relative to ``root``."""
+                extra: tuple[str, ...] | list[str] = (), rows_per_shard: int = ROWS_PER_SHARD) -> list[str]:
+    """Write rows as ``rows_per_shard``-row shards; returns paths relative to ``root``."""
     names = []
-    for i in range(0, len(rows), ROWS_PER_SHARD):
-        rel = f"{split}/part-{start_shard + i // ROWS_PER_SHARD:05d}.parquet"
-        write_shard(rows[i:i + ROWS_PER_SHARD], root / rel, extra)
+    for i in range(0, len(rows), rows_per_shard):
+        rel = f"{split}/part-{start_shard + i // rows_per_shard:05d}.parquet"
+        write_shard(rows[i:i + rows_per_shard], root / rel, extra)
         names.append(rel)
     return names
 
