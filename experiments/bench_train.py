@@ -98,7 +98,7 @@ def model_step_rate(cfg: OskarConfig, device: str, steps: int) -> dict[str, floa
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     step_s = float(np.median(times[3:]))
-    flops = flops_per_step(cfg) / cfg.train.num_workers  # one worker's share: this is one device
+    flops = flops_per_step(cfg)  # train.batch_size samples: the batch this one device just ran
     tokens = cfg.train.batch_size * (cfg.budget.input_tokens + cfg.budget.target_tokens)
     return {"step_s": step_s, "tokens_per_s": tokens / step_s, "tflops": flops / step_s / 1e12}
 

@@ -174,6 +174,16 @@ def test_ingest_stores_the_added_modality_and_counts_bad_files(imu, raw):
     assert np.allclose(stored, np.load(raw / "train" / "imu" / "train000.npy"))
 
 
+def test_a_later_split_may_leave_the_added_modality_out_without_its_plugin(imu, raw):
+    _ingest(raw, "train")
+    unregister_modality("imu")  # a later `oskar data ingest` without --plugin
+    report = ingest(IngestOptions(out=raw / "ds", split="test", videos=raw / "test" / "videos"), progress=False)
+    assert report["samples_written"] == 20
+    table = pq.read_table(store.split_paths(raw / "ds", "test"), columns=["present_imu"])
+    assert not any(table["present_imu"].to_pylist())  # stored as absent
+    register_modality(imu)
+
+
 def test_added_modality_streams_into_model_batches(imu, raw):
     _ingest(raw, "train")
     cfg = load_config(SMOKE, [f"data.path={raw / 'ds'}", "data.train_split=train", *IMU_ONLY])

@@ -183,3 +183,35 @@ def test_a_vit_s_config_at_224_trains_through_ray_data_and_ray_train(videos, tmp
     losses = [m.value for m in client.get_metric_history(result.run_id, "loss/video")]
     assert len(losses) == 2 and all(np.isfinite(losses))
     assert [m.value for m in client.get_metric_history(result.run_id, "data/skipped_video")][-1] >= 0
+
+
+def test_the_skeleton_is_cut_to_the_time_the_video_window_covers():
+    from oskar_ray.data.preprocess import _skeletons
+
+    cfg = load_config(SMOKE)
+    ramp = np.repeat(np.arange(100, dtype=np.float32)[:, None, None], 25, axis=1).repeat(3, axis=2)  # value = t
+    meta = DatasetMeta("r", "s", 32, 32, 25, "t", True, False)
+    rows = {"id": ["a", "b"], "skeleton": [ramp.tobytes(), ramp.tobytes()]}
+    spans = np.array([[0.5, 0.6], [0.0, 1.0]])
+    out = _skeletons(rows, cfg, meta, False, np.random.default_rng(0), spans)
+    assert out[0].min() >= 50 and out[0].max() <= 59  # the window's tenth of the clip only
+    assert out[1].min() < 10 and out[1].max() > 90  # the whole clip
+
+
+def test_reencoding_only_what_exceeds_the_limits_at_an_exact_rate(videos, tmp_path):
+    opts = dict(out=tmp_path / "ds", videos=videos, reencode_fps=10)
+    ingest(IngestOptions(split="slow", **opts), progress=False)
+    ingest(IngestOptions(split="same", **{**opts, "reencode_fps": 30, "reencode_short_side": 48}), progress=False)
+    slow = pq.read_table(store.split_paths(tmp_path / "ds", "slow")).to_pydict()
+    attrs = json.loads(slow["attributes"][slow["id"].index("long0")])
+    assert attrs["fps"] == 10 and attrs["frames"] == 30 and attrs["duration_s"] == 3.0  # every 3rd frame
+    same = pq.read_table(store.split_paths(tmp_path / "ds", "same")).to_pydict()
+    assert same["video"][same["id"].index("long0")] == (videos / "long0.mp4").read_bytes()  # within both limits
+
+
+def test_decode_tasks_reserve_a_whole_cpu(videos, tmp_path):
+    from oskar_ray.data.pipeline import task_cpus
+
+    ingest(IngestOptions(out=tmp_path / "ds", split="pretrain", videos=videos), progress=False)
+    assert task_cpus(_cfg(f"data.path={tmp_path / 'ds'}")) == 1.0
+    assert task_cpus(_cfg()) == 0.25  # the built-in benchmark: raw frames, fractional tasks

@@ -12,20 +12,23 @@ and, with ``data.augment``, a random resized crop (``data.crop_scale`` /
 different clips and the same seed repeats them. Evaluation reads the centred
 window and centre crop, or the one an expanded row names in ``clip``
 (``[start_frame, view]``; :func:`eval_clips` lists them: ``eval.video_segments`` x
-``eval.video_views``). A video that fails to decode returns ``ok=False`` (the
-caller zeroes it, marks the modality absent and counts it); one shorter than a
-window repeats its last frame (``padded``, counted).
+``eval.video_views``; view -1: the centre one). A video that fails to decode returns
+``ok=False`` and is logged (the caller zeroes it, marks the modality absent and counts
+it); one shorter than a window repeats its last frame (``padded``, counted). The span
+a window covers comes back too, so the row's skeleton is cut to the same time.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import numpy as np
 
 from .readers.clips import ClipPlan, DecodeError, centre_box, decode_clip
 
+log = logging.getLogger(__name__)
 #: the split storage values ingest writes (manifest splits.<split>.video_storage)
 ENCODED, RAW = "encoded", "raw"
 
@@ -46,8 +49,9 @@ def video_info(attributes: Any) -> dict[str, Any]:
 
 
 def decode_row(encoded: bytes, attributes: Any, cfg, *, train: bool, rng: np.random.Generator,
-               clip: Any = None) -> tuple[np.ndarray | None, bool, bool]:
-    """(frames (T, H, W, 3) uint8 or None, decoded, padded) for one row; see the module doc."""
+               clip: Any = None) -> tuple[np.ndarray | None, bool, bool, tuple[float, float]]:
+    """(frames (T, H, W, 3) uint8 or None, decoded, padded, span: the [start, end) fraction of the video the
+    window covers) for one row; see the module doc."""
     c, plan = cfg.modalities["video"], clip_plan(cfg)
     try:
         info = video_info(attributes)
@@ -58,13 +62,15 @@ def decode_row(encoded: bytes, attributes: Any, cfg, *, train: bool, rng: np.ran
             box, flip = plan.train_box(width, height, rng) if cfg.data.augment else (centre_box(width, height), False)
         elif clip is not None and len(clip) == 2:
             index, padded = plan.window(total, int(clip[0]))
-            box = plan.eval_boxes(width, height, cfg.eval.video_views)[int(clip[1])]
+            views = plan.eval_boxes(width, height, cfg.eval.video_views)
+            box = views[len(views) // 2] if int(clip[1]) < 0 else views[int(clip[1])]  # -1: the centre view
         else:
             (index, padded), box = plan.eval_windows(total, 1)[0], centre_box(width, height)
         frames = decode_clip(bytes(encoded), index, box, (c.height, c.width), float(info["fps"]), flip)
-    except DecodeError:
-        return None, False, False
-    return frames, True, padded
+    except DecodeError as err:
+        log.warning("skipped an undecodable video in the data path: %s", err)
+        return None, False, False, (0.0, 1.0)
+    return frames, True, padded, (index[0] / total, min(index[-1] + 1, total) / total)
 
 
 def eval_clips(attributes: Any, cfg) -> list[list[int]]:

@@ -6,7 +6,7 @@ Runbook::
         --skeletons skel/ --captions captions.json --labels train_list.txt \\
         --label-map classes.txt --qa qa.json [--strict]
     oskar data ingest --out data/mine --split val --videos val_clips/ ...   # adds a split
-    oskar data ingest --out data/mine --split untrimmed --videos long/ --frames 64 \\
+    oskar data ingest --out data/mine --split untrimmed --videos long/ \\
         --segments activity_net.json [--label-map classes.txt]              # localization's split
     oskar data ingest --plugin my_pkg.imu --modality imu=imu_npy/ ...       # an added modality
 
@@ -49,15 +49,25 @@ the field. Without ``--label-map`` the segment labels extend ``vocab.actions``.
 from __future__ import annotations
 
 import json
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from ..modalities import BUILTIN_MODALITIES, Modality, modality_class
+from ..modalities import Modality
 from . import store
+from .ingest_media import (
+    IngestError,
+    Report,
+    VideoOptions,
+    added_modalities,
+    category,
+    files_by_stem,
+    match_stem,
+    read_added,
+    read_stored_video,
+)
 from .readers.annotations import (
     QAItem,
     SegmentFile,
@@ -70,7 +80,7 @@ from .readers.annotations import (
 )
 from .readers.common import ReadError
 from .readers.skeleton import SKELETON_EXTENSIONS, read_missing_list, read_skeleton
-from .readers.video import VIDEO_EXTENSIONS, probe_video, read_video, reencode_video
+from .readers.video import VIDEO_EXTENSIONS
 from .tokenizer import DEFAULT_VOCAB_SIZE, train_tokenizer
 
 REPORT = "ingest_report.json"
@@ -78,10 +88,6 @@ REPORT = "ingest_report.json"
 UNTRIMMED = "untrimmed"
 #: annotated vs decoded duration beyond this (seconds, or this share of it) is noted: a different cut of the video
 DURATION_SLACK_S, DURATION_SLACK = 1.0, 0.05
-
-
-class IngestError(RuntimeError):
-    """Raised under --strict for the first skipped item."""
 
 
 @dataclass
@@ -111,63 +117,17 @@ class IngestOptions:
     vocab_size: int = DEFAULT_VOCAB_SIZE
 
 
-@dataclass
-class Report:
-    strict: bool
-    skips: list[dict[str, str]] = field(default_factory=list)
-    notes: dict[str, Any] = field(default_factory=dict)
-
-    def skip(self, kind: str, item: str, reason: str, category: str) -> None:
-        """Record one unusable item; ``category`` groups the console summary (no ids in it)."""
-        if self.strict:
-            raise IngestError(f"--strict: {kind} {item}: {reason}")
-        self.skips.append({"kind": kind, "item": str(item), "reason": reason, "category": category})
-
-    def note(self, key: str, entry: Any) -> None:
-        """Something kept but changed or worth knowing (a clipped segment): listed in the report, never silent."""
-        self.notes.setdefault(key, []).append(entry)
-
-    def summary(self) -> dict[str, int]:
-        return dict(Counter(f"{s['kind']}: {s['category']}" for s in self.skips))
-
-
-def _files(folder: Path | None, extensions: tuple[str, ...], what: str, report: Report,
-           flag: str = "") -> dict[str, Path]:
-    if folder is None:
-        return {}
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{flag or '--' + what}: {folder} is not a directory")
-    found: dict[str, Path] = {}
-    for p in sorted(folder.rglob("*")):
-        if p.suffix.lower() not in extensions or not p.is_file():
-            continue
-        if p.stem in found:  # stems are the join key: a second file would be ambiguous
-            report.skip(what.rstrip("s"), str(p), f"duplicate stem {p.stem!r} (kept {found[p.stem]})",
-                        "duplicate stem")
-            continue
-        found[p.stem] = p
-    return found
-
-
-def _match_stem(stem: str, available: dict[str, Any]) -> str | None:
-    if stem in available:
-        return stem
-    if stem.endswith("_rgb") and stem[:-4] in available:  # NTU RGB+D naming
-        return stem[:-4]
-    return None
-
-
 def ingest(opts: IngestOptions, progress: bool = True) -> dict[str, Any]:
     """Add ``opts.split`` to the dataset at ``opts.out``; returns this split's report."""
     manifest = _open_manifest(opts)
     if opts.split in manifest["splits"]:
         raise FileExistsError(f"{opts.out}: split {opts.split!r} exists; ingest under another --split name")
     report = Report(opts.strict)
-    videos = _files(opts.videos, VIDEO_EXTENSIONS, "videos", report)
+    videos = files_by_stem(opts.videos, VIDEO_EXTENSIONS, "videos", report)
     if not videos:
         raise FileNotFoundError(f"--videos: no video files ({', '.join(VIDEO_EXTENSIONS)}) under {opts.videos}")
-    skeletons = _files(opts.skeletons, SKELETON_EXTENSIONS, "skeletons", report)
-    added = _added_modalities(opts, manifest, report)
+    skeletons = files_by_stem(opts.skeletons, SKELETON_EXTENSIONS, "skeletons", report)
+    added = added_modalities(opts.modalities, opts.out, manifest, report)
     ann = _annotations(opts, report, videos)
     missing = set().union(*(read_missing_list(p) for p in opts.missing)) if opts.missing else set()
     _unmatched(report, videos, {"skeleton": skeletons, **{m.name: files for m, files in added}}, ann)
@@ -178,7 +138,7 @@ def ingest(opts: IngestOptions, progress: bool = True) -> dict[str, Any]:
     answer_id = store.extend_vocab(manifest["vocab"]["answers"],
                                    [q.answer for q in qa_items] + [c for q in qa_items for c in q.choices])
     store.extend_vocab(manifest["vocab"]["question_types"], [q.qtype for q in qa_items])
-    rows = []
+    shards = _ShardWriter(opts, store.extra_modalities(manifest))
     for stem, path in tqdm(sorted(videos.items()), desc=f"ingest {opts.split}", disable=not progress):
         row = _sample(stem, path, opts, report, skeletons, missing, added)
         if row is None:
@@ -194,19 +154,40 @@ def ingest(opts: IngestOptions, progress: bool = True) -> dict[str, Any]:
         if ann.segments is not None:
             _place_segments(row, ann.segments, report, action_id)
         row["attributes"] = json.dumps(row["attributes"])
-        rows.append(row)
-    if not rows:
+        shards.add(row)
+    shards.flush()
+    if not shards.texts:
         raise IngestError(f"{opts.videos}: no sample could be read; see the reasons above "
                           f"({report.summary()})")
-    per_shard = store.ENCODED_ROWS_PER_SHARD if opts.video_storage == "encoded" else store.ROWS_PER_SHARD
-    shards = store.write_split(rows, opts.out, opts.split, extra=store.extra_modalities(manifest),
-                               rows_per_shard=per_shard)
-    store.add_split(manifest, opts.split, shards, len(rows), frames=opts.frames, video_storage=opts.video_storage,
-                    labelled=True,
-                    has_segments=ann.segments is not None, source=str(opts.videos))
-    _ensure_tokenizer(opts, manifest, rows)
+    store.add_split(manifest, opts.split, shards.names, len(shards.texts), frames=opts.frames,
+                    video_storage=opts.video_storage, labelled=True, has_segments=ann.segments is not None,
+                    source=str(opts.videos))
+    _ensure_tokenizer(opts, manifest, shards.texts)
     store.save_manifest(opts.out, manifest)
-    return _write_report(opts, report, len(rows), len(videos))
+    return _write_report(opts, report, len(shards.texts), len(videos))
+
+
+class _ShardWriter:
+    """Rows are written a shard at a time (whole encoded videos: a split never sits in memory); keeps only the
+    texts the tokenizer is trained on."""
+
+    def __init__(self, opts: IngestOptions, extra: list[str]):
+        self.opts, self.extra, self.pending, self.names = opts, extra, [], []
+        self.per_shard = store.ENCODED_ROWS_PER_SHARD if opts.video_storage == "encoded" else store.ROWS_PER_SHARD
+        self.texts: list[dict[str, Any]] = []
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.pending.append(row)
+        self.texts.append({k: row.get(k, []) for k in ("captions", "questions", "choices")}
+                          | {"action_name": row.get("action_name", "")})
+        if len(self.pending) == self.per_shard:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.names += store.write_split(self.pending, self.opts.out, self.opts.split, start_shard=len(self.names),
+                                            extra=self.extra, rows_per_shard=self.per_shard)
+            self.pending = []
 
 
 def _open_manifest(opts: IngestOptions) -> dict[str, Any]:
@@ -222,33 +203,6 @@ def _open_manifest(opts: IngestOptions) -> dict[str, Any]:
             raise ValueError(f"--{key} {shapes[key]} differs from {opts.out}/manifest.json shapes.{key} "
                              f"{manifest['shapes'][key]}: a dataset has one frame size and joint count")
     return manifest
-
-
-def _added_modalities(opts: IngestOptions, manifest: dict[str, Any],
-                      report: Report) -> list[tuple[Modality, dict[str, Path]]]:
-    """Each ``--modality NAME=DIR``: the registered modality (default settings: ``read_file`` stores whole
-    files; shapes are the training config's business) and its files by stem; the manifest learns the name."""
-    extra = store.extra_modalities(manifest)
-    for name in opts.modalities:
-        if name in BUILTIN_MODALITIES:
-            raise ValueError(f"--modality {name}: built in; its files come with --videos / --skeletons / --captions")
-        if name not in extra and manifest["splits"]:
-            raise ValueError(f"--modality {name}: {opts.out} has splits {sorted(manifest['splits'])} stored without "
-                             f"it; a dataset's added modalities are fixed by its first split")
-    found = []
-    for name, folder in opts.modalities.items():
-        cls = modality_class(name)
-        if not cls.file_suffixes:
-            raise ValueError(f"--modality {name}: {cls.__name__}.file_suffixes is empty (no file it can read)")
-        files = _files(folder, cls.file_suffixes, name, report, flag=f"--modality {name}")
-        if not files:
-            raise FileNotFoundError(f"--modality {name}: no {', '.join(cls.file_suffixes)} files under {folder}")
-        found.append((cls(cls.config_class()), files))
-    store.schema([*extra, *(n for n in opts.modalities if n not in extra)])  # refuses a name that clashes
-    manifest["modalities"] += [n for n in opts.modalities if n not in manifest["modalities"]]
-    for name in extra:
-        manifest["storage"].setdefault(name, f"bytes of {modality_class(name).__name__}.read_file")
-    return found
 
 
 @dataclass
@@ -329,7 +283,7 @@ def _unmatched(report: Report, videos: dict, by_stem: dict[str, dict], ann: Anno
             item = keys[stem][0].where if kind == "segment" else stem  # names the segments' file too
             report.skip(kind, item, f"no video with stem {stem!r} ({count} item(s))", "unmatched id (no video)")
     for kind, files in by_stem.items():  # kept without that modality: listed, never silent
-        report.notes[f"videos_without_{kind}"] = sorted(s for s in videos if files and _match_stem(s, files) is None)
+        report.notes[f"videos_without_{kind}"] = sorted(s for s in videos if files and match_stem(s, files) is None)
 
 
 def _sample(stem: str, path: Path, opts: IngestOptions, report: Report, skeletons: dict[str, Path],
@@ -337,11 +291,12 @@ def _sample(stem: str, path: Path, opts: IngestOptions, report: Report, skeleton
     # attributes stay a dict until the row is complete (segments add to them); written as JSON
     row: dict[str, Any] = {"id": stem, "attributes": {"video": str(path)}}
     try:
-        row["video"], info = _video(path, opts)
+        row["video"], info = read_stored_video(path, VideoOptions(
+            opts.video_storage, opts.reencode_short_side, opts.reencode_fps, opts.frames, opts.height, opts.width))
         row["attributes"].update(info)
     except ReadError as err:
-        report.skip("video", str(path), str(err), _category(err.reason))
-    key = _match_stem(stem, skeletons)
+        report.skip("video", str(path), str(err), category(err.reason))
+    key = match_stem(stem, skeletons)
     if key is not None and key in missing:
         report.skip("skeleton", str(skeletons[key]), "listed in the official missing-skeleton list",
                     "official missing-skeleton list")
@@ -350,45 +305,14 @@ def _sample(stem: str, path: Path, opts: IngestOptions, report: Report, skeleton
             seq, info = read_skeleton(skeletons[key], opts.frames, opts.joints)
             row.update(skeleton=seq.tobytes(), skeleton_bodies=info["bodies"])
         except ReadError as err:
-            report.skip("skeleton", str(skeletons[key]), str(err), _category(err.reason))
+            report.skip("skeleton", str(skeletons[key]), str(err), category(err.reason))
     for modality, files in added:
-        _read_added(row, stem, modality, files, report)
+        read_added(row, stem, modality, files, report)
     if not any(name in row for name in ("video", "skeleton", *(m.name for m, _ in added))):
         report.skip("sample", stem, "no modality could be read (video, skeleton"
                     f"{''.join(', ' + m.name for m, _ in added)})", "no readable modality")
         return None
     return row
-
-
-def _video(path: Path, opts: IngestOptions) -> tuple[bytes, dict[str, Any]]:
-    """The stored bytes and attributes of one video (raw frames, or the container, maybe re-encoded)."""
-    if opts.video_storage == "raw":
-        clip, info = read_video(path, opts.frames, opts.height, opts.width)
-        return clip.tobytes(), {"fps": info["fps"], "source_frames": info["source_frames"]}
-    info = probe_video(path)  # names an undecodable file up front, counts the frames exactly
-    data = path.read_bytes()
-    if opts.reencode_short_side or opts.reencode_fps:
-        data = reencode_video(path, opts.reencode_short_side, opts.reencode_fps)
-        info = {**probe_video(path, data), "source_bytes": path.stat().st_size}
-    # frames / fps describe the stored video (what the data path decodes); source_frames keeps segments' clock
-    return data, {**info, "source_frames": info["frames"], "storage": "encoded"}
-
-
-def _read_added(row: dict[str, Any], stem: str, modality: Modality, files: dict[str, Path], report: Report) -> None:
-    key = _match_stem(stem, files)
-    if key is None:
-        return
-    try:
-        stored = modality.read_file(files[key])
-    except (ValueError, OSError) as err:
-        report.skip(modality.name, str(files[key]), str(err), _category(str(err)))
-        return
-    if not isinstance(stored, bytes) or not stored:
-        report.skip(modality.name, str(files[key]), f"{type(modality).__name__}.read_file returned "
-                    f"{type(stored).__name__} of length {len(stored) if stored is not None else 0}, not bytes",
-                    "read_file returned no bytes")
-        return
-    row[modality.name] = stored
 
 
 def _place_segments(row: dict[str, Any], found: SegmentFile, report: Report, action_id: dict[str, int]) -> None:
@@ -436,12 +360,6 @@ def _clip_segment(seg: SegmentItem, video: str, duration: float, report: Report)
         report.note("segments_clipped", {"item": seg.where, "reason": f"[{seg.start}, {seg.end}] s clipped to "
                                          f"[{start:.3f}, {end:.3f}] s (video {video} lasts {duration:.2f} s)"})
     return start, end
-
-
-def _category(reason: str) -> str:
-    # "truncated: file ends where ..." → "truncated"; "line 7: NaN/inf joint ..." → "NaN/inf joint ..."
-    text = reason.split(": ", 1)[1] if reason.startswith("line ") and ": " in reason else reason
-    return text.split(" (")[0].split(":")[0][:60]
 
 
 def _ensure_tokenizer(opts: IngestOptions, manifest: dict[str, Any], rows: list[dict[str, Any]]) -> None:

@@ -78,8 +78,11 @@ def build_dataset(cfg, split: str, *, root: str | Path | None = None, train: boo
     # shard order shuffled as the files are listed, not with randomize_block_order: that is an
     # all-to-all barrier that reads the whole split before the first row is preprocessed
     shuffle = ray.data.FileShuffleConfig(seed=seed) if train else None
-    ds = ray.data.read_parquet(store.split_paths(root, split), columns=meta.read_columns, shuffle=shuffle)
-    if meta.video_storage == ENCODED:
+    encoded = meta.video_storage == ENCODED
+    # encoded: reads are not fused into the decode tasks (repartition between), so they get a light share
+    ds = ray.data.read_parquet(store.split_paths(root, split), columns=meta.read_columns, shuffle=shuffle,
+                               num_cpus=cfg.data.cpus_per_task if encoded else None)
+    if encoded:
         # one map task per few videos, so decoding spreads over tasks: Ray Data's parquet reader packs small
         # files into one block, and one task would decode all of them (bench_decode.py); streaming, no barrier
         ds = ds.repartition(target_num_rows_per_block=ENCODED_MAP_BATCH_SIZE)
@@ -91,6 +94,15 @@ def build_dataset(cfg, split: str, *, root: str | Path | None = None, train: boo
                    "modalities": carried_modalities(cfg.enabled_modalities)},
         concurrency=concurrency,
     )
+
+
+def task_cpus(cfg, split: str | None = None) -> float:
+    """CPUs one preprocessing task of ``split`` (default: the training split) reserves: a decode task of an
+    encoded split takes ``data.decode_cpus_per_task``, any other ``data.cpus_per_task``."""
+    if not cfg.data.path:
+        return cfg.data.cpus_per_task  # the built-in benchmark: raw frames
+    encoded = DatasetMeta.load(cfg.data.path, split or cfg.data.train_split).video_storage == ENCODED
+    return cfg.data.decode_cpus_per_task if encoded else cfg.data.cpus_per_task
 
 
 def iter_train_batches(dataset, cfg, batch_size: int | None = None, *, train: bool = True,

@@ -110,10 +110,11 @@ def preprocess_batch(rows: Any, cfg, meta: DatasetMeta, *, train: bool, rng: np.
     augment = train and cfg.data.augment
     out: dict[str, np.ndarray] = {}
     enabled = cfg.enabled_modalities
+    spans = None  # the part of each clip an encoded video's window covers: the skeleton is cut to the same time
     if "video" in enabled:
-        out["video"], decoded, padded = _videos(rows, cfg, meta, train, rng)
+        out["video"], decoded, padded, spans = _videos(rows, cfg, meta, train, rng)
     if "skeleton" in enabled:
-        out["skeleton"] = _skeletons(rows, cfg, meta, augment, rng)
+        out["skeleton"] = _skeletons(rows, cfg, meta, augment, rng, spans)
     if "text" in enabled:
         captions = [_pick(c, train, rng) for c in rows["captions"]]
         out["text_ids"], out["text_mask"] = _tokenize(captions, cfg, meta)
@@ -155,6 +156,10 @@ def rows_without_modalities(root: str | Path, split: str, modalities: list[str])
     import pyarrow.parquet as pq
 
     manifest = store.load_manifest(root)
+    stored = [*BUILTIN_MODALITIES, *store.extra_modalities(manifest)]
+    for name in (m for m in modalities if m not in stored):
+        raise ValueError(f"modalities.{name} is enabled but {root}/manifest.json stores no such modality "
+                         f"(added: {store.extra_modalities(manifest)}); ingest it with --modality {name}=DIR")
     columns = [f"present_{name}" for name in modalities]
     missing = total = 0
     for path in store.split_paths(root, split, manifest):
@@ -178,23 +183,25 @@ def _pick(items: Any, train: bool, rng: np.random.Generator) -> str:
 
 
 def _videos(rows: dict, cfg, meta: DatasetMeta, train: bool,
-            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(clips (B, T, 3, H, W) float32, decoded (B,), padded (B,)); absent or undecodable rows stay zeros."""
+            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(clips (B, T, 3, H, W) float32, decoded (B,), padded (B,), spans (B, 2): the [start, end) fraction of
+    each stored video its clip covers); absent or undecodable rows stay zeros."""
     c, size = cfg.modalities["video"], len(rows["id"])
     clips = np.zeros((size, c.frames, 3, c.height, c.width), np.float32)
     decoded, padded = np.ones(size, bool), np.zeros(size, bool)
+    spans = np.tile(np.array([0.0, 1.0]), (size, 1))
     for i, raw in enumerate(rows["video"]):
         if raw is None or len(raw) == 0:
             continue  # absent: zeros, present_video is false
         if meta.video_storage == ENCODED:
             clip = rows["clip"][i] if "clip" in rows else None
-            frames, decoded[i], padded[i] = decode_row(raw, rows["attributes"][i], cfg, train=train, rng=rng,
-                                                       clip=clip)
+            frames, decoded[i], padded[i], spans[i] = decode_row(raw, rows["attributes"][i], cfg, train=train,
+                                                                 rng=rng, clip=clip)
             if frames is not None:
-                _normalise_frames(frames, cfg.data.video_norm, meta, out=clips[i])
+                _normalise_frames(frames, cfg.data.video_norm, meta, out=clips[i], grid=True)
             continue
         clips[i] = _raw_clip(rows, i, raw, cfg, meta, train and cfg.data.augment, rng)
-    return clips, decoded, padded
+    return clips, decoded, padded, spans
 
 
 def _raw_clip(rows: dict, i: int, raw: bytes, cfg, meta: DatasetMeta, augment: bool,
@@ -214,15 +221,16 @@ def _raw_clip(rows: dict, i: int, raw: bytes, cfg, meta: DatasetMeta, augment: b
     return _normalise_frames(frames, cfg.data.video_norm, meta, np.empty((c.frames, 3, c.height, c.width), np.float32))
 
 
-def _normalise_frames(frames: np.ndarray, mode: str, meta: DatasetMeta, out: np.ndarray) -> np.ndarray:
+def _normalise_frames(frames: np.ndarray, mode: str, meta: DatasetMeta, out: np.ndarray,
+                      grid: bool = False) -> np.ndarray:
     """uint8 ``(T, H, W, 3)`` frames → normalised float32 ``(T, 3, H, W)`` written into ``out``.
 
     ``clip``: per-channel mean / std of the clip itself (the /255 scale cancels out; the std floor is 1e-3 of
-    the [0, 1] range), estimated on a grid of at most ~32 x 32 pixels per frame (exact at 32 x 32; at 224^2
-    the full-pixel statistics cost a third of a clip's decode time); ``dataset``: the manifest's statistics.
-    Two passes over the output, no float copy of the input."""
+    the [0, 1] range), with ``grid`` (decoded encoded video) estimated on a grid of at most ~32 x 32 pixels per
+    frame (at 224^2 the full-pixel statistics cost a third of a clip's decode time); ``dataset``: the
+    manifest's statistics. Two passes over the output, no float copy of the input."""
     if mode == "clip":
-        stride = max(1, min(frames.shape[1], frames.shape[2]) // 32)
+        stride = max(1, min(frames.shape[1], frames.shape[2]) // 32) if grid else 1
         sample = frames[:, ::stride, ::stride].astype(np.float32)
         mean, std = sample.mean(axis=(0, 1, 2)), sample.std(axis=(0, 1, 2))
         scale = 1.0 / np.maximum(std, 255e-3)
@@ -235,7 +243,8 @@ def _normalise_frames(frames: np.ndarray, mode: str, meta: DatasetMeta, out: np.
     return out
 
 
-def _skeletons(rows: dict, cfg, meta: DatasetMeta, augment: bool, rng: np.random.Generator) -> np.ndarray:
+def _skeletons(rows: dict, cfg, meta: DatasetMeta, augment: bool, rng: np.random.Generator,
+               spans: np.ndarray | None = None) -> np.ndarray:
     c = cfg.modalities["skeleton"]
     if c.joints != meta.joints:
         raise ValueError(f"modalities.skeleton.joints ({c.joints}) differs from the dataset's "
@@ -245,6 +254,9 @@ def _skeletons(rows: dict, cfg, meta: DatasetMeta, augment: bool, rng: np.random
         if raw is None or len(raw) == 0:
             continue
         seq = np.frombuffer(raw, np.float32).reshape(-1, meta.joints, 3)
+        if spans is not None:  # the video's window: the same stretch of time (ingest --frames sets the detail)
+            start = min(int(spans[i, 0] * len(seq)), len(seq) - 1)
+            seq = seq[start:max(start + 1, int(np.ceil(spans[i, 1] * len(seq))))]
         seq = seq[uniform_indices(len(seq), c.frames)]
         if augment:
             seq = _jitter_skeleton(seq, rng)

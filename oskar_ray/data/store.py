@@ -7,13 +7,16 @@ Layout::
     DIR/<split>/part-00000.parquet
     DIR/ingest_report.json       (ingested datasets) every skipped item with its reason
 
-One row per clip (see :data:`SCHEMA`). Video is stored *decoded and resized*,
-as raw uint8 ``(T, H, W, 3)`` bytes, skeletons as raw float32 ``(T, J, 3)``
+One row per clip (see :data:`SCHEMA`). Video is stored either whole and encoded
+(``splits.<s>.video_storage: encoded``, what ``oskar data ingest`` writes: the
+container's bytes, clips decoded per visit by ``encoded_video.py``) or *decoded and
+resized* as raw uint8 ``(T, H, W, 3)`` bytes (``raw``: SynthAction, ``ingest
+--video-storage raw``); skeletons as raw float32 ``(T, J, 3)``
 bytes; a modality absent from a row is an empty byte string and
 ``present_<modality>`` is false. An added modality (``ingest --modality
 NAME=DIR``, oskar_ray/modalities/base.py) gets a binary ``NAME`` column with the
 bytes its ``read_file`` returned and a ``present_NAME`` flag (:func:`schema`); the
-manifest's ``modalities`` lists it. Why raw frames rather than re-encoded video:
+manifest's ``modalities`` lists it. Why SynthAction keeps raw frames:
 at 16×32×32 a clip is 48 KiB raw and decoding is a ``np.frombuffer`` (~µs),
 while re-encoding to H.264/MPEG-4 saves disk but costs a PyAV container open
 and decode per clip (~ms) in the data path; ``experiments/bench_data.py
@@ -139,7 +142,8 @@ def new_manifest(shapes: dict[str, int], source: str) -> dict[str, Any]:
         "vocab": {"actions": [], "answers": [], "question_types": []},
         "tokenizer": "tokenizer.json",
         "samples": 0,
-        "storage": {"video": "uint8 (T, H, W, 3) raw bytes, decoded + resized",
+        "storage": {"video": "per split (splits.<s>.video_storage): encoded container bytes, or raw uint8 "
+                              "(T, H, W, 3) decoded + resized",
                     "skeleton": "float32 (T, J, 3) raw bytes, centred + scaled"},
     }
 

@@ -113,6 +113,9 @@ def evaluate_full(checkpoint_or_model: Any, dataset: str | Path | None = None, t
             **{f"eval.{task}.error": why for task, why in errors.items()}}
     if errors:
         tags["eval.failed_tasks"] = ",".join(errors)
+    if any(ctx.cache.skipped_video.values()):
+        tags["eval.skipped_video"] = ", ".join(f"{split}: {n} undecodable video(s), zero video features"
+                                               for split, n in ctx.cache.skipped_video.items() if n)
     if not text_trained(cfg) and {"retrieval", "vqa"} & set(tasks):
         tags["eval.text"] = ("text not trained (budget.input_weights and target_weights give text 0)"
                              if "text" in cfg.enabled_modalities else "text not trained (modality disabled)")

@@ -134,7 +134,10 @@ def extract(model, batches: Iterator[tuple[dict, list[dict]]], views: list[str],
     device = next(model.parameters()).device
     parts: dict[str, list] = {v: [] for v in views}
     labels: dict[str, list] = {k: [] for k in LABEL_KEYS}
+    skipped = 0
     for batch, _ in tqdm(batches, desc=desc, disable=not progress, leave=False):
+        skipped += int(batch.pop("skipped_video").sum()) if "skipped_video" in batch else 0
+        batch.pop("padded_video", None)
         batch = to_device(batch, device)
         for view in views:
             pooled, tokens, valid = encode_view(model, batch, view)
@@ -145,8 +148,10 @@ def extract(model, batches: Iterator[tuple[dict, list[dict]]], views: list[str],
     if not any(parts.values()):
         raise ValueError(f"{desc}: the split has no rows")
     merged = {k: torch.cat(v) for k, v in labels.items() if v}
-    return {view: Features(*(torch.cat(p) for p in zip(*chunks, strict=True)), labels=merged)
-            for view, chunks in parts.items()}
+    if skipped:  # their video features are zeros: said here and tagged on the eval run (eval.skipped_video)
+        print(f"{desc}: {skipped} video(s) could not be decoded (zero video features)", flush=True)
+    return {view: Features(*(torch.cat(p) for p in zip(*chunks, strict=True)), labels=merged,
+                           extra={"skipped_video": [skipped]}) for view, chunks in parts.items()}
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -167,6 +172,8 @@ class FeatureCache:
         self.batch_size, self.progress = batch_size, progress
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self._store: dict[tuple[str, str, str], Features] = {}
+        #: logical split -> videos that did not decode (their video features are zeros)
+        self.skipped_video: dict[str, int] = {}
 
     def has_split(self, split: str) -> bool:
         return self.plan.has(split)
@@ -192,6 +199,7 @@ class FeatureCache:
             batches = iterate_batches(self.root, self.plan.source(split), self.cfg, self.batch_size, expand=expand)
             found = extract(self.model, batches, views, desc=f"features {split}", progress=self.progress)
             loaded |= {view: average_clips(feats, clips) for view, feats in found.items()}
+            self.skipped_video[split] = next(iter(found.values())).extra.get("skipped_video", [0])[0] if found else 0
             if disk is not None:
                 disk.parent.mkdir(parents=True, exist_ok=True)
                 torch.save(loaded, disk)
@@ -214,6 +222,8 @@ class FeatureCache:
         tag = "" if source.stored == split else f"__{source.stored}"
         if source.rows is not None:
             tag += "__" + hashlib.sha1(source.rows.tobytes()).hexdigest()[:10]
-        clips = self._clips_per_row(split) if mode == "clip" else 1
-        tag += f"__{clips}clips" if clips > 1 else ""
+        if self._clips_per_row(split) > 1 or DatasetMeta.load(self.root, source.stored).video_storage == ENCODED:
+            e, d = self.cfg.eval, self.cfg.data  # what an encoded video's clips depend on
+            clip_key = (e.video_segments, e.video_views, d.frame_step, d.video_norm)
+            tag += "__clips" + hashlib.sha1(repr(clip_key).encode()).hexdigest()[:8]
         return self.cache_dir / f"{split}{tag}__{mode}.pt"

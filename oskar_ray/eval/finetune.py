@@ -65,6 +65,8 @@ def finetune(model, view: str, dataset_dir, cfg, *, train_split: str, test_split
                             with_masks=False, rows=source.rows)
     net.train()
     for batch in tqdm(batches, desc=f"fine-tune {view}", disable=not progress, leave=False):
+        if not bool((batch["action"] >= 0).any()):
+            continue  # all unlabelled: cross-entropy over no target is NaN and would poison the weights
         batch = to_device(batch, device)
         opt.zero_grad()
         # a clip without an action label (-1) teaches nothing; the frozen probes leave it out the same way

@@ -124,7 +124,7 @@ def nms(segments: list[tuple[float, float, float]], threshold: float = NMS_TIOU)
 
 
 # --- features and head ----------------------------------------------------------
-def _windows(meta: DatasetMeta, clip_len: int, stride: int, cfg=None):
+def _windows(meta: DatasetMeta, clip_len: int, stride: int, cfg):
     if meta.video_storage == ENCODED:
         return _encoded_windows(cfg, stride)
     frame_bytes = meta.height * meta.width * 3
@@ -148,7 +148,7 @@ def _windows(meta: DatasetMeta, clip_len: int, stride: int, cfg=None):
 
 
 def _encoded_windows(cfg, stride: int):
-    """Windows over an encoded video: ``clip`` = [start frame, centre view], starts ``stride`` x
+    """Windows over an encoded video: ``clip`` = [start frame, -1 (centre view)], starts ``stride`` x
     ``data.frame_step`` frames apart; the video's frames stay encoded (each window decodes its own)."""
     plan = clip_plan(cfg)
 
@@ -160,7 +160,8 @@ def _encoded_windows(cfg, stride: int):
         except DecodeError:
             return []  # undecodable metadata: the sequence has no timestep (localization reads what decodes)
         starts = range(0, max(frames - plan.span, 0) + 1, stride * plan.step)
-        return [{**row, "clip": [s, 0], "_centre": min(s + plan.span / 2, frames) / frames, "_frames": frames}
+        # view -1: the centre crop; the centre time of what the window covers (all of a short video)
+        return [{**row, "clip": [s, -1], "_centre": (s + min(s + plan.span, frames)) / 2 / frames, "_frames": frames}
                 for s in starts]
 
     return expand

@@ -123,8 +123,7 @@ class Modality:
     def empty(self) -> dict[str, np.ndarray]:
         """Zeros shaped like one decoded sample: what a row without this modality carries."""
         example = self.example(1, torch.Generator().manual_seed(0))
-        return {key: np.zeros(value.shape[1:], np.float32 if value.is_floating_point() else np.int64)
-                for key, value in example.items()}
+        return {key: np.zeros(value.shape[1:], value.numpy().dtype) for key, value in example.items()}
 
     def blank(self, batch: dict, absent: torch.Tensor) -> None:
         """Zero this modality's inputs for samples where it is absent (in place)."""

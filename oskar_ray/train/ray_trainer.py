@@ -31,6 +31,7 @@ from pathlib import Path
 
 from .. import relay, storage
 from ..config import OskarConfig, config_yaml, save_config
+from ..data.pipeline import task_cpus
 from ..data.preprocess import rows_without_modalities
 from ..data.resolve import resolve_data
 from ..data.store import split_info
@@ -72,6 +73,10 @@ def pretrain(cfg: OskarConfig, *, resume: str | None = None, fail_at_step: int |
     """
     cfg = resolve_data(cfg)
     init_ray()
+    need = task_cpus(cfg)
+    if 0 < cfg.data.max_cpus < need:  # Ray Data would wait forever for a task it can never schedule
+        raise ValueError(f"data.max_cpus={cfg.data.max_cpus} is below the {need} CPUs one preprocessing task of "
+                         f"split {cfg.data.train_split!r} reserves (data.cpus_per_task / decode_cpus_per_task)")
     limit_data_cpus(cfg.data.max_cpus)  # before the datasets are built: they run under this process's context
     relay.start(tracking_uri(cfg), cfg.tracking.relay)
     name = run_name or cfg.tracking.run_name or time.strftime("pretrain-%Y%m%d-%H%M%S")

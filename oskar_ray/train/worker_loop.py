@@ -100,6 +100,18 @@ def _mean_across_ranks(value: torch.Tensor) -> torch.Tensor:
     return value
 
 
+def _summed_across_ranks(counted: dict[str, float]) -> dict[str, float]:
+    """``data/<counter>`` over every rank's batches (each rank streams its own shard); called by all ranks."""
+    if not counted:
+        return {}
+    keys = sorted(counted)
+    total = torch.tensor([counted[k] for k in keys], dtype=torch.float64)
+    if dist.is_available() and dist.is_initialized():
+        total = total.to("cuda" if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(total)
+    return {f"data/{k}": float(v) for k, v in zip(keys, total.tolist(), strict=True)}
+
+
 class _Throughput:
     """Samples/s, tokens/s and the share of step time spent waiting on data, per log window."""
 
@@ -125,7 +137,7 @@ class _Throughput:
         # trainer_cpu_s: this process's CPU seconds so far (all threads): beside the machine's, the data path's share
         out = {"samples_per_s": rate, "tokens_per_s": rate * self.tokens_per_sample,
                "data_wait_fraction": self.data_wait / max(self.total, 1e-9), "trainer_cpu_s": time.process_time(),
-               **{f"data/{key}": value for key, value in self.counted.items()}}
+               **_summed_across_ranks(self.counted)}
         self.steps, self.data_wait, self.total = 0, 0.0, 0.0
         return out
 

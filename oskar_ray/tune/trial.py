@@ -112,10 +112,11 @@ def _limit_data_cpus(cfg) -> None:
     """Unless ``data.max_cpus`` says otherwise, cap this trial's Ray Data preprocessing at
     ``ray_runtime.DATA_TASKS`` tasks in flight (measured: no data wait after the first batch, 2 trials on 2 busy
     cores; see ``ray_runtime.limit_data_cpus``); ``pretrain`` applies it."""
+    from ..data.pipeline import task_cpus
     from ..ray_runtime import DATA_TASKS
 
     if not cfg.data.max_cpus:
-        cfg.data.max_cpus = DATA_TASKS * cfg.data.cpus_per_task
+        cfg.data.max_cpus = DATA_TASKS * task_cpus(cfg)  # an encoded split's decode tasks take a whole CPU
 
 
 def report_last_signal(client, run_id: str, signal: str) -> None:

@@ -113,9 +113,19 @@ def decode_clip(encoded: bytes, index: np.ndarray, box: Box, size: tuple[int, in
         raise DecodeError(f"undecodable video ({type(err).__name__}: {err})") from None
     if not frames:
         raise DecodeError(f"no frame decoded at or after index {int(wanted[0])}")
-    last = frames[max(frames)]
-    clip = np.stack([frames.get(int(i), last) for i in index])  # frames past a damaged tail: the last decoded
+    clip = np.stack(_fill_forward(frames, index))
     return clip[:, :, ::-1] if flip else clip
+
+
+def _fill_forward(frames: dict[int, np.ndarray], index: np.ndarray) -> list[np.ndarray]:
+    """The frame at each index; one missing (a damaged tail, a timestamp that rounds past it) takes the nearest
+    earlier decoded frame, or the first decoded one before any."""
+    known = sorted(frames)
+    out = []
+    for i in index:
+        earlier = [k for k in known if k <= i]
+        out.append(frames[earlier[-1] if earlier else known[0]])
+    return out
 
 
 def _seek(container, stream, target: int, fps: float) -> bool:

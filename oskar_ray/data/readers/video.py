@@ -90,25 +90,26 @@ def probe_video(path: str | Path, data: bytes | None = None) -> dict:
                 "width": ctx.width, "height": ctx.height, "codec": ctx.name}
 
 
-def reencode_video(path: str | Path, short_side: int = 0, fps: float = 0.0, codec: str = "mpeg4") -> bytes:
-    """The video re-encoded with its short side at most ``short_side`` and at most ``fps`` frames/s (0: keep)."""
+def reencode_video(path: str | Path, short_side: int, keep_every: int, info: dict, codec: str = "mpeg4") -> bytes:
+    """The video re-encoded with its short side scaled to ``short_side`` (0: kept) and every ``keep_every``-th
+    frame; ``info``: its :func:`probe_video` result. The output rate is exact (a fraction), so durations hold."""
     import tempfile
+    from fractions import Fraction
 
     path = Path(path)
-    info = probe_video(path)
-    keep_every = max(1, round(info["fps"] / fps)) if fps and info["fps"] > fps else 1
-    scale = min(1.0, short_side / min(info["width"], info["height"])) if short_side else 1.0
-    width, height = (2 * round(info["width"] * scale / 2), 2 * round(info["height"] * scale / 2))
+    scale = short_side / min(info["width"], info["height"]) if short_side else 1.0
+    width, height = 2 * max(1, round(info["width"] * scale / 2)), 2 * max(1, round(info["height"] * scale / 2))
+    rate = Fraction(info["fps"]).limit_denominator(1001) / keep_every
     with av.open(str(path)) as source, tempfile.TemporaryDirectory() as tmp:
         out_path = Path(tmp) / "video.mp4"
         with av.open(str(out_path), mode="w") as out:
-            stream = out.add_stream(codec, rate=max(1, round(info["fps"] / keep_every)) if info["fps"] else 10)
+            stream = out.add_stream(codec, rate=rate)
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
             try:
                 for k, frame in enumerate(source.decode(video=0)):
                     if k % keep_every == 0:
                         image = frame.reformat(width=width, height=height, format="yuv420p")
-                        image.pts = None
+                        image.pts, image.time_base = k // keep_every, 1 / rate  # one tick per kept frame
                         out.mux(stream.encode(image))
             except av.FFmpegError:
                 pass  # a damaged tail: probe_video already counted the frames before it
