@@ -167,6 +167,7 @@ def test_ingest_stores_the_added_modality_and_counts_bad_files(imu, raw):
     assert report["videos_without_imu"] == []
     manifest = store.load_manifest(raw / "ds")
     assert manifest["modalities"] == [*BUILTIN_MODALITIES, "imu"]
+    assert manifest["splits"]["train"]["presence"] == {"video+imu": 40, "video": 1}  # runs count from it
     table = pq.read_table(store.split_paths(raw / "ds", "train"))
     rows = dict(zip(table["id"].to_pylist(), table.select(["imu", "present_imu"]).to_pylist(), strict=True))
     assert not rows["broken"]["present_imu"] and rows["train000"]["present_imu"]

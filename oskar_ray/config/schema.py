@@ -165,8 +165,9 @@ class EvalConfig:
     #: clip readings the VQA head is trained on: "video" (the headline) and "video+skeleton"
     vqa_views: list[str] = field(default_factory=lambda: ["video", "video+skeleton"])
     batch_size: int = 64
-    #: encoded videos: each clip is read as this many windows spread over it x this many crops along its long side
-    #: (V-JEPA's frozen eval: 8 x 3 on Kinetics); pooled features and tokens are averaged over them
+    #: encoded videos: each clip is read as this many windows spread over it x this many crops along its long side;
+    #: pooled features and tokens are averaged over them (V-JEPA reads 8 x 3 on Kinetics but averages the probe's
+    #: per-clip predictions instead: not the same protocol)
     video_segments: int = 1
     video_views: int = 1
     #: feature std below this for `collapse_patience` evaluations raises the alarm

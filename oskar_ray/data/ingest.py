@@ -161,7 +161,7 @@ def ingest(opts: IngestOptions, progress: bool = True) -> dict[str, Any]:
                           f"({report.summary()})")
     store.add_split(manifest, opts.split, shards.names, len(shards.texts), frames=opts.frames,
                     video_storage=opts.video_storage, labelled=True, has_segments=ann.segments is not None,
-                    source=str(opts.videos))
+                    source=str(opts.videos), presence=shards.presence)
     _ensure_tokenizer(opts, manifest, shards.texts)
     store.save_manifest(opts.out, manifest)
     return _write_report(opts, report, len(shards.texts), len(videos))
@@ -175,11 +175,16 @@ class _ShardWriter:
         self.opts, self.extra, self.pending, self.names = opts, extra, [], []
         self.per_shard = store.ENCODED_ROWS_PER_SHARD if opts.video_storage == "encoded" else store.ROWS_PER_SHARD
         self.texts: list[dict[str, Any]] = []
+        #: rows per combination of stored modalities ("video+skeleton": 40): what a run can tell without a scan
+        self.presence: dict[str, int] = {}
 
     def add(self, row: dict[str, Any]) -> None:
         self.pending.append(row)
         self.texts.append({k: row.get(k, []) for k in ("captions", "questions", "choices")}
                           | {"action_name": row.get("action_name", "")})
+        carried = "+".join(name for name in ("video", "skeleton", *self.extra) if row.get(name))
+        carried += "+text" if any(str(c).strip() for c in row.get("captions", [])) else ""
+        self.presence[carried.strip("+")] = self.presence.get(carried.strip("+"), 0) + 1
         if len(self.pending) == self.per_shard:
             self.flush()
 

@@ -40,6 +40,11 @@ from torch import nn
 _REGISTRY: dict[str, type[Modality]] = {}
 #: the modalities with their own data paths in oskar_ray/data (store columns, readers, preprocessing)
 BUILTIN_MODALITIES = ("video", "skeleton", "text")
+#: names an added modality or its batch keys may not take: the built-ins' batch keys, labels, masks, views
+RESERVED_NAMES = frozenset({
+    *BUILTIN_MODALITIES, "text_ids", "text_mask", "question", "question_ids", "question_mask", "action", "answer",
+    "question_type", "segment", "present", "input_index", "target_index", "fusion", "clip", "attributes", "id",
+    "skipped_video", "padded_video"})
 
 
 @dataclass
@@ -172,6 +177,10 @@ def register_modality(cls: type[Modality]) -> type[Modality]:
     """Class decorator: make a modality known to configs and the model."""
     if not cls.name:
         raise ValueError(f"{cls.__name__}.name must be a non-empty string")
+    if cls.name not in BUILTIN_MODALITIES:
+        clash = {cls.name, *cls.batch_keys} & RESERVED_NAMES
+        if clash:
+            raise ValueError(f"{cls.__name__}: {sorted(clash)} already name(s) a batch key, view or column")
     _REGISTRY[cls.name] = cls
     return cls
 
