@@ -79,9 +79,10 @@ def build_dataset(cfg, split: str, *, root: str | Path | None = None, train: boo
     # all-to-all barrier that reads the whole split before the first row is preprocessed
     shuffle = ray.data.FileShuffleConfig(seed=seed) if train else None
     encoded = meta.video_storage == ENCODED
-    # encoded: reads are not fused into the decode tasks (repartition between), so they get a light share
+    # Ray 2.60 runs the parquet reads as their own tasks (not fused into map_batches): a light share each, so a
+    # busy cluster (two trials, a capped data budget) can still schedule them; Ray's default is a whole CPU
     ds = ray.data.read_parquet(store.split_paths(root, split), columns=meta.read_columns, shuffle=shuffle,
-                               num_cpus=cfg.data.cpus_per_task if encoded else None)
+                               num_cpus=cfg.data.cpus_per_task)
     if encoded:
         # one map task per few videos, so decoding spreads over tasks: Ray Data's parquet reader packs small
         # files into one block, and one task would decode all of them (bench_decode.py); streaming, no barrier
