@@ -11,23 +11,35 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
-def ray_local(tmp_path_factory):
-    """One local Ray for the whole session (init costs ~5 s): quiet, no dashboard, temp dir in pytest's tmp."""
-    import ray
-
+def _ray_tmp(tmp_path_factory):
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     tmp = tmp_path_factory.mktemp("ray")  # short enough for Ray's unix socket paths (< 107 chars)
     os.environ.setdefault("RAY_TMPDIR", str(tmp))
-    if not ray.is_initialized():
-        from oskar_ray.ray_runtime import TRIAL_SLOT
+    yield tmp
+    import ray
 
+    ray.shutdown()
+
+
+@pytest.fixture
+def ray_local(_ray_tmp):
+    """One local Ray for the session (init costs ~5 s): quiet, no dashboard, temp dir in pytest's tmp. Started
+    again, with the same shape, when a test in between shut it down (``oskar sweep`` run in-process does):
+    otherwise the next run would start a default-sized Ray whose extra trial slots change what sweeps do (two
+    synchronous-halving trials at once on 2 cores starved each other's data reads: a hang)."""
+    import ray
+
+    from oskar_ray.ray_runtime import TRIAL_SLOT
+
+    if ray.is_initialized() and ray.cluster_resources().get(TRIAL_SLOT) != 1:
+        ray.shutdown()  # a Ray some test started its own way (a default-sized one): not the shape tests assume
+    if not ray.is_initialized():
         # 4 logical CPUs on 2 cores: room for fractional map_batches tasks next to a driver/trainer;
         # one trial slot: sweeps under synchronous halving run one trial at a time (others wait paused)
         ray.init(num_cpus=4, resources={TRIAL_SLOT: 1}, include_dashboard=False, log_to_driver=False,
-                 _temp_dir=str(tmp))
-    yield tmp
-    ray.shutdown()
+                 _temp_dir=str(_ray_tmp))
+    return _ray_tmp
 
 
 @pytest.fixture(scope="session")
