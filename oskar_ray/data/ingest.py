@@ -60,7 +60,7 @@ from . import store
 from .ingest_media import (
     IngestError,
     Report,
-    VideoOptions,
+    ShardWriter,
     added_modalities,
     category,
     files_by_stem,
@@ -138,7 +138,7 @@ def ingest(opts: IngestOptions, progress: bool = True) -> dict[str, Any]:
     answer_id = store.extend_vocab(manifest["vocab"]["answers"],
                                    [q.answer for q in qa_items] + [c for q in qa_items for c in q.choices])
     store.extend_vocab(manifest["vocab"]["question_types"], [q.qtype for q in qa_items])
-    shards = _ShardWriter(opts, store.extra_modalities(manifest))
+    shards = ShardWriter(opts.out, opts.split, opts.video_storage, store.extra_modalities(manifest))
     for stem, path in tqdm(sorted(videos.items()), desc=f"ingest {opts.split}", disable=not progress):
         row = _sample(stem, path, opts, report, skeletons, missing, added)
         if row is None:
@@ -165,34 +165,6 @@ def ingest(opts: IngestOptions, progress: bool = True) -> dict[str, Any]:
     _ensure_tokenizer(opts, manifest, shards.texts)
     store.save_manifest(opts.out, manifest)
     return _write_report(opts, report, len(shards.texts), len(videos))
-
-
-class _ShardWriter:
-    """Rows are written a shard at a time (whole encoded videos: a split never sits in memory); keeps only the
-    texts the tokenizer is trained on."""
-
-    def __init__(self, opts: IngestOptions, extra: list[str]):
-        self.opts, self.extra, self.pending, self.names = opts, extra, [], []
-        self.per_shard = store.ENCODED_ROWS_PER_SHARD if opts.video_storage == "encoded" else store.ROWS_PER_SHARD
-        self.texts: list[dict[str, Any]] = []
-        #: rows per combination of stored modalities ("video+skeleton": 40): what a run can tell without a scan
-        self.presence: dict[str, int] = {}
-
-    def add(self, row: dict[str, Any]) -> None:
-        self.pending.append(row)
-        self.texts.append({k: row.get(k, []) for k in ("captions", "questions", "choices")}
-                          | {"action_name": row.get("action_name", "")})
-        carried = "+".join(name for name in ("video", "skeleton", *self.extra) if row.get(name))
-        carried += "+text" if any(str(c).strip() for c in row.get("captions", [])) else ""
-        self.presence[carried.strip("+")] = self.presence.get(carried.strip("+"), 0) + 1
-        if len(self.pending) == self.per_shard:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.pending:
-            self.names += store.write_split(self.pending, self.opts.out, self.opts.split, start_shard=len(self.names),
-                                            extra=self.extra, rows_per_shard=self.per_shard)
-            self.pending = []
 
 
 def _open_manifest(opts: IngestOptions) -> dict[str, Any]:
@@ -296,8 +268,7 @@ def _sample(stem: str, path: Path, opts: IngestOptions, report: Report, skeleton
     # attributes stay a dict until the row is complete (segments add to them); written as JSON
     row: dict[str, Any] = {"id": stem, "attributes": {"video": str(path)}}
     try:
-        row["video"], info = read_stored_video(path, VideoOptions(
-            opts.video_storage, opts.reencode_short_side, opts.reencode_fps, opts.frames, opts.height, opts.width))
+        row["video"], info = read_stored_video(path, opts)
         row["attributes"].update(info)
     except ReadError as err:
         report.skip("video", str(path), str(err), category(err.reason))

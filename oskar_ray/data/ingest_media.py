@@ -72,21 +72,12 @@ def match_stem(stem: str, available: dict[str, Any]) -> str | None:
 
 
 # --- video -------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class VideoOptions:
-    storage: str = "encoded"
-    reencode_short_side: int = 0
-    reencode_fps: float = 0.0
-    frames: int = 16
-    height: int = 32
-    width: int = 32
-
-
-def read_stored_video(path: Path, opts: VideoOptions) -> tuple[bytes, dict[str, Any]]:
+def read_stored_video(path: Path, opts) -> tuple[bytes, dict[str, Any]]:
     """The stored bytes and attributes of one video: ``frames`` raw uint8 clips, or the whole container (its
     source bytes, or a re-encode when it exceeds ``reencode_short_side`` / ``reencode_fps``). ReadError names
-    what is wrong (undecodable, no frame rate)."""
-    if opts.storage == "raw":
+    what is wrong (undecodable, no frame rate). ``opts``: the ``IngestOptions`` (video_storage, reencode_*, frames,
+    height, width)."""
+    if opts.video_storage == "raw":
         clip, info = read_video(path, opts.frames, opts.height, opts.width)
         return clip.tobytes(), {"fps": info["fps"], "source_frames": info["source_frames"]}
     info = probe_video(path)  # names an undecodable file up front, counts the frames exactly
@@ -101,6 +92,34 @@ def read_stored_video(path: Path, opts: VideoOptions) -> tuple[bytes, dict[str, 
         info = {**probe_video(path, data), "source_bytes": path.stat().st_size}
     # frames / fps describe the stored video (what the data path decodes); source_frames keeps segments' clock
     return data, {**info, "source_frames": info["frames"], "storage": "encoded"}
+
+
+class ShardWriter:
+    """Rows are written a shard at a time (whole encoded videos: a split never sits in memory); keeps only the
+    texts the tokenizer is trained on and the rows per combination of stored modalities."""
+
+    def __init__(self, out: Path, split: str, video_storage: str, extra: list[str]):
+        self.out, self.split, self.extra, self.pending, self.names = out, split, extra, [], []
+        self.per_shard = store.ENCODED_ROWS_PER_SHARD if video_storage == "encoded" else store.ROWS_PER_SHARD
+        self.texts: list[dict[str, Any]] = []
+        #: rows per combination of stored modalities ("video+skeleton": 40): what a run can tell without a scan
+        self.presence: dict[str, int] = {}
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.pending.append(row)
+        self.texts.append({k: row.get(k, []) for k in ("captions", "questions", "choices")}
+                          | {"action_name": row.get("action_name", "")})
+        carried = [name for name in ("video", "skeleton", *self.extra) if row.get(name)]
+        carried += ["text"] if any(str(c).strip() for c in row.get("captions", [])) else []
+        self.presence["+".join(carried)] = self.presence.get("+".join(carried), 0) + 1
+        if len(self.pending) == self.per_shard:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.names += store.write_split(self.pending, self.out, self.split, start_shard=len(self.names),
+                                            extra=self.extra, rows_per_shard=self.per_shard)
+            self.pending = []
 
 
 # --- an added modality (oskar_ray/modalities/base.py) --------------------------------------------

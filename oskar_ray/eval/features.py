@@ -79,7 +79,7 @@ def iterate_batches(dataset_dir: str | Path, split: str | SplitSource, cfg, batc
     source = split if isinstance(split, SplitSource) else SplitSource(split, None, "")
     meta = DatasetMeta.load(dataset_dir, source.stored)
     pending: list[dict] = []
-    for row in read_rows(dataset_dir, source, columns):
+    for row in read_rows(dataset_dir, source, columns or meta.read_columns):
         pending += expand(row) if expand else [row]
         while len(pending) >= batch_size:
             yield _batch(pending[:batch_size], cfg, meta), pending[:batch_size]

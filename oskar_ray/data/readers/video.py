@@ -32,40 +32,10 @@ def fit_size(src_w: int, src_h: int, width: int, height: int) -> tuple[int, int]
     return max(width, round(src_w * scale)), max(height, round(src_h * scale))
 
 
-def read_video(path: str | Path, frames: int = 16, height: int = 32, width: int = 32) -> tuple[np.ndarray, dict]:
-    """``(frames, height, width, 3)`` uint8 and info {source_frames, fps, source_size}."""
-    path = Path(path)
-    try:
-        container = av.open(str(path))
-    except (av.FFmpegError, OSError, UnicodeDecodeError) as err:
-        raise ReadError(path, f"undecodable video (cannot open container: {err})") from None
-    with container:
-        if not container.streams.video:
-            raise ReadError(path, "no video stream in the container")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        small: list[np.ndarray] = []
-        try:
-            for frame in container.decode(stream):
-                w, h = fit_size(frame.width, frame.height, width, height)
-                small.append(_centre_crop(frame.to_ndarray(width=w, height=h, format="rgb24"), height, width))
-        except av.FFmpegError as err:
-            if not small:
-                raise ReadError(path, f"undecodable video stream ({err})") from None
-            # a damaged tail: keep what decoded (the count is reported in info)
-        if not small:
-            raise ReadError(path, "video stream has no decodable frames (empty video)")
-        fps = float(stream.average_rate) if stream.average_rate else 0.0
-        size = (stream.codec_context.width, stream.codec_context.height)
-    clip = np.stack(small)[uniform_indices(len(small), frames)]
-    return clip, {"source_frames": len(small), "fps": fps, "source_size": list(size)}
-
-
-def probe_video(path: str | Path, data: bytes | None = None) -> dict:
-    """Decode every frame once (no conversion): {frames, fps, duration_s, width, height, codec}; ReadError if
-    the file (or ``data``, its bytes after a re-encode) cannot be decoded (a damaged tail keeps the frames
-    before it: ``frames`` counts what decodes)."""
-    path = Path(path)
+def _decoded(path: Path, data: bytes | None, convert) -> tuple[list, dict]:
+    """``(converted frames, {fps, width, height, codec})`` of the first video stream of ``path`` (or ``data``, its
+    bytes), each frame passed through ``convert``; a damaged tail keeps what decoded before it. ReadError names
+    what is wrong."""
     try:
         container = av.open(io.BytesIO(data) if data is not None else str(path))
     except (av.FFmpegError, OSError, UnicodeDecodeError) as err:
@@ -75,19 +45,40 @@ def probe_video(path: str | Path, data: bytes | None = None) -> dict:
             raise ReadError(path, "no video stream in the container")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        count = 0
+        frames: list = []
         try:
-            for _ in container.decode(stream):
-                count += 1
+            for frame in container.decode(stream):
+                frames.append(convert(frame))
         except av.FFmpegError as err:
-            if not count:
+            if not frames:
                 raise ReadError(path, f"undecodable video stream ({err})") from None
-        if not count:
+        if not frames:
             raise ReadError(path, "video stream has no decodable frames (empty video)")
-        fps = float(stream.average_rate) if stream.average_rate else 0.0
-        ctx = stream.codec_context
-        return {"frames": count, "fps": fps, "duration_s": round(count / fps, 3) if fps else 0.0,
-                "width": ctx.width, "height": ctx.height, "codec": ctx.name}
+        ctx = stream.codec_context  # read before the container closes
+        return frames, {"fps": float(stream.average_rate) if stream.average_rate else 0.0, "width": ctx.width,
+                        "height": ctx.height, "codec": ctx.name}
+
+
+def read_video(path: str | Path, frames: int = 16, height: int = 32, width: int = 32) -> tuple[np.ndarray, dict]:
+    """``(frames, height, width, 3)`` uint8 and info {source_frames, fps, source_size}."""
+
+    def small(frame) -> np.ndarray:
+        w, h = fit_size(frame.width, frame.height, width, height)
+        return _centre_crop(frame.to_ndarray(width=w, height=h, format="rgb24"), height, width)
+
+    decoded, info = _decoded(Path(path), None, small)
+    clip = np.stack(decoded)[uniform_indices(len(decoded), frames)]
+    return clip, {"source_frames": len(decoded), "fps": info["fps"], "source_size": [info["width"], info["height"]]}
+
+
+def probe_video(path: str | Path, data: bytes | None = None) -> dict:
+    """Decode every frame once (no conversion): {frames, fps, duration_s, width, height, codec}; ReadError if
+    the file (or ``data``, its bytes after a re-encode) cannot be decoded (a damaged tail keeps the frames
+    before it: ``frames`` counts what decodes)."""
+    decoded, info = _decoded(Path(path), data, lambda frame: None)
+    count, fps = len(decoded), info["fps"]
+    return {"frames": count, "fps": fps, "duration_s": round(count / fps, 3) if fps else 0.0, "width": info["width"],
+            "height": info["height"], "codec": info["codec"]}
 
 
 def reencode_video(path: str | Path, short_side: int, keep_every: int, info: dict, codec: str = "mpeg4") -> bytes:
