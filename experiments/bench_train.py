@@ -23,12 +23,16 @@ and prints step time, tokens/s, achieved TFLOP/s (``oskar_ray.tune.flops``) and,
 a known GPU, MFU against its dense bf16 peak::
 
     python experiments/bench_train.py --mfu --device cuda --config experiments/configs/base.yaml
+
+``--overhead`` runs ``experiments/bench_overhead.py`` (its options follow): ``oskar pretrain`` vs ``oskar
+pretrain --local`` as whole commands, 40 tiny steps, their start-up stage by stage (issue 29: ratio <= 1.5).
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -117,6 +121,10 @@ def report_mfu(cfg: OskarConfig, device: str, steps: int) -> dict[str, float]:
 
 
 def main() -> None:
+    if "--overhead" in sys.argv[1:]:  # = experiments/bench_overhead.py (its options follow)
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        __import__("bench_overhead").main([a for a in sys.argv[1:] if a != "--overhead"])
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="experiments/configs/smoke.yaml")
     parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE")

@@ -12,7 +12,7 @@ synthesising the built-in benchmark into ``data/`` when ``data.path`` is
 empty; it prints one line per ``train.log_every`` steps, writes checkpoints
 under ``train.output_dir/<run name>/`` and one MLflow run
 (``mlflow ui --backend-store-uri sqlite:///mlflow.db``). ``--resume DIR``
-continues a run; ``--local`` is a single-process smoke check without Ray.
+continues a run; ``--local`` makes the same run in one process without Ray (same data, MLflow run).
 ``report`` builds ``DIR/report.html`` from a sweep's MLflow runs (see
 :mod:`oskar_ray.report`).
 """
@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-from pathlib import Path
 
-from .config import OskarConfig, load_config, save_config
+from .config import OskarConfig, load_config
 from .data.cli import add_data_commands
 from .eval.cli import add_eval_commands
 from .report.cli import add_report_commands
@@ -41,8 +39,8 @@ def _pretrain(args: argparse.Namespace) -> int:
     if not (args.config or args.resume):
         raise ValueError("--config FILE is required (or --resume CHECKPOINT_DIR)")
     if args.resume and args.local:
-        raise ValueError("--resume continues a Ray Train checkpoint; --local trains a fresh single-process model "
-                         "on the example stream: use one or the other")
+        raise ValueError("--resume continues a Ray Train checkpoint; --local trains a fresh model in one process "
+                         "without Ray: use one or the other")
     changes: dict = {}
     if args.resume:
         from .train.resume import describe, resume_config
@@ -53,11 +51,11 @@ def _pretrain(args: argparse.Namespace) -> int:
     else:
         cfg = load_config(args.config, args.overrides)
     if args.local:
-        from .train.single_process import run_single_process  # torch import only when needed
+        from .train.single_process import pretrain_local  # torch import only when needed
 
-        run_dir = Path(cfg.train.output_dir) / (cfg.tracking.run_name or time.strftime("pretrain-%Y%m%d-%H%M%S"))
-        save_config(cfg, run_dir / "config.yaml")
-        run_single_process(cfg, run_dir)
+        print(f"oskar pretrain --local: {config_summary(cfg)}", flush=True)
+        run_id, run_dir = pretrain_local(cfg)
+        print(f"done: MLflow run {run_id}; weights in {run_dir}", flush=True)
         return 0
     from .train.ray_trainer import pretrain
 
@@ -76,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--resume", metavar="CHECKPOINT_DIR",
                           help="continue from a checkpoint (its config is used when --config is omitted)")
     pretrain.add_argument("--local", action="store_true",
-                          help="single process, no Ray, built-in example stream (a smoke check)")
+                          help="the same run in this one process, without Ray (debugging; what Ray costs)")
     pretrain.set_defaults(func=_pretrain)
     add_eval_commands(commands)
     add_sweep_commands(commands)

@@ -34,6 +34,7 @@ import contextlib
 import importlib.util
 import logging
 import os
+import time
 
 #: documented Ray / Tune switches: one progress line per log step instead of a wall of Ray internals
 DOCUMENTED_QUIET_ENV = {"RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_USAGE_STATS_ENABLED": "0",
@@ -41,8 +42,13 @@ DOCUMENTED_QUIET_ENV = {"RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_USAGE_STATS_
 #: read by Ray Train V2 / Ray Data from the environment, but not documented (tests/test_ray_runtime.py checks
 #: Ray still reads them): no stdout patching in train workers; Ray Data logs warnings only
 INTERNAL_QUIET_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_DATA_LOG_LEVEL": "WARNING"}
+#: read by Ray Data 2.60's Parquet reader from the environment (not documented; tests/test_ray_runtime.py checks
+#: Ray still reads them): it lists a dataset by reading every file's footer on a pool of 32 actors by default —
+#: 32 processes to start before the first row is read (measured: 20-35 s to the first batch on 2 cores; one
+#: actor reads the footers of 79 files in well under a second)
+INTERNAL_DATA_ENV = {"RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1"}
 #: what every process of a run gets, unless the variable is exported already
-QUIET_ENV = {**DOCUMENTED_QUIET_ENV, **INTERNAL_QUIET_ENV}
+QUIET_ENV = {**DOCUMENTED_QUIET_ENV, **INTERNAL_QUIET_ENV, **INTERNAL_DATA_ENV}
 
 #: how many worker processes a raylet starts at once: a raylet config (ray_config_def.h) read from the environment
 #: as ``RAY_<name>`` — an internal knob, not a public API: a Ray upgrade that drops it brings the warnings back
@@ -223,29 +229,89 @@ def trial_resources(trial_cpu: float, slotted: bool) -> tuple[dict[str, float], 
     return {"cpu": trial_cpu, TRIAL_SLOT: 1}, ""
 
 
-#: Ray Data preprocessing tasks in flight per training run (see limit_data_cpus)
+#: Ray Data preprocessing tasks in flight per training run (see budget_data)
 DATA_TASKS = 2
 
 
-def limit_data_cpus(cpus: float) -> None:
-    """Cap this process's Ray Data execution at ``cpus`` logical CPUs, 0 = uncapped (public ``DataContext``
-    resource limits); ``pretrain`` applies ``data.max_cpus`` with it before building its datasets.
+#: share of the cluster's object store a run's Ray Data stream may fill when ``data.max_memory_mb`` is 0
+DATA_MEMORY_SHARE = 0.25
 
-    Sweep trials cap by default (``tune/trial.py``): left alone, every concurrent trial's pipeline fills all
-    free logical CPUs with fractional tasks, dozens of worker processes whose start-up costs the training; two
-    tasks keep a tiny trial fed. A plain pretraining is uncapped by default: on a small dataset its stream
-    finishes early and the trainer then has the cores (``experiments/bench_dataset_size.py``: capped, the
-    300-clip run fell from 99 to 39 samples/s). A cap above the cluster's CPUs is refused with the numbers."""
+
+def budget_data(cpus: float, memory_mb: float = 0.0) -> dict[str, float]:
+    """Ray Data's budget for this process's datasets (public ``DataContext`` resource limits), applied by every
+    Ray run before it builds its datasets; returns it (``cpu`` 0 = uncapped, ``object_store_mb``).
+
+    ``cpus`` (``data.max_cpus``): logical CPUs for preprocessing, 0 = uncapped. Sweep trials cap by default
+    (``tune/trial.py``): left alone, every concurrent trial's pipeline fills all free logical CPUs with
+    fractional tasks; a plain pretraining is uncapped (on a small dataset its stream finishes early and the
+    trainer then has the cores, ``experiments/bench_dataset_size.py``). ``memory_mb`` (``data.max_memory_mb``):
+    object-store memory the stream's blocks in flight may hold, 0 = :data:`DATA_MEMORY_SHARE` of the cluster's
+    object store. Budgets the cluster cannot give are refused with the numbers (Ray would wait forever). Also
+    paces Ray Data's scheduling loop (:class:`DataSchedulerPacer`)."""
     import ray
     from ray.data import DataContext, ExecutionResources
 
-    have = ray.cluster_resources().get("CPU", 0.0) if ray.is_initialized() else 0.0
-    if cpus and have and cpus > have:
-        raise ValueError(f"data.max_cpus={cpus} exceeds the {have:g} logical CPUs of this Ray cluster")
+    resources = ray.cluster_resources() if ray.is_initialized() else {}
+    have_cpus, store_mb = resources.get("CPU", 0.0), resources.get("object_store_memory", 0.0) / 2**20
+    if cpus and have_cpus and cpus > have_cpus:
+        raise ValueError(f"data.max_cpus={cpus} exceeds the {have_cpus:g} logical CPUs of this Ray cluster")
+    if memory_mb and store_mb and memory_mb > store_mb:
+        raise ValueError(f"data.max_memory_mb={memory_mb:g} exceeds the {store_mb:.0f} MB object store of this Ray "
+                         f"cluster (Ray's object store is a share of the machine's memory)")
+    memory_mb = memory_mb or DATA_MEMORY_SHARE * store_mb
     options = DataContext.get_current().execution_options
     old = options.resource_limits  # for_limits: an unspecified field is unlimited (copy() cannot lift a cap)
     options.resource_limits = ExecutionResources.for_limits(
-        cpu=cpus or None, gpu=old.gpu, object_store_memory=old.object_store_memory, memory=old.memory)
+        cpu=cpus or None, gpu=old.gpu, object_store_memory=memory_mb * 2**20 if memory_mb else None,
+        memory=old.memory)
+    pace_data_scheduler()
+    return {"cpu": cpus, "object_store_mb": memory_mb}
+
+
+#: the shortest step of Ray Data's scheduling loop (see DataSchedulerPacer)
+SCHEDULING_LOOP_PERIOD_S = 0.02
+#: the DataContext field through which Ray Data 2.60 instantiates execution callbacks (``cls()``, then
+#: ``on_execution_step(executor)`` once per scheduling-loop step): a dataclass field of the public DataContext,
+#: not documented; tests/test_ray_runtime.py checks it still exists and that the pacer is called
+EXECUTION_CALLBACKS_FIELD = "custom_execution_callback_classes"
+
+
+class DataSchedulerPacer:
+    """Ray Data's streaming executor (2.60) polls with ``ray.wait(..., timeout=0.1)`` only while tasks run: once
+    every operator is backpressured (the trainer has its prefetch window and nothing may start) the loop spins.
+    In a training run it spins in the ``SplitCoordinator`` actor: measured, 56 % of a core beside a 2-thread
+    trainer, whose step then took 2.4x its single-process time. A step of the loop lasts at least
+    :data:`SCHEDULING_LOOP_PERIOD_S` here (the sleep only fills what ``ray.wait`` did not): 50 scheduling
+    rounds a second are plenty for blocks of tens of rows, and the spin is gone (tiny recipe, Ray Train:
+    35 -> 82 samples/s, ``experiments/bench_data.py``)."""
+
+    def __init__(self) -> None:
+        self._last = 0.0
+
+    def before_execution_starts(self, executor) -> None:
+        self._last = time.perf_counter()
+
+    def on_execution_step(self, executor) -> None:
+        wait = self._last + SCHEDULING_LOOP_PERIOD_S - time.perf_counter()
+        if wait > 0:
+            time.sleep(wait)
+        self._last = time.perf_counter()
+
+    def after_execution_succeeds(self, executor) -> None:
+        pass
+
+    def after_execution_fails(self, executor, error) -> None:
+        pass
+
+
+def pace_data_scheduler() -> None:
+    """Register :class:`DataSchedulerPacer` in this process's DataContext (datasets built afterwards carry it
+    to wherever their executor runs: the driver, a Ray Train ``SplitCoordinator``)."""
+    from ray.data import DataContext
+
+    callbacks = getattr(DataContext.get_current(), EXECUTION_CALLBACKS_FIELD)
+    if DataSchedulerPacer not in callbacks:
+        callbacks.append(DataSchedulerPacer)
 
 
 def cpus_still_held(wait_s: float = 10.0) -> float:

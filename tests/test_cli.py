@@ -7,16 +7,28 @@ from oskar_ray.model import Oskar
 SMOKE = "experiments/configs/smoke.yaml"
 
 
-def test_pretrain_writes_weights_and_resolved_config(tmp_path, capsys):
-    sets = ["train.steps=4", "train.batch_size=4", "train.log_every=2",
-            f"train.output_dir={tmp_path}", "tracking.run_name=smoke"]
+def test_local_pretrain_is_the_same_run_in_one_process(tmp_path, capsys, synth_dir):
+    """``--local``: the configured dataset, an MLflow run with the losses, throughput and stage times, the
+    resolved config and the weights (beside the run and as artifacts)."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sets = ["train.steps=4", "train.batch_size=4", "train.log_every=2", f"train.output_dir={tmp_path}",
+            "tracking.run_name=smoke", f"tracking.uri={uri}", f"data.path={synth_dir}"]
     assert main(["pretrain", "--local", "--config", SMOKE, *[a for s in sets for a in ("--set", s)]]) == 0
     run = tmp_path / "smoke"
     cfg = load_config(run / "config.yaml")
-    assert cfg.train.steps == 4
+    assert cfg.train.steps == 4 and cfg.data.path == str(synth_dir)
     Oskar(cfg).load_weights(run / "weights.safetensors")
     out = capsys.readouterr().out
-    assert "step      2/4" in out and "samples/s" in out
+    assert "step      2/4" in out and "samples/s" in out and str(synth_dir) in out
+    client = MlflowClient(uri)
+    (logged,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert logged.info.status == "FINISHED" and logged.data.tags["launcher"] == "local"
+    assert [m.step for m in client.get_metric_history(logged.info.run_id, "loss")] == [2, 4]
+    assert {"samples_per_s", "time/tracking_s", "time/data_s", "time/steps_s"} <= set(logged.data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(logged.info.run_id)}
+    assert {"config.yaml", "weights"} <= artifacts
 
 
 def test_bad_config_is_a_clear_error(capsys):

@@ -62,7 +62,8 @@ def test_the_undocumented_environment_switches_are_still_read_by_ray():
 
     sources = [p.read_text(errors="replace") for p in Path(ray.__file__).parent.rglob("*.py")
                if "tests" not in p.parts]
-    missing = [name for name in ray_runtime.INTERNAL_QUIET_ENV if not any(name in text for text in sources)]
+    internal = {**ray_runtime.INTERNAL_QUIET_ENV, **ray_runtime.INTERNAL_DATA_ENV}
+    missing = [name for name in internal if not any(name in text for text in sources)]
     assert not missing, f"Ray no longer reads {missing}: update oskar_ray/ray_runtime.py"
 
 
@@ -88,3 +89,37 @@ def test_in_ray_worker_is_false_in_the_driver_and_true_in_tasks_and_actors(ray_l
 def test_startup_concurrency_grows_with_the_trials_that_run_at_once():
     one, four = ray_runtime.startup_concurrency(1), ray_runtime.startup_concurrency(4)
     assert four >= 2 * ray_runtime.PROCESSES_PER_TRIAL and four > one >= 1
+
+
+def test_ray_data_still_calls_execution_callbacks_registered_in_the_data_context(ray_local, monkeypatch):
+    """The pacer reaches Ray Data through an undocumented DataContext field: a Ray upgrade that drops it (or
+    stops calling its classes once per scheduling step) would bring back the spinning scheduler; this fails
+    first."""
+    import ray
+    from ray.data import DataContext
+
+    steps = []
+    original = ray_runtime.DataSchedulerPacer.on_execution_step
+    monkeypatch.setattr(ray_runtime.DataSchedulerPacer, "on_execution_step",
+                        lambda self, executor: (steps.append(1), original(self, executor)))
+    ray_runtime.pace_data_scheduler()
+    assert ray_runtime.DataSchedulerPacer in getattr(DataContext.get_current(), ray_runtime.EXECUTION_CALLBACKS_FIELD)
+    assert ray.data.range(64, override_num_blocks=4).map_batches(lambda b: b).count() == 64
+    assert steps, "Ray Data no longer calls the execution callbacks of its DataContext"
+
+
+def test_a_data_budget_the_cluster_cannot_give_is_refused_with_the_numbers(ray_local):
+    import ray
+    from ray.data import DataContext
+
+    cpus = ray.cluster_resources()["CPU"]
+    with pytest.raises(ValueError, match=rf"data.max_cpus=99.0 exceeds the {cpus:g} logical CPUs"):
+        ray_runtime.budget_data(99.0)
+    with pytest.raises(ValueError, match=r"data.max_memory_mb=1e\+07 exceeds the \d+ MB object store"):
+        ray_runtime.budget_data(0.0, 1e7)
+    budget = ray_runtime.budget_data(0.5)
+    limits = DataContext.get_current().execution_options.resource_limits
+    assert limits.cpu == 0.5 and budget["object_store_mb"] > 0
+    assert limits.object_store_memory == pytest.approx(budget["object_store_mb"] * 2**20)
+    assert ray_runtime.DataSchedulerPacer in getattr(DataContext.get_current(), ray_runtime.EXECUTION_CALLBACKS_FIELD)
+    ray_runtime.budget_data(0.0)

@@ -116,6 +116,12 @@ class DataConfig:
     #: trial left at 0 takes 2 tasks' worth). A small dataset streams fastest uncapped: its whole stream is
     #: done early and the trainer then has the cores (docs/results.md, "dataset size")
     max_cpus: float = 0.0
+    #: object-store memory (MB) a run's stream may hold in flight (0: a quarter of the Ray object store); a
+    #: budget above the object store is refused at start
+    max_memory_mb: float = 0.0
+    #: tasks in flight per data operator, reads and preprocessing (0: one per core on a local Ray, Ray decides on
+    #: a cluster; oskar_ray/data/pipeline.py data_tasks)
+    max_tasks: int = 0
     prefetch_batches: int = 2
     #: size of the built-in benchmark synthesised when ``path`` is empty (labelled splits: shares of it)
     synth_samples: int = 2000

@@ -64,7 +64,7 @@ def build_dataset(cfg, split: str, *, root: str | Path | None = None, train: boo
 
     ``train`` defaults to ``split == cfg.data.train_split`` (augmentation, random caption/question,
     shuffled shard order; rows are mixed further by the loader's local shuffle buffer).
-    ``concurrency`` caps parallel preprocessing tasks (None: Ray decides).
+    ``concurrency`` caps parallel read and preprocessing tasks (None: :func:`data_tasks`).
     """
     import ray.data
 
@@ -81,8 +81,10 @@ def build_dataset(cfg, split: str, *, root: str | Path | None = None, train: boo
     encoded = meta.video_storage == ENCODED
     # Ray 2.60 runs the parquet reads as their own tasks (not fused into map_batches): a light share each, so a
     # busy cluster (two trials, a capped data budget) can still schedule them; Ray's default is a whole CPU
-    ds = ray.data.read_parquet(store.split_paths(root, split), columns=meta.read_columns, shuffle=shuffle,
-                               num_cpus=cfg.data.cpus_per_task)
+    paths = store.split_paths(root, split)
+    tasks = concurrency or data_tasks(cfg)
+    ds = ray.data.read_parquet(paths, columns=meta.read_columns, shuffle=shuffle,
+                               num_cpus=cfg.data.cpus_per_task, concurrency=tasks)
     if encoded:
         # one map task per few videos, so decoding spreads over tasks: Ray Data's parquet reader packs small
         # files into one block, and one task would decode all of them (bench_decode.py); streaming, no barrier
@@ -93,8 +95,20 @@ def build_dataset(cfg, split: str, *, root: str | Path | None = None, train: boo
         batch_size=ENCODED_MAP_BATCH_SIZE if meta.video_storage == ENCODED else MAP_BATCH_SIZE,
         fn_kwargs={"cfg": cfg, "meta": meta, "train": train, "seed": seed, "with_masks": with_masks,
                    "modalities": carried_modalities(cfg.enabled_modalities)},
-        concurrency=concurrency,
+        concurrency=tasks,
     )
+
+
+def data_tasks(cfg) -> int | None:
+    """Tasks in flight per data operator (reads, preprocessing): ``data.max_tasks``, else one per core of this
+    machine on a local Ray (None, Ray decides, on a cluster: its nodes differ). Ray Data otherwise starts one
+    worker process per fractional CPU at once, and each imports torch (~2 s): on a 2-core laptop 16 processes
+    starting together held the first batch back 30-40 s; warm processes are reused for the whole stream."""
+    import os
+
+    if cfg.data.max_tasks:
+        return cfg.data.max_tasks
+    return None if os.environ.get("RAY_ADDRESS") else (os.cpu_count() or 1)
 
 
 def task_cpus(cfg, split: str | None = None) -> float:

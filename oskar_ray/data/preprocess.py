@@ -235,8 +235,7 @@ def _normalise_frames(frames: np.ndarray, mode: str, meta: DatasetMeta, out: np.
     manifest's statistics. Two passes over the output, no float copy of the input."""
     if mode == "clip":
         stride = max(1, min(frames.shape[1], frames.shape[2]) // 32) if grid else 1
-        sample = frames[:, ::stride, ::stride].astype(np.float32)
-        mean, std = sample.mean(axis=(0, 1, 2)), sample.std(axis=(0, 1, 2))
+        mean, std = _channel_stats(frames[:, ::stride, ::stride])
         scale = 1.0 / np.maximum(std, 255e-3)
     else:
         mean = np.asarray(meta.video_mean, np.float32) * 255.0
@@ -245,6 +244,21 @@ def _normalise_frames(frames: np.ndarray, mode: str, meta: DatasetMeta, out: np.
     np.multiply(frames.transpose(0, 3, 1, 2), scale, out=out)
     out -= mean.astype(np.float32)[:, None, None] * scale
     return out
+
+
+#: channel c's pixel values v count in histogram bin 256 c + v (:func:`_channel_stats`)
+_CHANNEL_OFFSETS = np.array([0, 256, 512], np.int32)
+_LEVELS = np.arange(256, dtype=np.float64)
+
+
+def _channel_stats(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std of uint8 ``(..., 3)`` pixels, exactly, from one 768-bin histogram (a float
+    reduction over a channels-last clip costs ~5x more: it was half of a 32 x 32 clip's preprocessing)."""
+    histogram = np.bincount((pixels.reshape(-1, 3) + _CHANNEL_OFFSETS).ravel(), minlength=768).reshape(3, 256)
+    count = histogram.sum(axis=1)
+    mean = histogram @ _LEVELS / count
+    var = np.maximum(histogram @ (_LEVELS * _LEVELS) / count - mean * mean, 0.0)
+    return mean.astype(np.float32), np.sqrt(var).astype(np.float32)
 
 
 def _skeletons(rows: dict, cfg, meta: DatasetMeta, augment: bool, rng: np.random.Generator,

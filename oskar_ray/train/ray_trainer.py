@@ -36,9 +36,10 @@ from ..data.preprocess import rows_without_modalities
 from ..data.resolve import resolve_data
 from ..data.store import split_info
 from ..modalities import carried_modalities
-from ..ray_runtime import init_ray, limit_data_cpus
-from ..tracking import client_for, end_run, log_loss_curve, set_tags, start_run, tracking_uri
+from ..ray_runtime import budget_data, init_ray
+from ..tracking import client_for, end_run, log_loss_curve, log_metrics, set_tags, start_run, tracking_uri
 from .checkpoint import WEIGHTS, latest_checkpoint, read_state
+from .timeline import Timeline
 
 #: beyond this many epochs per stream the worker simply re-iterates the shard
 MAX_UNION_EPOCHS = 64
@@ -71,13 +72,15 @@ def pretrain(cfg: OskarConfig, *, resume: str | None = None, fail_at_step: int |
     under ``train.output_dir``); ``resume_changes``: what a resume changed of the
     checkpoint's config (``train/resume.py``), recorded on the run as tag ``resume.changes``.
     """
+    clock = Timeline()
     cfg = resolve_data(cfg)
     init_ray()
     need = task_cpus(cfg)
     if 0 < cfg.data.max_cpus < need:  # Ray Data would wait forever for a task it can never schedule
         raise ValueError(f"data.max_cpus={cfg.data.max_cpus} is below the {need} CPUs one preprocessing task of "
                          f"split {cfg.data.train_split!r} reserves (data.cpus_per_task / decode_cpus_per_task)")
-    limit_data_cpus(cfg.data.max_cpus)  # before the datasets are built: they run under this process's context
+    budget_data(cfg.data.max_cpus, cfg.data.max_memory_mb)  # before the datasets: they carry this context
+    clock.mark("ray_init")
     relay.start(tracking_uri(cfg), cfg.tracking.relay)
     name = run_name or cfg.tracking.run_name or time.strftime("pretrain-%Y%m%d-%H%M%S")
     run_id = run_id or _run_id(cfg, resume, name)
@@ -87,8 +90,12 @@ def pretrain(cfg: OskarConfig, *, resume: str | None = None, fail_at_step: int |
 
         set_tags(client, run_id, {"resume.changes": describe(resume_changes)[:5000]})
     _note_rows_without_modalities(cfg, client, run_id)
+    clock.mark("tracking")
     try:
-        result = build_trainer(cfg, name, run_id, resume, fail_at_step, callbacks).fit()
+        trainer = build_trainer(cfg, name, run_id, resume, fail_at_step, callbacks)
+        clock.mark("datasets")
+        trainer.train_loop_config["launched_at"] = clock.last
+        result = trainer.fit()
     except BaseException as err:
         if finish:
             end_run(client, run_id, error=f"{type(err).__name__}: {err}")
@@ -100,11 +107,27 @@ def pretrain(cfg: OskarConfig, *, resume: str | None = None, fail_at_step: int |
             end_run(client, run_id, error=error)
         raise RuntimeError(f"pretraining stopped: {error} (MLflow run {run_id} marked FAILED)")
     checkpoint = storage.to_uri(result.checkpoint.filesystem, result.checkpoint.path) if result.checkpoint else None
+    _note_wind_down(clock, result.metrics or {})
     _log_artifacts(client, run_id, cfg, checkpoint if log_weights else None)
+    clock.mark("artifacts")
+    log_metrics(client, run_id, clock.durations(), step=cfg.train.steps)
     if finish:
         end_run(client, run_id)
     return PretrainResult(run_id, checkpoint, dict(result.metrics or {}),
                           storage.join(storage.resolve(cfg.train.output_dir), name))
+
+
+def _note_wind_down(clock: Timeline, metrics: dict) -> None:
+    """The workers' stages (from the last report's ``time/*`` metrics) on the driver's clock, then
+    ``wind_down``: from the last step to ``fit()`` returning (the final checkpoint, Ray Train's shutdown)."""
+    worker = {k: v for k, v in metrics.items() if k.startswith("time/")}
+    if not worker:
+        clock.mark("workers")
+        return
+    steps_end = clock.last + sum(worker.values())
+    clock.stages.update({k[len("time/"):-len("_s")]: float(v) for k, v in worker.items()})
+    clock.last = steps_end
+    clock.mark("wind_down")
 
 
 def _note_rows_without_modalities(cfg: OskarConfig, client, run_id: str) -> None:

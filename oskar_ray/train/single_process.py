@@ -83,3 +83,75 @@ def run_single_process(cfg: OskarConfig, run_dir: Path, batches: Iterable[dict] 
     model.save_weights(run_dir / "weights.safetensors")
     print(f"saved {run_dir / 'weights.safetensors'}", flush=True)
     return history
+
+
+def pretrain_local(cfg: OskarConfig, run_name: str = "") -> tuple[str, Path]:
+    """``oskar pretrain --local``: the run ``oskar pretrain`` makes, in this one process and without Ray — the
+    same dataset (the built-in benchmark synthesised when ``data.path`` is empty) read row group by row group,
+    the same steps, an MLflow run with the same metrics (losses, ``samples_per_s``, ``time/<stage>_s``), the
+    resolved config and the weights. For debugging and for measuring what Ray costs
+    (``experiments/bench_train.py --overhead``). Returns (MLflow run id, run directory)."""
+    from ..config import save_config
+    from ..data.pipeline import iterate_local
+    from ..data.resolve import resolve_data
+    from ..data.store import split_info
+    from ..tracking import client_for, end_run, log_metrics, start_run, tracking_uri
+    from .timeline import Timeline
+
+    clock = Timeline()
+    cfg = resolve_data(cfg)
+    name = run_name or cfg.tracking.run_name or time.strftime("pretrain-local-%Y%m%d-%H%M%S")
+    run_dir = Path(cfg.train.output_dir) / name
+    save_config(cfg, run_dir / "config.yaml")
+    client, run_id = start_run(cfg, run_name=name, extra_tags={"launcher": "local"})
+    clock.mark("tracking")
+    samples = split_info(cfg.data.path, cfg.data.train_split)["samples"]
+    epochs = -(-cfg.train.steps * cfg.train.batch_size // max(samples - cfg.train.batch_size, 1))
+    batches = iterate_local(cfg.data.path, cfg.data.train_split, cfg, cfg.train.batch_size, seed=cfg.train.seed,
+                            train=True, epochs=max(epochs, 1), drop_last=True)
+    print(f"pretraining (single process) on {cfg.data.path} split {cfg.data.train_split!r}; writing to {run_dir}; "
+          f"MLflow run {run_id}", flush=True)
+    try:
+        model = Oskar(cfg)
+        history = train(cfg, _timed(batches, clock), model=model,
+                        on_step=_logging(cfg, client, run_id, progress_printer(cfg, time.perf_counter())))
+        clock.mark("steps")
+        model.save_weights(run_dir / "weights.safetensors")
+        client.log_artifact(run_id, str(run_dir / "config.yaml"))
+        client.log_artifact(run_id, str(run_dir / "weights.safetensors"), artifact_path="weights")
+    except BaseException as err:
+        end_run(client, run_id, error=f"{type(err).__name__}: {err}")
+        raise
+    clock.mark("artifacts")
+    log_metrics(client_for(tracking_uri(cfg)), run_id, clock.durations(), step=len(history))
+    end_run(client, run_id)
+    print(f"saved {run_dir / 'weights.safetensors'} ({clock.summary()})", flush=True)
+    return run_id, run_dir
+
+
+def _timed(batches: Iterator[dict], clock) -> Iterator[dict]:
+    """The stream, with the model build and the first batch's wait marked as stages."""
+    clock.mark("model")
+    first = next(batches, None)
+    clock.mark("data")
+    if first is not None:
+        yield first
+        yield from batches
+
+
+def _logging(cfg: OskarConfig, client, run_id: str, printer: Callable[[int, dict], None]):
+    """Log the step's metrics to MLflow at ``train.log_every`` (and the last step), then print the line."""
+    from ..tracking import log_metrics
+
+    last = [time.perf_counter(), 0]  # time and step of the previous log
+
+    def on_step(step: int, metrics: dict[str, float]) -> None:
+        done = step + 1
+        if cfg.train.log_every and (done % cfg.train.log_every == 0 or done == cfg.train.steps):
+            now = time.perf_counter()
+            rate = (done - last[1]) * cfg.train.batch_size / max(now - last[0], 1e-9)
+            last[:] = [now, done]
+            log_metrics(client, run_id, {**metrics, "samples_per_s": rate}, step=done)
+        printer(step, metrics)
+
+    return on_step

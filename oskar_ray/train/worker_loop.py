@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,6 +41,7 @@ from ..ray_runtime import quiet_train_worker_logs
 from ..tracking import client_for, log_metrics, set_tags
 from .checkpoint import TrainState, load_checkpoint, save_checkpoint
 from .step import NonFiniteLossError, build_optimizer, progress_line, seed_everything, train_step, unwrap
+from .timeline import Timeline
 
 
 class HealthMonitor:
@@ -90,6 +92,35 @@ def _batches(cfg: OskarConfig, per_worker: int) -> Iterator[dict]:
         if not yielded:
             raise ValueError(f"{cfg.data.path}: split {cfg.data.train_split!r} gave no batch of {per_worker} "
                              f"samples per worker (fewer samples than train.batch_size?)")
+
+
+class WarmStart:
+    """An iterator whose first item is fetched in a background thread from construction on, so the wait for
+    it (Ray Data's start: reads, preprocessing processes) overlaps whatever the caller does meanwhile."""
+
+    def __init__(self, items: Iterator[dict]):
+        self._items, self._first, self._error = items, None, None
+        self._thread = threading.Thread(target=self._fetch, name="oskar-first-batch", daemon=True)
+        self._thread.start()
+
+    def _fetch(self) -> None:
+        try:
+            self._first = next(self._items)
+        except BaseException as err:  # StopIteration included: re-raised in the caller's thread
+            self._error = err
+
+    def __iter__(self) -> WarmStart:
+        return self
+
+    def __next__(self) -> dict:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+            if self._error is not None:
+                raise self._error
+            first, self._first = self._first, None
+            return first
+        return next(self._items)
 
 
 def _mean_across_ranks(value: torch.Tensor) -> torch.Tensor:
@@ -143,6 +174,8 @@ class _Throughput:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
+    clock = Timeline(config.get("launched_at"))
+    clock.mark("worker_start")
     quiet_train_worker_logs()
     adopt_modalities(config.get("modalities", {}))
     cfg = config_from_dict(config["cfg"])
@@ -151,6 +184,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # Ray sets OMP_NUM_THREADS to the worker's (fractional → 1) CPU share; give torch the node's
     # cores split across the workers on it instead (or exactly train.threads)
     torch.set_num_threads(cfg.train.threads or max(1, (os.cpu_count() or 1) // ctx.get_local_world_size()))
+    # Ray Data starts its read and preprocessing tasks while the model, the health batch and the probe are built
+    batches = WarmStart(_batches(cfg, cfg.train.batch_size // world))
     seed_everything(cfg.train.seed)
     model = Oskar(cfg)
     state, optimizer_state = _restore(model, config)
@@ -159,7 +194,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     optimizer = build_optimizer(wrapped, cfg)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
-    _run_steps(cfg, config, wrapped, optimizer, state, rank, world)
+    clock.mark("model")
+    _run_steps(cfg, config, wrapped, optimizer, state, rank, batches, clock)
 
 
 def _restore(model: Oskar, config: dict[str, Any]) -> tuple[TrainState, dict | None]:
@@ -178,11 +214,10 @@ def _load(directory: str | Path, model: Oskar) -> tuple[TrainState, dict]:
     return state, torch.load(Path(directory) / "optimizer.pt", map_location="cpu", weights_only=True)
 
 
-def _run_steps(cfg, config, wrapped, optimizer, state: TrainState, rank: int, world: int) -> None:
+def _run_steps(cfg, config, wrapped, optimizer, state: TrainState, rank: int, batches: Iterator[dict],
+               clock: Timeline) -> None:
     model = unwrap(wrapped)
     device = next(model.parameters()).device
-    per_worker = cfg.train.batch_size // world
-    batches = _batches(cfg, per_worker)
     client = client_for(config["tracking_uri"]) if rank == 0 and state.run_id else None
     monitor = HealthMonitor(cfg, _held_out_batch(cfg, model, device)) if rank == 0 else None
     probe, probe_off = OnlineProbe.from_config(cfg, device) if rank == 0 else (None, "")
@@ -191,6 +226,7 @@ def _run_steps(cfg, config, wrapped, optimizer, state: TrainState, rank: int, wo
         if client:
             set_tags(client, state.run_id, {"probe.off": probe_off[:5000]})
     _skip_trained_batches(batches, state, config.get("stream_start_step", 0), client)
+    clock.mark("monitor")
     throughput = _Throughput(cfg)
     fail_at = config.get("fail_at_step")
     started = time.perf_counter()
@@ -200,6 +236,9 @@ def _run_steps(cfg, config, wrapped, optimizer, state: TrainState, rank: int, wo
         tick = time.perf_counter()
         batch = move_batch(throughput.count(next(batches)), device)
         waited = time.perf_counter() - tick
+        first = step == state.step
+        if first:
+            clock.mark("first_batch")
         try:
             metrics = train_step(wrapped, optimizer, batch, step, cfg, reduce=_mean_across_ranks)
         except NonFiniteLossError as err:
@@ -207,6 +246,8 @@ def _run_steps(cfg, config, wrapped, optimizer, state: TrainState, rank: int, wo
             return
         throughput.add(waited, time.perf_counter() - tick)
         done = step + 1
+        clock.mark("first_step" if first else "steps")
+        last = done == cfg.train.steps
         log_now, probe_now = _due(done, cfg.train.log_every, cfg), _due(done, cfg.eval.online_probe_every, cfg)
         if probe_now and probe is not None:
             metrics.update(probe(model))
@@ -222,8 +263,10 @@ def _run_steps(cfg, config, wrapped, optimizer, state: TrainState, rank: int, wo
         elif probe_now and client is not None:
             log_metrics(client, state.run_id, {k: v for k, v in metrics.items() if k.startswith("probe/")}, done)
         checkpoint_now = _due(done, cfg.train.checkpoint_every, cfg)
-        if log_now or probe_now or checkpoint_now:
-            _report(model, optimizer, cfg, TrainState(done, state.run_id, _scalars(metrics)), rank, checkpoint_now)
+        if log_now or probe_now or checkpoint_now or last:
+            # the last report carries this worker's stages: the driver logs them with its own (ray_trainer.py)
+            reported = _scalars({**metrics, **(clock.durations() if last else {})})
+            _report(model, optimizer, cfg, TrainState(done, state.run_id, reported), rank, checkpoint_now)
 
 
 def _skip_trained_batches(batches: Iterator[dict], state: TrainState, stream_start: int, client) -> None:

@@ -111,7 +111,7 @@ def train_and_evaluate(cfg, run_id: str, trial_id: str) -> dict[str, float]:
 def _limit_data_cpus(cfg) -> None:
     """Unless ``data.max_cpus`` says otherwise, cap this trial's Ray Data preprocessing at
     ``ray_runtime.DATA_TASKS`` tasks in flight (measured: no data wait after the first batch, 2 trials on 2 busy
-    cores; see ``ray_runtime.limit_data_cpus``); ``pretrain`` applies it."""
+    cores; see ``ray_runtime.budget_data``); ``pretrain`` applies it."""
     from ..data.pipeline import task_cpus
     from ..ray_runtime import DATA_TASKS
 
