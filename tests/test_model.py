@@ -197,18 +197,17 @@ def test_slot_statistics_remove_what_only_encodes_the_slot():
     slots, dim, batch = 6, 8, 64
     stats = SlotStatistics(slots, dim, momentum=0.5)
     slot_part = torch.randn(slots, dim) * 5
-    rows = torch.arange(slots)
-    target_index = torch.arange(slots).repeat(batch, 1)
+    slot_of_target = torch.arange(slots).repeat(batch, 1)  # every slot is a target of every sample
     for _ in range(40):
         sample_part = torch.randn(batch, 1, dim) * 0.3
-        normed = stats(slot_part[None] + sample_part, rows, target_index, update=True)
+        normed = stats(slot_part[None] + sample_part, slot_of_target, update=True)
     assert torch.allclose(stats.mean, slot_part + 0.0, atol=0.15)
     assert normed.pow(2).mean().sqrt().item() == pytest.approx(1.0, abs=0.15)
     centred = normed - normed.mean(0, keepdim=True)
     assert torch.allclose(normed.mean(0), torch.zeros(slots, dim), atol=0.4)
     assert centred.std().item() > 0.5
     frozen = stats.mean.clone()
-    stats(slot_part[None] + sample_part, rows, target_index, update=False)
+    stats(slot_part[None] + sample_part, slot_of_target, update=False)
     assert torch.equal(stats.mean, frozen)
 
 

@@ -11,8 +11,9 @@ One step:
    data path) or drawn here by :class:`TokenBudgetSampler`;
 2. the fusion encoder sees exactly ``input_tokens`` tokens per sample;
 3. each modality's target encoder (EMA copy, no grad) encodes that modality's
-   *full* token set alone — only for samples that have targets in it — and its
-   outputs are layer-normed;
+   *full* token set alone — only for samples that have targets in it (all samples
+   for a clip-level contrast's target; a modality nothing reads is not encoded) —
+   and the outputs at the target tokens are layer-normed;
 4. the predictor maps fused tokens + target slots to predicted latents;
 5. MSE (or L1) per token, averaged per modality, then across modalities.
 """
@@ -33,6 +34,7 @@ from .budget import Layout, TokenBudgetSampler, batch_layout, build_modalities, 
 from .ema import ema_update
 from .encoder import Encoder
 from .predictor import Predictor
+from .slot_statistics import SlotStatistics
 from .variance_covariance import variance_covariance_terms
 
 
@@ -75,12 +77,12 @@ class Oskar(nn.Module):
         target_modality = self._modality_ids(layout, target_index)
         aligned_to = self._alignment_targets(layout)
         with torch.no_grad():
-            targets, full = self._targets(batch, layout, target_index, target_modality, aligned_to)
+            targets, aligned = self._targets(batch, layout, target_index, target_modality, aligned_to)
         slots = _select_rows(self._slot_embeddings(layout), target_index)
         prediction = self._predict(fused, slots, target_modality, layout)
         out = self._loss(prediction, targets, target_modality, layout, input_index, target_index)
         for name in aligned_to:
-            out = self._add_alignment(out, name, batch, fused, layout, input_index, full)
+            out = self._add_alignment(out, name, batch, fused, layout, input_index, aligned[name])
         return self._add_variance_covariance(out, fused, layout, input_index)
 
     @torch.no_grad()
@@ -182,23 +184,33 @@ class Oskar(nn.Module):
         return torch.cat([self.fusion_encoder.tokenizers[n].slot_embedding() for n in layout.names])
 
     def _targets(self, batch, layout, target_index, target_modality,
-                 every_row: tuple[str, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
-        """(gathered, normalised targets; the raw target-encoder features of every token). A modality's
-        features are computed for the rows where it is a target — for all rows if it is in ``every_row``."""
+                 every_row: tuple[str, ...] = ()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(the normalised targets ``(B, T, D)``; raw target-encoder features ``(B, N_m, D)`` of each ``every_row``
+        modality, zero where a clip lacks it). A target encoder runs on its modality's full token set, only for
+        the rows where it has targets — or, in ``every_row``, where it is present — so not at all if nothing
+        reads it. Layer norm and slot statistics act per token: only the ``T`` targets go through them."""
         batch_size, dim = target_index.shape[0], self.cfg.model.dim
-        full = torch.zeros(batch_size, int(layout.offsets[-1]), dim, device=target_index.device)
+        targets = torch.zeros(batch_size, target_index.shape[1], dim, device=target_index.device)
+        features = {n: torch.zeros(batch_size, layout.sizes[layout.names.index(n)], dim, device=targets.device)
+                    for n in every_row}
         for m, name in enumerate(layout.names):
-            wanted = (target_modality == m).any(dim=1) | (name in every_row)
+            mine = target_modality == m
+            wanted = mine.any(dim=1)
+            if name in every_row:  # a clip-level contrast reads every clip that carries the modality
+                wanted |= torch.as_tensor(presence(batch, name, batch_size), device=wanted.device)
             rows = wanted.nonzero().squeeze(1)
             if rows.numel() == 0:
                 continue
-            sub = {k: batch[k][rows] for k in self.modalities[name].batch_keys}
-            start, end = layout.offsets[m], layout.offsets[m + 1]
-            full[rows, start:end] = self._target_features(sub, name).to(full.dtype)
-        normed = F.layer_norm(full, (dim,))
+            feats = self._target_features({k: batch[k][rows] for k in self.modalities[name].batch_keys}, name).float()
+            if name in every_row:
+                features[name][rows] = feats
+            local = (target_index[rows] - int(layout.offsets[m])).clamp(0, layout.sizes[m] - 1)
+            targets[rows] = torch.where(mine[rows, :, None], _gather(feats, local), targets[rows])
+        normed = F.layer_norm(targets, (dim,))
         if self.cfg.model.target_norm == "slot":
-            normed = self.target_stats(normed, self._slot_positions(layout), target_index, self.training)
-        return _gather(normed, target_index), full
+            slots = self._slot_positions(layout).to(target_index.device)[target_index]
+            normed = self.target_stats(normed, slots, self.training)
+        return normed, features
 
     def _slot_positions(self, layout: Layout) -> torch.Tensor:
         """Each batch token's row in the statistics (all enabled modalities, config order)."""
@@ -254,15 +266,15 @@ class Oskar(nn.Module):
         return tuple(n for n in self.alignment if n in layout.names)
 
     def _add_alignment(self, out: dict, name: str, batch: dict, fused: torch.Tensor, layout: Layout,
-                       input_index: torch.Tensor, full_targets: torch.Tensor) -> dict:
+                       input_index: torch.Tensor, target: torch.Tensor) -> dict:
         """Pooled ``align_from`` context must pick out its own clip's pooled ``name`` target features. A clip
         that feeds tokens of ``name`` in is left out of this term: its context could read the answer from them
-        through attention instead of from ``align_from`` (docs/design.md, "Clip-level contrast")."""
+        through attention instead of from ``align_from`` (docs/design.md, "Clip-level contrast"). ``target``:
+        ``(B, N, D)`` raw target-encoder features of ``name``."""
         m = self.cfg.model
         input_modality = self._modality_ids(layout, input_index)
         source = input_modality == layout.names.index(m.align_from)
         k = layout.names.index(name)
-        target = full_targets[:, layout.offsets[k]:layout.offsets[k + 1]]
         valid = self.target_encoders[name].valid_mask(batch, (name,))
         if valid is None:
             valid = torch.ones(target.shape[:2], dtype=torch.bool, device=target.device)
@@ -317,48 +329,6 @@ class Oskar(nn.Module):
             named = list(encoder.named_parameters())
             pairs[name] = ([p for _, p in named], [sources[n] for n, _ in named])
         return pairs
-
-
-class SlotStatistics(nn.Module):
-    """Running per-slot mean and scale of the target latents (``model.target_norm="slot"``).
-
-    After layer norm, most of a skeleton or text target is the same for every
-    sample at that slot (it encodes the joint/time or word position: 73 % and
-    99.7 % of the variance at init on SynthAction). A predictor can then drive
-    the loss down from slot embeddings alone without reading its inputs.
-    Centring each slot on its running mean and dividing by its running RMS
-    leaves only what differs between samples, which has to come from the inputs.
-    Statistics are updated in training mode from the slots that are targets.
-    """
-
-    def __init__(self, slots: int, dim: int, momentum: float):
-        super().__init__()
-        self.momentum = momentum
-        # start as plain layer norm (mean 0, scale 1) and move towards the statistics
-        self.register_buffer("mean", torch.zeros(slots, dim))
-        self.register_buffer("scale", torch.ones(slots))
-
-    @torch.no_grad()
-    def forward(self, normed: torch.Tensor, slot_rows: torch.Tensor, target_index: torch.Tensor,
-                update: bool) -> torch.Tensor:
-        slot_rows = slot_rows.to(normed.device)
-        if update:
-            self._update(normed, slot_rows, target_index)
-        centred = normed - self.mean[slot_rows]
-        return centred / self.scale[slot_rows, None]
-
-    def _update(self, normed: torch.Tensor, slot_rows: torch.Tensor, target_index: torch.Tensor) -> None:
-        is_target = torch.zeros(normed.shape[:2], device=normed.device)
-        is_target.scatter_(1, target_index, 1.0)
-        count = is_target.sum(0)
-        keep = 1.0 - (1.0 - self.momentum) * (count > 0).float()  # slots without targets keep their stats
-        mean = (is_target[..., None] * normed).sum(0) / count.clamp(min=1)[:, None]
-        self.mean[slot_rows] = keep[:, None] * self.mean[slot_rows] + (1 - keep[:, None]) * mean.to(self.mean.dtype)
-        # a spread needs two samples; the floor keeps a near-constant slot from being blown up
-        residual = (normed - self.mean[slot_rows]).pow(2).mean(-1)
-        rms = ((is_target * residual).sum(0) / count.clamp(min=1)).sqrt().clamp(min=0.1)
-        keep = torch.where(count > 1, keep, torch.ones_like(keep))
-        self.scale[slot_rows] = keep * self.scale[slot_rows] + (1 - keep) * rms.to(self.scale.dtype)
 
 
 def pool_by_modality(tokens: torch.Tensor, valid: torch.Tensor, sizes: list[int]) -> torch.Tensor:
