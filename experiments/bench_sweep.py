@@ -19,6 +19,9 @@ Runbook::
    of each candidate early signal at each ASHA rung with the final metric; and
    ASHA replayed offline on the grid's recorded curves for each signal over
    random trial orders (compute ratio, how often the true best survives).
+
+``--smoke`` instead runs ``experiments/bench_sweep_overhead.py``: the smoke sweep's wall vs the summed
+training + evaluation compute of its trials, and where the rest goes (issue 29: ratio <= 3).
 """
 
 from __future__ import annotations
@@ -273,6 +276,10 @@ def _grid_value(full: pd.DataFrame, state: dict, point: str) -> float:
 
 
 def main() -> None:
+    if "--smoke" in sys.argv[1:]:  # = experiments/bench_sweep_overhead.py (its options follow)
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        __import__("bench_sweep_overhead").main([a for a in sys.argv[1:] if a != "--smoke"])
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", type=Path, nargs="+",
                         help="finished full-grid sweep directories, pooled (else the grid is run)")

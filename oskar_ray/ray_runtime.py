@@ -42,13 +42,18 @@ DOCUMENTED_QUIET_ENV = {"RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_USAGE_STATS_
 #: read by Ray Train V2 / Ray Data from the environment, but not documented (tests/test_ray_runtime.py checks
 #: Ray still reads them): no stdout patching in train workers; Ray Data logs warnings only
 INTERNAL_QUIET_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_DATA_LOG_LEVEL": "WARNING"}
-#: read by Ray Data 2.60's Parquet reader from the environment (not documented; tests/test_ray_runtime.py checks
-#: Ray still reads them): it lists a dataset by reading every file's footer on a pool of 32 actors by default —
-#: 32 processes to start before the first row is read (measured: 20-35 s to the first batch on 2 cores; one
-#: actor reads the footers of 79 files in well under a second)
-INTERNAL_DATA_ENV = {"RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1"}
+#: start-up and wind-down knobs read from the environment by Ray 2.60, not documented (tests/test_ray_runtime.py
+#: checks Ray still reads them). Ray Data's Parquet reader lists a dataset by reading every file's footer on a
+#: pool of 32 actors by default: 32 processes to start before the first row is read (measured: 20-35 s to the
+#: first batch on 2 cores; one actor reads the footers of 79 files in well under a second). Ray Train V2's
+#: controller polls its workers every 2 s, so a finished run waits up to 2 s to be noticed, each attempt to
+#: start too; 0.5 s costs a few cheap actor calls a second.
+#: The same reader packs row groups into read tasks of 128 MB: 20 row groups of 20 files before the first row
+#: moves on; 16 MB (a few row groups) gets the first rows to preprocessing in a fraction of a second.
+INTERNAL_SPEED_ENV = {"RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+                      "RAY_DATA_PARQUET_BIN_PACKING_BYTES": str(16 * 2**20)}
 #: what every process of a run gets, unless the variable is exported already
-QUIET_ENV = {**DOCUMENTED_QUIET_ENV, **INTERNAL_QUIET_ENV, **INTERNAL_DATA_ENV}
+QUIET_ENV = {**DOCUMENTED_QUIET_ENV, **INTERNAL_QUIET_ENV, **INTERNAL_SPEED_ENV}
 
 #: how many worker processes a raylet starts at once: a raylet config (ray_config_def.h) read from the environment
 #: as ``RAY_<name>`` — an internal knob, not a public API: a Ray upgrade that drops it brings the warnings back
@@ -235,19 +240,23 @@ DATA_TASKS = 2
 
 #: share of the cluster's object store a run's Ray Data stream may fill when ``data.max_memory_mb`` is 0
 DATA_MEMORY_SHARE = 0.25
+#: Ray Data's largest block (MB) for a run's datasets (see budget_data)
+DATA_BLOCK_MB = 16
 
 
-def budget_data(cpus: float, memory_mb: float = 0.0) -> dict[str, float]:
+def budget_data(cpus: float, memory_mb: float = 0.0, explicit: bool = True) -> dict[str, float]:
     """Ray Data's budget for this process's datasets (public ``DataContext`` resource limits), applied by every
     Ray run before it builds its datasets; returns it (``cpu`` 0 = uncapped, ``object_store_mb``).
 
     ``cpus`` (``data.max_cpus``): logical CPUs for preprocessing, 0 = uncapped. Sweep trials cap by default
     (``tune/trial.py``): left alone, every concurrent trial's pipeline fills all free logical CPUs with
     fractional tasks; a plain pretraining is uncapped (on a small dataset its stream finishes early and the
-    trainer then has the cores, ``experiments/bench_dataset_size.py``). ``memory_mb`` (``data.max_memory_mb``):
-    object-store memory the stream's blocks in flight may hold, 0 = :data:`DATA_MEMORY_SHARE` of the cluster's
-    object store. Budgets the cluster cannot give are refused with the numbers (Ray would wait forever). Also
-    paces Ray Data's scheduling loop (:class:`DataSchedulerPacer`)."""
+    trainer then has the cores, ``experiments/bench_dataset_size.py``). ``memory_mb``: object-store memory the
+    stream's blocks in flight may hold (``data.max_memory_mb``, or a window sized from the config when not
+    ``explicit``: ``data/pipeline.py`` stream_memory_mb), never more than :data:`DATA_MEMORY_SHARE` of the
+    cluster's object store unless explicit; 0 = that share. An explicit budget the cluster cannot give is
+    refused with the numbers (Ray would wait forever). Also paces Ray Data's scheduling loop
+    (:class:`DataSchedulerPacer`)."""
     import ray
     from ray.data import DataContext, ExecutionResources
 
@@ -255,17 +264,57 @@ def budget_data(cpus: float, memory_mb: float = 0.0) -> dict[str, float]:
     have_cpus, store_mb = resources.get("CPU", 0.0), resources.get("object_store_memory", 0.0) / 2**20
     if cpus and have_cpus and cpus > have_cpus:
         raise ValueError(f"data.max_cpus={cpus} exceeds the {have_cpus:g} logical CPUs of this Ray cluster")
-    if memory_mb and store_mb and memory_mb > store_mb:
+    if explicit and memory_mb and store_mb and memory_mb > store_mb:
         raise ValueError(f"data.max_memory_mb={memory_mb:g} exceeds the {store_mb:.0f} MB object store of this Ray "
                          f"cluster (Ray's object store is a share of the machine's memory)")
-    memory_mb = memory_mb or DATA_MEMORY_SHARE * store_mb
+    share = DATA_MEMORY_SHARE * store_mb
+    memory_mb = (memory_mb if explicit else min(memory_mb, share or memory_mb)) if memory_mb else share
     options = DataContext.get_current().execution_options
     old = options.resource_limits  # for_limits: an unspecified field is unlimited (copy() cannot lift a cap)
     options.resource_limits = ExecutionResources.for_limits(
         cpu=cpus or None, gpu=old.gpu, object_store_memory=memory_mb * 2**20 if memory_mb else None,
         memory=old.memory)
+    # public DataContext field: Ray's default, 128 MB blocks, is ~650 preprocessed 16 x 32^2 clips: the first
+    # block (and the first training batch) waited for all of them; 16 MB is ~80 clips, a few training batches
+    DataContext.get_current().target_max_block_size = DATA_BLOCK_MB * 2**20
     pace_data_scheduler()
     return {"cpu": cpus, "object_store_mb": memory_mb}
+
+
+def prewarm_workers(module: str, count: int) -> None:
+    """Start ``count`` Ray worker processes now, each importing ``module`` (not waited for).
+
+    A run's first seconds are a chain of worker processes booting one after another — Ray Train's controller
+    and workers, Ray Data's coordinator, readers and preprocessing tasks — and each that imports torch takes
+    ~2 s of a core for it. Ray keeps finished task workers idle in its pool and hands them to the next
+    tasks and actors, so processes warmed while the driver opens its MLflow run and plans its datasets arrive
+    with torch imported."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def warm(name: str) -> None:
+        importlib.import_module(name)
+
+    for _ in range(count):
+        warm.remote(module)
+
+
+def check_workers_fit(num_workers: int, cpus_per_worker: float, use_gpu: bool) -> None:
+    """Refuse, with the numbers, a worker group this process's own local Ray can never place: Ray Train would
+    wait for the resources forever. A cluster joined through ``$RAY_ADDRESS`` may grow (an autoscaler), so it
+    is left to Ray."""
+    import ray
+
+    if os.environ.get("RAY_ADDRESS") or not ray.is_initialized():
+        return
+    have = ray.cluster_resources()
+    cpus, gpus = have.get("CPU", 0.0), have.get("GPU", 0.0)
+    if num_workers * cpus_per_worker > cpus:
+        raise ValueError(f"train.num_workers={num_workers} x train.cpus_per_worker={cpus_per_worker:g} = "
+                         f"{num_workers * cpus_per_worker:g} CPUs, but this local Ray cluster has {cpus:g}")
+    if use_gpu and num_workers > gpus:
+        raise ValueError(f"train.use_gpu with train.num_workers={num_workers} needs {num_workers} GPUs; this "
+                         f"local Ray cluster has {gpus:g}")
 
 
 #: the shortest step of Ray Data's scheduling loop (see DataSchedulerPacer)

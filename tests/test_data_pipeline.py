@@ -176,3 +176,16 @@ def test_streams_a_dataset_larger_than_the_object_store(tmp_path):
     # the driver never holds the dataset: its peak RSS (which also counts mapped object-store pages and
     # the prefetch buffers) grows by less than what streamed through (measured: ~340 of 450 MiB)
     assert result["driver_rss_growth"] < 0.8 * result["float_bytes"], result
+
+
+def test_a_runs_stream_window_is_sized_from_its_batches_unless_set(smoke_cfg):
+    from oskar_ray.data.pipeline import STREAM_BATCHES, stream_memory_mb
+
+    small = stream_memory_mb(smoke_cfg, block_mb=16)
+    assert small == 64  # 8 batches of 32 smoke clips (~6.5 MB each) fit in 4 blocks
+    smoke_cfg.modalities["video"].height = smoke_cfg.modalities["video"].width = 224
+    big = stream_memory_mb(smoke_cfg, block_mb=16)
+    clip = 16 * 3 * 224 * 224 * 4
+    assert STREAM_BATCHES * 32 * clip / 2**20 < big < 1.1 * STREAM_BATCHES * 32 * clip / 2**20
+    smoke_cfg.data.max_memory_mb = 300
+    assert stream_memory_mb(smoke_cfg, block_mb=16) == 300

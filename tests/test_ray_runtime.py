@@ -62,7 +62,7 @@ def test_the_undocumented_environment_switches_are_still_read_by_ray():
 
     sources = [p.read_text(errors="replace") for p in Path(ray.__file__).parent.rglob("*.py")
                if "tests" not in p.parts]
-    internal = {**ray_runtime.INTERNAL_QUIET_ENV, **ray_runtime.INTERNAL_DATA_ENV}
+    internal = {**ray_runtime.INTERNAL_QUIET_ENV, **ray_runtime.INTERNAL_SPEED_ENV}
     missing = [name for name in internal if not any(name in text for text in sources)]
     assert not missing, f"Ray no longer reads {missing}: update oskar_ray/ray_runtime.py"
 
@@ -123,3 +123,16 @@ def test_a_data_budget_the_cluster_cannot_give_is_refused_with_the_numbers(ray_l
     assert limits.object_store_memory == pytest.approx(budget["object_store_mb"] * 2**20)
     assert ray_runtime.DataSchedulerPacer in getattr(DataContext.get_current(), ray_runtime.EXECUTION_CALLBACKS_FIELD)
     ray_runtime.budget_data(0.0)
+
+
+def test_a_worker_group_the_local_cluster_cannot_place_is_refused_with_the_numbers(ray_local, monkeypatch):
+    import ray
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    cpus = ray.cluster_resources()["CPU"]
+    with pytest.raises(ValueError, match=rf"train.num_workers=2 x train.cpus_per_worker=8 = 16 CPUs, but this "
+                                         rf"local Ray cluster has {cpus:g}"):
+        ray_runtime.check_workers_fit(2, 8.0, False)
+    with pytest.raises(ValueError, match="needs 1 GPUs; this local Ray cluster has 0"):
+        ray_runtime.check_workers_fit(1, 0.5, True)
+    ray_runtime.check_workers_fit(1, 0.5, False)

@@ -60,6 +60,11 @@ def test_one_worker_learns_checkpoints_and_tracks(ray_local, synth_dir, tmp_path
     for key in ("loss/video", "loss/skeleton", "loss/text", "lr", "momentum", "grad_norm", "samples_per_s",
                 "tokens_per_s", "data_wait_fraction", "health/video/rankme", "health/skeleton/std"):
         assert key in run.data.metrics, key
+    # where the wall time went, stage by stage, on the driver's and the worker's clocks (train/timeline.py)
+    stages = {k for k in run.data.metrics if k.startswith("time/")}
+    assert {f"time/{s}_s" for s in ("ray_init", "tracking", "datasets", "worker_start", "model", "monitor",
+                                    "first_batch", "first_step", "steps", "wind_down", "artifacts")} <= stages
+    assert all(run.data.metrics[k] >= 0 for k in stages) and run.data.metrics["time/steps_s"] > 0
     assert run.data.params["budget.input_tokens"] == "64"
     assert {"git_sha", "data_fingerprint", "version.torch", "version.ray", "version.mlflow"} <= set(run.data.tags)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}

@@ -99,6 +99,28 @@ def build_dataset(cfg, split: str, *, root: str | Path | None = None, train: boo
     )
 
 
+#: training batches a run's stream may hold in flight by default (data.max_memory_mb = 0)
+STREAM_BATCHES = 8
+#: ... and at least this many of Ray Data's blocks (ray_runtime.DATA_BLOCK_MB): a task in flight per core
+STREAM_BLOCKS = 4
+
+
+def stream_memory_mb(cfg, block_mb: float) -> float:
+    """``data.max_memory_mb``, else the default window of a run's stream: :data:`STREAM_BATCHES` training
+    batches of preprocessed samples, at least :data:`STREAM_BLOCKS` blocks. Left unbounded, Ray Data fills a
+    quarter of the object store as fast as it can — on 2 cores, CPU taken from the trainer for samples needed
+    minutes later (tiny recipe, 40 steps through Ray Train: the steps took 23.7 s against 14.5 s with this
+    window, 10.7 s in one process; ``experiments/bench_train.py --overhead``)."""
+    from ..modalities import modality_class
+
+    if cfg.data.max_memory_mb:
+        return cfg.data.max_memory_mb
+    sample = sum(array.nbytes for name in cfg.enabled_modalities
+                 for array in modality_class(name)(cfg.modalities[name]).empty().values())
+    sample += 8 * (cfg.budget.input_tokens + cfg.budget.target_tokens)  # the token-budget indices
+    return max(STREAM_BATCHES * cfg.train.batch_size * sample / 2**20, STREAM_BLOCKS * block_mb)
+
+
 def data_tasks(cfg) -> int | None:
     """Tasks in flight per data operator (reads, preprocessing): ``data.max_tasks``, else one per core of this
     machine on a local Ray (None, Ray decides, on a cluster: its nodes differ). Ray Data otherwise starts one

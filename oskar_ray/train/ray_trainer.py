@@ -24,19 +24,21 @@ calls :func:`pretrain` with its own MLflow child run and Ray's
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import relay, storage
 from ..config import OskarConfig, config_yaml, save_config
-from ..data.pipeline import task_cpus
+from ..data.pipeline import stream_memory_mb, task_cpus
 from ..data.preprocess import rows_without_modalities
 from ..data.resolve import resolve_data
 from ..data.store import split_info
 from ..modalities import carried_modalities
-from ..ray_runtime import budget_data, init_ray
+from ..ray_runtime import DATA_BLOCK_MB, budget_data, check_workers_fit, init_ray, prewarm_workers
 from ..tracking import client_for, end_run, log_loss_curve, log_metrics, set_tags, start_run, tracking_uri
 from .checkpoint import WEIGHTS, latest_checkpoint, read_state
 from .timeline import Timeline
@@ -74,22 +76,21 @@ def pretrain(cfg: OskarConfig, *, resume: str | None = None, fail_at_step: int |
     """
     clock = Timeline()
     cfg = resolve_data(cfg)
-    init_ray()
-    need = task_cpus(cfg)
-    if 0 < cfg.data.max_cpus < need:  # Ray Data would wait forever for a task it can never schedule
-        raise ValueError(f"data.max_cpus={cfg.data.max_cpus} is below the {need} CPUs one preprocessing task of "
-                         f"split {cfg.data.train_split!r} reserves (data.cpus_per_task / decode_cpus_per_task)")
-    budget_data(cfg.data.max_cpus, cfg.data.max_memory_mb)  # before the datasets: they carry this context
-    clock.mark("ray_init")
-    relay.start(tracking_uri(cfg), cfg.tracking.relay)
     name = run_name or cfg.tracking.run_name or time.strftime("pretrain-%Y%m%d-%H%M%S")
-    run_id = run_id or _run_id(cfg, resume, name)
-    client = client_for(tracking_uri(cfg))
-    if resume_changes:
-        from .resume import describe
-
-        set_tags(client, run_id, {"resume.changes": describe(resume_changes)[:5000]})
-    _note_rows_without_modalities(cfg, client, run_id)
+    uri = tracking_uri(cfg)
+    with ThreadPoolExecutor(1) as pool:
+        # the MLflow run opens while Ray starts (seconds each), unless MLflow is reached through Ray (the relay)
+        opening = None if relay.wanted(cfg.tracking.relay, uri) else \
+            pool.submit(_open_run, cfg, name, resume, run_id, resume_changes)
+        try:
+            _start_ray(cfg)
+        except BaseException as err:  # e.g. a data budget the cluster cannot give: the opened run says why
+            if opening is not None and finish:
+                end_run(opening.result()[0], opening.result()[1], error=f"{type(err).__name__}: {err}")
+            raise
+        clock.mark("ray_init")
+        relay.start(uri, cfg.tracking.relay)
+        client, run_id = opening.result() if opening else _open_run(cfg, name, resume, run_id, resume_changes)
     clock.mark("tracking")
     try:
         trainer = build_trainer(cfg, name, run_id, resume, fail_at_step, callbacks)
@@ -115,6 +116,31 @@ def pretrain(cfg: OskarConfig, *, resume: str | None = None, fail_at_step: int |
         end_run(client, run_id)
     return PretrainResult(run_id, checkpoint, dict(result.metrics or {}),
                           storage.join(storage.resolve(cfg.train.output_dir), name))
+
+
+def _start_ray(cfg: OskarConfig) -> None:
+    init_ray()
+    check_workers_fit(cfg.train.num_workers, cfg.train.cpus_per_worker, cfg.train.use_gpu)
+    prewarm_workers("oskar_ray.train.worker_loop", cfg.train.num_workers + (os.cpu_count() or 1))
+    need = task_cpus(cfg)
+    if 0 < cfg.data.max_cpus < need:  # Ray Data would wait forever for a task it can never schedule
+        raise ValueError(f"data.max_cpus={cfg.data.max_cpus} is below the {need} CPUs one preprocessing task of "
+                         f"split {cfg.data.train_split!r} reserves (data.cpus_per_task / decode_cpus_per_task)")
+    # before the datasets: they carry this context
+    budget_data(cfg.data.max_cpus, stream_memory_mb(cfg, DATA_BLOCK_MB), explicit=bool(cfg.data.max_memory_mb))
+
+
+def _open_run(cfg: OskarConfig, name: str, resume: str | None, run_id: str | None,
+              resume_changes: dict | None) -> tuple[object, str]:
+    """The run's MLflow client and run id (created, or the resumed / given one), with its start-up tags."""
+    run_id = run_id or _run_id(cfg, resume, name)
+    client = client_for(tracking_uri(cfg))
+    if resume_changes:
+        from .resume import describe
+
+        set_tags(client, run_id, {"resume.changes": describe(resume_changes)[:5000]})
+    _note_rows_without_modalities(cfg, client, run_id)
+    return client, run_id
 
 
 def _note_wind_down(clock: Timeline, metrics: dict) -> None:
