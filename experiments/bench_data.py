@@ -6,6 +6,7 @@ Runbook::
     python experiments/bench_data.py --data data/synth --steps 60 --batch-size 32
     python experiments/bench_data.py --dataset-size [--data-cpus 0.5]   # = experiments/bench_dataset_size.py
     python experiments/bench_data.py --decode [--size 224]              # = experiments/bench_decode.py
+    python experiments/bench_data.py --stream                           # = experiments/bench_stream.py
 
 Prints, measured side by side in one run:
 
@@ -23,6 +24,8 @@ Goal from issue 3: data wait <= 5 % of step time on this machine for the tiny co
 samples/s through Ray Train on a small dataset (many epochs) vs the built-in one, side by side, and the data
 path's CPU share on each (issue 27's goal: small / built-in >= 0.9). ``--decode`` runs
 ``experiments/bench_decode.py``: frames/s of Ray Data decoding encoded videos vs a tight PyAV loop (goal >= 0.8).
+``--stream`` runs ``experiments/bench_stream.py``: the trainer's step with Ray Data streaming under the run's data
+budget vs the same step on pre-loaded batches (issue 29's goal: <= 1.1).
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:
-    for flag, module in (("--dataset-size", "bench_dataset_size"), ("--decode", "bench_decode")):
+    for flag, module in (("--dataset-size", "bench_dataset_size"), ("--decode", "bench_decode"),
+                         ("--stream", "bench_stream")):
         if flag in sys.argv[1:]:
             sys.path.insert(0, str(Path(__file__).resolve().parent))
             __import__(module).main([a for a in sys.argv[1:] if a != flag])

@@ -281,24 +281,6 @@ def budget_data(cpus: float, memory_mb: float = 0.0, explicit: bool = True) -> d
     return {"cpu": cpus, "object_store_mb": memory_mb}
 
 
-def prewarm_workers(module: str, count: int) -> None:
-    """Start ``count`` Ray worker processes now, each importing ``module`` (not waited for).
-
-    A run's first seconds are a chain of worker processes booting one after another — Ray Train's controller
-    and workers, Ray Data's coordinator, readers and preprocessing tasks — and each that imports torch takes
-    ~2 s of a core for it. Ray keeps finished task workers idle in its pool and hands them to the next
-    tasks and actors, so processes warmed while the driver opens its MLflow run and plans its datasets arrive
-    with torch imported."""
-    import ray
-
-    @ray.remote(num_cpus=0)
-    def warm(name: str) -> None:
-        importlib.import_module(name)
-
-    for _ in range(count):
-        warm.remote(module)
-
-
 def check_workers_fit(num_workers: int, cpus_per_worker: float, use_gpu: bool) -> None:
     """Refuse, with the numbers, a worker group this process's own local Ray can never place: Ray Train would
     wait for the resources forever. A cluster joined through ``$RAY_ADDRESS`` may grow (an autoscaler), so it

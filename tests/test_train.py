@@ -16,8 +16,8 @@ SMOKE = "experiments/configs/smoke.yaml"
 
 
 @pytest.mark.slow
-def test_tiny_loss_falls_by_30_percent_in_200_steps():
-    cfg = load_config(SMOKE, ["train.steps=200"])
+def test_tiny_loss_falls_by_30_percent_in_100_steps():
+    cfg = load_config(SMOKE, ["train.steps=100"])  # measured: last / first 10 steps 0.34
     history = train(cfg)
     losses = [h["loss"] for h in history]
     assert all(math.isfinite(x) for x in losses)

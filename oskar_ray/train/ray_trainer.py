@@ -24,7 +24,6 @@ calls :func:`pretrain` with its own MLflow child run and Ray's
 from __future__ import annotations
 
 import math
-import os
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -38,7 +37,7 @@ from ..data.preprocess import rows_without_modalities
 from ..data.resolve import resolve_data
 from ..data.store import split_info
 from ..modalities import carried_modalities
-from ..ray_runtime import DATA_BLOCK_MB, budget_data, check_workers_fit, init_ray, prewarm_workers
+from ..ray_runtime import DATA_BLOCK_MB, budget_data, check_workers_fit, init_ray
 from ..tracking import client_for, end_run, log_loss_curve, log_metrics, set_tags, start_run, tracking_uri
 from .checkpoint import WEIGHTS, latest_checkpoint, read_state
 from .timeline import Timeline
@@ -121,7 +120,6 @@ def pretrain(cfg: OskarConfig, *, resume: str | None = None, fail_at_step: int |
 def _start_ray(cfg: OskarConfig) -> None:
     init_ray()
     check_workers_fit(cfg.train.num_workers, cfg.train.cpus_per_worker, cfg.train.use_gpu)
-    prewarm_workers("oskar_ray.train.worker_loop", cfg.train.num_workers + (os.cpu_count() or 1))
     need = task_cpus(cfg)
     if 0 < cfg.data.max_cpus < need:  # Ray Data would wait forever for a task it can never schedule
         raise ValueError(f"data.max_cpus={cfg.data.max_cpus} is below the {need} CPUs one preprocessing task of "
