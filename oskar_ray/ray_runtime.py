@@ -300,7 +300,7 @@ def check_workers_fit(num_workers: int, cpus_per_worker: float, use_gpu: bool) -
 
 
 #: the shortest step of Ray Data's scheduling loop (see DataSchedulerPacer)
-SCHEDULING_LOOP_PERIOD_S = 0.02
+SCHEDULING_LOOP_PERIOD_S = 0.1
 #: the DataContext field through which Ray Data 2.60 instantiates execution callbacks (``cls()``, then
 #: ``on_execution_step(executor)`` once per scheduling-loop step): a dataclass field of the public DataContext,
 #: not documented; tests/test_ray_runtime.py checks it still exists and that the pacer is called
