@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> None:
           f"{sum(t.get('eval', 0) for t in trials):.1f} s -> compute {compute:.1f} s")
     print("  start-up / wind-down per trial, summed: " +
           ", ".join(f"{k} {sum(t.get(k, 0.0) for t in trials):.1f}" for k in STARTUP))
+    print("  (a trial the scheduler stops, or the part of a paused trial before its pause, logs no stage times: "
+          "those steps are left out of the compute, which can only raise the ratio)")
     print(f"sweep wall / trial compute: {wall / max(compute, 1e-9):.2f} (goal <= 3)")
 
 
