@@ -312,9 +312,10 @@ class DataSchedulerPacer:
     every operator is backpressured (the trainer has its prefetch window and nothing may start) the loop spins.
     In a training run it spins in the ``SplitCoordinator`` actor: measured, 56 % of a core beside a 2-thread
     trainer, whose step then took 2.4x its single-process time. A step of the loop lasts at least
-    :data:`SCHEDULING_LOOP_PERIOD_S` here (the sleep only fills what ``ray.wait`` did not): 50 scheduling
-    rounds a second are plenty for blocks of tens of rows, and the spin is gone (tiny recipe, Ray Train:
-    35 -> 82 samples/s, ``experiments/bench_data.py``)."""
+    :data:`SCHEDULING_LOOP_PERIOD_S` here (the sleep only fills what ``ray.wait`` did not; Ray's own wait is
+    0.1 s): ten scheduling rounds a second are plenty for blocks of tens of rows (tiny recipe through Ray Train:
+    35 -> 82 samples/s with a 20 ms period, at which the coordinator still took 10 % of a core; 0.1 s:
+    ``experiments/bench_data.py --stream``)."""
 
     def __init__(self) -> None:
         self._last = 0.0
