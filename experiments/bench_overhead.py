@@ -26,7 +26,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 #: the stages of either command, in the order they happen
-STAGES = ["ray_init", "tracking", "datasets", "worker_start", "model", "monitor", "data", "first_batch",
+STAGES = ["resolve_data", "ray_init", "tracking", "datasets", "worker_start", "model", "monitor", "data", "first_batch",
           "first_step", "steps", "wind_down", "artifacts"]
 
 

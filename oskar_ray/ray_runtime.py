@@ -234,17 +234,18 @@ def trial_resources(trial_cpu: float, slotted: bool) -> tuple[dict[str, float], 
     return {"cpu": trial_cpu, TRIAL_SLOT: 1}, ""
 
 
-#: Ray Data preprocessing tasks in flight per training run (see budget_data)
+#: Ray Data preprocessing tasks in flight per sweep trial (tune/trial.py; see budget_data)
 DATA_TASKS = 2
 
 
 #: share of the cluster's object store a run's Ray Data stream may fill when ``data.max_memory_mb`` is 0
 DATA_MEMORY_SHARE = 0.25
-#: Ray Data's largest block (MB) for a run's datasets (see budget_data)
+#: Ray Data's largest block (MB) for a run's datasets, unless its samples are larger (see budget_data)
 DATA_BLOCK_MB = 16
 
 
-def budget_data(cpus: float, memory_mb: float = 0.0, explicit: bool = True) -> dict[str, float]:
+def budget_data(cpus: float, memory_mb: float = 0.0, explicit: bool = True,
+                block_mb: float = 0.0) -> dict[str, float]:
     """Ray Data's budget for this process's datasets (public ``DataContext`` resource limits), applied by every
     Ray run before it builds its datasets; returns it (``cpu`` 0 = uncapped, ``object_store_mb``).
 
@@ -276,7 +277,7 @@ def budget_data(cpus: float, memory_mb: float = 0.0, explicit: bool = True) -> d
         memory=old.memory)
     # public DataContext field: Ray's default, 128 MB blocks, is ~650 preprocessed 16 x 32^2 clips: the first
     # block (and the first training batch) waited for all of them; 16 MB is ~80 clips, a few training batches
-    DataContext.get_current().target_max_block_size = DATA_BLOCK_MB * 2**20
+    DataContext.get_current().target_max_block_size = int((block_mb or DATA_BLOCK_MB) * 2**20)
     pace_data_scheduler()
     return {"cpu": cpus, "object_store_mb": memory_mb}
 

@@ -112,17 +112,22 @@ def test_a_data_budget_the_cluster_cannot_give_is_refused_with_the_numbers(ray_l
     import ray
     from ray.data import DataContext
 
+    context = DataContext.get_current()
+    saved = (context.execution_options.resource_limits, context.target_max_block_size)
     cpus = ray.cluster_resources()["CPU"]
-    with pytest.raises(ValueError, match=rf"data.max_cpus=99.0 exceeds the {cpus:g} logical CPUs"):
-        ray_runtime.budget_data(99.0)
-    with pytest.raises(ValueError, match=r"data.max_memory_mb=1e\+07 exceeds the \d+ MB object store"):
-        ray_runtime.budget_data(0.0, 1e7)
-    budget = ray_runtime.budget_data(0.5)
-    limits = DataContext.get_current().execution_options.resource_limits
-    assert limits.cpu == 0.5 and budget["object_store_mb"] > 0
-    assert limits.object_store_memory == pytest.approx(budget["object_store_mb"] * 2**20)
-    assert ray_runtime.DataSchedulerPacer in getattr(DataContext.get_current(), ray_runtime.EXECUTION_CALLBACKS_FIELD)
-    ray_runtime.budget_data(0.0)
+    try:
+        with pytest.raises(ValueError, match=rf"data.max_cpus=99.0 exceeds the {cpus:g} logical CPUs"):
+            ray_runtime.budget_data(99.0)
+        with pytest.raises(ValueError, match=r"data.max_memory_mb=1e\+07 exceeds the \d+ MB object store"):
+            ray_runtime.budget_data(0.0, 1e7)
+        budget = ray_runtime.budget_data(0.5, 1e7, explicit=False)  # a default window is capped, not refused
+        limits = context.execution_options.resource_limits
+        assert limits.cpu == 0.5 and 0 < budget["object_store_mb"] < 1e7
+        assert limits.object_store_memory == pytest.approx(budget["object_store_mb"] * 2**20)
+        assert context.target_max_block_size == ray_runtime.DATA_BLOCK_MB * 2**20
+        assert ray_runtime.DataSchedulerPacer in getattr(context, ray_runtime.EXECUTION_CALLBACKS_FIELD)
+    finally:
+        context.execution_options.resource_limits, context.target_max_block_size = saved
 
 
 def test_a_worker_group_the_local_cluster_cannot_place_is_refused_with_the_numbers(ray_local, monkeypatch):

@@ -101,36 +101,54 @@ def build_dataset(cfg, split: str, *, root: str | Path | None = None, train: boo
 
 #: training batches a run's stream may hold in flight by default (data.max_memory_mb = 0)
 STREAM_BATCHES = 8
-#: ... and at least this many of Ray Data's blocks (ray_runtime.DATA_BLOCK_MB): a task in flight per core
-STREAM_BLOCKS = 4
+#: ... and at least this many of Ray Data's blocks per data task in flight (and never fewer than 4 blocks)
+STREAM_BLOCKS_PER_TASK = 2
+#: Ray Data's largest block holds at least this many preprocessed samples (and at least ray_runtime.DATA_BLOCK_MB)
+BLOCK_SAMPLES = 8
+
+
+def sample_mb(cfg) -> float:
+    """MB of one preprocessed sample of the enabled modalities, with its token-budget indices."""
+    from ..modalities import modality_class
+
+    size = sum(array.nbytes for name in cfg.enabled_modalities
+               for array in modality_class(name)(cfg.modalities[name]).empty().values())
+    return (size + 8 * (cfg.budget.input_tokens + cfg.budget.target_tokens)) / 2**20
+
+
+def stream_block_mb(cfg, floor_mb: float) -> float:
+    """Ray Data's largest block for a run: ``floor_mb`` (16 MB: ~80 tiny clips, so the first batch does not wait
+    for Ray's 128 MB, ~650 clips), or :data:`BLOCK_SAMPLES` samples where those are larger (224^2 clips: 77 MB,
+    what ``experiments/bench_decode.py`` measured best)."""
+    return max(floor_mb, BLOCK_SAMPLES * sample_mb(cfg))
 
 
 def stream_memory_mb(cfg, block_mb: float) -> float:
     """``data.max_memory_mb``, else the default window of a run's stream: :data:`STREAM_BATCHES` training
-    batches of preprocessed samples, at least :data:`STREAM_BLOCKS` blocks. Left unbounded, Ray Data fills a
-    quarter of the object store as fast as it can — on 2 cores, CPU taken from the trainer for samples needed
-    minutes later (tiny recipe, 40 steps through Ray Train: the steps took 23.7 s against 14.5 s with this
-    window, 10.7 s in one process; ``experiments/bench_train.py --overhead``)."""
-    from ..modalities import modality_class
-
+    batches of preprocessed samples, at least :data:`STREAM_BLOCKS_PER_TASK` blocks per data task in flight.
+    Left unbounded, Ray Data fills a quarter of the object store as fast as it can — on 2 cores, CPU taken from
+    the trainer for samples needed minutes later (tiny recipe, 40 steps through Ray Train: the steps took
+    23.7 s against 14.5 s with this window, 10.7 s in one process; ``experiments/bench_train.py --overhead``)."""
     if cfg.data.max_memory_mb:
         return cfg.data.max_memory_mb
-    sample = sum(array.nbytes for name in cfg.enabled_modalities
-                 for array in modality_class(name)(cfg.modalities[name]).empty().values())
-    sample += 8 * (cfg.budget.input_tokens + cfg.budget.target_tokens)  # the token-budget indices
-    return max(STREAM_BATCHES * cfg.train.batch_size * sample / 2**20, STREAM_BLOCKS * block_mb)
+    blocks = max(4, STREAM_BLOCKS_PER_TASK * (data_tasks(cfg) or 2))
+    return max(STREAM_BATCHES * cfg.train.batch_size * sample_mb(cfg), blocks * block_mb)
 
 
 def data_tasks(cfg) -> int | None:
     """Tasks in flight per data operator (reads, preprocessing): ``data.max_tasks``, else one per core of this
-    machine on a local Ray (None, Ray decides, on a cluster: its nodes differ). Ray Data otherwise starts one
-    worker process per fractional CPU at once, and each imports torch (~2 s): on a 2-core laptop 16 processes
-    starting together held the first batch back 30-40 s; warm processes are reused for the whole stream."""
+    machine on a single-node Ray (None, Ray decides, on a multi-node cluster: its nodes differ). Ray Data
+    otherwise starts one worker process per fractional CPU at once, and each imports torch (~2 s): on a 2-core
+    laptop 16 processes starting together held the first batch back 30-40 s; warm processes are reused for the
+    whole stream. (Not ``$RAY_ADDRESS``: every worker of a local sweep cluster has it set.)"""
     import os
+
+    import ray
 
     if cfg.data.max_tasks:
         return cfg.data.max_tasks
-    return None if os.environ.get("RAY_ADDRESS") else (os.cpu_count() or 1)
+    single_node = not ray.is_initialized() or sum(1 for node in ray.nodes() if node.get("Alive")) <= 1
+    return (os.cpu_count() or 1) if single_node else None
 
 
 def task_cpus(cfg, split: str | None = None) -> float:

@@ -23,6 +23,7 @@ calls :func:`pretrain` with its own MLflow child run and Ray's
 
 from __future__ import annotations
 
+import contextlib
 import math
 import tempfile
 import time
@@ -32,7 +33,7 @@ from pathlib import Path
 
 from .. import relay, storage
 from ..config import OskarConfig, config_yaml, save_config
-from ..data.pipeline import stream_memory_mb, task_cpus
+from ..data.pipeline import stream_block_mb, stream_memory_mb, task_cpus
 from ..data.preprocess import rows_without_modalities
 from ..data.resolve import resolve_data
 from ..data.store import split_info
@@ -75,6 +76,7 @@ def pretrain(cfg: OskarConfig, *, resume: str | None = None, fail_at_step: int |
     """
     clock = Timeline()
     cfg = resolve_data(cfg)
+    clock.mark("resolve_data")
     name = run_name or cfg.tracking.run_name or time.strftime("pretrain-%Y%m%d-%H%M%S")
     uri = tracking_uri(cfg)
     with ThreadPoolExecutor(1) as pool:
@@ -83,13 +85,14 @@ def pretrain(cfg: OskarConfig, *, resume: str | None = None, fail_at_step: int |
             pool.submit(_open_run, cfg, name, resume, run_id, resume_changes)
         try:
             _start_ray(cfg)
+            clock.mark("ray_init")
+            relay.start(uri, cfg.tracking.relay)
+            client, run_id = opening.result() if opening else _open_run(cfg, name, resume, run_id, resume_changes)
         except BaseException as err:  # e.g. a data budget the cluster cannot give: the opened run says why
             if opening is not None and finish:
-                end_run(opening.result()[0], opening.result()[1], error=f"{type(err).__name__}: {err}")
+                with contextlib.suppress(Exception):  # the run may not have opened: Ray's error is the one to see
+                    end_run(*opening.result(), error=f"{type(err).__name__}: {err}")
             raise
-        clock.mark("ray_init")
-        relay.start(uri, cfg.tracking.relay)
-        client, run_id = opening.result() if opening else _open_run(cfg, name, resume, run_id, resume_changes)
     clock.mark("tracking")
     try:
         trainer = build_trainer(cfg, name, run_id, resume, fail_at_step, callbacks)
@@ -125,7 +128,9 @@ def _start_ray(cfg: OskarConfig) -> None:
         raise ValueError(f"data.max_cpus={cfg.data.max_cpus} is below the {need} CPUs one preprocessing task of "
                          f"split {cfg.data.train_split!r} reserves (data.cpus_per_task / decode_cpus_per_task)")
     # before the datasets: they carry this context
-    budget_data(cfg.data.max_cpus, stream_memory_mb(cfg, DATA_BLOCK_MB), explicit=bool(cfg.data.max_memory_mb))
+    block_mb = stream_block_mb(cfg, DATA_BLOCK_MB)
+    budget_data(cfg.data.max_cpus, stream_memory_mb(cfg, block_mb), explicit=bool(cfg.data.max_memory_mb),
+                block_mb=block_mb)
 
 
 def _open_run(cfg: OskarConfig, name: str, resume: str | None, run_id: str | None,

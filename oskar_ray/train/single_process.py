@@ -5,12 +5,12 @@ Runbook (no Ray)::
     from oskar_ray.config import load_config
     from oskar_ray.train import train
     history = train(load_config("experiments/configs/smoke.yaml", ["train.steps=50"]))   # per-step metrics
-    run_single_process(cfg, Path("runs/local"))    # + progress lines, weights.safetensors in the run dir
+    run_id, run_dir = pretrain_local(load_config("experiments/configs/tiny.yaml"))     # oskar pretrain --local
+    run_single_process(cfg, Path("runs/local"))    # example stream, weights in the run dir (no MLflow)
 
-Without batches the loop trains on ``Oskar.example_batch`` (structured random
+``train`` without batches trains on ``Oskar.example_batch`` (structured random
 signals) — enough to check that the objective learns. Console: one line per
-``train.log_every`` steps (step, loss per modality, samples/s, ETA). The caller
-writes the resolved ``config.yaml`` beside the weights.
+``train.log_every`` steps (step, loss per modality, samples/s, ETA).
 """
 
 from __future__ import annotations
@@ -87,43 +87,51 @@ def run_single_process(cfg: OskarConfig, run_dir: Path, batches: Iterable[dict] 
 
 def pretrain_local(cfg: OskarConfig, run_name: str = "") -> tuple[str, Path]:
     """``oskar pretrain --local``: the run ``oskar pretrain`` makes, in this one process and without Ray — the
-    same dataset (the built-in benchmark synthesised when ``data.path`` is empty) read row group by row group,
-    the same steps, an MLflow run with the same metrics (losses, ``samples_per_s``, ``time/<stage>_s``), the
-    resolved config and the weights. For debugging and for measuring what Ray costs
-    (``experiments/bench_train.py --overhead``). Returns (MLflow run id, run directory)."""
+    same dataset (the built-in benchmark synthesised on first use when ``data.path`` is empty) read row group by
+    row group, the same seed and steps, an MLflow run with the losses, ``samples_per_s`` and ``time/<stage>_s``
+    (no health checks, online probe or loss-curve artifact), the resolved config and the weights. For debugging
+    and for measuring what Ray costs (``experiments/bench_train.py --overhead``). Returns (run id, run dir)."""
     from ..config import save_config
     from ..data.pipeline import iterate_local
     from ..data.resolve import resolve_data
     from ..data.store import split_info
-    from ..tracking import client_for, end_run, log_metrics, start_run, tracking_uri
+    from ..tracking import end_run, log_metrics, start_run
     from .timeline import Timeline
 
     clock = Timeline()
     cfg = resolve_data(cfg)
+    clock.mark("resolve_data")
+    samples = split_info(cfg.data.path, cfg.data.train_split)["samples"]
+    if samples < cfg.train.batch_size:
+        raise ValueError(f"{cfg.data.path}: split {cfg.data.train_split!r} has {samples} samples, fewer than "
+                         f"train.batch_size={cfg.train.batch_size}")
     name = run_name or cfg.tracking.run_name or time.strftime("pretrain-local-%Y%m%d-%H%M%S")
     run_dir = Path(cfg.train.output_dir) / name
     save_config(cfg, run_dir / "config.yaml")
     client, run_id = start_run(cfg, run_name=name, extra_tags={"launcher": "local"})
     clock.mark("tracking")
-    samples = split_info(cfg.data.path, cfg.data.train_split)["samples"]
     epochs = -(-cfg.train.steps * cfg.train.batch_size // max(samples - cfg.train.batch_size, 1))
     batches = iterate_local(cfg.data.path, cfg.data.train_split, cfg, cfg.train.batch_size, seed=cfg.train.seed,
                             train=True, epochs=max(epochs, 1), drop_last=True)
     print(f"pretraining (single process) on {cfg.data.path} split {cfg.data.train_split!r}; writing to {run_dir}; "
           f"MLflow run {run_id}", flush=True)
     try:
+        seed_everything(cfg.train.seed)  # before the weights are drawn, as the Ray worker does
         model = Oskar(cfg)
         history = train(cfg, _timed(batches, clock), model=model,
                         on_step=_logging(cfg, client, run_id, progress_printer(cfg, time.perf_counter())))
+        if len(history) < cfg.train.steps:
+            raise RuntimeError(f"the stream of split {cfg.data.train_split!r} ended after {len(history)} of "
+                               f"{cfg.train.steps} steps")
         clock.mark("steps")
         model.save_weights(run_dir / "weights.safetensors")
         client.log_artifact(run_id, str(run_dir / "config.yaml"))
         client.log_artifact(run_id, str(run_dir / "weights.safetensors"), artifact_path="weights")
+        clock.mark("artifacts")
+        log_metrics(client, run_id, clock.durations(), step=len(history))
     except BaseException as err:
         end_run(client, run_id, error=f"{type(err).__name__}: {err}")
         raise
-    clock.mark("artifacts")
-    log_metrics(client_for(tracking_uri(cfg)), run_id, clock.durations(), step=len(history))
     end_run(client, run_id)
     print(f"saved {run_dir / 'weights.safetensors'} ({clock.summary()})", flush=True)
     return run_id, run_dir
