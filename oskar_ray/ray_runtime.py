@@ -77,6 +77,9 @@ TRAIN_CONTEXT_MODULE = "ray.train.v2._internal.execution.context"
 RUNTIME_CONTEXT_LOGGER = "ray.runtime_context"
 #: set in the workers of a local Ray without dashboard: the setup hook silences the placement-group cleaner there
 NO_DASHBOARD_ENV = "OSKAR_RAY_NO_DASHBOARD"
+#: set in the workers of a local Ray this project started (the setup hook gives every worker $RAY_ADDRESS, so that
+#: alone cannot tell a sweep trial on a laptop from one on a cluster that may grow)
+LOCAL_CLUSTER_ENV = "OSKAR_RAY_LOCAL_CLUSTER"
 
 
 def configure_environment() -> None:
@@ -121,6 +124,8 @@ def init_ray(log_to_driver: bool = True, *, for_sweep: bool = False, trial_slots
     elif not address:
         kwargs = {"include_dashboard": False}
         env[NO_DASHBOARD_ENV] = "1"
+    if not address:
+        env[LOCAL_CLUSTER_ENV] = "1"
     runtime_env = {"env_vars": env, "worker_process_setup_hook": f"{__name__}.setup_worker_process"}
     sized = {} if address or STARTUP_CONCURRENCY_ENV in os.environ else {
         STARTUP_CONCURRENCY_ENV: str(startup_concurrency(concurrent_trials))}  # read by the local raylet at start
@@ -283,12 +288,13 @@ def budget_data(cpus: float, memory_mb: float = 0.0, explicit: bool = True,
 
 
 def check_workers_fit(num_workers: int, cpus_per_worker: float, use_gpu: bool) -> None:
-    """Refuse, with the numbers, a worker group this process's own local Ray can never place: Ray Train would
-    wait for the resources forever. A cluster joined through ``$RAY_ADDRESS`` may grow (an autoscaler), so it
-    is left to Ray."""
+    """Refuse, with the numbers, a worker group a local Ray this project started can never place (from its
+    driver or from a sweep trial on it): Ray Train would wait for the resources forever. A cluster joined
+    through ``$RAY_ADDRESS`` may grow (an autoscaler), so it is left to Ray."""
     import ray
 
-    if os.environ.get("RAY_ADDRESS") or not ray.is_initialized():
+    local = not os.environ.get("RAY_ADDRESS") or os.environ.get(LOCAL_CLUSTER_ENV)
+    if not local or not ray.is_initialized():
         return
     have = ray.cluster_resources()
     cpus, gpus = have.get("CPU", 0.0), have.get("GPU", 0.0)
