@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     overrides = [f"train.steps={args.steps}", *args.overrides]
     os.chdir(REPO)  # the built-in benchmark lives in the repository's data/
-    _ensure_dataset(args.config, overrides)
+    ensure_dataset(args.config, overrides)
     with tempfile.TemporaryDirectory() as tmp:
         local_wall, local = run(True, args.config, overrides, Path(tmp))
         ray_wall, ray = run(False, args.config, overrides, Path(tmp))
@@ -79,8 +79,8 @@ def _cell(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
-def _ensure_dataset(config: str, overrides: list[str]) -> None:
-    """Synthesise the built-in benchmark before timing (neither command should pay for it)."""
+def ensure_dataset(config: str, overrides: list[str]) -> None:
+    """Synthesise the built-in benchmark before timing (no timed command should pay for it)."""
     sys.path.insert(0, str(REPO))
     from oskar_ray.config import load_config
     from oskar_ray.data.resolve import resolve_data

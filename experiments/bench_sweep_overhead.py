@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_overhead import ensure_dataset
+
 REPO = Path(__file__).resolve().parents[1]
 SWEEP = REPO / "experiments" / "sweep_token_budget.py"
 COMPUTE = ("first_step", "steps", "eval")
@@ -47,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         command = [sys.executable, str(SWEEP), "--smoke", "--storage-path", f"{tmp}/sweeps",
                    "--set", f"tracking.uri=sqlite:///{tmp}/mlflow.db", *(argv or [])]
-        _ensure_dataset()
+        ensure_dataset("experiments/configs/tiny.yaml", [])
         started = time.perf_counter()
         out = subprocess.run(command, text=True, capture_output=True)
         wall = time.perf_counter() - started
@@ -65,14 +67,6 @@ def main(argv: list[str] | None = None) -> None:
     print("  (a trial the scheduler stops, or the part of a paused trial before its pause, logs no stage times: "
           "those steps are left out of the compute, which can only raise the ratio)")
     print(f"sweep wall / trial compute: {wall / max(compute, 1e-9):.2f} (goal <= 3)")
-
-
-def _ensure_dataset() -> None:
-    sys.path.insert(0, str(REPO))
-    from oskar_ray.config import load_config
-    from oskar_ray.data.resolve import resolve_data
-
-    resolve_data(load_config(str(REPO / "experiments" / "configs" / "tiny.yaml")))
 
 
 if __name__ == "__main__":

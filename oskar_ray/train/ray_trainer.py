@@ -97,7 +97,7 @@ def pretrain(cfg: OskarConfig, *, resume: str | None = None, fail_at_step: int |
     try:
         trainer = build_trainer(cfg, name, run_id, resume, fail_at_step, callbacks)
         clock.mark("datasets")
-        trainer.train_loop_config["launched_at"] = clock.last
+        trainer.train_loop_config["launched_at"] = clock.last  # the workers' clock starts at fit(), not before
         result = trainer.fit()
     except BaseException as err:
         if finish:
@@ -153,9 +153,7 @@ def _note_wind_down(clock: Timeline, metrics: dict) -> None:
     if not worker:
         clock.mark("workers")
         return
-    steps_end = clock.last + sum(worker.values())
-    clock.stages.update({k[len("time/"):-len("_s")]: float(v) for k, v in worker.items()})
-    clock.last = steps_end
+    clock.extend(worker)
     clock.mark("wind_down")
 
 

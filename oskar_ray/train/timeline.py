@@ -38,6 +38,13 @@ class Timeline:
         self.last = now
         return took
 
+    def extend(self, durations: dict[str, float]) -> None:
+        """Stages timed elsewhere (another process's ``durations()``), taken as following on from the last mark."""
+        for key, seconds in durations.items():
+            stage = key[len("time/"):-len("_s")] if key.startswith("time/") else key
+            self.stages[stage] = self.stages.get(stage, 0.0) + float(seconds)
+            self.last += float(seconds)
+
     def durations(self) -> dict[str, float]:
         return {METRIC.format(stage): seconds for stage, seconds in self.stages.items()}
 
