@@ -7,10 +7,26 @@ The online kNN probe of pretraining (``oskar_ray.probes.online``) logs ``probe/<
 PROBE_PREFIX = "probe/"
 #: downstream tasks (``eval.tasks``; oskar_ray.eval.api.TASKS implements each) and their options
 EVAL_TASKS = ("action", "lowshot", "localization", "retrieval", "vqa", "health", "robustness")
-ACTION_PROTOCOLS = ("attentive", "linear", "knn")
+ACTION_PROTOCOLS = ("attentive", "linear", "knn", "finetune", "supervised")
+#: the protocols that train the encoder end to end (eval.finetune_epochs = 0 turns them off)
+END_TO_END_PROTOCOLS = ("finetune", "supervised")
 VQA_VIEWS = ("video", "video+skeleton")
 #: the action views (oskar_ray.probes.views.ACTION_VIEWS maps each to its encoder and modalities)
 ACTION_VIEW_NAMES = ("video", "skeleton", "fusion")
+
+
+#: the companions logged beside a metric with a 95 % interval (oskar_ray/eval/intervals.py computes them)
+CI_LOW, CI_HIGH = "_ci95_lo", "_ci95_hi"
+
+
+def interval_keys(metric: str) -> tuple[str, str]:
+    """The keys of ``metric``'s 95 % interval ends."""
+    return metric + CI_LOW, metric + CI_HIGH
+
+
+def is_interval(metric: str) -> bool:
+    """Whether ``metric`` is an interval end logged beside a metric (never a metric of its own)."""
+    return metric.endswith((CI_LOW, CI_HIGH))
 
 
 def probe_metrics(views: list[str]) -> list[str]:

@@ -13,7 +13,8 @@ from oskar_ray.config import load_config
 from oskar_ray.tracking import end_run, start_run
 
 SMOKE = Path(__file__).resolve().parents[1] / "experiments/configs/smoke.yaml"
-FAST_EVAL = ["eval.probe_epochs=3", "eval.finetune_epochs=1", "eval.batch_size=32"]
+FAST_EVAL = ["eval.probe_epochs=3", "eval.finetune_epochs=1", "eval.finetune_min_steps=3", "eval.finetune_max_steps=6",
+             "eval.batch_size=32"]
 
 
 def _cfg(tmp_path, synth_dir, *overrides):
@@ -52,13 +53,16 @@ def test_cli_evaluates_every_task_and_logs_to_the_pretraining_run(pretrained, tm
     metrics = summary["metrics"]
     for key in ("eval/action/video/attentive/top1", "eval/action/video/linear/top5", "eval/action/skeleton/knn/top1",
                 "eval/action/fusion/linear/top1", "eval/action/video/finetune/top1",
-                "eval/lowshot/10pct/video/linear/top1", "eval/localization/mAP_0.5", "eval/retrieval/t2v/R1",
+                "eval/lowshot/video/linear/10pct/top1", "eval/lowshot/fusion/supervised/1pct/top1",
+                "eval/lowshot/skeleton/finetune/100pct/top1", "eval/action/video/supervised/top1",
+                "eval/action/video/linear/top1_ci95_lo", "eval/lowshot/video/finetune/10pct/top1_ci95_hi",
+                "eval/localization/mAP_0.5", "eval/retrieval/t2v/R1",
                 "eval/retrieval/v2t/medR", "eval/vqa/accuracy", "eval/vqa/type/colour/accuracy",
                 "eval/health/video/rankme", "eval/robustness/video_only/attentive/top1",
                 *(f"eval/robustness/no_{m}/attentive/top1" for m in ("video", "skeleton", "text"))):
         assert key in metrics, key
     assert all(0.0 <= v <= 1.0 for k, v in metrics.items() if k.endswith("top1") and v is not None)
-    assert {p.name for p in out.glob("*.png")} == {"action.png", "localization.png", "retrieval.png"}
+    assert {p.name for p in out.glob("*.png")} == {"action.png", "localization.png", "retrieval.png", "lowshot.png"}
     run = MlflowClient(cfg.tracking.uri).get_run(run_id)
     assert run.data.metrics["eval/action/video/linear/top1"] == pytest.approx(metrics["eval/action/video/linear/top1"])
     artifacts = {a.path for a in MlflowClient(cfg.tracking.uri).list_artifacts(run_id, "eval")}
@@ -267,8 +271,8 @@ def test_a_dataset_without_val_or_lowshot_splits_is_evaluated_on_carves_of_train
     assert main(["--checkpoint", str(ckpt), "--data", str(user), "--out", str(out), "--quiet",
                  "--tasks", "action,lowshot,retrieval,vqa,health,robustness"]) == 0
     metrics = json.loads((out / "summary.json").read_text())["metrics"]
-    for key in ("eval/action/video/linear/top1", "eval/lowshot/1pct/video/linear/top1",
-                "eval/lowshot/10pct/skeleton/linear/top1", "eval/retrieval/t2v/R1", "eval/vqa/accuracy",
+    for key in ("eval/action/video/linear/top1", "eval/lowshot/video/linear/1pct/top1",
+                "eval/lowshot/skeleton/linear/10pct/top1", "eval/retrieval/t2v/R1", "eval/vqa/accuracy",
                 "eval/health/video/rankme", "eval/robustness/video_only/attentive/top1"):
         assert key in metrics, key
     tags = MlflowClient(cfg.tracking.uri).get_run(run_id).data.tags

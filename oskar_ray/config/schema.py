@@ -166,9 +166,27 @@ class EvalConfig:
     rankme_every: int = 100
     knn_k: int = 20
     probe_epochs: int = 60
-    finetune_epochs: int = 3
-    #: frozen action probes per view (attentive / linear / kNN); a sweep sizes its per-trial eval with this
-    action_protocols: list[str] = field(default_factory=lambda: ["attentive", "linear", "knn"])
+    #: action protocols per view: frozen probes (attentive / linear / kNN), end-to-end fine-tuning of the
+    #: pretrained encoder (finetune) and the same network trained from random init (supervised); a sweep
+    #: sizes its per-trial eval with this
+    action_protocols: list[str] = field(default_factory=lambda: ["attentive", "linear", "knn", "finetune",
+                                                                 "supervised"])
+    #: fine-tuning and supervised-from-scratch schedule (oskar_ray/eval/finetune.py): passes over the labelled
+    #: clips turned into steps, clamped to [min, max] (0 = neither end-to-end protocol runs)
+    finetune_epochs: float = 10.0
+    finetune_min_steps: int = 60
+    finetune_max_steps: int = 400
+    finetune_batch_size: int = 32
+    #: peak learning rate of the head; encoder block i of depth gets finetune_layer_decay ** (depth - i) of it
+    finetune_lr: float = 3.0e-4
+    finetune_layer_decay: float = 0.75
+    #: training from scratch: every layer at this peak learning rate
+    supervised_lr: float = 1.0e-3
+    finetune_warmup: float = 0.1
+    #: early stopping: this fraction of the labelled training clips per class is held out and scored every
+    #: tenth of the schedule; training stops after finetune_patience scores without a gain
+    finetune_holdout: float = 0.1
+    finetune_patience: int = 4
     #: clip readings the VQA head is trained on: "video" (the headline) and "video+skeleton"
     vqa_views: list[str] = field(default_factory=lambda: ["video", "video+skeleton"])
     batch_size: int = 64
@@ -195,7 +213,7 @@ class EvalConfig:
     #: (oskar_ray/data/splits.py); low-shot subsets are drawn the same way, ``lowshot_percents`` % of train
     val_fraction: float = 0.1
     split_seed: int = 0
-    lowshot_percents: list[float] = field(default_factory=lambda: [1.0, 10.0])
+    lowshot_percents: list[float] = field(default_factory=lambda: [1.0, 10.0, 100.0])
 
 
 @dataclass

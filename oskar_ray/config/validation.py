@@ -65,15 +65,34 @@ def _validate_splits(cfg: OskarConfig) -> None:
                          f"got {e.val_fraction}")
     if "lowshot" in e.tasks and not e.lowshot_percents:
         raise ValueError("eval.lowshot_percents is empty but eval.tasks has lowshot (e.g. [1, 10])")
-    bad = [p for p in e.lowshot_percents if not 0 < p < 100]
+    bad = [p for p in e.lowshot_percents if not 0 < p <= 100]
     if bad:
-        raise ValueError(f"eval.lowshot_percents: {bad[0]} is not a percentage in (0, 100)")
+        raise ValueError(f"eval.lowshot_percents: {bad[0]} is not a percentage in (0, 100]")
+    _validate_finetune(e)
     names = {"eval.train_split": e.train_split, "data.val_split": cfg.data.val_split, "eval.test_split": e.test_split}
     for key, name in names.items():
         if not name:
             raise ValueError(f"{key} is empty (a stored split name, e.g. train / val / test)")
     if len(set(names.values())) < len(names):
         raise ValueError(f"the probe splits must differ: {', '.join(f'{k}={v}' for k, v in names.items())}")
+
+
+def _validate_finetune(e) -> None:
+    if e.finetune_epochs < 0:
+        raise ValueError(f"eval.finetune_epochs must be >= 0 (0: no fine-tuning), got {e.finetune_epochs}")
+    if not 1 <= e.finetune_min_steps <= e.finetune_max_steps:
+        raise ValueError(f"eval.finetune_min_steps / finetune_max_steps must satisfy 1 <= min <= max, got "
+                         f"{e.finetune_min_steps} / {e.finetune_max_steps}")
+    for key in ("finetune_batch_size", "finetune_patience"):
+        if getattr(e, key) < 1:
+            raise ValueError(f"eval.{key} must be >= 1, got {getattr(e, key)}")
+    for key in ("finetune_lr", "supervised_lr"):
+        if not getattr(e, key) > 0:
+            raise ValueError(f"eval.{key} must be > 0, got {getattr(e, key)}")
+    for key, low_open in (("finetune_layer_decay", True), ("finetune_warmup", False), ("finetune_holdout", True)):
+        value = getattr(e, key)
+        if not (0 < value <= 1 if low_open else 0 <= value < 1):
+            raise ValueError(f"eval.{key} must be in {'(0, 1]' if low_open else '[0, 1)'}, got {value}")
 
 
 def _get(cfg: OskarConfig, dotted: str) -> Any:

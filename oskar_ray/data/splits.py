@@ -133,7 +133,12 @@ class SplitPlan:
         pool = base.rows if base.rows is not None else np.arange(len(self._train_labels))
         pool = np.intersect1d(pool, self._labelled_train)
         rows = stratified_sample(self._train_labels, pool, fraction, self.seed + 1, keep_one=False)
-        return SplitSource(base.stored, rows, self._note(rows, fraction, split))
+        per_class = np.unique(self._train_labels[pool], return_counts=True)[1]
+        raised = int((np.round(fraction * per_class) < 1).sum())
+        note = self._note(rows, fraction, split)
+        if raised:
+            note += f"; raised to one clip per class for {raised} of {len(per_class)} classes"
+        return SplitSource(base.stored, rows, note)
 
     def _note(self, rows: np.ndarray, fraction: float, split: str) -> str:
         labelled = bool((self._train_labels >= 0).any())

@@ -1,31 +1,34 @@
-"""Action recognition on frozen features (and fine-tuned), per view.
+"""Action recognition per view: frozen probes, fine-tuning, and the same network trained from scratch.
 
 Runbook::
 
     result = run_action(ctx)     # ctx: EvalContext (see api.evaluate)
-    result.metrics["video/attentive/top1"]
+    result.metrics["video/attentive/top1"], result.intervals["video/attentive/top1"]   # top-1 and its 95 % CI
+    results = protocol_results(ctx, "target:video", ("linear", "finetune"), train_split="train_10pct")
 
 Per view (``video``: video target encoder, ``skeleton``: skeleton target
 encoder, ``fusion``: fusion encoder over video + skeleton) on train → val
-(selection) → test: attentive probe on tokens, linear probe on pooled
-features, kNN (k = ``eval.knn_k``, cosine) — the subset ``eval.action_protocols``; fine-tuning (``eval.finetune_epochs``
-> 0) for the two unimodal views. Metrics: top-1 and top-5. Views whose
-modality the model lacks (a video-only baseline) are skipped.
+(selection) → test, the protocols of ``eval.action_protocols``: attentive probe on tokens, linear probe on
+pooled features, kNN (k = ``eval.knn_k``, cosine), ``finetune`` (the encoder end to end,
+:mod:`oskar_ray.eval.finetune`) and ``supervised`` (the same network and schedule from random init; the
+end-to-end pair is off with ``eval.finetune_epochs: 0``). Metrics: top-1 and top-5, each top-1 with its
+Wilson 95 % interval. Views whose modality the model lacks (a video-only baseline) are skipped.
+Results are memoised per (view, protocol, split) on the context: the low-shot task's 100 % point reuses them.
 """
 
 from __future__ import annotations
 
+from ..metric_names import END_TO_END_PROTOCOLS
 from ..probes.heads import ProbeResult, attentive_probe, confusion_matrix, knn_probe, linear_probe
 from ..probes.views import action_views
 from .context import EvalContext, TaskResult
 from .features import Features
-from .finetune import finetune
+from .finetune import FinetuneResult, finetune
 
-#: views fine-tuned end to end (each costs a few encoder epochs)
-FINETUNE_VIEWS = ("video", "skeleton")
+FROZEN_PROTOCOLS = ("attentive", "linear", "knn")
 
 
-def frozen_probes(ctx: EvalContext, view: str, train_split: str = "train", protocols=("attentive", "linear", "knn"),
+def frozen_probes(ctx: EvalContext, view: str, train_split: str = "train", protocols=FROZEN_PROTOCOLS,
                   test_split: str = "test") -> dict[str, ProbeResult]:
     n_classes = len(ctx.vocab("actions"))
     tr, va, te = (labelled(ctx.cache.get(s, view)) for s in (train_split, "val", test_split))
@@ -40,6 +43,23 @@ def frozen_probes(ctx: EvalContext, view: str, train_split: str = "train", proto
     if "knn" in protocols:
         out["knn"] = knn_probe(tr.pooled, y[0], te.pooled, y[2], n_classes, ctx.knn_k)
     return out
+
+
+def protocol_results(ctx: EvalContext, view: str, protocols, train_split: str = "train") -> dict[str, ProbeResult]:
+    """The results of ``protocols`` on ``view`` trained on ``train_split`` (memoised on ``ctx``)."""
+    runnable = [p for p in protocols if p not in END_TO_END_PROTOCOLS or ctx.finetune_epochs > 0]
+    todo = [p for p in runnable if (view, p, train_split) not in ctx.results]
+    frozen = [p for p in todo if p in FROZEN_PROTOCOLS]
+    if frozen:
+        for protocol, res in frozen_probes(ctx, view, train_split, tuple(frozen)).items():
+            ctx.results[(view, protocol, train_split)] = res
+    for protocol in (p for p in todo if p in END_TO_END_PROTOCOLS):
+        scratch = protocol == "supervised"
+        model, cache = ctx.scratch if scratch else (ctx.model, ctx.cache)
+        ctx.results[(view, protocol, train_split)] = finetune(
+            model, cache, view, ctx.cfg, train_split=train_split, n_classes=len(ctx.vocab("actions")),
+            seed=ctx.seed, progress=ctx.progress, from_scratch=scratch)
+    return {p: ctx.results[(view, p, train_split)] for p in runnable}
 
 
 def labelled(feats: Features) -> Features:
@@ -58,26 +78,36 @@ def unlabelled_counts(ctx: EvalContext, view: str) -> dict[str, float]:
     return {f"unlabelled/{s}": float(n) for s, n in counts.items() if n}
 
 
+def record(result: TaskResult, prefix: str, res: ProbeResult, n_test: int, top5: bool = True) -> None:
+    """``<prefix>/top1`` (+ its interval), ``top5``, and what early stopping chose for an end-to-end run."""
+    result.add(f"{prefix}/top1", res.top1, n=n_test)
+    if top5:
+        result.metrics[f"{prefix}/top5"] = res.top5
+    if isinstance(res, FinetuneResult):
+        result.metrics[f"{prefix}/best_step"] = float(res.best_step)
+        result.metrics[f"{prefix}/steps_run"] = float(res.steps_run)
+        result.metrics[f"{prefix}/stop_top1"] = res.stop_top1
+        result.notes[f"{prefix.replace('/', '.')}.stopped_on"] = (
+            f"{res.stop_split}: {res.n_fit} clips fitted" + (" (one clip per class: nothing to carve, val "
+                                                            "decided)" if res.stop_split == "val" else ""))
+
+
 def run_action(ctx: EvalContext) -> TaskResult:
     for split in ("train", "val", "test"):
-        ctx.require_split(split, "action")
+        ctx.require_labels(split, "action")
     result = TaskResult()
     n_classes = len(ctx.vocab("actions"))
     for short, view in action_views(ctx.cfg.enabled_modalities).items():
         if view not in ctx.cache.views:
             continue
-        probes = frozen_probes(ctx, view, protocols=tuple(ctx.cfg.eval.action_protocols))
-        if ctx.finetune_epochs > 0 and short in FINETUNE_VIEWS:
-            probes["finetune"] = finetune(ctx.model, view, ctx.dataset, ctx.cfg, train_split="train",
-                                          test_split="test", n_classes=n_classes, epochs=ctx.finetune_epochs,
-                                          seed=ctx.seed, progress=ctx.progress, plan=ctx.cache.plan)
+        probes = protocol_results(ctx, view, ctx.cfg.eval.action_protocols)
         result.metrics.update(unlabelled_counts(ctx, view))
+        labels = ctx.cache.get("test", view).labels["action"]
+        n_test = int((labels >= 0).sum())
         for protocol, res in probes.items():
-            result.metrics[f"{short}/{protocol}/top1"] = res.top1
-            result.metrics[f"{short}/{protocol}/top5"] = res.top5
-        if short == "video" or "confusion" not in result.plots:
-            labels = ctx.cache.get("test", view).labels["action"]
-            shown = next(p for p in ctx.cfg.eval.action_protocols if p in probes)
+            record(result, f"{short}/{protocol}", res, n_test)
+        shown = next((p for p in ctx.cfg.eval.action_protocols if p in probes), None)
+        if shown and (short == "video" or "confusion" not in result.plots):
             result.plots["confusion"] = {"matrix": confusion_matrix(probes[shown].logits, labels[labels >= 0],
                                                                     n_classes),
                                          "classes": ctx.vocab("actions"), "title": f"{short} {shown} probe"}

@@ -35,12 +35,13 @@ import torch
 from .. import storage
 from ..config import OskarConfig, load_config
 from ..metric_names import EVAL_TASKS
-from ..probes.views import ACTION_VIEWS, action_views
+from ..probes.views import action_views
 from .action import run_action
 from .artifacts import log_eval, write_artifacts
 from .context import EvalContext, TaskResult, text_trained
 from .features import FeatureCache
 from .health import run_health
+from .intervals import interval_keys, is_interval
 from .localization import LOC_VIEWS, run_localization
 from .lowshot import run_lowshot, subsets
 from .retrieval import TEXT_VIEW as RETRIEVAL_TEXT
@@ -58,7 +59,7 @@ TASKS: dict[str, Callable[[EvalContext], TaskResult]] = {
 #: the feature views each task reads: the cache extracts just the union for the tasks asked (one pass per split)
 TASK_VIEWS: dict[str, Callable[[OskarConfig], list[str]]] = {
     "action": lambda cfg: list(action_views(cfg.enabled_modalities).values()),
-    "lowshot": lambda cfg: [ACTION_VIEWS["video"], ACTION_VIEWS["skeleton"]],
+    "lowshot": lambda cfg: list(action_views(cfg.enabled_modalities).values()),
     "localization": lambda cfg: list(LOC_VIEWS.values()),
     "retrieval": lambda cfg: [RETRIEVAL_VIDEO, RETRIEVAL_TEXT, ZERO_SHOT_VIDEO],
     "vqa": lambda cfg: [QUESTION_VIEW, *(v for name in cfg.eval.vqa_views for v in CLIP_VIEWS[name])],
@@ -106,10 +107,11 @@ def evaluate_full(checkpoint_or_model: Any, dataset: str | Path | None = None, t
         model, cfg = baseline_model(baseline, cfg, dataset, cache_dir, progress)
     seed = cfg.train.seed if seed is None else seed
     ctx = _context(model, cfg, dataset, seed, progress, cache_dir, task_views(tasks, cfg))
-    metrics, plots, seconds, skipped, errors = _run_tasks(ctx, tasks)
+    runs = _run_tasks(ctx, tasks)
+    metrics, plots, seconds, errors = runs.metrics, runs.plots, runs.seconds, runs.errors
     result = EvalResult(metrics, seconds=seconds, errors=errors)
     tags = {"eval.baseline": baseline or "none", "eval.tasks": ",".join(tasks), **split_tags(ctx, tasks),
-            **{f"eval.{task}.skipped": why for task, why in skipped.items()},
+            **runs.notes, **{f"eval.{task}.skipped": why for task, why in runs.skipped.items()},
             **{f"eval.{task}.error": why for task, why in errors.items()}}
     if errors:
         tags["eval.failed_tasks"] = ",".join(errors)
@@ -208,7 +210,8 @@ def _context(model, cfg: OskarConfig, dataset: str, seed: int, progress: bool,
 
 def split_tags(ctx: EvalContext, tasks: list[str]) -> dict[str, str]:
     """``eval.split.<split>``: which stored rows each probe split read (stored, or carved: how, how many)."""
-    splits = ("train", "val", "test") + (tuple(subsets(ctx.cfg).values()) if "lowshot" in tasks else ())
+    lowshot = tuple(s for s in subsets(ctx.cfg).values() if s != "train") if "lowshot" in tasks else ()
+    splits = ("train", "val", "test") + lowshot
     return {f"eval.split.{name}": note for name, note in ctx.cache.plan.describe(splits).items()}
 
 
@@ -222,32 +225,43 @@ def _fingerprint(model, dataset: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def _run_tasks(ctx: EvalContext, tasks: list[str]) -> tuple[dict[str, float], dict, dict[str, float], dict[str, str],
-                                                          dict[str, str]]:
+@dataclass
+class _TaskRuns:
+    """What the tasks of one evaluation produced, merged (``eval/<task>/...`` keys, ``eval.<task>.*`` tags)."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    plots: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+def _run_tasks(ctx: EvalContext, tasks: list[str]) -> _TaskRuns:
     """Every task in isolation: one that raises is recorded (``errors``) and printed, the others still run."""
-    metrics: dict[str, float] = {}
-    plots: dict[str, Any] = {}
-    seconds: dict[str, float] = {}
-    skipped: dict[str, str] = {}
-    errors: dict[str, str] = {}
+    out = _TaskRuns()
     for task in tasks:
         start = time.perf_counter()
         torch.manual_seed(ctx.seed)  # each task from the same seed: order-independent results
         try:
             result = TASKS[task](ctx)
         except Exception as err:  # noqa: BLE001 - one task's failure must not lose the others' results
-            errors[task] = f"{type(err).__name__}: {err}"[:1000]
-            seconds[task] = round(time.perf_counter() - start, 2)
-            print(f"eval {task}: FAILED ({errors[task]})", flush=True)
+            out.errors[task] = f"{type(err).__name__}: {err}"[:1000]
+            out.seconds[task] = round(time.perf_counter() - start, 2)
+            print(f"eval {task}: FAILED ({out.errors[task]})", flush=True)
             continue
-        metrics.update({f"eval/{task}/{k}": float(v) for k, v in result.metrics.items()})
+        out.metrics.update({f"eval/{task}/{k}": float(v) for k, v in result.metrics.items()})
+        for key, (low, high) in result.intervals.items():
+            out.metrics.update(zip(interval_keys(f"eval/{task}/{key}"), (low, high), strict=True))
+        out.notes.update({f"eval.{task}.{key}": note for key, note in result.notes.items()})
         if result.plots:
-            plots[task] = result.plots
-        seconds[task] = round(time.perf_counter() - start, 2)
+            out.plots[task] = result.plots
+        out.seconds[task] = round(time.perf_counter() - start, 2)
         if result.skipped:
-            skipped[task] = result.skipped
+            out.skipped[task] = result.skipped
             print(f"eval {task}: skipped ({result.skipped})", flush=True)
         elif ctx.progress:
-            print(f"eval {task}: {seconds[task]:.1f}s  " + "  ".join(
-                f"{k}={v:.3f}" for k, v in sorted(result.metrics.items())[:6]), flush=True)
-    return metrics, plots, seconds, skipped, errors
+            shown = sorted(k for k in result.metrics if not is_interval(k))[:6]
+            print(f"eval {task}: {out.seconds[task]:.1f}s  " + "  ".join(
+                f"{k}={result.metrics[k]:.3f}" for k in shown), flush=True)
+    return out

@@ -30,7 +30,8 @@ def write_artifacts(metrics: dict[str, float], plots: dict[str, dict[str, Any]],
     clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in sorted(metrics.items())}
     summary.write_text(json.dumps({"metrics": clean, **(info or {})}, indent=2))
     paths = [summary]
-    drawers = {"action": _confusion, "localization": _pr_curve, "retrieval": _recall_curve}
+    drawers = {"action": _confusion, "localization": _pr_curve, "retrieval": _recall_curve,
+               "lowshot": _label_efficiency}
     for task, data in plots.items():
         if task in drawers and data:
             paths.append(drawers[task](data, out / f"{task}.png"))
@@ -55,6 +56,24 @@ def _confusion(data: dict[str, Any], path: Path) -> Path:
     ax.set_yticks(range(len(classes)), classes, fontsize=7)
     ax.set(xlabel="predicted", ylabel="true", title=f"action: {data['confusion']['title']} (test)")
     fig.colorbar(image, ax=ax)
+    return _save(fig, plt, path)
+
+
+def _label_efficiency(data: dict[str, Any], path: Path) -> Path:
+    """Top-1 against the share of training labels, a panel per view, a line per protocol, 95 % intervals."""
+    plt = _figure()
+    curve = data["curve"]
+    fig, axes = plt.subplots(1, len(curve), figsize=(4.2 * len(curve), 3.6), squeeze=False, sharey=True)
+    for ax, (view, protocols) in zip(axes[0], curve.items(), strict=True):
+        for protocol, points in protocols.items():
+            pct, top1, low, high = (list(col) for col in zip(*sorted(points), strict=True))
+            errors = [[t - lo for t, lo in zip(top1, low, strict=True)],
+                      [h - t for t, h in zip(top1, high, strict=True)]]
+            ax.errorbar(pct, top1, yerr=errors, marker="o", capsize=3, label=protocol)
+        ax.set_xscale("log")
+        ax.set(title=view, xlabel="% of training labels", ylim=(0, 1.02))
+    axes[0][0].set_ylabel("action top-1 (test, 95 % CI)")
+    axes[0][-1].legend(fontsize=7)
     return _save(fig, plt, path)
 
 

@@ -62,9 +62,9 @@ def baseline_model(kind: str, cfg: OskarConfig, dataset_dir: str | Path, cache_d
         raise ValueError(f"--baseline must be one of {KINDS}, got {kind!r}")
     from ..train import seed_everything
 
-    seed_everything(cfg.train.seed)
     if kind == "random":
-        return Oskar(cfg).eval(), cfg
+        return scratch_model(cfg, cfg.train.seed), cfg
+    seed_everything(cfg.train.seed)
     vcfg = video_only_config(cfg)
     model = Oskar(vcfg)
     weights = _cached_weights(vcfg, cache_dir)
@@ -76,6 +76,14 @@ def baseline_model(kind: str, cfg: OskarConfig, dataset_dir: str | Path, cache_d
         weights.parent.mkdir(parents=True, exist_ok=True)
         model.save_weights(weights)
     return model.eval(), vcfg
+
+
+def scratch_model(cfg: OskarConfig, seed: int) -> Oskar:
+    """The model of ``cfg`` at random init drawn from ``seed`` (the random baseline; supervised training's start)."""
+    from ..train import seed_everything
+
+    seed_everything(seed)
+    return Oskar(cfg).eval()
 
 
 def _pretrain(model: Oskar, cfg: OskarConfig, dataset_dir: str | Path, progress: bool) -> None:

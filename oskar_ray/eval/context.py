@@ -12,7 +12,9 @@ from functools import cached_property
 from typing import Any
 
 from ..data import store
+from ..data.splits import stored_labels
 from .features import FeatureCache
+from .intervals import wilson
 
 
 @dataclass
@@ -23,6 +25,18 @@ class EvalContext:
     cache: FeatureCache
     seed: int = 0
     progress: bool = True
+    #: (view, protocol, train split) -> its result, shared by the tasks of one evaluation
+    results: dict[tuple[str, str, str], Any] = field(default_factory=dict)
+
+    @cached_property
+    def scratch(self) -> tuple[Any, FeatureCache]:
+        """The same architecture at random init (seeded) and its feature cache: the supervised baseline's start."""
+        from .baselines import scratch_model
+
+        model = scratch_model(self.cfg, self.seed).to(next(self.model.parameters()).device)
+        cache = FeatureCache(model, self.dataset, self.cfg, self.cache.views, batch_size=self.cfg.eval.batch_size,
+                             progress=self.progress, plan=self.cache.plan)
+        return model, cache
 
     # eval settings come from the config: one source of truth
     @property
@@ -61,6 +75,16 @@ class EvalContext:
             raise ValueError(f"{self.dataset}/manifest.json: task {task!r} needs split {stored!r} "
                              f"(splits: {sorted(self.manifest.get('splits', {}))})")
 
+    def require_labels(self, split: str, task: str) -> None:
+        """The split exists and some of its rows carry an action label (a probe cannot learn from none)."""
+        self.require_split(split, task)
+        source = self.cache.plan.source(split)
+        labels = stored_labels(self.dataset, source.stored)
+        labels = labels if source.rows is None else labels[source.rows]
+        if not bool((labels >= 0).any()):
+            raise ValueError(f"{self.dataset}: task {task!r} needs action labels, but split {source.stored!r} "
+                             f"({split}: {source.note}) has none among its {len(labels)} rows")
+
 
 @dataclass
 class TaskResult:
@@ -68,6 +92,19 @@ class TaskResult:
     plots: dict[str, Any] = field(default_factory=dict)
     #: why the task did not run (the model lacks a modality it needs); logged as a tag, printed
     skipped: str = ""
+    #: metric -> its 95 % interval (:mod:`oskar_ray.eval.intervals`), logged as ``<metric>_ci95_lo / _hi``
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: tags the task records (``eval.<task>.<key>``): how a subset was drawn, which split stopped training
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def add(self, key: str, value: float, *, n: int | None = None,
+            interval: tuple[float, float] | None = None) -> None:
+        """A metric with its 95 % interval: Wilson when it is a proportion over ``n`` test items, else given."""
+        self.metrics[key] = float(value)
+        if n is not None:
+            interval = wilson(float(value), n)
+        if interval is not None:
+            self.intervals[key] = (float(interval[0]), float(interval[1]))
 
 
 def text_trained(cfg) -> bool:

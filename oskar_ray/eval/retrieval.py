@@ -18,12 +18,19 @@ also fact-level R@1 and the ceiling that duplicate captions allow (:mod:`oskar_r
 Where the model was pretrained with a video -> caption contrast (``model.align_to`` holds ``text``), the same
 test ranking is also read through that term's own heads, untrained here (``zeroshot/t2v/R1`` ...): what
 pretraining itself tied together, against what 500 labelled pairs teach fresh heads.
+
+Every test metric carries its 95 % interval (``<metric>_ci95_lo / _hi``, :mod:`oskar_ray.eval.intervals`):
+Recall@K and fact-level R@1 are proportions over the test queries (Wilson, in %); the median rank is a
+percentile bootstrap over the queries (the gallery fixed: each query's rank against every item stays as
+computed), seeded by the eval seed. ``val_mean_R1`` (selection) and the ``R1_ceiling`` (facts alone) have none.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,6 +38,7 @@ from torch import nn
 from ..probes.heads import single_threaded, standardize
 from .context import EvalContext, TaskResult
 from .facts import fact_metrics, load_facts
+from .intervals import bootstrap, wilson
 
 PROJ_DIM = 128
 RETRIEVAL_STEPS = 300
@@ -40,6 +48,8 @@ RETRIEVAL_WEIGHT_DECAYS = (0.01, 0.1, 1.0)
 #: the val score is read every this many steps; the best step's heads are kept
 SELECT_EVERY = 25
 RECALL_AT = (1, 5, 10)
+#: the proportions among the metrics (Wilson intervals): Recall@K and fact-level R@1
+RECALL_KEY = re.compile(r"^(R\d+|fact_R1)$")
 VIDEO_VIEW, TEXT_VIEW = "target:video", "target:text"
 #: the video features the clip-level contrast's context head was trained on
 ZERO_SHOT_VIDEO = "fusion:video"
@@ -119,6 +129,28 @@ def retrieval_metrics(sim: torch.Tensor) -> dict[str, float]:
     return out
 
 
+def lower_median(values: np.ndarray) -> float:
+    """The median as ``torch.median`` reads it: the lower of the two middle values of an even count."""
+    return float(np.partition(values, (len(values) - 1) // 2)[(len(values) - 1) // 2])
+
+
+def retrieval_intervals(sim: torch.Tensor, metrics: dict[str, float], seed: int = 0) -> dict[str, tuple[float, float]]:
+    """95 % intervals of :func:`retrieval_metrics` / :func:`~oskar_ray.eval.facts.fact_metrics` keys of ``sim``
+    (``metrics``: their values): Wilson for the recalls (%) over the ``len(sim)`` queries of each direction; a
+    seeded bootstrap over the queries for the median rank. Other keys (the ceilings) get none."""
+    out: dict[str, tuple[float, float]] = {}
+    for name, matrix in (("t2v", sim), ("v2t", sim.T)):
+        n = matrix.shape[0]
+        for key, value in metrics.items():
+            if key.startswith(f"{name}/") and RECALL_KEY.match(key.removeprefix(f"{name}/")):
+                low, high = wilson(value / 100, n)
+                out[key] = (100 * low, 100 * high)
+        if f"{name}/medR" in metrics:
+            r = ranks(matrix).numpy()
+            out[f"{name}/medR"] = bootstrap(lambda idx, r=r: lower_median(r[idx]), n, seed)
+    return out
+
+
 def recall_curve(sim: torch.Tensor, max_k: int = 50) -> dict[str, list[float]]:
     """Recall@K for K = 1..max_k in both directions (the report's plot)."""
     curve = {}
@@ -158,10 +190,6 @@ def zero_shot_similarity(ctx: EvalContext) -> torch.Tensor | None:
         return (keys @ F.normalize(heads.context_head(video.to(device)), dim=-1).T).cpu()
 
 
-def prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
-    return {f"{prefix}/{k}": v for k, v in metrics.items()}
-
-
 def run_retrieval(ctx: EvalContext) -> TaskResult:
     missing = [v for v in (VIDEO_VIEW, TEXT_VIEW) if v not in ctx.cache.views]
     if missing:
@@ -172,13 +200,21 @@ def run_retrieval(ctx: EvalContext) -> TaskResult:
     heads, val_score = train_heads(*pairs["train"], *pairs["val"], seed=ctx.seed)
     with torch.no_grad():
         sim = heads.similarity(*pairs["test"])
-    metrics = {**retrieval_metrics(sim), "val_mean_R1": val_score}
+    result = TaskResult(plots={"recall": recall_curve(sim)})
     facts = load_facts(ctx.dataset, ctx.cache.plan.source("test"), ctx.vocab("actions"))
-    if facts is not None:
-        metrics.update(fact_metrics(sim, facts))
+    _add_test_metrics(result, "", sim, facts, ctx.seed)
+    result.add("val_mean_R1", val_score)
     zero_shot = zero_shot_similarity(ctx)
     if zero_shot is not None:
-        metrics.update(prefixed("zeroshot", retrieval_metrics(zero_shot)))
-        if facts is not None:
-            metrics.update(prefixed("zeroshot", fact_metrics(zero_shot, facts)))
-    return TaskResult(metrics=metrics, plots={"recall": recall_curve(sim)})
+        _add_test_metrics(result, "zeroshot/", zero_shot, facts, ctx.seed)
+    return result
+
+
+def _add_test_metrics(result: TaskResult, prefix: str, sim: torch.Tensor, facts, seed: int) -> None:
+    """The test ranking's metrics of ``sim`` (and fact-level ones where the rows carry facts), with intervals."""
+    metrics = retrieval_metrics(sim)
+    if facts is not None:
+        metrics.update(fact_metrics(sim, facts))
+    intervals = retrieval_intervals(sim, metrics, seed)
+    for key, value in metrics.items():
+        result.add(prefix + key, value, interval=intervals.get(key))

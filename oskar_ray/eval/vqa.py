@@ -26,6 +26,11 @@ distractors) only ever had its logit pushed down, so where answers are rarely re
 ranking leans on the train answer prior: read ``mc/accuracy`` beside ``mc/chance``. Questions without choices
 keep ``mc_accuracy``: the scores restricted to the answers seen with the question's type in train. A model
 without text gets no VQA; one whose recipe never trained text is still evaluated (``eval/api`` tags the run).
+
+Every accuracy carries its 95 % Wilson interval (``<metric>_ci95_lo / _hi``) over the questions it scored
+(all, a type's, the open ones, the rankable ones). A clip's questions are not independent draws, so on a test
+set of few clips the interval is, if anything, narrow. Priors, the chance level and counts come from labels
+alone and have none.
 """
 
 from __future__ import annotations
@@ -93,6 +98,11 @@ def per_type_accuracy(logits: torch.Tensor, answers: torch.Tensor, types: torch.
     correct = logits.argmax(1) == answers
     return {f"type/{name}/accuracy": float(correct[types == t].float().mean())
             for t, name in enumerate(names) if bool((types == t).any())}
+
+
+def type_counts(types: torch.Tensor, names: list[str]) -> dict[str, int]:
+    """Questions of each type (``type/<name>/accuracy`` -> count): what each per-type accuracy is over."""
+    return {f"type/{name}/accuracy": int((types == t).sum()) for t, name in enumerate(names)}
 
 
 def type_priors(train_answers: torch.Tensor, train_types: torch.Tensor, answers: torch.Tensor,
@@ -204,6 +214,7 @@ def run_vqa(ctx: EvalContext) -> TaskResult:
     sets = _test_choices(ctx, keep[2], labels[2][keep[2]], answers)
     if bool(sets.has.any()):
         metrics.update(choice_counts(sets))
+    scored: dict[str, tuple[float, int]] = {}
     for name, views in CLIP_VIEWS.items():
         if name not in ctx.cfg.eval.vqa_views or not all(v in ctx.cache.views for v in views):
             continue
@@ -216,17 +227,22 @@ def run_vqa(ctx: EvalContext) -> TaskResult:
                               rows[0], rows[1], epochs, ctx.seed, ctx.progress, lrs=VQA_LRS)
         logits = predict_attentive(head, *rows[2][:-1])
         test_answers, test_types = rows[2][-1], types[2][keep[2]]
-        found = {"accuracy": topk_accuracy(logits, test_answers, 1),
-                 **per_type_accuracy(logits, test_answers, test_types, type_names)}
+        # accuracy -> (value, questions scored): each gets a Wilson interval over its questions
+        per_type = per_type_accuracy(logits, test_answers, test_types, type_names)
+        found = {"accuracy": (topk_accuracy(logits, test_answers, 1), len(test_answers)),
+                 **{k: (per_type[k], n) for k, n in type_counts(test_types, type_names).items() if k in per_type}}
         open_rows = ~sets.has  # questions without their own choices: the type's train answers are the options
         if bool(open_rows.any()):
-            found["mc_accuracy"] = multiple_choice_accuracy(logits[open_rows], test_answers[open_rows],
-                                                            test_types[open_rows], options)
+            found["mc_accuracy"] = (multiple_choice_accuracy(logits[open_rows], test_answers[open_rows],
+                                                             test_types[open_rows], options), int(open_rows.sum()))
         if bool(sets.rankable.any()):
-            found["mc/accuracy"] = choice_accuracy(logits, test_answers, sets)
+            found["mc/accuracy"] = (choice_accuracy(logits, test_answers, sets), int(sets.rankable.sum()))
         prefix = "" if name == "video" else f"{name}/"
-        metrics.update({prefix + k: v for k, v in found.items()})
-    return TaskResult(metrics=metrics)
+        scored.update({prefix + k: v for k, v in found.items()})
+    result = TaskResult(metrics=metrics)
+    for key, (value, n) in scored.items():
+        result.add(key, value, n=n)
+    return result
 
 
 def _test_choices(ctx: EvalContext, keep: torch.Tensor, answers: torch.Tensor, vocab: list[str]) -> ChoiceSets:

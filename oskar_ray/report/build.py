@@ -1,9 +1,10 @@
 """``build_report``: MLflow runs of one sweep → ``report.html`` + PNGs + ``trials.csv`` in ``out_dir``.
 
 Steps: load the runs (:mod:`.runs`), choose the metrics (every ``eval/...``
-metric some run has; the ranking metric is ``metric`` or the first headline
+metric some run has, less the ``_ci95_lo / _hi`` interval ends logged beside them, which the table and the
+plots show with their metric; the ranking metric is ``metric`` or the first headline
 accuracy, action recognition first), draw (:mod:`.sweep_plots`,
-:mod:`.curves`), write the page (:mod:`.html`). A plot that fails is
+:mod:`.curves`, :mod:`.lowshot_plot`), write the page (:mod:`.html`). A plot that fails is
 replaced by a note on the page rather than failing the report: the report
 runs at the end of a sweep and must not lose it.
 """
@@ -15,8 +16,9 @@ from pathlib import Path
 
 from .curves import curve_plots, pareto_plot, training_flops
 from .figures import Plot
-from .html import best_run, render
-from .labels import headline_metrics, lower_is_better
+from .html import best_run, render, within_noise
+from .labels import headline_metrics, is_interval, lower_is_better
+from .lowshot_plot import label_efficiency_plot
 from .runs import SweepRuns, load_sweep, resolve_uri
 from .sweep_plots import metric_plots
 
@@ -39,7 +41,7 @@ def build_report(experiment: str, out_dir: str | Path, tracking_uri: str | None 
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.png"):  # a rebuilt report must not embed stale figures
         old.unlink()
-    eval_metrics = sweep.metric_keys("eval/")
+    eval_metrics = [m for m in sweep.metric_keys("eval/") if not is_interval(m)]
     headline = headline_metrics(eval_metrics)
     primary = _primary_metric(sweep, metric, headline, eval_metrics)
     plots: list[Plot] = []
@@ -47,8 +49,10 @@ def build_report(experiment: str, out_dir: str | Path, tracking_uri: str | None 
     plots += _safely(sweep, "training curves", curve_plots, sweep, out)
     compared = ([primary] if primary else []) + [m for m in headline if m != primary]
     plots += _safely(sweep, "compute plot", pareto_plot, sweep, compared[:4], out)
+    plots += _safely(sweep, "label-efficiency figure", label_efficiency_plot, sweep, primary, out)
     flops = training_flops(sweep)
-    sweep.frame.assign(train_flops_total=flops).to_csv(out / "trials.csv", index=False)
+    sweep.frame.assign(train_flops_total=flops, within_noise_of_best=within_noise(sweep, primary)).to_csv(
+        out / "trials.csv", index=False)
     page = out / HTML_NAME
     page.write_text(render(sweep, plots, eval_metrics, primary, flops), encoding="utf-8")
     return page

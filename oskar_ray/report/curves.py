@@ -9,7 +9,7 @@ the same across figures; trials the scheduler stopped early (``oskar.stopped_at_
 
 Compute is ``train_flops`` (else ``flops_per_step`` × ``train.steps``); the
 Pareto front holds the trials that no other trial beats on both accuracy and
-compute.
+compute; each trial's 95 % interval (where the eval logged one) is drawn as a bar.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
 from ..metric_names import PROBE_PREFIX
-from .figures import Plot, new_figure, save, trial_colors
+from .figures import Plot, interval_bars, new_figure, save, trial_colors
 from .labels import lower_is_better, metric_unit
 from .runs import SweepRuns, histories
 
@@ -133,8 +133,11 @@ def pareto_plot(sweep: SweepRuns, metrics: list[str], out_dir: Path) -> list[Plo
 
 
 def _pareto_axes(ax, sweep: SweepRuns, flops: pd.Series, metric: str) -> None:
-    data = pd.DataFrame({"x": flops, "y": sweep.metric(metric), "label": sweep.frame["label"]}).dropna()
+    low, high = sweep.interval(metric)
+    data = pd.DataFrame({"x": flops, "y": sweep.metric(metric), "label": sweep.frame["label"], "low": low,
+                         "high": high}).dropna(subset=["x", "y", "label"])
     front = pareto_front(data["x"].to_numpy(), data["y"].to_numpy(), maximize=not lower_is_better(metric))
+    interval_bars(ax, data["x"], data["low"], data["high"], color="tab:gray", label="95 % interval")
     ax.scatter(data["x"][~front], data["y"][~front], color="tab:gray", label="trial", zorder=2)
     line = data[front].sort_values("x")
     ax.step(line["x"], line["y"], where="post", color="tab:red", alpha=0.6)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -41,6 +42,20 @@ def save(fig: Figure, out_dir: Path, name: str, title: str, section: str) -> Plo
     path = Path(out_dir) / f"{slug(name)}.png"
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
     return Plot(path, title, section)
+
+
+def interval_bars(ax, x, low, high, color="black", label: str | None = "95 % interval", width: float = 6) -> bool:
+    """Vertical 95 % interval bars (with caps) at ``x`` from ``low`` to ``high`` where both ends are finite; drawn
+    from the ends themselves, not as ± around a point (a bootstrap interval need not contain its estimate).
+    Whether any bar was drawn."""
+    x, low, high = (np.asarray(v, dtype=float) for v in (x, low, high))
+    known = np.isfinite(low) & np.isfinite(high) & np.isfinite(x)
+    if not known.any():
+        return False
+    ax.vlines(x[known], low[known], high[known], color=color, lw=1.2, alpha=0.8, zorder=2, label=label)
+    for end in (low, high):
+        ax.plot(x[known], end[known], ls="none", marker="_", ms=width, color=color, alpha=0.8, zorder=2)
+    return True
 
 
 def trial_colors(n: int) -> list:

@@ -2,7 +2,10 @@
 
 The trials table carries one ``<tr data-run-id=...>`` per run; numeric cells
 hold their exact value in ``data-v`` (what the header-click sort uses and
-what tests read back); missing values show as ``—``.
+what tests read back); missing values show as ``—``. An eval metric with a 95 % interval reads
+``0.335 [0.273, 0.403]``; the column *within noise of best* says, for the ranking metric, whether a trial's
+interval overlaps the best trial's (``yes``: the test set does not rank the two apart), and the header names
+those trials. Overlapping intervals are a conservative screen: two trials can overlap and still differ.
 """
 
 from __future__ import annotations
@@ -11,10 +14,11 @@ import base64
 import html
 from datetime import datetime, timezone
 
+import numpy as np
 import pandas as pd
 
 from .figures import Plot
-from .labels import fmt_value, lower_is_better, short_names
+from .labels import fmt_interval, fmt_value, lower_is_better, short_names
 from .runs import SweepRuns
 
 _CSS = """
@@ -27,7 +31,8 @@ figure img{max-width:100%;border:1px solid #eee} figcaption{font-size:.85em;colo
 .scroll{overflow-x:auto} table{border-collapse:collapse;font-size:.85em}
 th,td{border:1px solid #ddd;padding:.25em .5em;white-space:nowrap} td.num{text-align:right}
 th{background:#f4f4f4;cursor:pointer;position:sticky;top:0} th:hover{background:#e8e8e8}
-tr.best td{background:#e8f5e9} .FAILED,.KILLED{color:#b00020;font-weight:bold} .RUNNING{color:#1565c0}
+tr.best td{background:#e8f5e9} td.tie{background:#fff8e1}
+.FAILED,.KILLED{color:#b00020;font-weight:bold} .RUNNING{color:#1565c0}
 """
 
 _SORT_JS = """
@@ -88,10 +93,52 @@ def _header(sweep: SweepRuns, primary: str | None) -> str:
     if best is not None:
         row = sweep.frame.loc[best]
         best_line = (f"<p><b>Best trial</b> by <code>{_e(primary)}</code>: <code>{_e(row['label'])}</code> "
-                     f"= {_e(fmt_value(float(row[f'metrics.{primary}'])))} (run <code>{_e(row['run_id'])}</code>)</p>")
+                     f"= {_e(_value_text(sweep, primary, best))} (run <code>{_e(row['run_id'])}</code>)</p>"
+                     + _noise_line(sweep, primary, best))
     ui = f"mlflow ui --backend-store-uri {sweep.tracking_uri}"
     return (f"<h1>{_e(_title(sweep))}</h1><ul class='meta'>{items}</ul>{best_line}"
             f"<p class='meta'>Open the runs side by side: <code>{_e(ui)}</code></p>")
+
+
+def _value_text(sweep: SweepRuns, metric: str, index) -> str:
+    """``0.335 [0.273, 0.403]`` where the run logged the metric's interval, else the value alone."""
+    value = sweep.metric(metric)[index]
+    low, high = (end[index] for end in sweep.interval(metric))
+    text = fmt_value(float(value))
+    return text if pd.isna(low) or pd.isna(high) else f"{text} {fmt_interval(low, high)}"
+
+
+def within_noise(sweep: SweepRuns, primary: str | None) -> pd.Series:
+    """Per run, on the ranking metric: ``best``; ``yes`` where its 95 % interval overlaps the best trial's (the
+    test set does not rank the two apart); ``no``; None without a value or an interval (or no best interval)."""
+    out = pd.Series(None, index=sweep.frame.index, dtype=object)
+    best = best_run(sweep, primary)
+    if best is None:
+        return out
+    low, high = sweep.interval(primary)
+    if pd.isna(low[best]) or pd.isna(high[best]):
+        return out
+    known = low.notna() & high.notna() & sweep.metric(primary).notna()
+    overlap = (low <= high[best]) & (high >= low[best])
+    out[known] = np.where(overlap[known], "yes", "no")
+    out[best] = "best"
+    return out
+
+
+def _noise_line(sweep: SweepRuns, primary: str, best) -> str:
+    """Whether the ranking by ``primary`` is more than the test set's noise, in one sentence."""
+    noise = within_noise(sweep, primary)
+    if noise[best] != "best":
+        return (f"<p class='note'><code>{_e(primary)}</code> has no 95 % interval logged for the best trial: "
+                "whether the ranking is more than the test set's noise is unknown.</p>")
+    tied = sweep.frame.loc[noise == "yes", "label"].tolist()
+    if not tied:
+        return (f"<p>No other trial's 95 % interval of <code>{_e(primary)}</code> overlaps the best trial's: it "
+                "leads by more than the test set's noise.</p>")
+    names = ", ".join(f"<code>{_e(label)}</code>" for label in tied)
+    return (f"<p class='note'><b>Within noise of the best</b>: {len(tied)} other trial(s) have a 95 % interval of "
+            f"<code>{_e(primary)}</code> that overlaps the best trial's — {names}. The test set does not rank "
+            "them apart (column <i>within noise of best</i>).</p>")
 
 
 def best_run(sweep: SweepRuns, primary: str | None):
@@ -116,39 +163,58 @@ def _figure(plot: Plot) -> str:
             f"<figcaption>{_e(plot.title)} — <code>{_e(plot.path.name)}</code></figcaption></figure>")
 
 
-def table_columns(sweep: SweepRuns, metrics: list[str]) -> list[tuple[str, str]]:
-    """(header, frame column) pairs of the trials table, in order."""
+NOISE_HEADER = "within noise of best"
+
+
+def table_columns(sweep: SweepRuns, metrics: list[str], primary: str | None = None) -> list[tuple[str, str]]:
+    """(header, frame column) pairs of the trials table, in order; the ranking metric is followed by whether
+    each trial is within noise of the best (``_noise``: :func:`within_noise`)."""
     names = short_names(sweep.swept)
     columns = [("trial", "tags.oskar.trial_id"), ("run name", "run_name"), ("status", "status"),
                ("stopped at step", "tags.oskar.stopped_at_step"), ("evaluated at step", "tags.oskar.evaluated_at_step")]
     columns += [(names[k], f"params.{k}") for k in sweep.swept]
     columns += [("train FLOPs", "_flops"), ("final loss", "metrics.loss")]
-    columns += [(m.removeprefix("eval/"), f"metrics.{m}") for m in metrics]
+    for m in metrics:
+        columns.append((m.removeprefix("eval/"), f"metrics.{m}"))
+        if m == primary:
+            columns.append((NOISE_HEADER, "_noise"))
     columns += [("run id", "run_id")]
     return columns
 
 
 def trials_table(sweep: SweepRuns, metrics: list[str], primary: str | None, flops: pd.Series) -> str:
-    frame = sweep.frame.assign(_flops=flops)
-    columns = [(h, c) for h, c in table_columns(sweep, metrics) if c in frame]
+    noise = within_noise(sweep, primary)
+    frame = sweep.frame.assign(_flops=flops, _noise=noise)
+    if noise.isna().all():
+        frame = frame.drop(columns="_noise")  # the ranking metric has no interval: nothing to say
+    columns = [(h, c) for h, c in table_columns(sweep, metrics, primary) if c in frame]
     best = best_run(sweep, primary)
-    head = "".join(f"<th data-name='{_e(h)}' title='{_e(c)}'>{_e(h)}</th>" for h, c in columns)
+    tips = {"_noise": f"whether the trial's 95 % interval of {primary} overlaps the best trial's"}
+    head = "".join(f"<th data-name='{_e(h)}' title='{_e(tips.get(c, c))}'>{_e(h)}</th>" for h, c in columns)
+    intervals = {c: sweep.interval(c.removeprefix("metrics.")) for _, c in columns
+                 if c.startswith("metrics.") and sweep.has_interval(c.removeprefix("metrics."))}
     body = []
     for index, row in frame.iterrows():
-        cells = "".join(_cell(row[c], c) for _, c in columns)
+        cells = "".join(_cell(row[c], c, tuple(end[index] for end in intervals[c]) if c in intervals else None)
+                        for _, c in columns)
         css = " class='best'" if index == best else ""
         body.append(f"<tr data-run-id='{_e(row['run_id'])}'{css}>{cells}</tr>")
     return (f"<div class='scroll'><table class='sortable' id='trials'><thead><tr>{head}</tr></thead>"
             f"<tbody>{''.join(body)}</tbody></table></div>")
 
 
-def _cell(value, column: str) -> str:
+def _cell(value, column: str, interval: tuple[float, float] | None = None) -> str:
     if column == "status":
         return f"<td class='{_e(value)}'>{_e(value)}</td>"
     if value is None or (not isinstance(value, str) and pd.isna(value)):
         return "<td data-v=''>—</td>"
+    if column == "_noise":
+        return f"<td class='tie'>{_e(value)}</td>" if value == "yes" else f"<td>{_e(value)}</td>"
     if isinstance(value, float) or column.startswith("metrics.") or column == "_flops":
-        return f"<td class='num' data-v='{float(value)!r}'>{_e(fmt_value(float(value)))}</td>"
+        text = fmt_value(float(value))
+        if interval is not None and not pd.isna(interval[0]) and not pd.isna(interval[1]):
+            text += " " + fmt_interval(*interval)  # data-v stays the value: sorting and tests read it
+        return f"<td class='num' data-v='{float(value)!r}'>{_e(text)}</td>"
     number = pd.to_numeric(pd.Series([value]), errors="coerce").iloc[0]
     if column.startswith("params.") and not pd.isna(number):
         return f"<td class='num' data-v='{float(number)!r}'>{_e(value)}</td>"

@@ -10,9 +10,10 @@ from __future__ import annotations
 import math
 import re
 
-from ..metric_names import headline_metrics
+from ..metric_names import headline_metrics, interval_keys, is_interval
 
-__all__ = ["fmt_value", "headline_metrics", "lower_is_better", "metric_unit", "short_names", "slug"]
+__all__ = ["fmt_interval", "fmt_value", "headline_metrics", "interval_keys", "is_interval", "lower_is_better",
+           "metric_unit", "short_names", "slug"]
 
 #: (pattern on the last key component, axis label) — first match wins
 _UNITS: list[tuple[str, str]] = [
@@ -93,6 +94,15 @@ def fmt_value(value) -> str:
             return f"{int(value)}"
         return f"{value:.4g}"
     return str(value)
+
+
+def fmt_interval(low: float, high: float) -> str:
+    """``[0.273, 0.403]``: three significant digits, enough to see whether two intervals overlap."""
+    def short(v: float) -> str:
+        if v == 0 or abs(v) >= 1e5 or abs(v) < 1e-3:
+            return fmt_value(v)
+        return f"{v:.0f}" if abs(v) >= 100 else f"{v:.3g}"
+    return f"[{short(float(low))}, {short(float(high))}]"
 
 
 def slug(text: str) -> str:

@@ -9,7 +9,8 @@ Which runs:
 
 The frame has the columns of ``mlflow.search_runs`` (``run_id``, ``status``,
 ``start_time``, ``params.*``, ``metrics.*``, ``tags.*``) plus ``label`` (the
-swept values, e.g. ``input_tokens=64, target_tokens=32``). It is built from
+swept values, e.g. ``input_tokens=64, target_tokens=32``). An eval metric's 95 % interval stays in its
+companion columns ``metrics.<key>_ci95_lo / _hi`` (:meth:`SweepRuns.interval`). It is built from
 ``MlflowClient.search_runs`` rather than ``mlflow.search_runs`` so that no
 global tracking URI is set (or ``$MLFLOW_TRACKING_URI`` unset) inside the
 sweep driver that calls the report.
@@ -24,7 +25,7 @@ import pandas as pd
 from mlflow.entities import Run, ViewType
 from mlflow.tracking import MlflowClient
 
-from .labels import fmt_value, short_names
+from .labels import fmt_value, interval_keys, short_names
 
 #: params that differ between runs without being an ablation
 _NOT_SWEPT_PREFIXES = ("tracking.",)
@@ -50,6 +51,15 @@ class SweepRuns:
     def metric(self, key: str) -> pd.Series:
         column = f"metrics.{key}"
         return self.frame[column] if column in self.frame else pd.Series(float("nan"), index=self.frame.index)
+
+    def interval(self, key: str) -> tuple[pd.Series, pd.Series]:
+        """Per run, the ends of ``key``'s 95 % interval (``<key>_ci95_lo / _hi``; NaN where not logged)."""
+        low, high = interval_keys(key)
+        return self.metric(low), self.metric(high)
+
+    def has_interval(self, key: str) -> bool:
+        low, high = self.interval(key)
+        return bool((low.notna() & high.notna()).any())
 
     def outcome(self) -> pd.Series:
         """Per run: its MLflow status, or ``stopped early`` for a trial the scheduler stopped (such trials end

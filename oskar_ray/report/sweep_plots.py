@@ -9,6 +9,10 @@
 * three or more → the metric vs each param in turn (marginals), and a heatmap of each headline metric (one
   per task) over every pair of them, averaged over the other params.
 
+Where the eval logged a metric's 95 % interval (``<metric>_ci95_lo / _hi``), each trial's point carries it as a
+bar (lines, bars, marginals, grouped bars), and a heatmap cell of one trial shows it under the value: two
+trials whose intervals overlap are not told apart by the test set.
+
 Every trial that ran has its downstream metrics (a trial the scheduler stopped is evaluated where it stopped,
 ``oskar_ray.tune.stopped_trials``); only a failed trial leaves a cell ``n/a``.
 """
@@ -22,8 +26,8 @@ import numpy as np
 import pandas as pd
 from matplotlib import colormaps
 
-from .figures import Plot, new_figure, save
-from .labels import fmt_value, metric_unit, short_names
+from .figures import Plot, interval_bars, new_figure, save
+from .labels import fmt_interval, fmt_value, is_interval, metric_unit, short_names
 from .runs import SweepRuns, as_values
 
 SECTION = "Downstream metrics vs swept parameters"
@@ -32,7 +36,7 @@ _MAX_GRID = 12
 
 def metric_plots(sweep: SweepRuns, metrics: list[str], headline: list[str], out_dir: Path) -> list[Plot]:
     swept = [k for k in sweep.swept if sweep.param(k).notna().any()]
-    metrics = [m for m in metrics if sweep.metric(m).notna().any()]
+    metrics = [m for m in metrics if not is_interval(m) and sweep.metric(m).notna().any()]
     if not swept or not metrics:
         return []
     if len(swept) == 1:
@@ -50,14 +54,16 @@ def metric_plots(sweep: SweepRuns, metrics: list[str], headline: list[str], out_
 
 def _one_param(sweep, metric, key, values, numeric, out_dir) -> Plot:
     fig, (ax,) = new_figure(1, width=6.5)
-    _draw_1d(ax, values, sweep.metric(metric), numeric)
+    _draw_1d(ax, values, sweep.metric(metric), numeric, sweep.interval(metric))
     name = short_names([key])[key]
     ax.set(xlabel=_param_label(key, numeric), ylabel=metric_unit(metric), title=f"{metric}\nvs {name}")
     return save(fig, out_dir, f"metric_{metric}_vs_{key}", f"{metric} vs {key}", SECTION)
 
 
-def _draw_1d(ax, values: pd.Series, y: pd.Series, numeric: bool) -> None:
-    data = pd.DataFrame({"x": values, "y": y}).dropna()
+def _draw_1d(ax, values: pd.Series, y: pd.Series, numeric: bool,
+             interval: tuple[pd.Series, pd.Series] | None = None) -> None:
+    low, high = interval if interval is not None else (pd.Series(np.nan, index=y.index),) * 2
+    data = pd.DataFrame({"x": values, "y": y, "low": low, "high": high}).dropna(subset=["x", "y"])
     if data.empty:
         ax.text(0.5, 0.5, "no finished trial has this metric", ha="center", va="center", transform=ax.transAxes)
         return
@@ -65,6 +71,7 @@ def _draw_1d(ax, values: pd.Series, y: pd.Series, numeric: bool) -> None:
         mean = data.groupby("x")["y"].mean().sort_index()
         ax.plot(mean.index, mean.values, "-", color="tab:blue", lw=2, label="mean per value")
         ax.scatter(data["x"], data["y"], color="tab:orange", zorder=3, label="trial")
+        interval_bars(ax, data["x"], data["low"], data["high"], color="tab:orange", label="trial's 95 % interval")
         xs = np.sort(data["x"].unique())
         if xs.min() > 0 and xs.max() / xs.min() >= 8:
             ax.set_xscale("log", base=2)
@@ -76,13 +83,16 @@ def _draw_1d(ax, values: pd.Series, y: pd.Series, numeric: bool) -> None:
         ax.bar(stats.index, stats["mean"], yerr=stats["std"].fillna(0), color="tab:blue", alpha=0.7,
                capsize=4, label="mean (± std)")
         ax.scatter(data["pos"], data["y"], color="tab:orange", zorder=3, label="trial")
+        interval_bars(ax, data["pos"], data["low"], data["high"], color="tab:orange",
+                      label="trial's 95 % interval")
         ax.set_xticks(range(len(order)), order, rotation=20 if max(map(len, order)) > 8 else 0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
 
 
 def _grouped_bars(sweep, headline, key, values, out_dir) -> list[Plot]:
-    """Groups = accuracy-type headline metrics (same 0–1 scale), one bar per param value."""
+    """Groups = accuracy-type headline metrics (same 0–1 scale), one bar per param value; where a metric has
+    95 % intervals, each trial's value and interval are drawn over its bar."""
     metrics = [m for m in headline if "0–1" in metric_unit(m) and sweep.metric(m).notna().any()]
     if not metrics:
         return []
@@ -92,7 +102,15 @@ def _grouped_bars(sweep, headline, key, values, out_dir) -> list[Plot]:
     for i, category in enumerate(order):
         mask = values.astype(str) == category
         means = [sweep.metric(m)[mask].mean() for m in metrics]
-        ax.bar(np.arange(len(metrics)) + (i - (len(order) - 1) / 2) * width, means, width, label=category)
+        centres = np.arange(len(metrics)) + (i - (len(order) - 1) / 2) * width
+        ax.bar(centres, means, width, label=category)
+        for centre, m in zip(centres, metrics, strict=True):
+            if not sweep.has_interval(m):
+                continue
+            low, high = (end[mask] for end in sweep.interval(m))
+            shown = sweep.metric(m)[mask].notna()
+            ax.scatter(np.full(int(shown.sum()), centre), sweep.metric(m)[mask][shown], color="black", s=12, zorder=3)
+            interval_bars(ax, np.full(int(shown.sum()), centre), low[shown], high[shown], label=None)
     ax.set_xticks(range(len(metrics)), [m.removeprefix("eval/") for m in metrics], rotation=15)
     name = short_names([key])[key]
     ax.set(ylabel="score (fraction, 0–1)", title=f"Headline metrics by {name}")
@@ -113,7 +131,8 @@ def _two_params(sweep, metric, swept, out_dir) -> Plot:
     fig, (ax,) = new_figure(1, width=max(5.5, 1.1 * len(col_order) + 3), height=max(4.0, 0.8 * len(row_order) + 2))
     # trials stopped early are evaluated where they stopped: say at which step(s), when the cells differ
     mixed = at.dropna().nunique() > 1
-    _heatmap(fig, ax, table.to_numpy(dtype=float), metric, (low, high) if mixed else None)
+    _heatmap(fig, ax, table.to_numpy(dtype=float), metric, (low, high) if mixed else None,
+             _cell_intervals(sweep, metric, swept))
     ax.set_xticks(range(len(col_order)), [fmt_value(c) for c in col_order])
     ax.set_yticks(range(len(row_order)), [fmt_value(r) for r in row_order])
     names = short_names(swept)
@@ -135,13 +154,25 @@ def heatmap_table(sweep: SweepRuns, metric: str, pair: list[str], values: pd.Ser
                          columns=sorted(data["c"].unique(), key=_sort_key))
 
 
+def _cell_intervals(sweep: SweepRuns, metric: str, pair: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The ends of the 95 % interval per heatmap cell that holds one trial (a mean over several has none)."""
+    if not sweep.has_interval(metric):
+        return None
+    count = heatmap_table(sweep, metric, pair, how="count").to_numpy(dtype=float)
+    low, high = (heatmap_table(sweep, "", pair, values=end.where(sweep.metric(metric).notna()), how="max")
+                 .to_numpy(dtype=float) for end in sweep.interval(metric))
+    single = count == 1
+    return np.where(single, low, np.nan), np.where(single, high, np.nan)
+
+
 def _evaluated_at(sweep: SweepRuns) -> pd.Series:
     column = "tags.oskar.evaluated_at_step"
     raw = sweep.frame[column] if column in sweep.frame else pd.Series(None, index=sweep.frame.index, dtype=object)
     return pd.to_numeric(raw, errors="coerce")
 
 
-def _heatmap(fig, ax, matrix: np.ndarray, metric: str, steps: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+def _heatmap(fig, ax, matrix: np.ndarray, metric: str, steps: tuple[np.ndarray, np.ndarray] | None = None,
+             intervals: tuple[np.ndarray, np.ndarray] | None = None) -> None:
     shown = np.ma.masked_invalid(matrix)
     cmap = colormaps["viridis"].with_extremes(bad="#dddddd")
     image = ax.imshow(shown, origin="lower", cmap=cmap, aspect="auto")
@@ -150,6 +181,8 @@ def _heatmap(fig, ax, matrix: np.ndarray, metric: str, steps: tuple[np.ndarray, 
     middle = (finite.min() + finite.max()) / 2 if finite.size else 0.0
     for (i, j), value in np.ndenumerate(matrix):
         text = "n/a" if not np.isfinite(value) else fmt_value(float(value))
+        if intervals is not None and np.isfinite(intervals[0][i, j]) and np.isfinite(intervals[1][i, j]):
+            text += "\n" + fmt_interval(intervals[0][i, j], intervals[1][i, j])
         if steps is not None and np.isfinite(value) and np.isfinite(steps[0][i, j]):
             low, high = int(steps[0][i, j]), int(steps[1][i, j])
             text += f"\n@ step {low}" if low == high else f"\n@ steps {low}-{high}"
@@ -173,7 +206,7 @@ def _marginals(sweep, metric, swept, out_dir) -> Plot:
     names = short_names(swept)
     for ax, key in zip(axes, swept, strict=True):
         values, numeric = as_values(sweep.param(key))
-        _draw_1d(ax, values, sweep.metric(metric), numeric)
+        _draw_1d(ax, values, sweep.metric(metric), numeric, sweep.interval(metric))
         ax.set(xlabel=_param_label(key, numeric), ylabel=metric_unit(metric), title=f"vs {names[key]}")
     fig.suptitle(f"{metric} vs each swept parameter (other parameters vary too)")
     fig.tight_layout()
