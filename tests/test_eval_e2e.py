@@ -268,7 +268,9 @@ def test_a_dataset_without_val_or_lowshot_splits_is_evaluated_on_carves_of_train
         del manifest["splits"][split]
     store.save_manifest(user, manifest)
     out = tmp_path / "out"
+    # the frozen protocols suffice here (the end-to-end ones read the same carves: tests/test_finetune.py)
     assert main(["--checkpoint", str(ckpt), "--data", str(user), "--out", str(out), "--quiet",
+                 "--set", "eval.action_protocols=[linear,knn]",
                  "--tasks", "action,lowshot,retrieval,vqa,health,robustness"]) == 0
     metrics = json.loads((out / "summary.json").read_text())["metrics"]
     for key in ("eval/action/video/linear/top1", "eval/lowshot/video/linear/1pct/top1",
@@ -278,5 +280,6 @@ def test_a_dataset_without_val_or_lowshot_splits_is_evaluated_on_carves_of_train
     tags = MlflowClient(cfg.tracking.uri).get_run(run_id).data.tags
     assert tags["eval.split.val"].startswith("carved val: 0.1 of train per class, stratified by action, seed 0")
     assert tags["eval.split.train"].startswith("train less the carved val")
+    assert "raised to one clip per class for" in tags["eval.split.train_1pct"]  # 1 % of ~3 clips per class
     assert tags["eval.split.train_1pct"].startswith("carved train_1pct") and tags["eval.split.test"] == \
         "stored split test"  # (exit code 0 above: no task failed; the run is shared with other tests' tags)

@@ -25,7 +25,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from ..metric_names import headline_metrics
+from ..metric_names import headline_metrics, interval_keys, is_interval
 from ..tracking import client_for, end_run, log_metrics, set_tags
 from .flops import flops_per_step
 from .spec import SweepSpec, trial_overrides
@@ -204,9 +204,12 @@ def rows_frame(rows: list[TrialRow], spec: SweepSpec, every_metric: bool = True)
     (``every_metric``) every ``eval/*`` metric any trial has — else one headline metric per task."""
     import pandas as pd
 
-    evaluated = sorted({k for r in rows for k in r.metrics if k.startswith("eval/")})
+    evaluated = sorted({k for r in rows for k in r.metrics if k.startswith("eval/") and not is_interval(k)})
     shown = evaluated if every_metric else headline_metrics(evaluated, limit=len(evaluated))
-    keep = list(dict.fromkeys([spec.select.metric, *shown, spec.scheduler.metric, "loss"]))
+    # the selection metric's 95 % interval beside it: whether the best trial's lead is more than noise
+    ends = [k for k in interval_keys(spec.select.metric) if any(k in r.metrics for r in rows)]
+    selected = [spec.select.metric, *ends]
+    keep = list(dict.fromkeys([*selected, *shown, spec.scheduler.metric, "loss"]))
     return pd.DataFrame([{"trial_id": r.trial_id, **r.point, "status": r.status, "steps": r.steps,
                           "evaluated_at": r.evaluated_at if r.evaluated_at >= 0 else None,
                           "flops_per_step": r.flops_per_step, "train_flops": r.train_flops,

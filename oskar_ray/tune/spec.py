@@ -39,7 +39,7 @@ import yaml
 
 from ..config import OskarConfig, base_path, load_config
 from ..config.loading import read_mapping
-from ..metric_names import PROBE_PREFIX, VQA_VIEWS, probe_metrics
+from ..metric_names import CI_HIGH, CI_LOW, END_TO_END_PROTOCOLS, PROBE_PREFIX, VQA_VIEWS, is_interval, probe_metrics
 
 AXIS_KINDS = ("grid", "choice", "uniform", "loguniform", "randint", "variants")
 
@@ -268,6 +268,9 @@ def check_metrics(spec: SweepSpec, cfg: OskarConfig) -> None:
                                  ("select", spec.select.metric, True)):
         if not active:
             continue
+        if is_interval(metric):
+            raise ValueError(f"sweep.{name}.metric {metric!r} is the end of a 95 % interval, not a metric: rank on "
+                             f"{metric.removesuffix(CI_LOW).removesuffix(CI_HIGH)!r}")
         if metric.startswith("eval/"):
             task = metric.removeprefix("eval/").split("/", 1)[0]
             if name == "scheduler" or task not in cfg.eval.tasks:
@@ -288,7 +291,7 @@ def _check_eval_metric(name: str, metric: str, cfg: OskarConfig) -> None:
     parts = metric.split("/")
     e = cfg.eval
     if parts[1] == "action" and len(parts) >= 5:
-        protocols = [*e.action_protocols, *(["finetune"] if e.finetune_epochs > 0 else [])]
+        protocols = [p for p in e.action_protocols if p not in END_TO_END_PROTOCOLS or e.finetune_epochs > 0]
         if parts[3] not in protocols:
             raise ValueError(f"sweep.{name}.metric {metric!r} is never logged: the action task runs "
                              f"{', '.join(protocols)} (eval.action_protocols={e.action_protocols}, "
