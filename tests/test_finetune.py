@@ -116,3 +116,18 @@ def test_a_split_without_action_labels_is_refused_naming_it(context, monkeypatch
     monkeypatch.setattr(ctx_module, "stored_labels", lambda dataset, split: np.full(5, -1))
     with pytest.raises(ValueError, match=r"needs action labels, but split 'train'"):
         context.require_labels("train", "lowshot")
+
+
+def test_the_label_efficiency_figure_draws_perfect_scores_and_a_broken_figure_keeps_the_metrics(tmp_path,
+                                                                                                  monkeypatch):
+    import oskar_ray.eval.artifacts as artifacts
+    from oskar_ray.eval.intervals import wilson
+
+    curve = {"skeleton": {p: [(pct, 1.0, *wilson(1.0, 40)) for pct in (1.0, 10.0, 100.0)]
+                          for p in ("linear", "supervised")}}
+    paths = artifacts.write_artifacts({"eval/lowshot/skeleton/linear/1pct/top1": 1.0}, {"lowshot": {"curve": curve}},
+                                      tmp_path / "a")
+    assert [p.name for p in paths] == ["summary.json", "lowshot.png"]
+    monkeypatch.setattr(artifacts, "_label_efficiency", lambda data, path: 1 / 0)
+    paths = artifacts.write_artifacts({"eval/x/top1": 0.5}, {"lowshot": {"curve": curve}}, tmp_path / "b")
+    assert [p.name for p in paths] == ["summary.json"] and "eval/x/top1" in (tmp_path / "b/summary.json").read_text()

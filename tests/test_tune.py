@@ -42,7 +42,7 @@ def test_token_budget_defaults_and_smoke_profile():
     assert validate_points(spec) == 6
     # ranked and selected on the video encoder, not the skeleton-saturated fusion probe; every task evaluated
     assert (spec.scheduler.metric, spec.select.metric) == ("probe/video/knn_top1", "eval/action/video/linear/top1")
-    assert spec.base_config().eval.tasks == ["action", "retrieval", "vqa"]
+    assert spec.base_config().eval.tasks == ["action", "lowshot", "retrieval", "vqa"]
     smoke = load_spec(SWEEPS / "token_budget.yaml", "smoke")
     assert validate_points(smoke) == 2
     assert smoke.overrides[: len(spec.overrides)] == spec.overrides  # profile overrides are appended

@@ -14,10 +14,13 @@ known and still exists, else to a new run (a child of ``parent_run_id`` if given
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 ARTIFACT_DIR = "eval"
 
@@ -34,7 +37,11 @@ def write_artifacts(metrics: dict[str, float], plots: dict[str, dict[str, Any]],
                "lowshot": _label_efficiency}
     for task, data in plots.items():
         if task in drawers and data:
-            paths.append(drawers[task](data, out / f"{task}.png"))
+            try:
+                paths.append(drawers[task](data, out / f"{task}.png"))
+            except Exception as err:  # noqa: BLE001 - a figure must never lose the metrics computed before it
+                log.exception("eval: the %s figure could not be drawn", task)
+                print(f"eval {task}: figure not drawn ({type(err).__name__}: {err}); metrics kept", flush=True)
     return paths
 
 
@@ -67,8 +74,9 @@ def _label_efficiency(data: dict[str, Any], path: Path) -> Path:
     for ax, (view, protocols) in zip(axes[0], curve.items(), strict=True):
         for protocol, points in protocols.items():
             pct, top1, low, high = (list(col) for col in zip(*sorted(points), strict=True))
-            errors = [[t - lo for t, lo in zip(top1, low, strict=True)],
-                      [h - t for t, h in zip(top1, high, strict=True)]]
+            # a Wilson end can sit a rounding error inside its point (1.0 -> 0.99999999): bars never negative
+            errors = [[max(0.0, t - lo) for t, lo in zip(top1, low, strict=True)],
+                      [max(0.0, h - t) for t, h in zip(top1, high, strict=True)]]
             ax.errorbar(pct, top1, yerr=errors, marker="o", capsize=3, label=protocol)
         ax.set_xscale("log")
         ax.set(title=view, xlabel="% of training labels", ylim=(0, 1.02))
