@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from oskar_ray.config import load_config
-from oskar_ray.eval.finetune import FineTuned, FinetuneRecipe, _carve, _predict
+from oskar_ray.eval.finetune import FineTuned, FinetuneRecipe, _carve, _predict, finetune
 
 SMOKE = Path(__file__).resolve().parents[1] / "experiments/configs/smoke.yaml"
 
@@ -47,6 +47,23 @@ def test_fine_tuning_scores_at_least_the_frozen_linear_probe_where_that_probe_is
         assert res["finetune"].stop_split == "carve" and 0 <= res["finetune"].best_step <= res["finetune"].steps_run
     after = context.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # the pretrained model is never modified
+
+
+def test_a_fine_tune_that_never_gains_on_the_carve_is_exactly_the_frozen_linear_probe(context):
+    from oskar_ray.eval.action import frozen_probes
+
+    e = context.cfg.eval
+    lr, e.finetune_lr = e.finetune_lr, 1e-12  # no step can move the carve's score: step 0 is kept
+    try:
+        res = finetune(context.model, context.cache, "target:skeleton", context.cfg, train_split="train",
+                       n_classes=len(context.vocab("actions")), progress=False)
+    finally:
+        e.finetune_lr = lr
+    linear = frozen_probes(context, "target:skeleton", protocols=("linear",))["linear"]
+    assert res.best_step == 0 and res.n_fit == int((context.cache.get("train", "target:skeleton")
+                                                    .labels["action"] >= 0).sum())
+    assert res.top1 == linear.top1
+    torch.testing.assert_close(res.logits, linear.logits, atol=2e-3, rtol=1e-3)
 
 
 def test_at_step_zero_the_fine_tuned_network_is_the_linear_probe_of_its_fit_part(context):
