@@ -187,6 +187,8 @@ class EvalConfig:
     #: tenth of the schedule; training stops after finetune_patience scores without a gain
     finetune_holdout: float = 0.1
     finetune_patience: int = 4
+    #: a score counts as a gain when this many more held-out clips are right (one clip flipping is noise)
+    finetune_min_gain: int = 2
     #: clip readings the VQA head is trained on: "video" (the headline) and "video+skeleton"
     vqa_views: list[str] = field(default_factory=lambda: ["video", "video+skeleton"])
     batch_size: int = 64

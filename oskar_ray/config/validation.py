@@ -83,7 +83,7 @@ def _validate_finetune(e) -> None:
     if not 1 <= e.finetune_min_steps <= e.finetune_max_steps:
         raise ValueError(f"eval.finetune_min_steps / finetune_max_steps must satisfy 1 <= min <= max, got "
                          f"{e.finetune_min_steps} / {e.finetune_max_steps}")
-    for key in ("finetune_batch_size", "finetune_patience"):
+    for key in ("finetune_batch_size", "finetune_patience", "finetune_min_gain"):
         if getattr(e, key) < 1:
             raise ValueError(f"eval.{key} must be >= 1, got {getattr(e, key)}")
     for key in ("finetune_lr", "supervised_lr"):
