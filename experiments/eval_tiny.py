@@ -49,6 +49,9 @@ TINY = Path(__file__).resolve().parent / "configs" / "tiny.yaml"
 HEADLINE = ["eval/action/video/attentive/top1", "eval/action/video/linear/top1", "eval/action/video/knn/top1",
             "eval/action/skeleton/attentive/top1", "eval/action/skeleton/linear/top1",
             "eval/action/fusion/attentive/top1", "eval/action/fusion/linear/top1",
+            *(f"eval/action/{v}/{p}/top1" for v in ("video", "skeleton", "fusion") for p in ("finetune", "supervised")),
+            *(f"eval/lowshot/video/{p}/{pct}/top1" for p in ("linear", "attentive", "finetune", "supervised")
+              for pct in ("1pct", "10pct")),
             "eval/retrieval/t2v/R1", "eval/retrieval/v2t/R1", "eval/retrieval/t2v/fact_R1",
             "eval/retrieval/v2t/fact_R1", "eval/retrieval/t2v/R1_ceiling", "eval/retrieval/v2t/R1_ceiling",
             "eval/retrieval/t2v/medR", "eval/retrieval/zeroshot/t2v/R1", "eval/retrieval/zeroshot/v2t/R1",
