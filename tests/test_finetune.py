@@ -91,6 +91,23 @@ def test_the_supervised_protocol_trains_a_random_init_network_on_the_same_schedu
                                                                       .labels["action"]))
 
 
+def test_a_fit_set_just_over_one_batch_still_gets_every_step_of_its_schedule(context):
+    from oskar_ray.eval.finetune import _optimise
+    from oskar_ray.probes.heads import fit_linear
+
+    view = "target:skeleton"
+    feats, source = context.cache.get("train", view), context.cache.plan.source("train")
+    rows = np.arange(len(feats))[:15]  # 15 clips at batch 8: one full batch an epoch, 7 dropped
+    probe = fit_linear(feats.pooled[rows], feats.labels["action"][rows], feats.pooled, feats.labels["action"],
+                       len(context.vocab("actions")), 0)
+    net = FineTuned(context.model, view, probe.head, probe.mean, probe.std)
+    recipe = FinetuneRecipe(steps=7, batch_size=8, lr=1e-4, layer_decay=1.0, warmup_steps=1, weight_decay=0.0,
+                            eval_every=7, patience=1)
+    opt = torch.optim.AdamW(net.param_groups(1e-4, 1.0))
+    fit = type(source)(source.stored, rows if source.rows is None else source.rows[rows], "")
+    assert _optimise(net, opt, recipe, context.cache, context.cfg, fit, 0, False, "") == 7
+
+
 def test_the_schedule_is_sized_by_the_labels_with_warm_up_then_cosine(context):
     e = context.cfg.eval
     e.finetune_min_steps, e.finetune_max_steps, e.finetune_epochs = 50, 400, 10

@@ -229,9 +229,11 @@ def _optimise(net: FineTuned, opt, recipe: FinetuneRecipe, cache: FeatureCache, 
     ``after_step(step)`` says stop; returns the steps taken."""
     device = next(net.parameters()).device
     step = 0
-    epochs = math.ceil(recipe.steps * recipe.batch_size / max(1, len(fit.rows))) + 1
-    batches = iterate_local(cache.root, fit.stored, cfg, recipe.batch_size, seed=seed, train=True, epochs=epochs,
-                            with_masks=False, rows=fit.rows, drop_last=len(fit.rows) > recipe.batch_size)
+    drop_last = len(fit.rows) > recipe.batch_size  # every step a full batch, where there is one
+    per_epoch = len(fit.rows) // recipe.batch_size if drop_last else 1
+    batches = iterate_local(cache.root, fit.stored, cfg, recipe.batch_size, seed=seed, train=True,
+                            epochs=math.ceil(recipe.steps / per_epoch) + 1, with_masks=False, rows=fit.rows,
+                            drop_last=drop_last)
     bar = tqdm(total=recipe.steps, desc=desc, disable=not progress, leave=False)
     for batch in batches:
         if step >= recipe.steps or (until is not None and until(step)):
