@@ -372,7 +372,8 @@ def test_label_efficiency_figure_of_the_best_trial(store, tmp_path):
     uri, _ = store
     parent, ids = make_sweep(store, "lowshot", GRID, GRID_KEYS, lowshot=True)
     page = build_report("lowshot", tmp_path, tracking_uri=uri, parent_run_id=parent)
-    assert "label_efficiency.png" in {p.name for p in tmp_path.glob("*.png")}
+    figures = {p.name for p in tmp_path.glob("*.png")}
+    assert "label_efficiency.png" in figures and not any("lowshot" in f for f in figures)  # one figure, not 9
     text = page.read_text(encoding="utf-8")
     assert "Label efficiency" in text and "label efficiency of input_tokens=64, target_tokens=32" in text
     headers = parse_table(page).headers
@@ -390,6 +391,7 @@ def test_label_efficiency_figure_of_the_best_trial(store, tmp_path):
     assert ax.get_xscale() == "log"
     lines = {line.get_label(): line for line in ax.get_lines() if not line.get_label().startswith("_")}
     assert set(lines) == {"linear", "finetune"}
+    assert len({line.get_color() for line in lines.values()}) == 2  # each protocol its own colour
     expected = lowshot_scores(score({**BASE_PARAMS, **GRID[3]}))
     for protocol, line in lines.items():
         assert line.get_xdata().tolist() == [1.0, 10.0, 100.0]

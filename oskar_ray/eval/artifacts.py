@@ -79,7 +79,9 @@ def _label_efficiency(data: dict[str, Any], path: Path) -> Path:
                       [max(0.0, h - t) for t, h in zip(top1, high, strict=True)]]
             ax.errorbar(pct, top1, yerr=errors, marker="o", capsize=3, label=protocol)
         ax.set_xscale("log")
-        ax.set(title=view, xlabel="% of training labels", ylim=(0, 1.02))
+        percents = sorted({pct for points in protocols.values() for pct, *_ in points})
+        ax.set_xticks(percents, [f"{pct:g} %" for pct in percents])
+        ax.set(title=view, xlabel="training labels used", ylim=(0, 1.02))
     axes[0][0].set_ylabel("action top-1 (test, 95 % CI)")
     axes[0][-1].legend(fontsize=7)
     return _save(fig, plt, path)

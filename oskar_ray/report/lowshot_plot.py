@@ -26,7 +26,8 @@ PROTOCOLS = ("linear", "attentive", "finetune", "supervised")
 _NUMBER = r"(?P<pct>\d+(?:\.\d+)?)pct"
 _PATTERNS = (re.compile(rf"^eval/lowshot/(?P<view>[^/]+)/(?P<protocol>[^/]+)/{_NUMBER}/top1$"),
              re.compile(rf"^eval/lowshot/{_NUMBER}/(?P<view>[^/]+)/(?P<protocol>[^/]+)/top1$"))
-_COLORS = {"linear": "tab:blue", "attentive": "tab:orange", "finetune": "tab:green", "supervised": "tab:gray"}
+_COLORS = {"linear": "tab:blue", "attentive": "tab:orange", "finetune": "tab:green", "supervised": "tab:gray",
+           "knn": "tab:purple"}
 
 
 def lowshot_metrics(keys: list[str]) -> dict[str, tuple[str, str, float]]:

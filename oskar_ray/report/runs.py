@@ -158,9 +158,11 @@ def runs_frame(runs: list[Run]) -> pd.DataFrame:
         row.update({f"tags.{k}": v for k, v in run.data.tags.items()})
         rows.append(row)
     frame = pd.DataFrame(rows).sort_values("start_time", kind="stable").reset_index(drop=True)
+    # the metrics as one float block: assigning hundreds of columns in place (or a per-column astype) fragments
+    # the frame, and pandas then warns on every later column insert
     metric_cols = [c for c in frame.columns if c.startswith("metrics.")]
-    frame[metric_cols] = frame[metric_cols].astype(float)
-    return frame
+    metrics = pd.DataFrame(frame[metric_cols].to_numpy(dtype=float), columns=metric_cols, index=frame.index)
+    return pd.concat([frame.drop(columns=metric_cols), metrics], axis=1)
 
 
 def _swept_from_tags(parent: Run | None, frame: pd.DataFrame, prefer_parent: bool) -> list[str]:

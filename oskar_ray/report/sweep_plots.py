@@ -36,7 +36,9 @@ _MAX_GRID = 12
 
 def metric_plots(sweep: SweepRuns, metrics: list[str], headline: list[str], out_dir: Path) -> list[Plot]:
     swept = [k for k in sweep.swept if sweep.param(k).notna().any()]
-    metrics = [m for m in metrics if not is_interval(m) and sweep.metric(m).notna().any()]
+    # label-efficiency points are drawn together (report/lowshot_plot.py), not as one plot per point
+    metrics = [m for m in metrics if not is_interval(m) and not m.startswith("eval/lowshot/")
+               and sweep.metric(m).notna().any()]
     if not swept or not metrics:
         return []
     if len(swept) == 1:
