@@ -108,9 +108,10 @@ def test_a_fit_set_just_over_one_batch_still_gets_every_step_of_its_schedule(con
     assert _optimise(net, opt, recipe, context.cache, context.cfg, fit, 0, False, "") == 7
 
 
-def test_the_schedule_is_sized_by_the_labels_with_warm_up_then_cosine(context):
+def test_the_schedule_is_sized_by_the_labels_with_warm_up_then_cosine(context, monkeypatch):
     e = context.cfg.eval
-    e.finetune_min_steps, e.finetune_max_steps, e.finetune_epochs = 50, 400, 10
+    for key, value in (("finetune_min_steps", 50), ("finetune_max_steps", 400), ("finetune_epochs", 10)):
+        monkeypatch.setattr(e, key, value)
     small, large = FinetuneRecipe.sized(e, 10), FinetuneRecipe.sized(e, 448)
     assert (small.steps, small.batch_size) == (50, 10)  # ten clips: 10 epochs = 10 steps, raised to the floor
     assert (large.steps, large.batch_size) == (140, 32)  # 10 passes over 448 clips at batch 32
@@ -142,6 +143,13 @@ def test_the_early_stopping_carve_is_stratified_and_disjoint_from_the_fit_part(c
     assert set(labels[fit]) == set(labels[labels >= 0])  # no class loses its last fit clip
     counts = np.bincount(labels[labels >= 0])
     assert set(labels[stop]) == {c for c in range(len(counts)) if counts[c] >= 2}
+
+
+def test_a_carve_too_small_to_show_a_gain_leaves_the_decision_to_val(context, monkeypatch):
+    monkeypatch.setattr(context.cfg.eval, "finetune_min_gain", 100)  # no carve of ~100 clips holds 200
+    fit, stop, split = _carve(context.cache, "target:skeleton", "train", context.cfg.eval, 0)
+    assert split == "val" and stop.stored == context.cache.plan.source("val").stored
+    assert len(fit) == int((context.cache.get("train", "target:skeleton").labels["action"] >= 0).sum())
 
 
 def test_a_split_without_action_labels_is_refused_naming_it(context, monkeypatch):

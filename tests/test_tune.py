@@ -86,6 +86,8 @@ def test_metrics_no_trial_would_log_are_refused_before_any_trial_starts():
                           ({"overrides": [*probing, "eval.finetune_epochs=0"],
                             "select": {"metric": "eval/action/video/supervised/top1"}}, "eval.finetune_epochs=0"),
                           ({"select": {"metric": "eval/action/video/linear/top1_ci95_hi"}}, "end of a 95 % interval"),
+                          ({"overrides": [*probing[1:], "eval.tasks=[lowshot]", "eval.finetune_epochs=0"],
+                            "select": {"metric": "eval/lowshot/video/finetune/10pct/top1"}}, "the lowshot task runs"),
                           ({"space": {"budget.nonexistent": [1, 2]}}, "unknown config key budget.nonexistent")]:
         with pytest.raises(ValueError, match=re.escape(named)):
             validate_points(spec_from_dict({**base, **change}))

@@ -82,7 +82,7 @@ def record(result: TaskResult, prefix: str, res: ProbeResult, n_test: int, top5:
     """``<prefix>/top1`` (+ its interval), ``top5``, and what early stopping chose for an end-to-end run."""
     result.add(f"{prefix}/top1", res.top1, n=n_test)
     if top5:
-        result.metrics[f"{prefix}/top5"] = res.top5
+        result.add(f"{prefix}/top5", res.top5, n=n_test)
     if isinstance(res, FinetuneResult):
         result.metrics[f"{prefix}/best_step"] = float(res.best_step)
         result.metrics[f"{prefix}/steps_run"] = float(res.steps_run)

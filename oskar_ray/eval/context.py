@@ -31,10 +31,12 @@ class EvalContext:
     @cached_property
     def scratch(self) -> tuple[Any, FeatureCache]:
         """The same architecture at random init (seeded) and its feature cache: the supervised baseline's start."""
+        from ..probes.views import action_views
         from .baselines import scratch_model
 
         model = scratch_model(self.cfg, self.seed).to(next(self.model.parameters()).device)
-        cache = FeatureCache(model, self.dataset, self.cfg, self.cache.views, batch_size=self.cfg.eval.batch_size,
+        views = [v for v in self.cache.views if v in action_views(self.cfg.enabled_modalities).values()]
+        cache = FeatureCache(model, self.dataset, self.cfg, views, batch_size=self.cfg.eval.batch_size,
                              progress=self.progress, plan=self.cache.plan)
         return model, cache
 
@@ -44,7 +46,7 @@ class EvalContext:
         return self.cfg.eval.probe_epochs
 
     @property
-    def finetune_epochs(self) -> int:
+    def finetune_epochs(self) -> float:
         return self.cfg.eval.finetune_epochs
 
     @property

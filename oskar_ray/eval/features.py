@@ -207,9 +207,15 @@ class FeatureCache:
             self._store[(split, view, mode)] = feats
 
     def _clips_per_row(self, split: str) -> int:
-        """Clips read per video: ``eval.video_segments`` x ``eval.video_views`` for an encoded split, else 1."""
-        meta = DatasetMeta.load(self.root, self.plan.source(split).stored)
-        return self.cfg.eval.video_segments * self.cfg.eval.video_views if meta.video_storage == ENCODED else 1
+        return self.clip_expansion(self.plan.source(split).stored)[0]
+
+    def clip_expansion(self, stored_split: str) -> tuple[int, Expand | None]:
+        """(clips read per video, the row expansion that reads them): ``eval.video_segments`` x
+        ``eval.video_views`` for an encoded split, else (1, None). Whoever scores a model outside the cache
+        (fine-tuning) reads the same clips and averages over them as the cached features do."""
+        meta = DatasetMeta.load(self.root, stored_split)
+        clips = self.cfg.eval.video_segments * self.cfg.eval.video_views if meta.video_storage == ENCODED else 1
+        return clips, (self._per_clip if clips > 1 else None)
 
     def _per_clip(self, row: dict[str, Any]) -> list[dict[str, Any]]:
         return [{**row, "clip": clip} for clip in eval_clips(row["attributes"], self.cfg)]

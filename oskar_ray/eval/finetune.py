@@ -186,7 +186,9 @@ def _carve(cache: FeatureCache, view: str, train_split: str, e, seed: int):
     if not len(labelled):
         raise ValueError(f"split {train_split!r} has no action labels: fine-tuning needs labelled clips")
     stop = stratified_sample(labels, labelled, e.finetune_holdout, seed + 2, keep_one=True)
-    if not len(stop):  # one clip per class: nothing to carve without emptying a class
+    if len(stop) < 2 * e.finetune_min_gain:
+        # one clip per class leaves nothing to carve without emptying a class, and a carve smaller than two
+        # gains could never register one: val decides
         return labelled, cache.plan.source("val"), "val"
     return np.setdiff1d(labelled, stop), stop, "carve"
 
@@ -255,15 +257,18 @@ def _optimise(net: FineTuned, opt, recipe: FinetuneRecipe, cache: FeatureCache, 
 
 def _predict(net: FineTuned, cache: FeatureCache, cfg, source: SplitSource,
              device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and labels of the labelled clips of ``source`` (eval preprocessing)."""
+    """Logits and labels of the labelled clips of ``source`` (eval preprocessing; an encoded video's logits
+    averaged over the clips the frozen features average over)."""
     net.eval()
+    clips, expand = cache.clip_expansion(source.stored)
     logits, labels = [], []
     with torch.no_grad():
-        for batch, _ in iterate_batches(cache.root, source, cfg, cache.batch_size):
+        for batch, _ in iterate_batches(cache.root, source, cfg, cache.batch_size, expand=expand):
             batch = to_device(batch, device)
             logits.append(net(batch).float().cpu())
             labels.append(batch["action"].cpu())
     out, y = torch.cat(logits), torch.cat(labels)
+    out, y = out.view(len(out) // clips, clips, -1).mean(1), y[::clips]
     return out[y >= 0], y[y >= 0]
 
 

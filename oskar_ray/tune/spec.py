@@ -290,10 +290,10 @@ def _check_eval_metric(name: str, metric: str, cfg: OskarConfig) -> None:
     """An action protocol or VQA reading the trial's eval settings leave out is never logged."""
     parts = metric.split("/")
     e = cfg.eval
-    if parts[1] == "action" and len(parts) >= 5:
+    if parts[1] in ("action", "lowshot") and len(parts) >= 5:  # eval/<task>/<view>/<protocol>/...
         protocols = [p for p in e.action_protocols if p not in END_TO_END_PROTOCOLS or e.finetune_epochs > 0]
         if parts[3] not in protocols:
-            raise ValueError(f"sweep.{name}.metric {metric!r} is never logged: the action task runs "
+            raise ValueError(f"sweep.{name}.metric {metric!r} is never logged: the {parts[1]} task runs "
                              f"{', '.join(protocols)} (eval.action_protocols={e.action_protocols}, "
                              f"eval.finetune_epochs={e.finetune_epochs})")
     if parts[1] == "vqa" and len(parts) >= 3 and parts[-1] != "prior":  # the priors come from the labels alone
