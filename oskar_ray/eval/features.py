@@ -172,6 +172,7 @@ class FeatureCache:
         self.batch_size, self.progress = batch_size, progress
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self._store: dict[tuple[str, str, str], Features] = {}
+        self._clips: dict[str, int] = {}
         #: logical split -> videos that did not decode (their video features are zeros)
         self.skipped_video: dict[str, int] = {}
 
@@ -213,8 +214,11 @@ class FeatureCache:
         """(clips read per video, the row expansion that reads them): ``eval.video_segments`` x
         ``eval.video_views`` for an encoded split, else (1, None). Whoever scores a model outside the cache
         (fine-tuning) reads the same clips and averages over them as the cached features do."""
-        meta = DatasetMeta.load(self.root, stored_split)
-        clips = self.cfg.eval.video_segments * self.cfg.eval.video_views if meta.video_storage == ENCODED else 1
+        if stored_split not in self._clips:  # fine-tuning asks at every score of its carve: read the manifest once
+            meta = DatasetMeta.load(self.root, stored_split)
+            self._clips[stored_split] = (self.cfg.eval.video_segments * self.cfg.eval.video_views
+                                         if meta.video_storage == ENCODED else 1)
+        clips = self._clips[stored_split]
         return clips, (self._per_clip if clips > 1 else None)
 
     def _per_clip(self, row: dict[str, Any]) -> list[dict[str, Any]]:

@@ -42,9 +42,9 @@ def run_lowshot(ctx: EvalContext) -> TaskResult:
     curve: dict[str, dict[str, list[tuple[float, float, float, float]]]] = {}
     for name, split in subsets(ctx.cfg).items():
         percent = float(name.removesuffix("pct"))
+        first = ctx.cache.get(split, next(iter(views.values()))).labels["action"]
+        result.metrics[f"{name}/n_train"] = float((first >= 0).sum())  # the same clips for every view
         for short, view in views.items():
-            labels = ctx.cache.get(split, view).labels["action"]
-            result.metrics[f"{name}/n_train"] = float((labels >= 0).sum())
             test = ctx.cache.get("test", view).labels["action"]
             for protocol, res in protocol_results(ctx, view, ctx.cfg.eval.action_protocols, split).items():
                 key = f"{short}/{protocol}/{name}"
