@@ -1,5 +1,6 @@
 """Ray Tune sweeps end to end on the local Ray: a smoke sweep through an interrupt + --resume, ASHA, and
-synchronous halving (pause, cut, resume from the rung checkpoint; a driver killed while a trial is paused).
+synchronous halving (pause, cut, resume from the rung checkpoint, all through a driver killed while a trial
+is paused).
 
 Slow (each sweep starts Ray Train trials, ~1 min on 2 cores); they run in CI. Tiny
 model, a handful of steps, the session's 130-clip synthetic set.
@@ -76,44 +77,6 @@ def test_asha_stops_a_trial_that_does_not_learn(ray_local, synth_dir, tmp_path):
     assert stopped.data.metrics["train_flops"] < outcome.best.train_flops
 
 
-def test_synchronous_halving_pauses_the_better_trial_and_resumes_it_from_its_checkpoint(
-        ray_local, synth_dir, tmp_path, capsys):
-    # one trial slot (conftest), grid order: the learning trial reaches the rung first and pauses, the frozen
-    # one (lr ~ 0) reaches it and is cut, the paused trial restarts from its rung checkpoint and trains on
-    spec = load_spec(_sweep_file(tmp_path, synth_dir, {"train.lr": [2e-3, 1e-12]},
-                                 {"kind": "sha", "metric": "loss", "mode": "min", "grace_period": 4,
-                                  "reduction_factor": 2}))
-    spec.order = "grid"
-    spec.overrides.append("eval.tasks=[health]")
-    spec.select.metric = "eval/health/fusion/rankme"
-    outcome = run_sweep(spec, report=False)
-    printed = capsys.readouterr().out
-    rows = {r.point["train.lr"]: r for r in outcome.trials}
-    assert rows[2e-3].status == "completed" and rows[2e-3].steps == 12
-    assert rows[1e-12].status == "early_stopped" and rows[1e-12].steps == 4
-    assert f"[{rows[2e-3].trial_id}] paused at step 4" in printed
-    client, children = _children(tmp_path, outcome)
-    assert len(children) == 2  # the resumed trial kept its child run
-    good = next(c for c in children if c.data.params["train.lr"] == "0.002")
-    assert good.info.status == "FINISHED" and "eval/health/fusion/rankme" in good.data.metrics
-    cut = next(c for c in children if c.data.params["train.lr"] == "1e-12")
-    assert cut.info.status == "FINISHED"  # stopped by design, not killed
-    assert (cut.data.tags["oskar.stop_reason"], cut.data.tags["oskar.stopped_at_step"]) == ("successive_halving", "4")
-    assert cut.data.tags["oskar.evaluated_at_step"] == "4" and "eval/health/fusion/rankme" in cut.data.metrics
-    assert f"[{rows[1e-12].trial_id}] evaluated at step 4" in printed
-    assert cut.data.metrics["time/eval_s"] > 0 and good.data.metrics["time/trial_s"] > good.data.metrics["time/eval_s"]
-    # the parent keeps what the scheduler decided at each rung, rebuilt from the runs
-    decisions = _parent_csv(client, outcome.parent_run_id, "scheduler_decisions.csv")
-    assert decisions[["rung", "train.lr", "rank", "decision"]].values.tolist() == [
-        [4, 2e-3, 1, "continued"], [4, 1e-12, 2, "stopped at 4"], [8, 2e-3, 1, "continued"]]
-    trials = _parent_csv(client, outcome.parent_run_id, "trials.csv")
-    assert trials["eval/health/fusion/rankme"].notna().all() and set(trials["evaluated_at"]) == {4, 12}
-    # resumed from a checkpoint, not from scratch: step 4 logged once. (A pause is not instant: the trial may
-    # train on while Tune stops it, and retrain those steps from the rung checkpoint after the restart.)
-    steps = [m.step for m in client.get_metric_history(good.info.run_id, "loss")]
-    assert steps.count(4) == 1 and max(steps) == 12
-
-
 def _parent_csv(client, parent_run_id: str, name: str):
     import pandas as pd
 
@@ -147,32 +110,50 @@ def test_smoke_sweep_end_to_end_through_an_interrupt_and_resume(ray_local, synth
     _assert_parent_run(client, parent, children)
 
 
-def test_synchronous_halving_resumes_a_paused_sweep_and_still_cuts_at_the_rung(ray_local, synth_dir, tmp_path):
-    """The driver dies while the better trial waits paused at the rung and the other has just started;
-    --resume must rebuild the rung (the paused trial re-reports its value) and cut the frozen trial there,
-    not let both train to the end."""
+def test_synchronous_halving_pauses_cuts_at_the_rung_and_resumes_after_the_driver_died(
+        ray_local, synth_dir, tmp_path):
+    """One trial slot (conftest), grid order: the learning trial reaches the rung first and pauses; the driver
+    dies while it waits paused and the frozen trial (lr ~ 0) has just started. ``--resume`` must rebuild the
+    rung (the paused trial re-reports its value), cut the frozen trial there — not let both train to the end —
+    and restart the paused trial from its rung checkpoint. (One sweep asserts pause, cut, resume-from-rung and
+    the driver's resume: each sweep costs four trial starts on 2 cores.)"""
     sweep = _sweep_file(tmp_path, synth_dir, {"train.lr": [2e-3, 1e-12]},
                         {"kind": "sha", "metric": "loss", "mode": "min", "grace_period": 4, "reduction_factor": 2},
                         name="r")
     spec = yaml.safe_load(sweep.read_text())
     spec.update(order="grid", select={"metric": "eval/health/fusion/rankme"})
-    spec["overrides"].append("eval.tasks=[health]")
+    spec["overrides"].append("eval.tasks=[health]")  # evaluation is not under test here: the cheapest task
     sweep.write_text(yaml.safe_dump(spec))
     parent, _ = _kill_driver_once(sweep, tmp_path, _wait_for_frozen_trial_while_the_other_is_paused)
     # hung (timed out) with report_last_signal disabled; and, when the paused trial had logged a step past the
     # rung before the kill, without SynchronousHalving halving on past several rungs in one report
-    _resume(sweep, tmp_path, "--no-report", timeout=420)
+    resumed = _resume(sweep, tmp_path, "--no-report", timeout=420)
+    printed = (tmp_path / "driver.log").read_text() + resumed.stdout
     client, children = _children(tmp_path, parent)
-    assert len(children) == 2
+    assert len(children) == 2  # the resumed trials kept their child runs
     runs = {c.data.params["train.lr"]: c for c in children}
     good, frozen = runs["0.002"], runs["1e-12"]
+    assert f"[{good.data.tags['oskar.trial_id']}] paused at step 4" in printed
     assert good.info.status == "FINISHED" and good.data.tags["oskar.trial_status"] == "completed"
+    assert "eval/health/fusion/rankme" in good.data.metrics and good.data.tags["oskar.evaluated_at_step"] == "12"
     assert frozen.info.status == "FINISHED" and frozen.data.tags["oskar.trial_status"] == "early_stopped"
+    assert (frozen.data.tags["oskar.stop_reason"], frozen.data.tags["oskar.stopped_at_step"]) == (
+        "successive_halving", "4")
     assert frozen.data.metrics["steps_trained"] == 4
     assert frozen.data.tags["oskar.evaluated_at_step"] == "4"  # evaluated once, before or after the interrupt
+    assert f"[{frozen.data.tags['oskar.trial_id']}] evaluated at step 4" in printed
     assert len(client.get_metric_history(frozen.info.run_id, "eval/health/fusion/rankme")) == 1
+    assert frozen.data.metrics["time/eval_s"] > 0 and good.data.metrics["time/trial_s"] > 0
+    # the parent keeps what the scheduler decided at each rung, rebuilt from the runs
+    decisions = _parent_csv(client, parent, "scheduler_decisions.csv")
+    assert decisions[["rung", "train.lr", "rank", "decision"]].values.tolist() == [
+        [4, 2e-3, 1, "continued"], [4, 1e-12, 2, "stopped at 4"], [8, 2e-3, 1, "continued"]]
+    trials = _parent_csv(client, parent, "trials.csv")
+    assert trials["eval/health/fusion/rankme"].notna().all() and set(trials["evaluated_at"]) == {4, 12}
+    # resumed from a checkpoint, not from scratch: step 4 logged once. (A pause is not instant: the trial may
+    # train on while Tune stops it, and retrain those steps from the rung checkpoint after the restart.)
     steps = [m.step for m in client.get_metric_history(good.info.run_id, "loss")]
-    assert steps.count(4) == 1 and max(steps) == 12  # the paused trial went on from its rung checkpoint
+    assert steps.count(4) == 1 and max(steps) == 12
 
 
 def _wait_for_frozen_trial_while_the_other_is_paused(tmp_path: Path, parent: str, driver: subprocess.Popen,
