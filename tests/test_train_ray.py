@@ -1,11 +1,13 @@
 """Ray Train pretraining: learning + checkpoints + MLflow, DDP equivalence, EMA sync,
-fault tolerance, resume, a real MLflow server, and the non-finite guard.
+fault tolerance and resume (one pair of runs), a real MLflow server (the learning run tracks to it), and the
+non-finite guard.
 
 All slow (real local Ray, ~30-60 s each on 2 cores); they still run in CI.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -47,9 +49,23 @@ def _runs(cfg):
     return client, client.search_runs([experiment.experiment_id])
 
 
-def test_one_worker_learns_checkpoints_and_tracks(ray_local, synth_dir, tmp_path):
-    cfg = _cfg(tmp_path, synth_dir, "train.steps=30")
-    result = pretrain(cfg, run_name="learn")
+def test_one_worker_learns_checkpoints_and_tracks_to_a_real_mlflow_server(ray_local, synth_dir, tmp_path):
+    # one run asserts learning, checkpoints and tracking through `mlflow server` (each Ray Train run costs
+    # ~20 s of start-up on 2 cores): the HTTP store and its proxied artifacts are what a cluster uses
+    with _mlflow_server(tmp_path) as url:
+        cfg = _cfg(tmp_path, synth_dir, "train.steps=30", f"tracking.uri={url}")
+        result = pretrain(cfg, run_name="learn")
+        _assert_learned_and_tracked(cfg, result, tmp_path)
+        # what any MLflow client sees through the server's REST API, not only Python's
+        request = urllib.request.Request(
+            f"{url}/api/2.0/mlflow/runs/search", method="POST", headers={"Content-Type": "application/json"},
+            data=json.dumps({"experiment_ids": [_experiment_id(url)]}).encode())
+        runs = json.loads(urllib.request.urlopen(request, timeout=10).read())["runs"]
+        assert [r["info"]["run_id"] for r in runs] == [result.run_id]
+        assert runs[0]["info"]["status"] == "FINISHED" and "loss" in {m["key"] for m in runs[0]["data"]["metrics"]}
+
+
+def _assert_learned_and_tracked(cfg, result, tmp_path) -> None:
     checkpoints = sorted(p for p in (tmp_path / "runs" / "learn").glob("checkpoint_*") if p.is_dir())
     assert [read_state(c).step for c in checkpoints] == [10, 20, 30]
     client, runs = _runs(cfg)
@@ -131,11 +147,14 @@ def test_ddp_matches_single_worker_and_ema_stays_in_sync(ray_local, tmp_path):
         assert torch.equal(t0, t1)  # identical EMA on every rank
 
 
-def test_worker_failure_resumes_from_checkpoint_in_the_same_run(ray_local, synth_dir, tmp_path):
+def test_a_worker_failure_resumes_in_the_same_run_and_resume_continues_steps_schedules_and_run(
+        ray_local, synth_dir, tmp_path):
+    # one pair of runs for both (each Ray Train run costs ~20 s of start-up on 2 cores): the first loses its
+    # worker at step 15 and Ray Train restarts it from the step-10 checkpoint; --resume then takes it to 30
     cfg = _cfg(tmp_path, synth_dir, "train.steps=20", "train.max_failures=1")
-    result = pretrain(cfg, run_name="faulty", fail_at_step=15)
+    first = pretrain(cfg, run_name="faulty", fail_at_step=15)
     assert (tmp_path / "runs" / "faulty" / ".injected_failure").exists()
-    assert read_state(result.checkpoint).step == 20
+    assert read_state(first.checkpoint).step == 20
     client, runs = _runs(cfg)
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")]
@@ -144,19 +163,15 @@ def test_worker_failure_resumes_from_checkpoint_in_the_same_run(ray_local, synth
     assert runs[0].data.tags["data.stream_restart"] == "worker restarted at step 10: skipped the 10 batches " \
         "already trained on"
 
-
-def test_resume_continues_step_counter_schedules_and_run(ray_local, synth_dir, tmp_path):
-    cfg = _cfg(tmp_path, synth_dir, "train.steps=10")
-    first = pretrain(cfg, run_name="part1")
-    longer = _cfg(tmp_path, synth_dir, "train.steps=20")
+    longer = _cfg(tmp_path, synth_dir, "train.steps=30")
     second = pretrain(longer, resume=first.checkpoint, run_name="part2")
     assert second.run_id == first.run_id
-    assert read_state(second.checkpoint).step == 20
+    assert read_state(second.checkpoint).step == 30
     client, runs = _runs(cfg)
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     lr = {m.step: m.value for m in client.get_metric_history(first.run_id, "lr")}
-    assert lr[20] == pytest.approx(lr_at(longer.train, 19))
-    assert min(lr) == 5 and max(lr) == 20
+    assert lr[30] == pytest.approx(lr_at(longer.train, 29))
+    assert min(lr) == 5 and max(lr) == 30
 
 
 def test_non_finite_loss_fails_the_run_with_a_clear_error(ray_local, synth_dir, tmp_path):
@@ -173,7 +188,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_tracks_to_a_real_mlflow_server(ray_local, synth_dir, tmp_path):
+@contextlib.contextmanager
+def _mlflow_server(tmp_path: Path):
+    """A real ``mlflow server`` on 127.0.0.1 (SQLite store, proxied artifacts); yields its URL."""
     port = _free_port()
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "PATH": str(Path(sys.executable).parent)}
     server = subprocess.Popen(
@@ -189,15 +206,7 @@ def test_tracks_to_a_real_mlflow_server(ray_local, synth_dir, tmp_path):
                     break
             except OSError:
                 time.sleep(0.5)
-        cfg = _cfg(tmp_path, synth_dir, "train.steps=10", f"tracking.uri={url}")
-        result = pretrain(cfg, run_name="served")
-        request = urllib.request.Request(
-            f"{url}/api/2.0/mlflow/runs/search", method="POST", headers={"Content-Type": "application/json"},
-            data=json.dumps({"experiment_ids": [_experiment_id(url)]}).encode())
-        runs = json.loads(urllib.request.urlopen(request, timeout=10).read())["runs"]
-        assert [r["info"]["run_id"] for r in runs] == [result.run_id]
-        metrics = {m["key"]: m["value"] for m in runs[0]["data"]["metrics"]}
-        assert "loss" in metrics and runs[0]["info"]["status"] == "FINISHED"
+        yield url
     finally:
         server.terminate()
         server.wait(timeout=30)
