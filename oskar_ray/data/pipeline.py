@@ -2,7 +2,7 @@
 
 Ray (a cluster, Ray Train, or a laptop)::
 
-    ds = build_dataset(cfg, "pretrain")                # read_parquet → map_batches(preprocess)
+    ds = build_dataset(cfg, "pretrain")                # shards → map_batches(read + preprocess)
     trainer = TorchTrainer(..., datasets={"train": ds})
     # inside the worker loop:
     for batch in iter_train_batches(ray.train.get_dataset_shard("train"), cfg):
@@ -20,8 +20,8 @@ Both yield the batch of docs/design.md ("Contracts"): ``video`` (B, T, 3, H, W) 
 on untrimmed splits) and the token-budget indices ``input_index`` /
 ``target_index`` drawn CPU-side.
 
-Memory stays bounded: Ray Data's streaming executor reads a few Parquet row
-groups at a time, ``map_batches`` runs in fractional-CPU tasks
+Memory stays bounded: Ray Data's streaming executor runs a few shard tasks at a
+time, each reading one Parquet row group at a time, ``map_batches`` runs in fractional-CPU tasks
 (``data.cpus_per_task``; 2-core laptops need fractions, see RAY_NOTES.md) and
 backpressure keeps the object store below its configured size, so a dataset
 far larger than the object store streams through (tested in
@@ -38,6 +38,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from .. import storage
 from ..modalities import adopt_modalities, carried_modalities
 from . import store
 from .encoded_video import ENCODED
@@ -75,28 +76,55 @@ def build_dataset(cfg, split: str, *, root: str | Path | None = None, train: boo
     meta = DatasetMeta.load(root, split)
     train = split == cfg.data.train_split if train is None else train
     seed = cfg.train.seed if seed is None else seed
+    tasks = concurrency or data_tasks(cfg)
+    paths = store.split_paths(root, split)
+    fn_kwargs = {"cfg": cfg, "meta": meta, "train": train, "seed": seed, "with_masks": with_masks,
+                 "modalities": carried_modalities(cfg.enabled_modalities)}
+    if meta.video_storage == ENCODED:
+        return _encoded_dataset(cfg, paths, meta, train, seed, tasks, fn_kwargs)
+    # Raw clips: one task per shard reads it row group by row group and preprocesses as it goes. (Ray Data's
+    # Parquet reader would first run a file-listing task and a footer-reading actor, two more processes to
+    # start before the first row moves: ~3.5 s of every run's first batch on 2 cores, experiments/bench_train.py
+    # --overhead.) Shard order is shuffled here, per epoch seed; rows are mixed further by the local shuffle buffer.
+    order = np.random.default_rng(seed).permutation(len(paths)) if train else range(len(paths))
+    shards = ray.data.from_items([{"path": paths[i]} for i in order], override_num_blocks=len(paths))
+    return shards.map_batches(_read_and_preprocess, batch_size=1, num_cpus=cfg.data.cpus_per_task,
+                              fn_kwargs=fn_kwargs, concurrency=tasks)
+
+
+def _read_and_preprocess(shards: dict[str, np.ndarray], **preprocess) -> Iterator[dict[str, np.ndarray]]:
+    """Every row of the given shards as preprocessed batches of :data:`MAP_BATCH_SIZE` rows, one row group at a
+    time (a generator: Ray Data streams each batch on while the next is made)."""
+    meta = preprocess["meta"]
+    for path in shards["path"]:
+        filesystem, inner = storage.filesystem_and_path(str(path))
+        with filesystem.open_input_file(inner) as source:
+            shard = pq.ParquetFile(source)
+            for group in range(shard.num_row_groups):
+                table = shard.read_row_group(group, columns=meta.read_columns)
+                for start in range(0, table.num_rows, MAP_BATCH_SIZE):
+                    part = table.slice(start, MAP_BATCH_SIZE)
+                    yield _ray_preprocess({k: part.column(k).to_numpy(zero_copy_only=False)
+                                           for k in part.column_names}, **preprocess)
+
+
+def _encoded_dataset(cfg, paths: list[str], meta: DatasetMeta, train: bool, seed: int, tasks: int | None,
+                     fn_kwargs: dict):
+    """Encoded video: decoding dominates (~0.1 s a clip at 224^2), so work is split by clips, not shards."""
+    import ray.data
+
     # shard order shuffled as the files are listed, not with randomize_block_order: that is an
     # all-to-all barrier that reads the whole split before the first row is preprocessed
     shuffle = ray.data.FileShuffleConfig(seed=seed) if train else None
-    encoded = meta.video_storage == ENCODED
     # Ray 2.60 runs the parquet reads as their own tasks (not fused into map_batches): a light share each, so a
     # busy cluster (two trials, a capped data budget) can still schedule them; Ray's default is a whole CPU
-    paths = store.split_paths(root, split)
-    tasks = concurrency or data_tasks(cfg)
     ds = ray.data.read_parquet(paths, columns=meta.read_columns, shuffle=shuffle,
                                num_cpus=cfg.data.cpus_per_task, concurrency=tasks)
-    if encoded:
-        # one map task per few videos, so decoding spreads over tasks: Ray Data's parquet reader packs small
-        # files into one block, and one task would decode all of them (bench_decode.py); streaming, no barrier
-        ds = ds.repartition(target_num_rows_per_block=ENCODED_MAP_BATCH_SIZE)
-    return ds.map_batches(
-        _ray_preprocess, batch_format="numpy",
-        num_cpus=cfg.data.decode_cpus_per_task if meta.video_storage == ENCODED else cfg.data.cpus_per_task,
-        batch_size=ENCODED_MAP_BATCH_SIZE if meta.video_storage == ENCODED else MAP_BATCH_SIZE,
-        fn_kwargs={"cfg": cfg, "meta": meta, "train": train, "seed": seed, "with_masks": with_masks,
-                   "modalities": carried_modalities(cfg.enabled_modalities)},
-        concurrency=tasks,
-    )
+    # one map task per few videos, so decoding spreads over tasks: Ray Data's parquet reader packs small
+    # files into one block, and one task would decode all of them (bench_decode.py); streaming, no barrier
+    ds = ds.repartition(target_num_rows_per_block=ENCODED_MAP_BATCH_SIZE)
+    return ds.map_batches(_ray_preprocess, batch_format="numpy", num_cpus=cfg.data.decode_cpus_per_task,
+                          batch_size=ENCODED_MAP_BATCH_SIZE, fn_kwargs=fn_kwargs, concurrency=tasks)
 
 
 #: training batches a run's stream may hold in flight by default (data.max_memory_mb = 0)
