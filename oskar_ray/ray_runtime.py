@@ -50,6 +50,7 @@ INTERNAL_QUIET_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_DATA_LOG_LEVEL":
 #: start too; 0.5 s costs a few cheap actor calls a second.
 #: The same reader packs row groups into read tasks of 128 MB: 20 row groups of 20 files before the first row
 #: moves on; 16 MB (a few row groups) gets the first rows to preprocessing in a fraction of a second.
+#: (The reader now serves encoded-video splits only; raw clips are read by one task per shard, data/pipeline.py.)
 INTERNAL_SPEED_ENV = {"RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
                       "RAY_DATA_PARQUET_BIN_PACKING_BYTES": str(16 * 2**20)}
 #: what every process of a run gets, unless the variable is exported already
@@ -101,7 +102,7 @@ def init_ray(log_to_driver: bool = True, *, for_sweep: bool = False, trial_slots
     every worker exports its own cluster's address as ``RAY_ADDRESS``
     (:func:`setup_worker_process`); and sweeps declare :data:`SWEEP_CPU_FACTOR` logical CPUs per
     core, because each trial reserves CPUs for its driver and trainer and Ray
-    Data would otherwise find none left for its read tasks and hang (concurrency
+    Data would otherwise find none left for its tasks and hang (concurrency
     is capped by physical cores instead, :func:`concurrent_trials`).
     ``trial_slots``: that many units of the custom resource :data:`TRIAL_SLOT`,
     one per running trial (a paused trial holds none). ``concurrent_trials``

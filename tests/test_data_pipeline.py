@@ -17,7 +17,7 @@ import torch
 
 from oskar_ray.config import load_config
 from oskar_ray.data import store
-from oskar_ray.data.pipeline import build_dataset, iter_train_batches, iterate_local
+from oskar_ray.data.pipeline import build_dataset, iter_train_batches, iterate_local, read_units
 from oskar_ray.data.preprocess import DatasetMeta, batch_rng, preprocess_batch
 from oskar_ray.data.tokenizer import load_tokenizer, train_tokenizer
 
@@ -123,6 +123,34 @@ def test_ray_pipeline_matches_local(ray_local, synth_dir):
     train = list(iter_train_batches(build_dataset(cfg, "pretrain"), cfg, batch_size=16))
     assert all(len(b["video"]) == 16 for b in train)  # drop_last while training
     _check_batch(train[0], cfg, 16, labelled=False)
+
+
+def test_read_tasks_cover_every_row_once_by_shard_or_by_row_group_and_read_uris(synth_dir, monkeypatch):
+    """What Ray Data's read-and-preprocess tasks do, called without Ray: a split with few shards per task is
+    handed out by row group (a small split still spreads over the tasks), a large one by shard; either way
+    every row arrives once, preprocessed, in batches of at most 64; a ``file://`` URI reads like its path."""
+    from oskar_ray.data import pipeline
+    from oskar_ray.data.pipeline import MAP_BATCH_SIZE, _read_and_preprocess
+
+    cfg = load_config(REPO_CFG, [f"data.path={synth_dir}"])
+    meta = DatasetMeta.load(synth_dir, "pretrain")
+    paths = store.split_paths(synth_dir, "pretrain")
+    by_group = read_units(paths, tasks=8)
+    monkeypatch.setattr(pipeline, "SHARDS_PER_TASK", 0)  # as if the split had shards enough for its tasks
+    by_shard = read_units(paths, tasks=8)
+    assert len(by_group) == sum(pq.ParquetFile(p).num_row_groups for p in paths) > len(paths)
+    assert [u["row_group"] for u in by_shard] == [-1] * len(paths)
+    uris = [{**u, "path": "file://" + u["path"]} for u in by_group]
+    kwargs = {"cfg": cfg, "meta": meta, "train": True, "seed": 0, "with_masks": True, "modalities": {}}
+    seen = []
+    for units in (by_group, by_shard, uris):
+        batches = [b for u in units for b in _read_and_preprocess(
+            {"path": np.array([u["path"]]), "row_group": np.array([u["row_group"]])}, **kwargs)]
+        assert all(0 < len(b["video"]) <= MAP_BATCH_SIZE for b in batches) and batches[0]["video"].dtype == np.float32
+        assert sum(len(b["video"]) for b in batches) == store.split_info(synth_dir, "pretrain")["samples"]
+        # each row's preprocessing is keyed by its id and the seed: the same rows, however the split is cut
+        seen.append(sorted(round(float(v.sum()), 3) for b in batches for v in b["video"]))
+    assert seen[0] == seen[1] == seen[2]
 
 
 def _big_dataset(root, rows: int, size: int) -> int:

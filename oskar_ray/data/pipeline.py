@@ -20,8 +20,9 @@ Both yield the batch of docs/design.md ("Contracts"): ``video`` (B, T, 3, H, W) 
 on untrimmed splits) and the token-budget indices ``input_index`` /
 ``target_index`` drawn CPU-side.
 
-Memory stays bounded: Ray Data's streaming executor runs a few shard tasks at a
-time, each reading one Parquet row group at a time, ``map_batches`` runs in fractional-CPU tasks
+Memory stays bounded: Ray Data's streaming executor runs a few read-and-preprocess
+tasks at a time, each holding one 64-row batch (raw clips; encoded-video splits go
+through ``read_parquet``), ``map_batches`` runs in fractional-CPU tasks
 (``data.cpus_per_task``; 2-core laptops need fractions, see RAY_NOTES.md) and
 backpressure keeps the object store below its configured size, so a dataset
 far larger than the object store streams through (tested in
@@ -30,6 +31,7 @@ tests/test_data_pipeline.py). ``iterate_local`` reads one row group at a time.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -82,30 +84,50 @@ def build_dataset(cfg, split: str, *, root: str | Path | None = None, train: boo
                  "modalities": carried_modalities(cfg.enabled_modalities)}
     if meta.video_storage == ENCODED:
         return _encoded_dataset(cfg, paths, meta, train, seed, tasks, fn_kwargs)
-    # Raw clips: one task per shard reads it row group by row group and preprocesses as it goes. (Ray Data's
-    # Parquet reader would first run a file-listing task and a footer-reading actor, two more processes to
-    # start before the first row moves: ~3.5 s of every run's first batch on 2 cores, experiments/bench_train.py
-    # --overhead.) Shard order is shuffled here, per epoch seed; rows are mixed further by the local shuffle buffer.
-    order = np.random.default_rng(seed).permutation(len(paths)) if train else range(len(paths))
-    shards = ray.data.from_items([{"path": paths[i]} for i in order], override_num_blocks=len(paths))
-    return shards.map_batches(_read_and_preprocess, batch_size=1, num_cpus=cfg.data.cpus_per_task,
-                              fn_kwargs=fn_kwargs, concurrency=tasks)
+    # Raw clips: each task reads its part of a shard in 64-row batches and preprocesses them as it goes. (Ray
+    # Data's Parquet reader would first run a file-listing task and a footer-reading actor, two more processes
+    # to start before the first row moves: ~3.5 s of every run's first batch on 2 cores, experiments/bench_train.py
+    # --overhead.) Order shuffled here, per epoch seed; rows are mixed further by the local shuffle buffer.
+    units = read_units(paths, tasks)
+    if not units:
+        raise ValueError(f"{root}: split {split!r} lists no shards in its manifest: nothing to stream")
+    order = np.random.default_rng(seed).permutation(len(units)) if train else range(len(units))
+    parts = ray.data.from_items([units[i] for i in order], override_num_blocks=len(units))
+    return parts.map_batches(_read_and_preprocess, batch_size=1, num_cpus=cfg.data.cpus_per_task,
+                             fn_kwargs=fn_kwargs, concurrency=tasks)
 
 
-def _read_and_preprocess(shards: dict[str, np.ndarray], **preprocess) -> Iterator[dict[str, np.ndarray]]:
-    """Every row of the given shards as preprocessed batches of :data:`MAP_BATCH_SIZE` rows, one row group at a
-    time (a generator: Ray Data streams each batch on while the next is made)."""
+#: below this many shards per data task, a split is handed out by row group, so a small split (one shard of
+#: 512 clips) still spreads over the tasks; above, by shard (no footer reads in the driver)
+SHARDS_PER_TASK = 2
+
+
+def read_units(paths: list[str], tasks: int | None) -> list[dict[str, Any]]:
+    """What one preprocessing task reads: ``{"path", "row_group"}``, a whole shard (``row_group`` -1) when the
+    split has shards enough for its tasks, else each row group of each shard (the driver reads the footers)."""
+    if len(paths) >= SHARDS_PER_TASK * (tasks or os.cpu_count() or 1):
+        return [{"path": path, "row_group": -1} for path in paths]
+    units = []
+    for path in paths:
+        filesystem, inner = storage.filesystem_and_path(path)
+        with filesystem.open_input_file(inner) as source:
+            groups = pq.ParquetFile(source).num_row_groups
+        units += [{"path": path, "row_group": group} for group in range(groups)]
+    return units
+
+
+def _read_and_preprocess(units: dict[str, np.ndarray], **preprocess) -> Iterator[dict[str, np.ndarray]]:
+    """The rows of the given read units as preprocessed batches of :data:`MAP_BATCH_SIZE` rows (a generator:
+    Ray Data streams each batch on while the next is read and made; a task holds one batch at a time)."""
     meta = preprocess["meta"]
-    for path in shards["path"]:
+    for path, group in zip(units["path"], units["row_group"], strict=True):
         filesystem, inner = storage.filesystem_and_path(str(path))
         with filesystem.open_input_file(inner) as source:
-            shard = pq.ParquetFile(source)
-            for group in range(shard.num_row_groups):
-                table = shard.read_row_group(group, columns=meta.read_columns)
-                for start in range(0, table.num_rows, MAP_BATCH_SIZE):
-                    part = table.slice(start, MAP_BATCH_SIZE)
-                    yield _ray_preprocess({k: part.column(k).to_numpy(zero_copy_only=False)
-                                           for k in part.column_names}, **preprocess)
+            shard = pq.ParquetFile(source, pre_buffer=True)  # fewer, larger reads on object storage
+            groups = None if group < 0 else [int(group)]
+            for part in shard.iter_batches(batch_size=MAP_BATCH_SIZE, row_groups=groups, columns=meta.read_columns):
+                yield _ray_preprocess({name: part.column(name).to_numpy(zero_copy_only=False)
+                                       for name in part.schema.names}, **preprocess)
 
 
 def _encoded_dataset(cfg, paths: list[str], meta: DatasetMeta, train: bool, seed: int, tasks: int | None,
@@ -169,8 +191,6 @@ def data_tasks(cfg) -> int | None:
     otherwise starts one worker process per fractional CPU at once, and each imports torch (~2 s): on a 2-core
     laptop 16 processes starting together held the first batch back 30-40 s; warm processes are reused for the
     whole stream. (Not ``$RAY_ADDRESS``: every worker of a local sweep cluster has it set.)"""
-    import os
-
     import ray
 
     if cfg.data.max_tasks:
