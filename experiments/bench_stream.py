@@ -56,7 +56,6 @@ def preloaded_step_s(cfg, skip: int) -> float:
 
     seed_everything(cfg.train.seed)
     torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)  # what the Ray worker gives torch
-    os.chdir(REPO)  # a Ray worker starts elsewhere; the built-in benchmark's path is relative to the repository
     batches = iterate_local(cfg.data.path, cfg.data.train_split, cfg, cfg.train.batch_size, seed=1, train=True,
                             drop_last=True)
     loaded = [next(batches) for _ in range(cfg.train.steps)]
@@ -73,6 +72,7 @@ def preloaded_step_s(cfg, skip: int) -> float:
 def _preloaded_in_worker(config: dict) -> None:
     from oskar_ray.config import config_from_dict
 
+    os.chdir(REPO)  # a Ray worker starts elsewhere; the built-in benchmark's path is relative to the repository
     # Ray Train V2 hands back the metrics of checkpointed reports only: the step time travels in a file
     step_s = preloaded_step_s(config_from_dict(config["cfg"]), config["skip"])
     Path(config["out"]).write_text(str(step_s))

@@ -109,11 +109,15 @@ def read_units(paths: list[str], tasks: int | None) -> list[dict[str, Any]]:
         return [{"path": path, "row_group": -1} for path in paths]
     units = []
     for path in paths:
-        filesystem, inner = storage.filesystem_and_path(path)
-        with filesystem.open_input_file(inner) as source:
-            groups = pq.ParquetFile(source).num_row_groups
-        units += [{"path": path, "row_group": group} for group in range(groups)]
+        with _open_shard(path) as shard:
+            units += [{"path": path, "row_group": group} for group in range(shard.num_row_groups)]
     return units
+
+
+def _open_shard(path: str, **options) -> pq.ParquetFile:
+    """A shard as a ``ParquetFile`` through pyarrow filesystems: a local path or an object-store URI."""
+    filesystem, inner = storage.filesystem_and_path(path)
+    return pq.ParquetFile(inner, filesystem=filesystem, **options)
 
 
 def _read_and_preprocess(units: dict[str, np.ndarray], **preprocess) -> Iterator[dict[str, np.ndarray]]:
@@ -121,10 +125,8 @@ def _read_and_preprocess(units: dict[str, np.ndarray], **preprocess) -> Iterator
     Ray Data streams each batch on while the next is read and made; a task holds one batch at a time)."""
     meta = preprocess["meta"]
     for path, group in zip(units["path"], units["row_group"], strict=True):
-        filesystem, inner = storage.filesystem_and_path(str(path))
-        with filesystem.open_input_file(inner) as source:
-            shard = pq.ParquetFile(source, pre_buffer=True)  # fewer, larger reads on object storage
-            groups = None if group < 0 else [int(group)]
+        groups = None if group < 0 else [int(group)]
+        with _open_shard(str(path), pre_buffer=True) as shard:  # pre-buffered: fewer, larger reads on object storage
             for part in shard.iter_batches(batch_size=MAP_BATCH_SIZE, row_groups=groups, columns=meta.read_columns):
                 yield _ray_preprocess({name: part.column(name).to_numpy(zero_copy_only=False)
                                        for name in part.schema.names}, **preprocess)
