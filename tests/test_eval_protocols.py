@@ -48,6 +48,28 @@ def splits(make):
     return [make(n, seed=s) for n, s in ((200, 0), (100, 1), (300, 2))]
 
 
+def test_the_linear_heads_trained_together_are_each_the_fit_it_would_be_alone():
+    """fit_linear trains its (LR, weight decay) grid in one batched loop: each head must match plain Adam on
+    that head alone, from the same seeded init, to float rounding."""
+    import torch.nn.functional as F
+
+    from oskar_ray.probes.heads import LINEAR_STEPS, _fit_linear_heads
+
+    x, y = random_features(120, dim=24)
+    settings = [(1e-3, 1e-4), (1e-2, 1e-1), (1e-1, 1e-3)]
+    together = _fit_linear_heads(x, y, N_CLASSES, settings, seed=7)
+    for (lr, decay), head in zip(settings, together, strict=True):
+        torch.manual_seed(7)
+        alone = torch.nn.Linear(24, N_CLASSES)
+        opt = torch.optim.Adam(alone.parameters(), lr=lr, weight_decay=decay)
+        for _ in range(LINEAR_STEPS):
+            opt.zero_grad()
+            F.cross_entropy(alone(x), y).backward()
+            opt.step()
+        assert torch.allclose(head.weight, alone.weight, atol=1e-5) and torch.allclose(head.bias, alone.bias, atol=1e-5)
+    assert not torch.allclose(together[0].weight, together[1].weight)  # the heads did not share their steps
+
+
 def test_topk_and_confusion():
     logits = torch.tensor([[3.0, 2.0, 1.0], [1.0, 3.0, 2.0], [1.0, 2.0, 3.0]])
     labels = torch.tensor([0, 2, 0])
