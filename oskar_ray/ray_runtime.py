@@ -58,11 +58,12 @@ QUIET_ENV = {**DOCUMENTED_QUIET_ENV, **INTERNAL_QUIET_ENV, **INTERNAL_SPEED_ENV}
 
 #: how many worker processes a raylet starts at once: a raylet config (ray_config_def.h) read from the environment
 #: as ``RAY_<name>`` — an internal knob, not a public API: a Ray upgrade that drops it brings the warnings back
-#: (tests/test_train_ray.py::test_a_local_cluster_sized_for_its_trials_prints_no_worker_startup_warnings fails)
+#: (tests/test_train_ray.py::test_a_local_ray_is_quiet_knows_its_cluster_and_is_sized_for_its_trials fails)
 STARTUP_CONCURRENCY_ENV = "RAY_worker_maximum_startup_concurrency"
 #: Python processes one running trial keeps: Ray Train V2's controller, dataset manager, synchronisation,
 #: preemption watcher and placement-group cleaner actors, the train worker, the Tune function, Ray Data's split
-#: coordinator and its preprocessing tasks, a stopped trial's evaluation (measured: 38 for 2 trials), with room
+#: coordinator (several workers only) and its preprocessing tasks, a stopped trial's evaluation (measured: 38 for
+#: 2 trials), with room
 PROCESSES_PER_TRIAL = 20
 #: logical CPUs per physical core of a local sweep cluster (see init_ray)
 SWEEP_CPU_FACTOR = 2
@@ -318,8 +319,9 @@ EXECUTION_CALLBACKS_FIELD = "custom_execution_callback_classes"
 class DataSchedulerPacer:
     """Ray Data's streaming executor (2.60) polls with ``ray.wait(..., timeout=0.1)`` only while tasks run: once
     every operator is backpressured (the trainer has its prefetch window and nothing may start) the loop spins.
-    In a training run it spins in the ``SplitCoordinator`` actor: measured, 56 % of a core beside a 2-thread
-    trainer, whose step then took 2.4x its single-process time. A step of the loop lasts at least
+    In a training run it spins where the executor runs — the ``SplitCoordinator`` actor (several workers) or the
+    train worker itself (one worker reads its stream unsplit): measured in the coordinator, 56 % of a core beside
+    a 2-thread trainer, whose step then took 2.4x its single-process time. A step of the loop lasts at least
     :data:`SCHEDULING_LOOP_PERIOD_S` here (the sleep only fills what ``ray.wait`` did not; Ray's own wait is
     0.1 s): ten scheduling rounds a second are plenty for blocks of tens of rows (tiny recipe through Ray Train:
     35 -> 82 samples/s with a 20 ms period, at which the coordinator still took 10 % of a core; 0.1 s:
@@ -346,7 +348,7 @@ class DataSchedulerPacer:
 
 def pace_data_scheduler() -> None:
     """Register :class:`DataSchedulerPacer` in this process's DataContext (datasets built afterwards carry it
-    to wherever their executor runs: the driver, a Ray Train ``SplitCoordinator``)."""
+    to wherever their executor runs: the driver, a Ray Train ``SplitCoordinator``, a one-worker run's worker)."""
     from ray.data import DataContext
 
     callbacks = getattr(DataContext.get_current(), EXECUTION_CALLBACKS_FIELD)

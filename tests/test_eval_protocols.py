@@ -70,6 +70,17 @@ def test_the_linear_heads_trained_together_are_each_the_fit_it_would_be_alone():
     assert not torch.allclose(together[0].weight, together[1].weight)  # the heads did not share their steps
 
 
+def test_the_linear_probe_trains_its_heads_in_groups_under_a_memory_budget_to_the_same_result(monkeypatch):
+    from oskar_ray.probes import heads
+
+    (x, y), (xv, yv) = random_features(90, dim=12), random_features(40, dim=12, seed=1)
+    together = heads.fit_linear(x, y, xv, yv, N_CLASSES, seed=3)
+    monkeypatch.setattr(heads, "LINEAR_BATCH_ELEMENTS", 1)  # one head per group
+    alone = heads.fit_linear(x, y, xv, yv, N_CLASSES, seed=3)
+    assert (alone.lr, alone.weight_decay, alone.val_top1) == (together.lr, together.weight_decay, together.val_top1)
+    assert torch.allclose(alone.head.weight, together.head.weight, atol=1e-5)
+
+
 def test_topk_and_confusion():
     logits = torch.tensor([[3.0, 2.0, 1.0], [1.0, 3.0, 2.0], [1.0, 2.0, 3.0]])
     labels = torch.tensor([0, 2, 0])

@@ -33,6 +33,10 @@ def test_asha_never_stops_a_trial_that_finished_training():
     assert sched.on_trial_result(None, good, {"step": 40, "probe/mean": 0.0}) == TrialScheduler.CONTINUE
     with pytest.raises(ValueError, match="grace_period"):
         make_scheduler(spec, load_config(SMOKE, ["train.steps=10"]))
+    # a trial it stops is tagged as ASHA's (the stop itself runs end to end in test_tune_sweep.py, under SHA)
+    from oskar_ray.tune.results import SweepCallback
+
+    assert SweepCallback("", "", "", "probe/mean", scheduler="asha").stop_reason == "asha"
 
 
 class _Trial:

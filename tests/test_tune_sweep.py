@@ -127,6 +127,8 @@ def test_synchronous_halving_pauses_cuts_at_the_rung_and_resumes_after_the_drive
     assert frozen.data.metrics["train_flops"] < good.data.metrics["train_flops"]  # the compute it actually used
     trials = _parent_csv(client, parent, "trials.csv")
     assert trials["eval/health/fusion/rankme"].notna().all() and set(trials["evaluated_at"]) == {4, 12}
+    assert trials.set_index("train.lr").loc[[2e-3, 1e-12], ["status", "steps"]].values.tolist() == [
+        ["completed", 12], ["early_stopped", 4]]
     cut = trials[trials["train.lr"] == 1e-12].iloc[0]  # the sweep's table holds the stopped trial's evaluation
     assert cut["eval/health/fusion/rankme"] == pytest.approx(frozen.data.metrics["eval/health/fusion/rankme"])
     # resumed from a checkpoint, not from scratch: step 4 logged once. (A pause is not instant: the trial may

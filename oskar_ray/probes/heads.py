@@ -32,6 +32,8 @@ from tqdm import tqdm
 LINEAR_LRS = (1e-3, 1e-2, 1e-1)
 LINEAR_WEIGHT_DECAYS = (1e-4, 1e-3, 1e-2, 1e-1)
 LINEAR_STEPS = 200
+#: logits (rows x heads x classes) the linear probe's heads trained together may hold: 2**26 floats, 256 MB
+LINEAR_BATCH_ELEMENTS = 2**26
 #: learning rates swept by the attentive probe; the low end is for weak (e.g. random-init) features,
 #: which need small steps: 3e-3/1e-2 alone read a random encoder's video tokens at 25.5-31.5 %,
 #: 3e-4 with 60 epochs at 33.5-39.5 % (three init seeds), while pretrained features barely move
@@ -149,7 +151,11 @@ def fit_linear(x_train, y_train, x_val, y_val, n_classes: int, seed: int = 0,
     scaled = (x_train.float() - mean) / std
     best: LinearModel | None = None
     settings = list(itertools.product(lrs, LINEAR_WEIGHT_DECAYS))
-    heads = _fit_linear_heads(scaled, y_train, n_classes, settings, seed)
+    # heads trained together hold len(x) x heads x classes logits (and their gradients): in groups under a
+    # budget, so a large evaluation (240k clips x 400 classes) does not need 12x the memory of one head
+    per_group = max(1, LINEAR_BATCH_ELEMENTS // max(1, len(scaled) * n_classes))
+    heads = [head for start in range(0, len(settings), per_group)
+             for head in _fit_linear_heads(scaled, y_train, n_classes, settings[start:start + per_group], seed)]
     for (lr, decay), head in zip(settings, heads, strict=True):
         model = LinearModel(mean, std, head, float("nan"), lr, decay)
         model.val_top1 = topk_accuracy(model(x_val), y_val, 1)
