@@ -62,14 +62,15 @@ def _ray_preprocess(batch: dict[str, np.ndarray], cfg, meta: DatasetMeta, train:
 
 
 def build_dataset(cfg, split: str, *, root: str | Path | None = None, train: bool | None = None,
-                  seed: int | None = None, with_masks: bool = True, concurrency: int | None = None):
+                  seed: int | list[int] | None = None, with_masks: bool = True, concurrency: int | None = None):
     """A lazy ``ray.data.Dataset`` of preprocessed flat batches for one split.
 
     ``train`` defaults to ``split == cfg.data.train_split`` (augmentation, random caption/question,
     shuffled shard order; rows are mixed further by the loader's local shuffle buffer).
+    ``seed``: a list streams one epoch per seed, one after the other (a union: a run's epochs); the manifest,
+    shard list and read units are read once for all of them.
     ``concurrency`` caps parallel read and preprocessing tasks (None: :func:`data_tasks`).
     """
-    import ray.data
 
     # a URI must stay a string: Path('s3://b/x') collapses to 's3:/b/x'
     root = str(root or cfg.data.path)
@@ -77,24 +78,37 @@ def build_dataset(cfg, split: str, *, root: str | Path | None = None, train: boo
         raise ValueError("data.path is empty: point it at a dataset directory (oskar data synth --out DIR)")
     meta = DatasetMeta.load(root, split)
     train = split == cfg.data.train_split if train is None else train
-    seed = cfg.train.seed if seed is None else seed
+    seeds = seed if isinstance(seed, list) else [cfg.train.seed if seed is None else seed]
     tasks = concurrency or data_tasks(cfg)
     paths = store.split_paths(root, split)
-    fn_kwargs = {"cfg": cfg, "meta": meta, "train": train, "seed": seed, "with_masks": with_masks,
+    fn_kwargs = {"cfg": cfg, "meta": meta, "train": train, "with_masks": with_masks,
                  "modalities": carried_modalities(cfg.enabled_modalities)}
     if meta.video_storage == ENCODED:
-        return _encoded_dataset(cfg, paths, meta, train, seed, tasks, fn_kwargs)
-    # Raw clips: each task reads its part of a shard in 64-row batches and preprocesses them as it goes. (Ray
-    # Data's Parquet reader would first run a file-listing task and a footer-reading actor, two more processes
-    # to start before the first row moves: ~3.5 s of every run's first batch on 2 cores, experiments/bench_train.py
-    # --overhead.) Order shuffled here, per epoch seed; rows are mixed further by the local shuffle buffer.
+        epochs = [_encoded_dataset(cfg, paths, meta, train, s, tasks, {**fn_kwargs, "seed": s}) for s in seeds]
+    else:
+        epochs = _raw_epochs(cfg, f"{root}: split {split!r}", paths, train, seeds, tasks, fn_kwargs)
+    return epochs[0].union(*epochs[1:]) if len(epochs) > 1 else epochs[0]
+
+
+def _raw_epochs(cfg, where: str, paths: list[str], train: bool, seeds: list[int], tasks: int | None,
+                fn_kwargs: dict) -> list:
+    """Raw clips, one dataset per epoch seed: each task reads its part of a shard in 64-row batches and
+    preprocesses them as it goes. (Ray Data's Parquet reader would first run a file-listing task and a
+    footer-reading actor, two more processes to start before the first row moves: ~3.5 s of every run's first
+    batch on 2 cores, experiments/bench_train.py --overhead.) Order shuffled per epoch seed; rows are mixed
+    further by the local shuffle buffer. The read units (footers, for a small split) are read once."""
+    import ray.data
+
     units = read_units(paths, tasks)
     if not units:
-        raise ValueError(f"{root}: split {split!r} lists no shards in its manifest: nothing to stream")
-    order = np.random.default_rng(seed).permutation(len(units)) if train else range(len(units))
-    parts = ray.data.from_items([units[i] for i in order], override_num_blocks=len(units))
-    return parts.map_batches(_read_and_preprocess, batch_size=1, num_cpus=cfg.data.cpus_per_task,
-                             fn_kwargs=fn_kwargs, concurrency=tasks)
+        raise ValueError(f"{where} lists no shards in its manifest: nothing to stream")
+    epochs = []
+    for seed in seeds:
+        order = np.random.default_rng(seed).permutation(len(units)) if train else range(len(units))
+        parts = ray.data.from_items([units[i] for i in order], override_num_blocks=len(units))
+        epochs.append(parts.map_batches(_read_and_preprocess, batch_size=1, num_cpus=cfg.data.cpus_per_task,
+                                        fn_kwargs={**fn_kwargs, "seed": seed}, concurrency=tasks))
+    return epochs
 
 
 #: below this many shards per data task, a split is handed out by row group, so a small split (one shard of

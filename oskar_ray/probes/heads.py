@@ -108,7 +108,17 @@ def _fit_linear_heads(x: torch.Tensor, y: torch.Tensor, n_classes: int, settings
     """One logistic regression per (LR, weight decay) of ``settings``, all from the same seeded init, trained
     together: one matmul gives every head's logits and one Adam holds a parameter group per head. The summed
     loss leaves each head its own gradient, so each is the fit it would be alone (to float rounding); 200
-    full-batch steps of 12 heads cost ~0.65 s instead of ~2.1 s one head at a time (Python overhead)."""
+    full-batch steps of 12 heads cost ~0.65 s instead of ~2.1 s one head at a time (Python overhead). Heads
+    trained together hold rows x heads x classes logits (and gradients): they go in groups under
+    :data:`LINEAR_BATCH_ELEMENTS`, so a large evaluation (240k clips x 400 classes) does not need 12x the memory
+    of one head."""
+    per_group = max(1, LINEAR_BATCH_ELEMENTS // max(1, len(x) * n_classes))
+    return [head for start in range(0, len(settings), per_group)
+            for head in _fit_head_group(x, y, n_classes, settings[start:start + per_group], seed)]
+
+
+def _fit_head_group(x: torch.Tensor, y: torch.Tensor, n_classes: int, settings: list[tuple[float, float]],
+                    seed: int) -> list[nn.Linear]:
     heads = []
     for _ in settings:
         torch.manual_seed(seed)
@@ -151,12 +161,8 @@ def fit_linear(x_train, y_train, x_val, y_val, n_classes: int, seed: int = 0,
     scaled = (x_train.float() - mean) / std
     best: LinearModel | None = None
     settings = list(itertools.product(lrs, LINEAR_WEIGHT_DECAYS))
-    # heads trained together hold len(x) x heads x classes logits (and their gradients): in groups under a
-    # budget, so a large evaluation (240k clips x 400 classes) does not need 12x the memory of one head
-    per_group = max(1, LINEAR_BATCH_ELEMENTS // max(1, len(scaled) * n_classes))
-    heads = [head for start in range(0, len(settings), per_group)
-             for head in _fit_linear_heads(scaled, y_train, n_classes, settings[start:start + per_group], seed)]
-    for (lr, decay), head in zip(settings, heads, strict=True):
+    for (lr, decay), head in zip(settings, _fit_linear_heads(scaled, y_train, n_classes, settings, seed),
+                                 strict=True):
         model = LinearModel(mean, std, head, float("nan"), lr, decay)
         model.val_top1 = topk_accuracy(model(x_val), y_val, 1)
         if best is None or model.val_top1 > best.val_top1:

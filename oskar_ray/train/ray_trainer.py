@@ -266,8 +266,7 @@ def training_stream(cfg: OskarConfig, start_step: int = 0):
 
     samples = split_info(cfg.data.path, cfg.data.train_split)["samples"]
     seeds, _ = stream_epochs(cfg, samples, start_step)
-    streams = [build_dataset(cfg, cfg.data.train_split, seed=seed) for seed in seeds]
-    return streams[0].union(*streams[1:]) if len(streams) > 1 else streams[0]
+    return build_dataset(cfg, cfg.data.train_split, seed=seeds)
 
 
 def stream_epochs(cfg: OskarConfig, samples: int, start_step: int = 0) -> tuple[list[int], str]:
