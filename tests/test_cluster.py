@@ -149,13 +149,22 @@ def test_local_cluster_round_trip_with_a_failing_and_a_finishing_job(synth_dir, 
         assert up.returncode == 0, up.stdout + up.stderr
         cluster_id = (state / "cluster_id").read_text().strip()
         phases["up"] = time.time() - started
-        # a job that fails makes `submit` fail, with the job's error in its output
-        bad = script("submit", "--set", f"data.path={tmp_path / 'nowhere'}", timeout=240)
-        assert bad.returncode != 0 and "no manifest.json" in bad.stdout + bad.stderr, bad.stdout[-3000:]
-        good = script("submit", "--set", f"data.path={synth_dir}", "--set", f"train.output_dir={tmp_path / 'runs'}",
-                      "--set", "tracking.run_name=rehearsal", "--set", "train.batch_size=8",
-                      "--set", "train.steps=10", "--set", "train.checkpoint_every=5", "--set", "train.warmup_steps=2",
-                      "--set", "data.shuffle_buffer=16", "--set", "eval.batch_size=16", timeout=480)
+        # a job that fails makes `submit` fail, with the job's error in its output; it runs beside the good job
+        # (two drivers on one cluster, as users submit them; each job's start-up is seconds of imports)
+        bad = subprocess.Popen(["bash", str(SCRIPT), "submit", "--set", f"data.path={tmp_path / 'nowhere'}"],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+        try:
+            good = script("submit", "--set", f"data.path={synth_dir}", "--set",
+                          f"train.output_dir={tmp_path / 'runs'}", "--set", "tracking.run_name=rehearsal",
+                          "--set", "train.batch_size=8", "--set", "train.steps=10", "--set", "train.checkpoint_every=5",
+                          "--set", "train.warmup_steps=2", "--set", "data.shuffle_buffer=16",
+                          "--set", "eval.batch_size=16", timeout=480)
+            bad_output = bad.communicate(timeout=240)[0]
+        finally:
+            if bad.poll() is None:
+                bad.kill()
+                bad.wait()
+        assert bad.returncode != 0 and "no manifest.json" in bad_output, bad_output[-3000:]
         assert good.returncode == 0, good.stdout[-6000:] + good.stderr[-3000:]
         # a job joined the cluster with a store on the head: its workers log through the relay
         assert "workers log through a relay" in good.stdout, good.stdout[-3000:]
