@@ -97,6 +97,25 @@ def stage(proc):
     return 0 if name == "raylet" else 2 if name == "gcs_server" else 1
 
 
+def running(proc):
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def wait_exited(batch, timeout):
+    """The processes of ``batch`` still running after ``timeout`` s. An exited process whose parent has not
+    reaped it yet (a fake worker node's raylet, child of the autoscaler stopped in the next wave) is a zombie:
+    it has exited (psutil.wait_procs would wait on it until the timeout: 15 s per `down`)."""
+    deadline = time.time() + timeout
+    alive = [p for p in batch if running(p)]
+    while alive and time.time() < deadline:
+        time.sleep(0.1)
+        alive = [p for p in alive if running(p)]
+    return alive
+
+
 procs = find()
 for wave in (0, 1, 2):
     batch = [p for p in procs if stage(p) == wave]
@@ -105,13 +124,13 @@ for wave in (0, 1, 2):
             p.terminate()
         except psutil.Error:
             pass
-    _, alive = psutil.wait_procs(batch, timeout=10)
+    alive = wait_exited(batch, timeout=10)
     for p in alive:
         try:
             p.kill()
         except psutil.Error:
             pass
-    psutil.wait_procs(alive, timeout=5)
+    wait_exited(alive, timeout=5)
 for _ in range(20):  # anything spawned meanwhile (a worker a dying raylet was starting)
     left = find()
     if not left:
