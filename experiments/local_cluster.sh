@@ -108,9 +108,9 @@ def wait_exited(batch, timeout):
     """The processes of ``batch`` still running after ``timeout`` s. An exited process whose parent has not
     reaped it yet (a fake worker node's raylet, child of the autoscaler stopped in the next wave) is a zombie:
     it has exited (psutil.wait_procs would wait on it until the timeout: 15 s per `down`)."""
-    deadline = time.time() + timeout
+    deadline = time.monotonic() + timeout
     alive = [p for p in batch if running(p)]
-    while alive and time.time() < deadline:
+    while alive and time.monotonic() < deadline:
         time.sleep(0.1)
         alive = [p for p in alive if running(p)]
     return alive

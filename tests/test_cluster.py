@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -152,7 +153,8 @@ def test_local_cluster_round_trip_with_a_failing_and_a_finishing_job(synth_dir, 
         # a job that fails makes `submit` fail, with the job's error in its output; it runs beside the good job
         # (two drivers on one cluster, as users submit them; each job's start-up is seconds of imports)
         bad = subprocess.Popen(["bash", str(SCRIPT), "submit", "--set", f"data.path={tmp_path / 'nowhere'}"],
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+                               start_new_session=True)  # its `ray job submit` child goes with it if killed
         try:
             good = script("submit", "--set", f"data.path={synth_dir}", "--set",
                           f"train.output_dir={tmp_path / 'runs'}", "--set", "tracking.run_name=rehearsal",
@@ -162,7 +164,7 @@ def test_local_cluster_round_trip_with_a_failing_and_a_finishing_job(synth_dir, 
             bad_output = bad.communicate(timeout=240)[0]
         finally:
             if bad.poll() is None:
-                bad.kill()
+                os.killpg(bad.pid, signal.SIGKILL)
                 bad.wait()
         assert bad.returncode != 0 and "no manifest.json" in bad_output, bad_output[-3000:]
         assert good.returncode == 0, good.stdout[-6000:] + good.stderr[-3000:]
@@ -219,7 +221,9 @@ def test_node_loss_resumes_from_the_last_checkpoint_on_the_remaining_nodes(synth
     assert not result["error"], result["error"]
     assert result["workers_before"] == 2 and result["hosts"] == 2  # one training worker per node
     resumed_from = result["at_removal"]
-    assert resumed_from >= 5 and result["final_step"] == STEPS and result["status"] == "FINISHED"
+    # the node died mid-run (before the last step's checkpoint) and the restarted workers skipped what was trained
+    assert 5 <= resumed_from < STEPS and result["final_step"] == STEPS and result["status"] == "FINISHED"
+    assert result["stream_restart"].startswith(f"worker restarted at step {resumed_from}"), result
     logged = result["loss_steps"]
     assert logged[-1] == STEPS and set(logged) == set(range(5, STEPS + 1, 5))
     # continued from its last checkpoint: steps up to it were logged once (a restart from scratch
@@ -291,7 +295,12 @@ def _lose_a_node_mid_run(cluster, nodes, out: Path, synth: str) -> None:
     workers = [a for a in ray._private.state.actors().values()
                if a["ActorClassName"] == "RayTrainWorker" and a["State"] == "ALIVE"]
     hosts = {a["Address"]["NodeID"] for a in workers}
-    victim = next(n for n in nodes if n.node_id in hosts)
+    victim = next((n for n in nodes if n.node_id in hosts), None)
+    if victim is None:  # the run ended before its first checkpoint was registered: nothing to lose
+        print("RESULT " + json.dumps({"error": f"no live training worker at the first checkpoint "
+                                               f"({registered_steps()}): {outcome}"}), flush=True)
+        thread.join(timeout=300)
+        return
     cluster.remove_node(victim, allow_graceful=False)
     removed_after = time.time() - started
     thread.join(timeout=300)
@@ -303,8 +312,9 @@ def _lose_a_node_mid_run(cluster, nodes, out: Path, synth: str) -> None:
     if "result" in outcome:
         result = outcome["result"]
         client = MlflowClient(f"sqlite:///{out}/m.db")
-        report.update(final_step=read_state(result.checkpoint).step,
-                      status=client.get_run(result.run_id).info.status,
+        run = client.get_run(result.run_id)
+        report.update(final_step=read_state(result.checkpoint).step, status=run.info.status,
+                      stream_restart=run.data.tags.get("data.stream_restart", ""),
                       loss_steps=sorted(m.step for m in client.get_metric_history(result.run_id, "loss")))
     print("RESULT " + json.dumps(report), flush=True)
 

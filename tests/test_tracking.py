@@ -19,7 +19,7 @@ def test_experiments_open_on_the_runs_table_of_model_training(tmp_path):
     assert client.get_experiment(older).tags["mlflow.experimentKind"] == "custom_model_development"
 
 
-def test_the_pretraining_driver_imports_mlflow_only_when_it_opens_its_run():
+def test_the_pretraining_driver_does_not_import_mlflow_before_it_opens_its_run():
     """``oskar pretrain`` opens its MLflow run in a thread while Ray starts; MLflow's 1.7 s of imports go with
     it only if nothing imported MLflow before (oskar_ray/tracking.py imports it on first use)."""
     code = ("import sys, oskar_ray.cli, oskar_ray.train.ray_trainer, oskar_ray.train.worker_loop; "

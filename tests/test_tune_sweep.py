@@ -2,9 +2,10 @@
 halving (pause, cut, resume from the rung checkpoint, all through a driver killed while a trial is paused).
 
 A driver killed mid-sweep takes one path whatever the scheduler (``--resume``: Tune restores the experiment,
-a restarted trial continues from its last Ray Train checkpoint in its own child run, the stopped trials still
-lacking ``eval/*`` are evaluated): the synchronous-halving sweep asserts it, with a paused trial and a running
-one at the kill.
+each unfinished trial restarts in its own child run from its last Ray Train checkpoint, the stopped trials still
+lacking ``eval/*`` are evaluated, the parent run is finished): the synchronous-halving sweep asserts it, its
+paused trial continuing from the rung checkpoint and its running one (killed before its first checkpoint)
+restarting and being cut.
 
 A trial the scheduler stops takes the same path under either scheduler (Tune stops it; ``SweepCallback`` ends
 its run and the stopped-trial evaluator scores it at its last checkpoint): the synchronous-halving sweep
@@ -73,9 +74,7 @@ def test_smoke_sweep_end_to_end(ray_local, synth_dir, tmp_path):
     eval metrics, each trial evaluated exactly once, the sweep's tables and the report on the parent."""
     sweep = _sweep_file(tmp_path, synth_dir, {"budget.input_tokens": [32, 48]},
                         {"kind": "asha", "metric": "probe/fusion/knn_top1", "grace_period": 4}, name="r")
-    done = subprocess.run(_driver(sweep), env=_cluster_env(), cwd=tmp_path, capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = _run_driver(sweep, tmp_path, timeout=600)
     assert "mlflow ui --backend-store-uri sqlite:///" in done.stdout
     parent = json.loads(next((tmp_path / "sweeps").glob("r-*/oskar_sweep.json")).read_text())["parent_run_id"]
     client, children = _children(tmp_path, parent)
@@ -104,10 +103,15 @@ def test_synchronous_halving_pauses_cuts_at_the_rung_and_resumes_after_the_drive
     parent, _ = _kill_driver_once(sweep, tmp_path, _wait_for_frozen_trial_while_the_other_is_paused)
     # hung (timed out) with report_last_signal disabled; and, when the paused trial had logged a step past the
     # rung before the kill, without SynchronousHalving halving on past several rungs in one report
-    resumed = _resume(sweep, tmp_path, "--no-report", timeout=420)
+    resumed = _run_driver(sweep, tmp_path, "--resume", "--no-report", timeout=420)
+    assert "resuming sweep r" in resumed.stdout
     printed = (tmp_path / "driver.log").read_text() + resumed.stdout
     client, children = _children(tmp_path, parent)
     assert len(children) == 2  # the resumed trials kept their child runs
+    sweep_run = client.get_run(parent)  # the resumed driver finished the parent run and chose the best trial
+    assert sweep_run.info.status == "FINISHED" and sweep_run.data.tags["oskar.best_run_id"] in {
+        c.info.run_id for c in children}
+    assert "selected_trial.json" in {a.path for a in client.list_artifacts(parent)}
     runs = {c.data.params["train.lr"]: c for c in children}
     good, frozen = runs["0.002"], runs["1e-12"]
     assert f"[{good.data.tags['oskar.trial_id']}] paused at step 4" in printed
@@ -151,18 +155,18 @@ def _wait_for_frozen_trial_while_the_other_is_paused(tmp_path: Path, parent: str
     raise TimeoutError(f"no paused trial beside a started one:\n{log.read_text()[-3000:]}")
 
 
-def _resume(sweep: Path, tmp_path: Path, *args: str, timeout: float) -> subprocess.CompletedProcess:
-    """``--resume`` the sweep; it must succeed within ``timeout``. On failure or timeout the assertion shows what
-    the driver printed (a hang is otherwise a bare TimeoutExpired with the output cut to a few lines)."""
+def _run_driver(sweep: Path, tmp_path: Path, *args: str, timeout: float) -> subprocess.CompletedProcess:
+    """Run the sweep driver to its end; it must succeed within ``timeout``. On failure or timeout the assertion
+    shows what the driver printed (a hang is otherwise a bare TimeoutExpired with the output cut to a few lines)."""
     try:
-        resumed = subprocess.run(_driver(sweep, "--resume", *args), env=_cluster_env(), cwd=tmp_path,
-                                 capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(_driver(sweep, *args), env=_cluster_env(), cwd=tmp_path, capture_output=True,
+                              text=True, timeout=timeout)
     except subprocess.TimeoutExpired as hung:
-        out = (hung.stdout or b"").decode(errors="replace")
-        err = (hung.stderr or b"").decode(errors="replace")
-        pytest.fail(f"--resume still running after {timeout:g} s:\n{out[-4000:]}\n{err[-2000:]}")
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    return resumed
+        out = hung.stdout.decode(errors="replace") if isinstance(hung.stdout, bytes) else hung.stdout or ""
+        err = hung.stderr.decode(errors="replace") if isinstance(hung.stderr, bytes) else hung.stderr or ""
+        pytest.fail(f"sweep driver {' '.join(args)} still running after {timeout:g} s:\n{out[-4000:]}\n{err[-2000:]}")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
 
 
 def _cluster_env() -> dict:
