@@ -22,7 +22,7 @@ def test_experiments_open_on_the_runs_table_of_model_training(tmp_path):
 def test_the_pretraining_driver_does_not_import_mlflow_before_it_opens_its_run():
     """``oskar pretrain`` opens its MLflow run in a thread while Ray starts; MLflow's 1.7 s of imports go with
     it only if nothing imported MLflow before (oskar_ray/tracking.py imports it on first use)."""
-    code = ("import sys, oskar_ray.cli, oskar_ray.train.ray_trainer, oskar_ray.train.worker_loop; "
+    code = ("import sys, oskar_ray.cli, oskar_ray.train.ray_trainer; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'mlflow'))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
