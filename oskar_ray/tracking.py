@@ -22,14 +22,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
 
 from .config import OskarConfig
-
-if TYPE_CHECKING:
-    from mlflow.tracking import MlflowClient
-# MLflow itself is imported on first use (1.7 s of imports): `oskar pretrain` opens its run in a thread while
-# Ray starts, and the import goes with it instead of before both (oskar_ray/train/ray_trainer.py)
 
 #: MLflow refuses more than 100 params per log_batch call
 _PARAMS_PER_CALL = 100
@@ -46,8 +44,6 @@ def tracking_uri(cfg: OskarConfig) -> str:
 def client_for(uri: str) -> MlflowClient:
     """A client for ``uri``; in a Ray worker of a job whose driver started a relay for it
     (``oskar_ray.relay``: the store is reachable from the driver's node only), the relay's."""
-    from mlflow.tracking import MlflowClient
-
     if "ray" not in sys.modules:  # not a Ray process, so no relay: never import Ray just to look
         return MlflowClient(tracking_uri=uri)
     from . import relay
@@ -120,8 +116,6 @@ def start_run(cfg: OskarConfig, *, run_name: str = "", parent_run_id: str | None
 
 
 def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
-    from mlflow.entities import Param
-
     items = [Param(k, _param_text(v)) for k, v in params.items()]
     for i in range(0, len(items), _PARAMS_PER_CALL):
         client.log_batch(run_id, params=items[i:i + _PARAMS_PER_CALL])
@@ -135,8 +129,6 @@ def _param_text(value: Any) -> str:
 def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], step: int) -> None:
     import time
 
-    from mlflow.entities import Metric
-
     now = int(time.time() * 1000)
     batch = [Metric(_metric_key(k), float(v), now, step) for k, v in metrics.items()]
     client.log_batch(run_id, metrics=batch)
@@ -148,8 +140,6 @@ def _metric_key(key: str) -> str:
 
 
 def set_tags(client: MlflowClient, run_id: str, tags: dict[str, str]) -> None:
-    from mlflow.entities import RunTag
-
     client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
 
 

@@ -80,8 +80,7 @@ def pretrain(cfg: OskarConfig, *, resume: str | None = None, fail_at_step: int |
     name = run_name or cfg.tracking.run_name or time.strftime("pretrain-%Y%m%d-%H%M%S")
     uri = tracking_uri(cfg)
     with ThreadPoolExecutor(1) as pool:
-        # the MLflow run opens while Ray starts (seconds each; MLflow's own imports included: tracking.py imports
-        # it on first use), unless MLflow is reached through Ray (the relay)
+        # the MLflow run opens while Ray starts (seconds each), unless MLflow is reached through Ray (the relay)
         opening = None if relay.wanted(cfg.tracking.relay, uri) else \
             pool.submit(_open_run, cfg, name, resume, run_id, resume_changes)
         try:

@@ -26,7 +26,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import mlflow.tracking  # noqa: F401  (see below)
 import ray.train
 import ray.train.torch
 import torch
@@ -43,10 +42,6 @@ from ..tracking import client_for, log_metrics, set_tags
 from .checkpoint import TrainState, load_checkpoint, save_checkpoint
 from .step import NonFiniteLossError, build_optimizer, progress_line, seed_everything, train_step, unwrap
 from .timeline import Timeline
-
-# MLflow (which tracking.py imports on first use) is imported with this module, before the worker's stream
-# starts: imported by rank 0's first client, beside Ray Data's executor threads, it made the worker's start
-# 2-3 s longer (one GIL, two cores; experiments/bench_train.py --overhead, "monitor")
 
 
 class HealthMonitor:
