@@ -60,7 +60,9 @@ export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"
 cluster_id() { cat "$STATE/cluster_id" 2>/dev/null || true; }
 
 # Stop every process of this cluster: matched by the id in its environment or our temp dir in its
-# command line. Raylets first, then everything else, GCS last; SIGKILL after the grace period.
+# command line. Raylets first, then everything else, GCS last; SIGKILL after the grace period. A process that
+# exited but is not reaped yet counts as stopped (a fake worker node's raylet: its parent, the autoscaler, goes
+# in the next wave).
 stop_cluster() {
   "$PY" - "$(cluster_id)" "$RAY_DIR" <<'EOF'
 import os
