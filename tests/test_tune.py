@@ -263,3 +263,38 @@ def test_scheduler_decisions_are_rebuilt_from_the_runs_even_off_the_rung_steps()
     got = frame[["rung", "trial_id", "probe/mean", "rank", "decision"]].values.tolist()
     assert got == [[10, "a", 0.9, 1, "continued"], [10, "b", 0.5, 2, "continued"], [10, "c", 0.1, 3, "stopped at 10"],
                    [30, "a", 0.9, 1, "continued"], [30, "b", 0.6, 2, "stopped at 30"]]
+
+
+def test_a_trial_whose_run_finished_before_the_driver_died_reports_it_again_without_training(tmp_path,
+                                                                                             monkeypatch):
+    """``--resume`` after a driver died between a trial's end and Tune's next save of its state: Tune starts
+    the trial again, which finds its FINISHED child run and re-reports it — no second pretraining or
+    evaluation (the end-to-end sweeps reach this only by chance)."""
+    from mlflow.tracking import MlflowClient
+    from ray import tune
+
+    from oskar_ray.tune import trial as trial_module
+    from oskar_ray.tune.trial import STATUS, TRIAL_ID, TrialSetup, run_trial
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("sweep")
+    parent = client.create_run(experiment).info.run_id
+    done = client.create_run(experiment, tags={TRIAL_ID: "t_00001", "mlflow.parentRunId": parent,
+                                               STATUS: "completed"})
+    run_id = done.info.run_id
+    client.log_param(run_id, "train.steps", "12")
+    for key, value in {"loss": 0.5, "eval/action/fusion/linear/top1": 0.75, "train_flops": 3e10}.items():
+        client.log_metric(run_id, key, value, step=12)
+    client.set_terminated(run_id, "FINISHED")
+    spec = spec_from_dict({"name": "r", "base": str(SMOKE), "space": {"train.lr": [1e-3, 2e-3]},
+                           "select": {"metric": "eval/action/fusion/linear/top1"}})
+    setup = TrialSetup(spec, [], parent, uri, experiment)
+    reported = []
+    monkeypatch.setattr(tune, "get_context", lambda: type("Ctx", (), {"get_trial_id": lambda self: "t_00001"})())
+    monkeypatch.setattr(tune, "report", reported.append)
+    monkeypatch.setattr(trial_module, "train_and_evaluate", lambda *a: pytest.fail("the finished trial retrained"))
+    run_trial({"train.lr": 2e-3}, setup)
+    assert reported == [{"loss": 0.5, "eval/action/fusion/linear/top1": 0.75, "train_flops": 3e10, "step": 12}]
+    assert client.get_run(run_id).info.status == "FINISHED"  # left as it was
+    assert len(client.search_runs([experiment], filter_string=f"tags.`{TRIAL_ID}` = 't_00001'")) == 1
