@@ -296,18 +296,16 @@ def _lose_a_node_mid_run(cluster, nodes, out: Path, synth: str) -> None:
                if a["ActorClassName"] == "RayTrainWorker" and a["State"] == "ALIVE"]
     hosts = {a["Address"]["NodeID"] for a in workers}
     victim = next((n for n in nodes if n.node_id in hosts), None)
-    if victim is None:  # the run ended before its first checkpoint was registered: nothing to lose
-        print("RESULT " + json.dumps({"error": f"no live training worker at the first checkpoint "
-                                               f"({registered_steps()}): {outcome}"}), flush=True)
-        thread.join(timeout=300)
-        return
-    cluster.remove_node(victim, allow_graceful=False)
+    if victim is not None:
+        cluster.remove_node(victim, allow_graceful=False)
     removed_after = time.time() - started
     thread.join(timeout=300)
     report = {"error": outcome.get("error"), "at_removal": at_removal, "hosts": len(hosts),
               "workers_before": len(workers), "removed_after_s": round(removed_after, 1),
               "total_s": round(time.time() - started, 1)}
-    if thread.is_alive():
+    if victim is None:  # the run ended before its first checkpoint was registered: nothing was lost
+        report["error"] = f"no live training worker at the first checkpoint ({at_removal}): {outcome}"
+    elif thread.is_alive():
         report["error"] = "pretraining still running 300 s after the node loss"
     if "result" in outcome:
         result = outcome["result"]

@@ -67,11 +67,11 @@ def build_dataset(cfg, split: str, *, root: str | Path | None = None, train: boo
 
     ``train`` defaults to ``split == cfg.data.train_split`` (augmentation, random caption/question,
     shuffled shard order; rows are mixed further by the loader's local shuffle buffer).
-    ``seed``: a list streams one epoch per seed, one after the other (a union: a run's epochs); the manifest,
-    shard list and read units are read once for all of them.
+    ``seed``: a list streams one epoch per seed, one after the other (a union: a run's epochs); the manifest and
+    shard list are read once for all of them, and a raw split's read units too (an encoded split's Parquet
+    reader lists its files again per epoch).
     ``concurrency`` caps parallel read and preprocessing tasks (None: :func:`data_tasks`).
     """
-
     # a URI must stay a string: Path('s3://b/x') collapses to 's3:/b/x'
     root = str(root or cfg.data.path)
     if not root:
