@@ -43,7 +43,7 @@ class _Trial:
     """What the schedulers read of a Tune trial; Tune itself sets ``status`` from the returned decision."""
 
     def __init__(self, trial_id: str):
-        self.trial_id, self.status = trial_id, "RUNNING"
+        self.trial_id, self.status, self.last_result = trial_id, "RUNNING", {}
 
 
 class _Controller:
@@ -228,6 +228,46 @@ def test_synchronous_halving_restores_an_empty_bracket_and_rebuilds_it_from_the_
     assert restored.choose_trial_to_run(ctrl) is None  # t1 waits at rung 20
     assert _report(restored, ctrl, t[2], 20, 0.6) == "STOP"
     assert restored.choose_trial_to_run(ctrl) is t[1] and ctrl.stopped == []
+
+
+def test_synchronous_halving_ranks_restored_trials_from_their_last_result_without_restarting_them():
+    """``Tuner.restore`` re-adds unfinished trials as pending with the last result Tune's experiment state kept.
+    A trial paused at a rung is ranked there again from it and waits, pending, instead of being started only to
+    re-report its value (a trial start per paused trial); one whose last result holds no value runs first."""
+    import pickle
+
+    sched, ctrl, t = _sha(4, steps=40, grace=10, factor=2)  # rungs 10, 20; keep 2, then 1
+    restored, ctrl = pickle.loads(pickle.dumps(sched)), _Controller()
+    ctrl.scheduler = restored
+    t[0].status, t[3].status = "ERROR", "TERMINATED"
+    t[1].status, t[1].last_result = "PENDING", {"step": 20, "probe/mean": 0.9}  # was paused at rung 20
+    t[2].status, t[2].last_result = "PENDING", {"step": 15, "loss": 1.0}  # was training between probes
+    for trial in t:
+        restored.on_trial_add(ctrl, trial)
+    assert restored.choose_trial_to_run(ctrl) is t[2]  # t1 waits at rung 10 (and 20) without a restart
+    t[2].status = "RUNNING"
+    assert _report(restored, ctrl, t[2], 10, 0.5) == "CONTINUE"  # rung 10 keeps 2: both; t1 waits at 20
+    assert restored.choose_trial_to_run(ctrl) is None
+    assert _report(restored, ctrl, t[2], 20, 0.6) == "STOP"
+    assert restored.choose_trial_to_run(ctrl) is t[1] and ctrl.stopped == []
+    t[1].status = "RUNNING"  # restarted, it re-reports its rung value (report_last_signal): already decided
+    assert _report(restored, ctrl, t[1], 20, 0.9) == "CONTINUE"
+
+
+def test_synchronous_halving_decides_a_rung_every_restored_trial_waits_at():
+    """Restored trials may all have been ranked at the same undecided rung (the driver died after the last
+    report but before the decision reached the experiment state): nobody is left to report, so the rung is
+    decided when Tune asks for a trial to run — the loser stopped where it waits, the winner run."""
+    import pickle
+
+    sched, _, t = _sha(2, steps=40, grace=10, factor=2)  # rungs 10, 20; keep 1, then 1
+    restored, ctrl = pickle.loads(pickle.dumps(sched)), _Controller()
+    ctrl.scheduler = restored
+    for trial, score in zip(t, [0.3, 0.8], strict=True):
+        trial.status, trial.last_result = "PENDING", {"step": 10, "probe/mean": score}
+        restored.on_trial_add(ctrl, trial)
+    assert restored.choose_trial_to_run(ctrl) is t[1] and ctrl.stopped == ["t0"]
+    assert t[0].status == "TERMINATED"
 
 
 def test_synchronous_halving_needs_a_checkpoint_at_every_rung():

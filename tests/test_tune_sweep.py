@@ -90,9 +90,10 @@ def test_synchronous_halving_pauses_cuts_at_the_rung_and_resumes_after_the_drive
         ray_local, synth_dir, tmp_path):
     """One trial slot (conftest), grid order: the learning trial reaches the rung first and pauses; the driver
     dies while it waits paused and the frozen trial (lr ~ 0) has just started. ``--resume`` must rebuild the
-    rung (the paused trial re-reports its value), cut the frozen trial there — not let both train to the end —
-    and restart the paused trial from its rung checkpoint. (One sweep asserts pause, cut, resume-from-rung and
-    the driver's resume: each sweep costs four trial starts on 2 cores.)"""
+    rung (the paused trial ranked there again from the last result Tune kept, without a restart), cut the
+    frozen trial there — not let both train to the end — and restart the paused trial from its rung
+    checkpoint. (One sweep asserts pause, cut, resume-from-rung and the driver's resume: each sweep costs four
+    trial starts on 2 cores.)"""
     sweep = _sweep_file(tmp_path, synth_dir, {"train.lr": [2e-3, 1e-12]},
                         {"kind": "sha", "metric": "loss", "mode": "min", "grace_period": 4, "reduction_factor": 2},
                         name="r")
@@ -101,8 +102,9 @@ def test_synchronous_halving_pauses_cuts_at_the_rung_and_resumes_after_the_drive
     spec["overrides"].append("eval.tasks=[health]")  # evaluation is not under test here: the cheapest task
     sweep.write_text(yaml.safe_dump(spec))
     parent, _ = _kill_driver_once(sweep, tmp_path, _wait_for_frozen_trial_while_the_other_is_paused)
-    # hung (timed out) with report_last_signal disabled; and, when the paused trial had logged a step past the
-    # rung before the kill, without SynchronousHalving halving on past several rungs in one report
+    # hung (timed out) before the resumed scheduler ranked the paused trial at its rung again; and, when the
+    # paused trial had logged a step past the rung before the kill, without SynchronousHalving halving on past
+    # several rungs in one report
     resumed = _run_driver(sweep, tmp_path, "--resume", "--no-report", timeout=420)
     assert "resuming sweep r" in resumed.stdout
     printed = (tmp_path / "driver.log").read_text() + resumed.stdout

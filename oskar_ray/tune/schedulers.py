@@ -73,8 +73,12 @@ class SynchronousHalving(FIFOScheduler):
     bracket, which may decide the rung it held open.
 
     Nothing of the bookkeeping is pickled: Tune stores the scheduler with the
-    tuner and ``Tuner.restore`` rebuilds the bracket from the unfinished trials'
-    re-reported values (finished ones, re-added with their final status, are ignored).
+    tuner and ``Tuner.restore`` rebuilds the bracket from the unfinished trials it
+    re-adds (finished ones, re-added with their final status, are ignored): each is
+    ranked again from the last result Tune's experiment state kept for it, so a trial
+    that was paused at an undecided rung waits there without being started just to
+    report its value again; a trial whose kept result holds no value (it was running
+    between probes) re-reports its last value when it restarts (``trial.report_last_signal``).
 
     Limits (none reached by the sweeps here): a rung is decided once every trial
     *added so far* waits at it, so Tune must add all trials up front (it does below
@@ -127,6 +131,7 @@ class SynchronousHalving(FIFOScheduler):
         self._live.setdefault(trial.trial_id, trial)
         self._values.setdefault(trial.trial_id, {})
         self._cut.discard(trial.trial_id)
+        self._rank(trial.trial_id, trial.last_result or {})  # a restored trial: its last result before the restart
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         step = result.get(self._time_attr)
@@ -134,13 +139,8 @@ class SynchronousHalving(FIFOScheduler):
             return TrialScheduler.CONTINUE  # the final report comes before the trial's evaluation
         if trial.trial_id in self._cut:
             return TrialScheduler.STOP
-        value = result.get(self._rank_metric)
-        if value is None or trial.trial_id not in self._live:
+        if not self._rank(trial.trial_id, result):
             return TrialScheduler.CONTINUE  # reports between probes lack the metric
-        values = self._values[trial.trial_id]
-        for k in range(self._decided, len(self._rungs)):
-            if self._rungs[k] <= step:
-                values.setdefault(k, float(value))
         # A restarted trial re-reports the last value it logged, which may lie past several rungs (it trained on
         # while being paused): decide every rung all live trials passed, or the winner could wait paused at the
         # next one with no trial left to report — a sweep that never ends.
@@ -162,13 +162,16 @@ class SynchronousHalving(FIFOScheduler):
             self._decide_rungs(tune_controller, reporting=None)
 
     def choose_trial_to_run(self, tune_controller):
-        """Pending trials first (add order), then paused trials not waiting at an undecided rung (promoted)."""
-        live = list(self._live.values())
+        """Pending trials first (add order), then paused trials, in both cases not waiting at an undecided rung
+        (a paused trial that is not waiting was promoted; a pending one waits when it was restored ranked)."""
+        # trials restored ranked at a rung may be all the bracket has left: nobody would report to decide it
+        self._decide_rungs(tune_controller, reporting=None)
+        live = [trial for trial in self._live.values() if not self._waiting(trial.trial_id)]
         for trial in live:
             if trial.status == Trial.PENDING:
                 return trial
         for trial in live:
-            if trial.status == Trial.PAUSED and not self._waiting(trial.trial_id):
+            if trial.status == Trial.PAUSED:
                 return trial
         return None
 
@@ -182,6 +185,18 @@ class SynchronousHalving(FIFOScheduler):
                 f"{len(self._cut)} stopped")
 
     # -- the bracket -----------------------------------------------------------------------------------------
+
+    def _rank(self, trial_id: str, result: dict) -> bool:
+        """Record ``result``'s value at every undecided rung its step reached (a trial is ranked at a rung by its
+        first report there). False when the result holds no value to rank or the trial left the bracket."""
+        step, value = result.get(self._time_attr), result.get(self._rank_metric)
+        if step is None or step >= self._max_t or value is None or trial_id not in self._live:
+            return False
+        values = self._values[trial_id]
+        for k in range(self._decided, len(self._rungs)):
+            if self._rungs[k] <= step:
+                values.setdefault(k, float(value))
+        return True
 
     def _waiting(self, trial_id: str) -> bool:
         """Ranked at the lowest undecided rung: it waits there (paused) until the rung is decided."""
