@@ -31,7 +31,7 @@
 #   MLFLOW_TRACKING_URI    forwarded to the job (default: sqlite:///<repo>/mlflow.db)
 #   OSKAR_STORAGE          forwarded to the job when set (root for relative storage paths)
 #   OSKAR_DATA             dataset for `submit` (default <repo>/data/local-cluster-synth, synthesised once)
-#   AUTOSCALER_UPDATE_INTERVAL_S  seconds between the autoscaler's looks at demand (default here 1; Ray's 5)
+#   AUTOSCALER_UPDATE_INTERVAL_S  whole seconds between the autoscaler's looks at demand (default here 1; Ray's 5)
 set -euo pipefail
 
 usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }

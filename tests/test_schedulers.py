@@ -45,6 +45,9 @@ class _Trial:
     def __init__(self, trial_id: str):
         self.trial_id, self.status, self.last_result = trial_id, "RUNNING", {}
 
+    def set_status(self, status: str) -> None:
+        self.status = status
+
 
 class _Controller:
     """The one TuneController method SynchronousHalving calls: ``stop_trial``, which (as Tune's) tells the
@@ -230,10 +233,11 @@ def test_synchronous_halving_restores_an_empty_bracket_and_rebuilds_it_from_the_
     assert restored.choose_trial_to_run(ctrl) is t[1] and ctrl.stopped == []
 
 
-def test_synchronous_halving_ranks_restored_trials_from_their_last_result_without_restarting_them():
-    """``Tuner.restore`` re-adds unfinished trials as pending with the last result Tune's experiment state kept.
-    A trial paused at a rung is ranked there again from it and waits, pending, instead of being started only to
-    re-report its value (a trial start per paused trial); one whose last result holds no value runs first."""
+def test_synchronous_halving_files_a_restored_trial_waiting_at_a_rung_as_paused():
+    """``Tuner.restore`` re-adds unfinished trials as pending with the last result Tune's experiment state kept,
+    and Tune starts every pending trial a slot frees for. A trial that was paused at a rung is ranked there again
+    from that result and filed paused (Tune reads the status after ``on_trial_add``), so it is not started only to
+    re-report its value and pause again; one whose last result holds no value stays pending and runs."""
     import pickle
 
     sched, ctrl, t = _sha(4, steps=40, grace=10, factor=2)  # rungs 10, 20; keep 2, then 1
@@ -244,12 +248,13 @@ def test_synchronous_halving_ranks_restored_trials_from_their_last_result_withou
     t[2].status, t[2].last_result = "PENDING", {"step": 15, "loss": 1.0}  # was training between probes
     for trial in t:
         restored.on_trial_add(ctrl, trial)
-    assert restored.choose_trial_to_run(ctrl) is t[2]  # t1 waits at rung 10 (and 20) without a restart
+    assert (t[1].status, t[2].status) == ("PAUSED", "PENDING")
+    assert restored.choose_trial_to_run(ctrl) is t[2]
     t[2].status = "RUNNING"
     assert _report(restored, ctrl, t[2], 10, 0.5) == "CONTINUE"  # rung 10 keeps 2: both; t1 waits at 20
     assert restored.choose_trial_to_run(ctrl) is None
     assert _report(restored, ctrl, t[2], 20, 0.6) == "STOP"
-    assert restored.choose_trial_to_run(ctrl) is t[1] and ctrl.stopped == []
+    assert restored.choose_trial_to_run(ctrl) is t[1] and ctrl.stopped == []  # promoted: restarts now
     t[1].status = "RUNNING"  # restarted, it re-reports its rung value (report_last_signal): already decided
     assert _report(restored, ctrl, t[1], 20, 0.9) == "CONTINUE"
 
@@ -266,6 +271,7 @@ def test_synchronous_halving_decides_a_rung_every_restored_trial_waits_at():
     for trial, score in zip(t, [0.3, 0.8], strict=True):
         trial.status, trial.last_result = "PENDING", {"step": 10, "probe/mean": score}
         restored.on_trial_add(ctrl, trial)
+    assert [trial.status for trial in t] == ["PAUSED", "PAUSED"]
     assert restored.choose_trial_to_run(ctrl) is t[1] and ctrl.stopped == ["t0"]
     assert t[0].status == "TERMINATED"
 

@@ -90,8 +90,8 @@ def test_synchronous_halving_pauses_cuts_at_the_rung_and_resumes_after_the_drive
         ray_local, synth_dir, tmp_path):
     """One trial slot (conftest), grid order: the learning trial reaches the rung first and pauses; the driver
     dies while it waits paused and the frozen trial (lr ~ 0) has just started. ``--resume`` must rebuild the
-    rung (the paused trial ranked there again from the last result Tune kept, without a restart), cut the
-    frozen trial there — not let both train to the end — and restart the paused trial from its rung
+    rung (the paused trial ranked there again from the last result Tune kept and left paused, not restarted),
+    cut the frozen trial there — not let both train to the end — and restart the paused trial from its rung
     checkpoint. (One sweep asserts pause, cut, resume-from-rung and the driver's resume: each sweep costs four
     trial starts on 2 cores.)"""
     sweep = _sweep_file(tmp_path, synth_dir, {"train.lr": [2e-3, 1e-12]},
@@ -102,7 +102,8 @@ def test_synchronous_halving_pauses_cuts_at_the_rung_and_resumes_after_the_drive
     spec["overrides"].append("eval.tasks=[health]")  # evaluation is not under test here: the cheapest task
     sweep.write_text(yaml.safe_dump(spec))
     parent, _ = _kill_driver_once(sweep, tmp_path, _wait_for_frozen_trial_while_the_other_is_paused)
-    # hung (timed out) before the resumed scheduler ranked the paused trial at its rung again; and, when the
+    # hung (timed out) when the resumed scheduler did not rank the paused trial at its rung again (then done by
+    # report_last_signal on its restart; now from Tune's kept last result, test_schedulers.py); and, when the
     # paused trial had logged a step past the rung before the kill, without SynchronousHalving halving on past
     # several rungs in one report
     resumed = _run_driver(sweep, tmp_path, "--resume", "--no-report", timeout=420)
@@ -117,6 +118,8 @@ def test_synchronous_halving_pauses_cuts_at_the_rung_and_resumes_after_the_drive
     runs = {c.data.params["train.lr"]: c for c in children}
     good, frozen = runs["0.002"], runs["1e-12"]
     assert f"[{good.data.tags['oskar.trial_id']}] paused at step 4" in printed
+    # restored paused, the good trial starts once in the resumed driver: when promoted (not first to re-report)
+    assert resumed.stdout.count(f"[{good.data.tags['oskar.trial_id']}] started:") == 1, resumed.stdout[-3000:]
     assert good.info.status == "FINISHED" and good.data.tags["oskar.trial_status"] == "completed"
     assert "eval/health/fusion/rankme" in good.data.metrics and good.data.tags["oskar.evaluated_at_step"] == "12"
     assert frozen.info.status == "FINISHED" and frozen.data.tags["oskar.trial_status"] == "early_stopped"

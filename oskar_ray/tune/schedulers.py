@@ -75,9 +75,9 @@ class SynchronousHalving(FIFOScheduler):
     Nothing of the bookkeeping is pickled: Tune stores the scheduler with the
     tuner and ``Tuner.restore`` rebuilds the bracket from the unfinished trials it
     re-adds (finished ones, re-added with their final status, are ignored): each is
-    ranked again from the last result Tune's experiment state kept for it, so a trial
-    that was paused at an undecided rung waits there without being started just to
-    report its value again; a trial whose kept result holds no value (it was running
+    ranked again from the last result Tune's experiment state kept for it, and one
+    that waits at an undecided rung is filed paused again (not started just to report
+    its value and pause); a trial whose kept result holds no value (it was training
     between probes) re-reports its last value when it restarts (``trial.report_last_signal``).
 
     Limits (none reached by the sweeps here): a rung is decided once every trial
@@ -131,7 +131,12 @@ class SynchronousHalving(FIFOScheduler):
         self._live.setdefault(trial.trial_id, trial)
         self._values.setdefault(trial.trial_id, {})
         self._cut.discard(trial.trial_id)
-        self._rank(trial.trial_id, trial.last_result or {})  # a restored trial: its last result before the restart
+        # a restored trial: ranked again from its last result before the interrupt. One waiting at a rung is filed
+        # paused, as it was: Tune reads the status after this call, and starts a pending trial as soon as a trial
+        # slot is free whatever choose_trial_to_run says — it would start only to re-report its value and pause
+        if self._rank(trial.trial_id, trial.last_result or {}) and trial.status == Trial.PENDING \
+                and self._waiting(trial.trial_id):
+            trial.set_status(Trial.PAUSED)
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         step = result.get(self._time_attr)
@@ -162,16 +167,15 @@ class SynchronousHalving(FIFOScheduler):
             self._decide_rungs(tune_controller, reporting=None)
 
     def choose_trial_to_run(self, tune_controller):
-        """Pending trials first (add order), then paused trials, in both cases not waiting at an undecided rung
-        (a paused trial that is not waiting was promoted; a pending one waits when it was restored ranked)."""
-        # trials restored ranked at a rung may be all the bracket has left: nobody would report to decide it
+        """Pending trials first (add order), then paused trials not waiting at an undecided rung (promoted)."""
+        # trials restored paused at a rung may be all the bracket has left: nobody would report to decide it
         self._decide_rungs(tune_controller, reporting=None)
-        live = [trial for trial in self._live.values() if not self._waiting(trial.trial_id)]
+        live = list(self._live.values())
         for trial in live:
             if trial.status == Trial.PENDING:
                 return trial
         for trial in live:
-            if trial.status == Trial.PAUSED:
+            if trial.status == Trial.PAUSED and not self._waiting(trial.trial_id):
                 return trial
         return None
 
