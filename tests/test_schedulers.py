@@ -83,6 +83,15 @@ def _sha(num_trials: int, steps: int, grace: int, factor: int, **scheduler):
     return sched, ctrl, trials
 
 
+def _restored(sched):
+    """The scheduler as a resumed driver gets it (unpickled from tuner.pkl) and a fresh controller for it."""
+    import pickle
+
+    restored, ctrl = pickle.loads(pickle.dumps(sched)), _Controller()
+    ctrl.scheduler = restored
+    return restored, ctrl
+
+
 def _report(sched, ctrl, trial, step: int, value: float, metric: str = "probe/mean") -> str:
     """One report; the trial's status follows the decision, as Tune sets it."""
     decision = sched.on_trial_result(ctrl, trial, {"step": step, metric: value})
@@ -207,8 +216,6 @@ def test_synchronous_halving_under_mode_min_keeps_the_lowest_and_cuts_a_nan():
 def test_synchronous_halving_restores_an_empty_bracket_and_rebuilds_it_from_the_unfinished_trials():
     """Tune pickles the scheduler with the tuner (tuner.pkl); Tuner.restore re-adds every trial, the finished
     ones with their final status. No stale bookkeeping may survive the pickle: it would wait for trials gone."""
-    import pickle
-
     sched, ctrl, t = _sha(4, steps=40, grace=10, factor=2)  # rungs 10, 20; keep 2, then 1
     for trial, score in zip(t, [0.1, 0.9, 0.5, 0.3], strict=True):
         _report(sched, ctrl, trial, 10, score)
@@ -216,8 +223,7 @@ def test_synchronous_halving_restores_an_empty_bracket_and_rebuilds_it_from_the_
     sched.choose_trial_to_run(ctrl).status = "RUNNING"
     assert _report(sched, ctrl, t[1], 20, 0.9) == "PAUSE"
     # the driver dies here; the restored driver unpickles the scheduler and re-adds the trials
-    restored, ctrl = pickle.loads(pickle.dumps(sched)), _Controller()
-    ctrl.scheduler = restored
+    restored, ctrl = _restored(sched)
     assert restored.choose_trial_to_run(ctrl) is None
     t[0].status, t[1].status, t[2].status = "ERROR", "PENDING", "PENDING"  # t3 stays TERMINATED (cut)
     for trial in t:
@@ -238,11 +244,8 @@ def test_synchronous_halving_files_a_restored_trial_waiting_at_a_rung_as_paused(
     and Tune starts every pending trial a slot frees for. A trial that was paused at a rung is ranked there again
     from that result and filed paused (Tune reads the status after ``on_trial_add``), so it is not started only to
     re-report its value and pause again; one whose last result holds no value stays pending and runs."""
-    import pickle
-
     sched, ctrl, t = _sha(4, steps=40, grace=10, factor=2)  # rungs 10, 20; keep 2, then 1
-    restored, ctrl = pickle.loads(pickle.dumps(sched)), _Controller()
-    ctrl.scheduler = restored
+    restored, ctrl = _restored(sched)
     t[0].status, t[3].status = "ERROR", "TERMINATED"
     t[1].status, t[1].last_result = "PENDING", {"step": 20, "probe/mean": 0.9}  # was paused at rung 20
     t[2].status, t[2].last_result = "PENDING", {"step": 15, "loss": 1.0}  # was training between probes
@@ -263,11 +266,8 @@ def test_synchronous_halving_decides_a_rung_every_restored_trial_waits_at():
     """Restored trials may all have been ranked at the same undecided rung (the driver died after the last
     report but before the decision reached the experiment state): nobody is left to report, so the rung is
     decided when Tune asks for a trial to run — the loser stopped where it waits, the winner run."""
-    import pickle
-
     sched, _, t = _sha(2, steps=40, grace=10, factor=2)  # rungs 10, 20; keep 1, then 1
-    restored, ctrl = pickle.loads(pickle.dumps(sched)), _Controller()
-    ctrl.scheduler = restored
+    restored, ctrl = _restored(sched)
     for trial, score in zip(t, [0.3, 0.8], strict=True):
         trial.status, trial.last_result = "PENDING", {"step": 10, "probe/mean": score}
         restored.on_trial_add(ctrl, trial)

@@ -167,8 +167,8 @@ def _run_driver(sweep: Path, tmp_path: Path, *args: str, timeout: float) -> subp
         done = subprocess.run(_driver(sweep, *args), env=_cluster_env(), cwd=tmp_path, capture_output=True,
                               text=True, timeout=timeout)
     except subprocess.TimeoutExpired as hung:
-        out = hung.stdout.decode(errors="replace") if isinstance(hung.stdout, bytes) else hung.stdout or ""
-        err = hung.stderr.decode(errors="replace") if isinstance(hung.stderr, bytes) else hung.stderr or ""
+        out, err = (text.decode(errors="replace") if isinstance(text, bytes) else text or ""
+                    for text in (hung.stdout, hung.stderr))  # bytes on a timeout even with text=True
         pytest.fail(f"sweep driver {' '.join(args)} still running after {timeout:g} s:\n{out[-4000:]}\n{err[-2000:]}")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done
