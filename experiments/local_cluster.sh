@@ -51,6 +51,7 @@ fi
 PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")"   # absolute: job drivers run elsewhere
 RAY="$(dirname "$PY")/ray"
 DASHBOARD="http://127.0.0.1:$DASHBOARD_PORT"
+AUTOSCALER_INTERVAL="${AUTOSCALER_UPDATE_INTERVAL_S:-1}"
 
 # quiet, private Ray: no usage stats, no progress bars, temp files in our state dir
 export RAY_USAGE_STATS_ENABLED=0 RAY_DATA_DISABLE_PROGRESS_BARS=1 RAY_TMPDIR="$RAY_DIR"
@@ -200,6 +201,11 @@ EOF
 }
 
 up() {
+  # Ray reads it as an integer: anything else crashes the autoscaler and jobs then wait forever for worker nodes
+  if [[ ! "$AUTOSCALER_INTERVAL" =~ ^[1-9][0-9]*$ ]]; then
+    echo "AUTOSCALER_UPDATE_INTERVAL_S=$AUTOSCALER_INTERVAL: must be a whole number of seconds >= 1" >&2
+    exit 1
+  fi
   if [[ -n "$(cluster_id)" ]] && alive; then
     echo "a cluster is already up at $DASHBOARD ($STATE); run: $0 down" >&2
     exit 1
@@ -228,7 +234,7 @@ EOF
   # head: CPU 0 like cluster.yaml's (runs GCS, dashboard, job drivers, the autoscaler; no tasks).
   # The autoscaler looks at demand every 1 s instead of Ray's 5: a fake node starts in a second, so the default
   # poll was most of the ~10 s a job's trainer waited for its worker nodes (a cloud node takes minutes: 5 s is fine)
-  env RAY_FAKE_CLUSTER=1 OSKAR_LOCAL_CLUSTER_ID="$id" AUTOSCALER_UPDATE_INTERVAL_S="${AUTOSCALER_UPDATE_INTERVAL_S:-1}" \
+  env RAY_FAKE_CLUSTER=1 OSKAR_LOCAL_CLUSTER_ID="$id" AUTOSCALER_UPDATE_INTERVAL_S="$AUTOSCALER_INTERVAL" \
     "$RAY" start --head --autoscaling-config="$STATE/cluster.local.yaml" \
     --port="$PORT" --num-cpus=0 --object-store-memory=300000000 \
     --include-dashboard=true --dashboard-host=127.0.0.1 --dashboard-port="$DASHBOARD_PORT" \

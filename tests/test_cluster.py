@@ -81,6 +81,17 @@ def test_cluster_yaml_binds_services_to_localhost_and_holds_no_secrets():
         assert secret.lower() not in text.lower()
 
 
+def test_local_cluster_refuses_an_autoscaler_interval_ray_cannot_read(tmp_path):
+    """Ray reads AUTOSCALER_UPDATE_INTERVAL_S as an integer: 0.5 would crash the autoscaler and leave jobs waiting
+    for worker nodes forever. `up` refuses it with the variable and the rule, before starting anything."""
+    state = tmp_path / "state"
+    env = {**os.environ, "AUTOSCALER_UPDATE_INTERVAL_S": "0.5", "OSKAR_CLUSTER_DIR": str(state)}
+    done = subprocess.run(["bash", str(SCRIPT), "up"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "AUTOSCALER_UPDATE_INTERVAL_S=0.5: must be a whole number of seconds >= 1" in done.stderr
+    assert not state.exists()  # nothing started, nothing written
+
+
 # ---- helpers ----------------------------------------------------------------------------
 
 def _free_ports(n: int) -> list[int]:
