@@ -12,7 +12,7 @@ cycling over the videos, then measures, side by side in one run:
 1. the limit: a tight loop of PyAV decodes (``decode_clip``: seek, decode the
    window, swscale to the crop, no Python around it but the loop) of the same
    training clips, one process per core;
-2. the product: Ray Data's pipeline (``build_dataset``: read_parquet →
+2. the product: Ray Data's pipeline (``build_dataset``: read units →
    map_batches(preprocess_batch) with video only: window + random resized crop +
    decode + normalise), iterated to the end after a warm-up pass;
 

@@ -42,17 +42,12 @@ DOCUMENTED_QUIET_ENV = {"RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_USAGE_STATS_
 #: read by Ray Train V2 / Ray Data from the environment, but not documented (tests/test_ray_runtime.py checks
 #: Ray still reads them): no stdout patching in train workers; Ray Data logs warnings only
 INTERNAL_QUIET_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_DATA_LOG_LEVEL": "WARNING"}
-#: start-up and wind-down knobs read from the environment by Ray 2.60, not documented (tests/test_ray_runtime.py
-#: checks Ray still reads them). Ray Data's Parquet reader lists a dataset by reading every file's footer on a
-#: pool of 32 actors by default: 32 processes to start before the first row is read (measured: 20-35 s to the
-#: first batch on 2 cores; one actor reads the footers of 79 files in well under a second). Ray Train V2's
-#: controller polls its workers every 2 s, so a finished run waits up to 2 s to be noticed, each attempt to
-#: start too; 0.5 s costs a few cheap actor calls a second.
-#: The same reader packs row groups into read tasks of 128 MB: 20 row groups of 20 files before the first row
-#: moves on; 16 MB (a few row groups) gets the first rows to preprocessing in a fraction of a second.
-#: (The reader now serves encoded-video splits only; raw clips are read by one task per shard, data/pipeline.py.)
-INTERNAL_SPEED_ENV = {"RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
-                      "RAY_DATA_PARQUET_BIN_PACKING_BYTES": str(16 * 2**20)}
+#: a wind-down knob read from the environment by Ray 2.60, not documented (tests/test_ray_runtime.py checks Ray
+#: still reads it): Ray Train V2's controller polls its workers every 2 s, so a finished run waits up to 2 s to be
+#: noticed, each attempt to start too; 0.5 s costs a few cheap actor calls a second.
+#: (Ray Data's Parquet reader, and with it its footer-actor and read-task knobs, is no longer used: every split is
+#: read by one task per shard or row group, data/pipeline.py.)
+INTERNAL_SPEED_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
 #: what every process of a run gets, unless the variable is exported already
 QUIET_ENV = {**DOCUMENTED_QUIET_ENV, **INTERNAL_QUIET_ENV, **INTERNAL_SPEED_ENV}
 

@@ -141,7 +141,8 @@ def test_read_tasks_cover_every_row_once_by_shard_or_by_row_group_and_read_uris(
     assert len(by_group) == sum(pq.ParquetFile(p).num_row_groups for p in paths) > len(paths)
     assert [u["row_group"] for u in by_shard] == [-1] * len(paths)
     uris = [{**u, "path": "file://" + u["path"]} for u in by_group]
-    kwargs = {"cfg": cfg, "meta": meta, "train": True, "seed": 0, "with_masks": True, "modalities": {}}
+    kwargs = {"cfg": cfg, "meta": meta, "train": True, "seed": 0, "with_masks": True, "modalities": {},
+              "rows": MAP_BATCH_SIZE}
     seen = []
     for units in (by_group, by_shard, uris):
         batches = [b for u in units for b in _read_and_preprocess(

@@ -21,8 +21,8 @@ on untrimmed splits) and the token-budget indices ``input_index`` /
 ``target_index`` drawn CPU-side.
 
 Memory stays bounded: Ray Data's streaming executor runs a few read-and-preprocess
-tasks at a time, each holding one 64-row batch (raw clips; encoded-video splits go
-through ``read_parquet``), ``map_batches`` runs in fractional-CPU tasks
+tasks at a time, each holding one batch (64 raw clips, or 8 clips decoded from encoded
+video), ``map_batches`` runs in fractional-CPU tasks
 (``data.cpus_per_task``; 2-core laptops need fractions, see RAY_NOTES.md) and
 backpressure keeps the object store below its configured size, so a dataset
 far larger than the object store streams through (tested in
@@ -48,9 +48,9 @@ from .preprocess import DatasetMeta, batch_rng, nest_present, preprocess_batch
 
 #: rows per map_batches call; independent of the training batch size (re-batched downstream)
 MAP_BATCH_SIZE = 64
-#: for encoded video: each row is a decode (~0.1 s at 224^2) and its clip 9.6 MB of float32, so a task takes a
-#: few rows: enough to amortise the per-task cost, few enough to spread decoding and keep blocks ~77 MB
-#: (bench_decode.py, Ray Data / tight PyAV loop: 4 rows 0.74, 8 rows 0.81-0.86, 16 rows 1.10 with 154 MB blocks)
+#: for encoded video: each row is a decode (~0.1 s at 224^2) and its clip 9.6 MB of float32, so a task yields a
+#: few rows at a time: blocks of ~77 MB (bench_decode.py, Ray Data / tight PyAV loop, then with read_parquet and
+#: 4 / 8 / 16-row tasks: 0.74, 0.81-0.86, 1.10 with 154 MB blocks; one task per 16-video shard: 0.80-0.94)
 ENCODED_MAP_BATCH_SIZE = 8
 
 
@@ -67,9 +67,8 @@ def build_dataset(cfg, split: str, *, root: str | Path | None = None, train: boo
 
     ``train`` defaults to ``split == cfg.data.train_split`` (augmentation, random caption/question,
     shuffled shard order; rows are mixed further by the loader's local shuffle buffer).
-    ``seed``: a list streams one epoch per seed, one after the other (a union: a run's epochs); the manifest and
-    shard list are read once for all of them, and a raw split's read units too (an encoded split's Parquet
-    reader lists its files again per epoch).
+    ``seed``: a list streams one epoch per seed, one after the other (a union: a run's epochs); the manifest,
+    shard list and read units are read once for all of them.
     ``concurrency`` caps parallel read and preprocessing tasks (None: :func:`data_tasks`).
     """
     # a URI must stay a string: Path('s3://b/x') collapses to 's3:/b/x'
@@ -83,20 +82,22 @@ def build_dataset(cfg, split: str, *, root: str | Path | None = None, train: boo
     paths = store.split_paths(root, split)
     fn_kwargs = {"cfg": cfg, "meta": meta, "train": train, "with_masks": with_masks,
                  "modalities": carried_modalities(cfg.enabled_modalities)}
-    if meta.video_storage == ENCODED:
-        epochs = [_encoded_dataset(cfg, paths, meta, train, s, tasks, {**fn_kwargs, "seed": s}) for s in seeds]
-    else:
-        epochs = _raw_epochs(cfg, f"{root}: split {split!r}", paths, train, seeds, tasks, fn_kwargs)
+    encoded = meta.video_storage == ENCODED
+    epochs = _epochs(f"{root}: split {split!r}", paths, train, seeds, tasks, fn_kwargs,
+                     rows=ENCODED_MAP_BATCH_SIZE if encoded else MAP_BATCH_SIZE,
+                     cpus=cfg.data.decode_cpus_per_task if encoded else cfg.data.cpus_per_task)
     return epochs[0].union(*epochs[1:]) if len(epochs) > 1 else epochs[0]
 
 
-def _raw_epochs(cfg, where: str, paths: list[str], train: bool, seeds: list[int], tasks: int | None,
-                fn_kwargs: dict) -> list:
-    """Raw clips, one dataset per epoch seed: each task reads its part of a shard in 64-row batches and
-    preprocesses them as it goes. (Ray Data's Parquet reader would first run a file-listing task and a
-    footer-reading actor, two more processes to start before the first row moves: ~3.5 s of every run's first
-    batch on 2 cores, experiments/bench_train.py --overhead.) Order shuffled per epoch seed; rows are mixed
-    further by the local shuffle buffer. The read units (footers, for a small split) are read once."""
+def _epochs(where: str, paths: list[str], train: bool, seeds: list[int], tasks: int | None, fn_kwargs: dict, *,
+            rows: int, cpus: float) -> list:
+    """One dataset per epoch seed: each task reads its read unit (a shard, or a row group of a small split) in
+    ``rows``-row batches and preprocesses them as it goes — raw clips 64 at a time, encoded videos 8 (each a
+    decode, so decoding spreads over the tasks). Ray Data's Parquet reader would first run a file-listing task
+    and a footer-reading actor per epoch, processes to start before the first row moves: ~3.5 s of every run's
+    first batch on 2 cores (experiments/bench_train.py --overhead), and for a small split streamed for many
+    epochs one actor per epoch (24 encoded videos, 20 epochs: 41 s to the first batch). Order shuffled per
+    epoch seed; rows are mixed further by the local shuffle buffer. The read units are listed once."""
     import ray.data
 
     units = read_units(paths, tasks)
@@ -106,8 +107,8 @@ def _raw_epochs(cfg, where: str, paths: list[str], train: bool, seeds: list[int]
     for seed in seeds:
         order = np.random.default_rng(seed).permutation(len(units)) if train else range(len(units))
         parts = ray.data.from_items([units[i] for i in order], override_num_blocks=len(units))
-        epochs.append(parts.map_batches(_read_and_preprocess, batch_size=1, num_cpus=cfg.data.cpus_per_task,
-                                        fn_kwargs={**fn_kwargs, "seed": seed}, concurrency=tasks))
+        epochs.append(parts.map_batches(_read_and_preprocess, batch_size=1, num_cpus=cpus, concurrency=tasks,
+                                        fn_kwargs={**fn_kwargs, "seed": seed, "rows": rows}))
     return epochs
 
 
@@ -134,35 +135,16 @@ def _open_shard(path: str, **options) -> pq.ParquetFile:
     return pq.ParquetFile(inner, filesystem=filesystem, **options)
 
 
-def _read_and_preprocess(units: dict[str, np.ndarray], **preprocess) -> Iterator[dict[str, np.ndarray]]:
-    """The rows of the given read units as preprocessed batches of :data:`MAP_BATCH_SIZE` rows (a generator:
-    Ray Data streams each batch on while the next is read and made; a task holds one batch at a time)."""
+def _read_and_preprocess(units: dict[str, np.ndarray], rows: int, **preprocess) -> Iterator[dict[str, np.ndarray]]:
+    """The rows of the given read units as preprocessed batches of ``rows`` rows (a generator: Ray Data streams
+    each batch on while the next is read and made; a task holds one batch at a time)."""
     meta = preprocess["meta"]
     for path, group in zip(units["path"], units["row_group"], strict=True):
         groups = None if group < 0 else [int(group)]
         with _open_shard(str(path), pre_buffer=True) as shard:  # pre-buffered: fewer, larger reads on object storage
-            for part in shard.iter_batches(batch_size=MAP_BATCH_SIZE, row_groups=groups, columns=meta.read_columns):
+            for part in shard.iter_batches(batch_size=rows, row_groups=groups, columns=meta.read_columns):
                 yield _ray_preprocess({name: part.column(name).to_numpy(zero_copy_only=False)
                                        for name in part.schema.names}, **preprocess)
-
-
-def _encoded_dataset(cfg, paths: list[str], meta: DatasetMeta, train: bool, seed: int, tasks: int | None,
-                     fn_kwargs: dict):
-    """Encoded video: decoding dominates (~0.1 s a clip at 224^2), so work is split by clips, not shards."""
-    import ray.data
-
-    # shard order shuffled as the files are listed, not with randomize_block_order: that is an
-    # all-to-all barrier that reads the whole split before the first row is preprocessed
-    shuffle = ray.data.FileShuffleConfig(seed=seed) if train else None
-    # Ray 2.60 runs the parquet reads as their own tasks (not fused into map_batches): a light share each, so a
-    # busy cluster (two trials, a capped data budget) can still schedule them; Ray's default is a whole CPU
-    ds = ray.data.read_parquet(paths, columns=meta.read_columns, shuffle=shuffle,
-                               num_cpus=cfg.data.cpus_per_task, concurrency=tasks)
-    # one map task per few videos, so decoding spreads over tasks: Ray Data's parquet reader packs small
-    # files into one block, and one task would decode all of them (bench_decode.py); streaming, no barrier
-    ds = ds.repartition(target_num_rows_per_block=ENCODED_MAP_BATCH_SIZE)
-    return ds.map_batches(_ray_preprocess, batch_format="numpy", num_cpus=cfg.data.decode_cpus_per_task,
-                          batch_size=ENCODED_MAP_BATCH_SIZE, fn_kwargs=fn_kwargs, concurrency=tasks)
 
 
 #: training batches a run's stream may hold in flight by default (data.max_memory_mb = 0)
