@@ -12,8 +12,8 @@ warm-up steps (harmonic mean of the logged windows):
 * built-in: the SynthAction pretrain split (tens of thousands of clips: about
   one epoch per run, one Ray Data stream);
 * small: a user-sized dataset made of the first ``--small-clips`` clips of the
-  benchmark's train split (a run streams it for dozens of epochs: a union of
-  per-epoch streams, see ``oskar_ray.train.ray_trainer.training_stream``).
+  benchmark's train split (a run streams it for dozens of epochs, one after the
+  other in one stream, see ``oskar_ray.train.ray_trainer.training_stream``).
 
 Prints both rates and small / built-in (issue 27's goal: >= 0.9), plus each
 run's wall time, data-wait fraction and the data path's CPU share over the same

@@ -63,10 +63,8 @@ def synth_dir(tmp_path_factory) -> Path:
     """A ~130-clip labelled SynthAction set with a 200-clip pretrain split, generated once per session
     (in-process, ~2 s).
 
-    The pretrain split holds the 160 clips of a 20-step x 8 Ray Train run: a run that needs more epochs
-    streams a union of one Ray Data dataset per epoch, and each one adds ~10 s of start-up on 2 cores
-    (82 -> 37 s for 30 steps over 66 vs 300 clips). ``test_one_worker_learns_checkpoints_and_tracks``
-    (30 steps) still streams two epochs.
+    The pretrain split holds the 160 clips of a 20-step x 8 Ray Train run; the 30-step
+    ``test_one_worker_learns_checkpoints_and_tracks_to_a_real_mlflow_server`` streams two epochs.
     """
     from oskar_ray.data.synth import SynthSpec, generate
 

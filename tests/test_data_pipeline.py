@@ -141,12 +141,12 @@ def test_read_tasks_cover_every_row_once_by_shard_or_by_row_group_and_read_uris(
     assert len(by_group) == sum(pq.ParquetFile(p).num_row_groups for p in paths) > len(paths)
     assert [u["row_group"] for u in by_shard] == [-1] * len(paths)
     uris = [{**u, "path": "file://" + u["path"]} for u in by_group]
-    kwargs = {"cfg": cfg, "meta": meta, "train": True, "seed": 0, "with_masks": True, "modalities": {},
-              "rows": MAP_BATCH_SIZE}
+    kwargs = {"cfg": cfg, "meta": meta, "train": True, "with_masks": True, "modalities": {}, "rows": MAP_BATCH_SIZE}
     seen = []
     for units in (by_group, by_shard, uris):
         batches = [b for u in units for b in _read_and_preprocess(
-            {"path": np.array([u["path"]]), "row_group": np.array([u["row_group"]])}, **kwargs)]
+            {"path": np.array([u["path"]]), "row_group": np.array([u["row_group"]]), "seed": np.array([0])},
+            **kwargs)]
         assert all(0 < len(b["video"]) <= MAP_BATCH_SIZE for b in batches) and batches[0]["video"].dtype == np.float32
         assert sum(len(b["video"]) for b in batches) == store.split_info(synth_dir, "pretrain")["samples"]
         # each row's preprocessing is keyed by its id and the seed: the same rows, however the split is cut

@@ -67,8 +67,8 @@ def build_dataset(cfg, split: str, *, root: str | Path | None = None, train: boo
 
     ``train`` defaults to ``split == cfg.data.train_split`` (augmentation, random caption/question,
     shuffled shard order; rows are mixed further by the loader's local shuffle buffer).
-    ``seed``: a list streams one epoch per seed, one after the other (a union: a run's epochs); the manifest,
-    shard list and read units are read once for all of them.
+    ``seed``: a list streams one epoch per seed, one after the other (a run's epochs); the manifest, shard list
+    and read units are read once for all of them.
     ``concurrency`` caps parallel read and preprocessing tasks (None: :func:`data_tasks`).
     """
     # a URI must stay a string: Path('s3://b/x') collapses to 's3:/b/x'
@@ -83,33 +83,35 @@ def build_dataset(cfg, split: str, *, root: str | Path | None = None, train: boo
     fn_kwargs = {"cfg": cfg, "meta": meta, "train": train, "with_masks": with_masks,
                  "modalities": carried_modalities(cfg.enabled_modalities)}
     encoded = meta.video_storage == ENCODED
-    epochs = _epochs(f"{root}: split {split!r}", paths, train, seeds, tasks, fn_kwargs,
-                     rows=ENCODED_MAP_BATCH_SIZE if encoded else MAP_BATCH_SIZE,
-                     cpus=cfg.data.decode_cpus_per_task if encoded else cfg.data.cpus_per_task)
-    return epochs[0].union(*epochs[1:]) if len(epochs) > 1 else epochs[0]
+    return _stream(f"{root}: split {split!r}", paths, train, seeds, tasks, fn_kwargs,
+                   rows=ENCODED_MAP_BATCH_SIZE if encoded else MAP_BATCH_SIZE,
+                   cpus=cfg.data.decode_cpus_per_task if encoded else cfg.data.cpus_per_task)
 
 
-def _epochs(where: str, paths: list[str], train: bool, seeds: list[int], tasks: int | None, fn_kwargs: dict, *,
-            rows: int, cpus: float) -> list:
-    """One dataset per epoch seed: each task reads its read unit (a shard, or a row group of a small split) in
-    ``rows``-row batches and preprocesses them as it goes — raw clips 64 at a time, encoded videos 8 (each a
-    decode, so decoding spreads over the tasks). Ray Data's Parquet reader would first run a file-listing task
-    and a footer-reading actor per epoch, processes to start before the first row moves: ~3.5 s of every run's
-    first batch on 2 cores (experiments/bench_train.py --overhead), and for a small split streamed for many
-    epochs one actor per epoch (24 encoded videos, 20 epochs: 41 s to the first batch). Order shuffled per
-    epoch seed; rows are mixed further by the local shuffle buffer. The read units are listed once."""
+def _stream(where: str, paths: list[str], train: bool, seeds: list[int], tasks: int | None, fn_kwargs: dict, *,
+            rows: int, cpus: float):
+    """The epochs one after the other as one dataset: the split's read units (a shard, or a row group of a small
+    split; listed once) in each epoch's order, each carrying its epoch's seed, and one task per unit that reads
+    it in ``rows``-row batches and preprocesses them as it goes — raw clips 64 at a time, encoded videos 8 (each
+    a decode, so decoding spreads over the tasks).
+
+    One operator over every epoch's units, so the tasks take them in order: a union of one dataset per epoch
+    ran every epoch's tasks at once (a 200-clip raw split streamed for 20 epochs: 13.1 s to the first batch
+    against 4.7 s for one epoch, and the next 19 batches 7.0 s against 0.9 s). Ray Data's Parquet reader would
+    first run a file-listing task and a footer-reading actor, per epoch: processes to start before the first
+    row moves (~3.5 s of every run's first batch on 2 cores, experiments/bench_train.py --overhead; 24 encoded
+    videos streamed for 20 epochs: 41 s). Rows are mixed further by the local shuffle buffer."""
     import ray.data
 
     units = read_units(paths, tasks)
     if not units:
         raise ValueError(f"{where} lists no shards in its manifest: nothing to stream")
-    epochs = []
+    items = []
     for seed in seeds:
         order = np.random.default_rng(seed).permutation(len(units)) if train else range(len(units))
-        parts = ray.data.from_items([units[i] for i in order], override_num_blocks=len(units))
-        epochs.append(parts.map_batches(_read_and_preprocess, batch_size=1, num_cpus=cpus, concurrency=tasks,
-                                        fn_kwargs={**fn_kwargs, "seed": seed, "rows": rows}))
-    return epochs
+        items += [{**units[i], "seed": seed} for i in order]
+    return ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        _read_and_preprocess, batch_size=1, num_cpus=cpus, concurrency=tasks, fn_kwargs={**fn_kwargs, "rows": rows})
 
 
 #: below this many shards per data task, a split is handed out by row group, so a small split (one shard of
@@ -136,15 +138,16 @@ def _open_shard(path: str, **options) -> pq.ParquetFile:
 
 
 def _read_and_preprocess(units: dict[str, np.ndarray], rows: int, **preprocess) -> Iterator[dict[str, np.ndarray]]:
-    """The rows of the given read units as preprocessed batches of ``rows`` rows (a generator: Ray Data streams
-    each batch on while the next is read and made; a task holds one batch at a time)."""
+    """The rows of the given read units as preprocessed batches of ``rows`` rows, each unit with its epoch's
+    seed (a generator: Ray Data streams each batch on while the next is read and made; a task holds one batch
+    at a time)."""
     meta = preprocess["meta"]
-    for path, group in zip(units["path"], units["row_group"], strict=True):
+    for path, group, seed in zip(units["path"], units["row_group"], units["seed"], strict=True):
         groups = None if group < 0 else [int(group)]
         with _open_shard(str(path), pre_buffer=True) as shard:  # pre-buffered: fewer, larger reads on object storage
             for part in shard.iter_batches(batch_size=rows, row_groups=groups, columns=meta.read_columns):
                 yield _ray_preprocess({name: part.column(name).to_numpy(zero_copy_only=False)
-                                       for name in part.schema.names}, **preprocess)
+                                       for name in part.schema.names}, seed=int(seed), **preprocess)
 
 
 #: training batches a run's stream may hold in flight by default (data.max_memory_mb = 0)

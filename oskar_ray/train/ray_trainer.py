@@ -44,7 +44,7 @@ from .checkpoint import WEIGHTS, latest_checkpoint, read_state
 from .timeline import Timeline
 
 #: beyond this many epochs per stream the worker simply re-iterates the shard
-MAX_UNION_EPOCHS = 64
+MAX_STREAM_EPOCHS = 64
 #: epoch e of a run is shuffled, augmented and masked with seed ``train.seed + EPOCH_SEED_STRIDE * e``
 EPOCH_SEED_STRIDE = 1_000_003
 #: the epoch a resumed run restarts in gets ``RESUME_SEED_STRIDE * start step`` added: a fresh order
@@ -247,16 +247,14 @@ def training_stream(cfg: OskarConfig, start_step: int = 0):
     """All the epochs a run (still) needs as one Ray Data stream.
 
     Re-iterating a dataset per epoch restarts Ray Data's executor (seconds of
-    idle workers each time); a union of per-epoch datasets streams straight
-    through, and each epoch gets its own seed, so block order, augmentation and
-    token-budget masks differ from epoch to epoch.
+    idle workers each time); one dataset over every epoch's read units streams
+    straight through (``data/pipeline.py``), and each epoch gets its own seed, so
+    block order, augmentation and token-budget masks differ from epoch to epoch.
 
-    No spare epoch: Ray Data starts every unioned stream's reads at once, so
-    the first batch waits for all of them (measured on 2 busy cores: 18 s for
-    one stream, ~35-50 s for two, ~100 s for six) — a cost each sweep trial
-    pays again. An epoch yields at least ``samples - batch_size`` usable rows
-    (each worker drops one partial batch); should a run still outlive the
-    stream (a restart, uneven shards), the worker re-iterates its shard.
+    No spare epoch beyond what the steps need. An epoch yields at least
+    ``samples - batch_size`` usable rows (each worker drops one partial batch);
+    should a run still outlive the stream (a restart, uneven shards), the
+    worker re-iterates its shard.
 
     A run continued from a checkpoint at ``start_step`` (``--resume``, a sweep
     trial restarted after a pause) does not replay the samples it already saw:
@@ -280,7 +278,7 @@ def stream_epochs(cfg: OskarConfig, samples: int, start_step: int = 0) -> tuple[
     usable = max(samples - batch, 1)
     first = start_step * batch // usable
     remaining = max(cfg.train.steps - start_step, 1)
-    count = min(max(1, math.ceil(remaining * batch / usable)), MAX_UNION_EPOCHS)
+    count = min(max(1, math.ceil(remaining * batch / usable)), MAX_STREAM_EPOCHS)
     seeds = [cfg.train.seed + EPOCH_SEED_STRIDE * e for e in range(first, first + count)]
     if start_step == 0:
         return seeds, f"epochs 0-{count - 1} from the start"
