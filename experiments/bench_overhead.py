@@ -32,10 +32,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 #: the stages of either command, in the order they happen
-#: what the single-process run does besides starting, tracking and exiting, which any Ray Train run does too
-WORK_STAGES = ["model", "data", "steps", "artifacts"]
 STAGES = ["resolve_data", "ray_init", "tracking", "datasets", "worker_start", "model", "monitor", "data", "first_batch",
           "first_step", "steps", "wind_down", "artifacts"]
+#: what the single-process run does besides starting, tracking and exiting, which any Ray Train run does too
+WORK_STAGES = ["model", "data", "steps", "artifacts"]
 
 
 def run(local: bool, config: str, overrides: list[str], workdir: Path) -> tuple[float, dict[str, float]]:
@@ -107,8 +107,9 @@ def ray_floor(config: str, overrides: list[str], workdir: Path) -> float:
 
 
 def noop_run(config: str, overrides: list[str]) -> None:
-    """What ``oskar pretrain`` asks of Ray, without the work: its Ray start and a one-worker ``TorchTrainer``
-    of the config's size (CPUs per worker, storage under ``train.output_dir``) whose workers report once."""
+    """What ``oskar pretrain`` asks of Ray, without the work: its Ray start and a one-worker CPU ``TorchTrainer``
+    (the config's CPUs per worker, storage under ``train.output_dir``) whose worker reports once: the floor of
+    the one-worker CPU runs this benchmark compares (not of multi-worker or GPU runs)."""
     sys.path.insert(0, str(REPO))
     import ray.train
     from ray.train.torch import TorchTrainer

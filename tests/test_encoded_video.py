@@ -80,24 +80,32 @@ def test_random_clips_differ_across_epochs_and_repeat_under_the_seed(videos, tmp
 def test_a_run_streams_its_epochs_of_encoded_videos_through_ray_data_each_video_once_per_epoch(
         videos, tmp_path, ray_local):
     """A small encoded split streamed for several epochs (what a short user dataset gets): every clip of every
-    epoch, other windows in each epoch, in blocks of at most 8 clips — read by the project's tasks, not Ray
-    Data's Parquet reader, whose listing task and footer actor came once per epoch (a process start each: 20
-    epochs of 24 videos took 41 s to the first batch on 2 cores), and as one operator over every epoch's read
-    units, not a union of per-epoch datasets (which ran every epoch's tasks at once)."""
-    from oskar_ray.data.pipeline import ENCODED_MAP_BATCH_SIZE, build_dataset
+    epoch, other windows in each epoch — read by the project's tasks, 8 decoded clips at a time, each read unit
+    with its epoch's seed; not by Ray Data's Parquet reader, whose listing task and footer actor came once per
+    epoch (a process start each: 20 epochs of 24 videos took 41 s to the first batch on 2 cores), and as one
+    operator over every epoch's read units, not a union of per-epoch datasets (which ran every epoch's tasks
+    at once)."""
+    from oskar_ray.data.pipeline import ENCODED_MAP_BATCH_SIZE, _read_and_preprocess, build_dataset
 
+    for i in range(6, 9):  # 10 readable videos: one shard, more than one 8-clip batch
+        write_video(videos / f"long{i}.mp4", _moving(90, seed=i), fps=30)
     ingest(IngestOptions(out=tmp_path / "ds", split="pretrain", videos=videos), progress=False)
     cfg = _cfg(f"data.path={tmp_path / 'ds'}")
     ds = build_dataset(cfg, "pretrain", train=True, seed=[11, 12, 13], with_masks=False)
-    clips = []
-    for block in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        assert len(block["video"]) <= ENCODED_MAP_BATCH_SIZE
-        clips += [clip.tobytes() for clip, present in zip(block["video"], block["present_video"], strict=True)
-                  if present]
-    assert len(clips) == 3 * 7  # 6 long videos and the short one, once per epoch
-    assert len(set(clips)) >= 3 * 6  # each epoch draws its own windows and crops
+    clips = [clip.tobytes() for block in ds.iter_batches(batch_size=None, batch_format="numpy")
+             for clip, present in zip(block["video"], block["present_video"], strict=True) if present]
+    assert len(clips) == 3 * 10  # 9 long videos and the short one, once per epoch
+    assert len(set(clips)) >= 3 * 9  # each epoch draws its own windows and crops
     stats = ds.stats()
     assert "ReadParquet" not in stats and "ListFiles" not in stats and "Union" not in stats
+
+    [shard] = store.split_paths(tmp_path / "ds", "pretrain")
+    kwargs = {"cfg": cfg, "meta": DatasetMeta.load(tmp_path / "ds", "pretrain"), "train": True,
+              "with_masks": False, "modalities": {}, "rows": ENCODED_MAP_BATCH_SIZE}
+    two_epochs = {"path": np.array([shard, shard]), "row_group": np.array([-1, -1]), "seed": np.array([11, 12])}
+    batches = list(_read_and_preprocess(two_epochs, **kwargs))
+    assert [len(b["video"]) for b in batches] == [8, 2, 8, 2]
+    assert not np.array_equal(batches[0]["video"], batches[2]["video"])  # the same rows, each epoch's own seed
 
 
 def test_eval_clips_are_deterministic_and_multi_clip_features_average(videos, tmp_path):

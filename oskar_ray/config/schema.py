@@ -126,8 +126,9 @@ class DataConfig:
     prefetch_batches: int = 2
     #: size of the built-in benchmark synthesised when ``path`` is empty (labelled splits: shares of it)
     synth_samples: int = 2000
-    #: its unlabelled pretrain split: large enough that a default run or sweep trial streams one epoch
-    #: (Ray Data starts every epoch of a multi-epoch stream at once: 75-95 s to the first batch for 5)
+    #: its unlabelled pretrain split: large enough that a default run or sweep trial streams about one epoch
+    #: (a stream of many epochs once started them all at once, 75-95 s to the first batch for 5; since 2026-12-06
+    #: its epochs run in order, docs/results.md "Sixth pass")
     synth_pretrain_samples: int = 5000
 
 

@@ -49,8 +49,9 @@ from .preprocess import DatasetMeta, batch_rng, nest_present, preprocess_batch
 #: rows per map_batches call; independent of the training batch size (re-batched downstream)
 MAP_BATCH_SIZE = 64
 #: for encoded video: each row is a decode (~0.1 s at 224^2) and its clip 9.6 MB of float32, so a task yields a
-#: few rows at a time: blocks of ~77 MB (bench_decode.py, Ray Data / tight PyAV loop, then with read_parquet and
-#: 4 / 8 / 16-row tasks: 0.74, 0.81-0.86, 1.10 with 154 MB blocks; one task per 16-video shard: 0.80-0.94)
+#: few rows at a time: blocks of ~77 MB under a run's block size (bench_decode.py, Ray Data / tight PyAV loop,
+#: with read_parquet and 4 / 8 / 16-row tasks: 0.74, 0.81-0.86, 1.10 with 154 MB blocks; now a task per 16-video
+#: shard yielding 8 clips at a time: 0.83, 77 MB blocks)
 ENCODED_MAP_BATCH_SIZE = 8
 
 
@@ -96,8 +97,8 @@ def _stream(where: str, paths: list[str], train: bool, seeds: list[int], tasks: 
     a decode, so decoding spreads over the tasks).
 
     One operator over every epoch's units, so the tasks take them in order: a union of one dataset per epoch
-    ran every epoch's tasks at once (a 200-clip raw split streamed for 20 epochs: 13.1 s to the first batch
-    against 4.7 s for one epoch, and the next 19 batches 7.0 s against 0.9 s). Ray Data's Parquet reader would
+    ran every epoch's tasks at once (a 200-clip raw split streamed for 20 epochs: 13.1 s to the first batch and
+    7.0 s for the next 19 batches; one operator: 4.7 s and 2.3 s, as for one epoch). Ray Data's Parquet reader would
     first run a file-listing task and a footer-reading actor, per epoch: processes to start before the first
     row moves (~3.5 s of every run's first batch on 2 cores, experiments/bench_train.py --overhead; 24 encoded
     videos streamed for 20 epochs: 41 s). Rows are mixed further by the local shuffle buffer."""
