@@ -19,6 +19,7 @@ model, a handful of steps, the session's 130-clip synthetic set.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -151,13 +152,27 @@ def _wait_for_frozen_trial_while_the_other_is_paused(tmp_path: Path, parent: str
                                                     log: Path, timeout: float = 400) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if "paused at step 4" in log.read_text():
+        if "paused at step 4" in log.read_text() and _tune_saved_a_paused_trial(tmp_path / "sweeps"):
             _, children = _children(tmp_path, parent)
             if any(c.data.params.get("train.lr") == "1e-12" for c in children):
                 return  # its child run opens as the trial starts, well before its trainer reaches step 4
         _check_alive(driver, log)
         time.sleep(0.3)
     raise TimeoutError(f"no paused trial beside a started one:\n{log.read_text()[-3000:]}")
+
+
+def _tune_saved_a_paused_trial(sweeps: Path) -> bool:
+    """Whether the experiment state Tune saved (what ``--resume`` reads) already holds the paused trial: Tune
+    saves it every few seconds, so a driver killed just after the pause could leave a state from before it,
+    and the resumed sweep then retrains that trial from scratch (seen once in a slow CI hour)."""
+    from ray.tune import ExperimentAnalysis
+
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)  # no result files: by design
+    try:
+        trials = ExperimentAnalysis(str(next(sweeps.glob("r-*")))).trials
+    except (StopIteration, ValueError, OSError):  # not saved yet, or mid-write
+        return False
+    return any(trial.status == "PAUSED" for trial in trials)
 
 
 def _run_driver(sweep: Path, tmp_path: Path, *args: str, timeout: float) -> subprocess.CompletedProcess:
@@ -185,8 +200,9 @@ def _kill_driver_once(sweep: Path, tmp_path: Path, wait_for) -> tuple[str, objec
     """Start the sweep driver, wait until ``wait_for(tmp_path, parent_run_id, driver, log)`` returns, then kill it
     (no cleanup, no final bookkeeping). Returns the parent run id and what ``wait_for`` returned."""
     log = tmp_path / "driver.log"
+    env = {**_cluster_env(), "TUNE_GLOBAL_CHECKPOINT_S": "1"}  # Tune saves its state every second, not 10
     with log.open("w") as out:
-        driver = subprocess.Popen(_driver(sweep, "--no-report"), env=_cluster_env(), cwd=tmp_path, stdout=out,
+        driver = subprocess.Popen(_driver(sweep, "--no-report"), env=env, cwd=tmp_path, stdout=out,
                                   stderr=subprocess.STDOUT, start_new_session=True)
     try:
         parent = json.loads(_wait_for_state(tmp_path / "sweeps", driver, log).read_text())["parent_run_id"]
