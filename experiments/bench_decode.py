@@ -100,15 +100,14 @@ def tight_loop(shards: list[str], rows: int, cores: int, overrides: list[str]) -
 
 def ray_pipeline(cfg, frames_per_clip: int) -> float:
     import ray
-    from ray.data import DataContext
 
     from oskar_ray.data.pipeline import build_dataset, stream_block_mb
-    from oskar_ray.ray_runtime import DATA_BLOCK_MB
+    from oskar_ray.ray_runtime import DATA_BLOCK_MB, use_block_size
 
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-    # the block size a run gives its stream (ray_runtime.budget_data): 8 clips at 224^2, not Ray's 128 MB, which
-    # would merge a task's 8-clip batches into 154 MB blocks
-    DataContext.get_current().target_max_block_size = int(stream_block_mb(cfg, DATA_BLOCK_MB) * 2**20)
+    # the block size a run gives its stream: 8 clips at 224^2, not Ray's 128 MB, which would merge a task's
+    # 8-clip batches into 154 MB blocks
+    use_block_size(stream_block_mb(cfg, DATA_BLOCK_MB))
     ds = build_dataset(cfg, "bench", train=True, with_masks=False)
     for _ in ds.iter_batches(batch_size=None):  # warm-up: worker start, imports
         pass

@@ -277,11 +277,18 @@ def budget_data(cpus: float, memory_mb: float = 0.0, explicit: bool = True,
     options.resource_limits = ExecutionResources.for_limits(
         cpu=cpus or None, gpu=old.gpu, object_store_memory=memory_mb * 2**20 if memory_mb else None,
         memory=old.memory)
-    # public DataContext field: Ray's default, 128 MB blocks, is ~650 preprocessed 16 x 32^2 clips: the first
-    # block (and the first training batch) waited for all of them; 16 MB is ~80 clips, a few training batches
-    DataContext.get_current().target_max_block_size = int((block_mb or DATA_BLOCK_MB) * 2**20)
+    use_block_size(block_mb or DATA_BLOCK_MB)
     pace_data_scheduler()
     return {"cpu": cpus, "object_store_mb": memory_mb}
+
+
+def use_block_size(block_mb: float) -> None:
+    """Ray Data's largest block for this process's datasets (the public DataContext field). Ray's default, 128 MB,
+    is ~650 preprocessed 16 x 32^2 clips: the first block (and the first training batch) waited for all of them;
+    16 MB is ~80 clips, a few training batches (a run's size: ``data/pipeline.py`` stream_block_mb)."""
+    from ray.data import DataContext
+
+    DataContext.get_current().target_max_block_size = int(block_mb * 2**20)
 
 
 def check_workers_fit(num_workers: int, cpus_per_worker: float, use_gpu: bool) -> None:
