@@ -144,14 +144,41 @@ def test_read_tasks_cover_every_row_once_by_shard_or_by_row_group_and_read_uris(
     kwargs = {"cfg": cfg, "meta": meta, "train": True, "with_masks": True, "modalities": {}, "rows": MAP_BATCH_SIZE}
     seen = []
     for units in (by_group, by_shard, uris):
-        batches = [b for u in units for b in _read_and_preprocess(
-            {"path": np.array([u["path"]]), "row_group": np.array([u["row_group"]]), "seed": np.array([0])},
-            **kwargs)]
+        table = {"path": [u["path"] for u in units], "row_group": [u["row_group"] for u in units]}
+        items = {"seed": np.array([0, 0]), "first": np.array([0, 1]), "count": np.array([1, len(units) - 1])}
+        batches = list(_read_and_preprocess(items, units=table, **kwargs))
         assert all(0 < len(b["video"]) <= MAP_BATCH_SIZE for b in batches) and batches[0]["video"].dtype == np.float32
         assert sum(len(b["video"]) for b in batches) == store.split_info(synth_dir, "pretrain")["samples"]
         # each row's preprocessing is keyed by its id and the seed: the same rows, however the split is cut
         seen.append(sorted(round(float(v.sum()), 3) for b in batches for v in b["video"]))
     assert seen[0] == seen[1] == seen[2]
+
+
+def test_a_long_stream_is_cut_into_a_bounded_number_of_items_each_unit_once_per_epoch_in_its_order(monkeypatch):
+    """The driver puts one Ray Data block per stream item: a Kinetics-sized split streamed for dozens of epochs
+    must not become a million blocks. Past :data:`MAX_STREAM_ITEMS` an item is a run of consecutive units of
+    one epoch's order; either way each epoch reads every unit once, in its own seed's order."""
+    from oskar_ray.data import pipeline
+    from oskar_ray.data.pipeline import epoch_order, stream_items
+
+    def read(items: list[dict], units: int) -> list[list[int]]:
+        epochs: dict[int, list[int]] = {}
+        for item in items:
+            order = epoch_order(units, item["seed"], train=True)
+            epochs.setdefault(item["seed"], []).extend(order[item["first"]:item["first"] + item["count"]].tolist())
+        return list(epochs.values())
+
+    small = stream_items(5, [7, 8])
+    assert [item["count"] for item in small] == [1] * 10  # a small run: one unit per item, as many items as units
+    monkeypatch.setattr(pipeline, "MAX_STREAM_ITEMS", 64)
+    for units, seeds in ((1000, list(range(3))), (15, list(range(64))), (1, list(range(100)))):
+        items = stream_items(units, seeds)
+        assert len(items) <= 64 + len(seeds)  # the last run of an epoch may be short
+        assert all(item["count"] > 0 for item in items)
+        epochs = read(items, units)
+        assert all(sorted(epoch) == list(range(units)) for epoch in epochs)
+    assert read(stream_items(1000, [3, 4]), 1000) == [epoch_order(1000, s, True).tolist() for s in (3, 4)]
+    assert epoch_order(4, 3, train=False).tolist() == [0, 1, 2, 3]
 
 
 def _big_dataset(root, rows: int, size: int) -> int:

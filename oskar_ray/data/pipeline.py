@@ -84,17 +84,17 @@ def build_dataset(cfg, split: str, *, root: str | Path | None = None, train: boo
     fn_kwargs = {"cfg": cfg, "meta": meta, "train": train, "with_masks": with_masks,
                  "modalities": carried_modalities(cfg.enabled_modalities)}
     encoded = meta.video_storage == ENCODED
-    return _stream(f"{root}: split {split!r}", paths, train, seeds, tasks, fn_kwargs,
+    return _stream(f"{root}: split {split!r}", paths, seeds, tasks, fn_kwargs,
                    rows=ENCODED_MAP_BATCH_SIZE if encoded else MAP_BATCH_SIZE,
                    cpus=cfg.data.decode_cpus_per_task if encoded else cfg.data.cpus_per_task)
 
 
-def _stream(where: str, paths: list[str], train: bool, seeds: list[int], tasks: int | None, fn_kwargs: dict, *,
-            rows: int, cpus: float):
+def _stream(where: str, paths: list[str], seeds: list[int], tasks: int | None, fn_kwargs: dict, *, rows: int,
+            cpus: float):
     """The epochs one after the other as one dataset: the split's read units (a shard, or a row group of a small
-    split; listed once) in each epoch's order, each carrying its epoch's seed, and one task per unit that reads
-    it in ``rows``-row batches and preprocesses them as it goes — raw clips 64 at a time, encoded videos 8 (each
-    a decode, so decoding spreads over the tasks).
+    split; listed once) in each epoch's order, each with its epoch's seed, and one task per item of
+    :func:`stream_items` that reads its units in ``rows``-row batches and preprocesses them as it goes — raw
+    clips 64 at a time, encoded videos 8 (each a decode, so decoding spreads over the tasks).
 
     One operator over every epoch's units, so the tasks take them in order: a union of one dataset per epoch
     ran every epoch's tasks at once (a 200-clip raw split streamed for 20 epochs: 13.1 s to the first batch and
@@ -107,12 +107,32 @@ def _stream(where: str, paths: list[str], train: bool, seeds: list[int], tasks: 
     units = read_units(paths, tasks)
     if not units:
         raise ValueError(f"{where} lists no shards in its manifest: nothing to stream")
-    items = []
-    for seed in seeds:
-        order = np.random.default_rng(seed).permutation(len(units)) if train else range(len(units))
-        items += [{**units[i], "seed": seed} for i in order]
+    items = stream_items(len(units), seeds)
+    table = {"path": [u["path"] for u in units], "row_group": [u["row_group"] for u in units]}
     return ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-        _read_and_preprocess, batch_size=1, num_cpus=cpus, concurrency=tasks, fn_kwargs={**fn_kwargs, "rows": rows})
+        _read_and_preprocess, batch_size=1, num_cpus=cpus, concurrency=tasks,
+        fn_kwargs={**fn_kwargs, "rows": rows, "units": table})
+
+
+#: the most items (one Ray Data block each, put by the driver, ~1 ms apiece) a stream is cut into: a Kinetics-sized
+#: split (~15k shards) streamed for 64 epochs would otherwise be ~1M one-unit blocks before the first row moves
+#: (measured: 20k of them took the driver 21 s; that run's 1024 items 0.8 s)
+MAX_STREAM_ITEMS = 1024
+
+
+def stream_items(units: int, seeds: list[int]) -> list[dict[str, int]]:
+    """What the stream's tasks are handed: ``{"seed", "first", "count"}``, positions ``first`` ..
+    ``first + count`` of epoch ``seed``'s order of the ``units`` read units (:func:`epoch_order`). One unit per
+    item while the run's units number at most :data:`MAX_STREAM_ITEMS`, else runs of consecutive units (an
+    item never spans two epochs)."""
+    per_item = max(1, -(-units * len(seeds) // MAX_STREAM_ITEMS))
+    return [{"seed": seed, "first": first, "count": min(per_item, units - first)}
+            for seed in seeds for first in range(0, units, per_item)]
+
+
+def epoch_order(units: int, seed: int, train: bool) -> np.ndarray:
+    """The order an epoch reads the split's read units in: shuffled by its seed when training, stored otherwise."""
+    return np.random.default_rng(seed).permutation(units) if train else np.arange(units)
 
 
 #: below this many shards per data task, a split is handed out by row group, so a small split (one shard of
@@ -138,17 +158,22 @@ def _open_shard(path: str, **options) -> pq.ParquetFile:
     return pq.ParquetFile(inner, filesystem=filesystem, **options)
 
 
-def _read_and_preprocess(units: dict[str, np.ndarray], rows: int, **preprocess) -> Iterator[dict[str, np.ndarray]]:
-    """The rows of the given read units as preprocessed batches of ``rows`` rows, each unit with its epoch's
-    seed (a generator: Ray Data streams each batch on while the next is read and made; a task holds one batch
-    at a time)."""
-    meta = preprocess["meta"]
-    for path, group, seed in zip(units["path"], units["row_group"], units["seed"], strict=True):
-        groups = None if group < 0 else [int(group)]
-        with _open_shard(str(path), pre_buffer=True) as shard:  # pre-buffered: fewer, larger reads on object storage
-            for part in shard.iter_batches(batch_size=rows, row_groups=groups, columns=meta.read_columns):
-                yield _ray_preprocess({name: part.column(name).to_numpy(zero_copy_only=False)
-                                       for name in part.schema.names}, seed=int(seed), **preprocess)
+def _read_and_preprocess(items: dict[str, np.ndarray], rows: int, units: dict[str, list],
+                         **preprocess) -> Iterator[dict[str, np.ndarray]]:
+    """The rows of the read units the given :func:`stream_items` name (``units``: the split's unit table, the
+    same for every task) as preprocessed batches of ``rows`` rows, each unit with its epoch's seed (a
+    generator: Ray Data streams each batch on while the next is read and made; a task holds one batch at a
+    time)."""
+    meta, count = preprocess["meta"], len(units["path"])
+    for seed, first, span in zip(items["seed"], items["first"], items["count"], strict=True):
+        for k in epoch_order(count, int(seed), preprocess["train"])[int(first):int(first) + int(span)]:
+            group = int(units["row_group"][k])
+            # pre-buffered: fewer, larger reads on object storage
+            with _open_shard(str(units["path"][k]), pre_buffer=True) as shard:
+                for part in shard.iter_batches(batch_size=rows, row_groups=None if group < 0 else [group],
+                                               columns=meta.read_columns):
+                    yield _ray_preprocess({name: part.column(name).to_numpy(zero_copy_only=False)
+                                           for name in part.schema.names}, seed=int(seed), **preprocess)
 
 
 #: training batches a run's stream may hold in flight by default (data.max_memory_mb = 0)
