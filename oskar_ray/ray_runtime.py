@@ -46,7 +46,7 @@ INTERNAL_QUIET_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_DATA_LOG_LEVEL":
 #: still reads it): Ray Train V2's controller polls its workers every 2 s, so a finished run waits up to 2 s to be
 #: noticed, each attempt to start too; 0.5 s costs a few cheap actor calls a second.
 #: (Ray Data's Parquet reader, and with it its footer-actor and read-task knobs, is no longer used: every split is
-#: read by one task per shard or row group, data/pipeline.py.)
+#: read by the project's own tasks, a shard or row group at a time, data/pipeline.py.)
 INTERNAL_SPEED_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
 #: what every process of a run gets, unless the variable is exported already
 QUIET_ENV = {**DOCUMENTED_QUIET_ENV, **INTERNAL_QUIET_ENV, **INTERNAL_SPEED_ENV}

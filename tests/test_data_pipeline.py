@@ -154,6 +154,33 @@ def test_read_tasks_cover_every_row_once_by_shard_or_by_row_group_and_read_uris(
     assert seen[0] == seen[1] == seen[2]
 
 
+def test_the_read_tasks_follow_each_epochs_order_of_the_units(synth_dir, monkeypatch):
+    """The stream's tasks read the units of their items in the order of the item's epoch: shuffled by its seed
+    when training, stored order otherwise (a stream cut into runs of several units reads them the same way)."""
+    from oskar_ray.data import pipeline
+    from oskar_ray.data.pipeline import _read_and_preprocess, epoch_order
+
+    monkeypatch.setattr(pipeline, "_ray_preprocess", lambda batch, **_: batch["id"].tolist())
+    meta = DatasetMeta.load(synth_dir, "pretrain")
+    units = read_units(store.split_paths(synth_dir, "pretrain"), tasks=8)  # by row group: several units
+    table = {"path": [u["path"] for u in units], "row_group": [u["row_group"] for u in units]}
+    ids = [pq.ParquetFile(u["path"]).read_row_group(u["row_group"], columns=["id"]).column("id").to_pylist()
+           for u in units]
+    half = len(units) // 2
+    assert half >= 1
+    other = next(seed for seed in range(4, 100)  # an epoch whose order differs from seed 3's
+                 if epoch_order(len(units), seed, True).tolist() != epoch_order(len(units), 3, True).tolist())
+    seen = {}
+    for seed, train in ((3, True), (other, True), (3, False)):
+        items = {"seed": np.array([seed, seed]), "first": np.array([0, half]),
+                 "count": np.array([half, len(units) - half])}
+        read = [i for batch in _read_and_preprocess(items, units=table, rows=64, meta=meta, train=train)
+                for i in batch]
+        assert read == [i for k in epoch_order(len(units), seed, train) for i in ids[k]]
+        seen[seed, train] = read
+    assert seen[3, True] != seen[other, True] and seen[3, False] == [i for unit in ids for i in unit]
+
+
 def test_a_long_stream_is_cut_into_a_bounded_number_of_items_each_unit_once_per_epoch_in_its_order(monkeypatch):
     """The driver puts one Ray Data block per stream item: a Kinetics-sized split streamed for dozens of epochs
     must not become a million blocks. Past :data:`MAX_STREAM_ITEMS` an item is a run of consecutive units of
@@ -171,12 +198,17 @@ def test_a_long_stream_is_cut_into_a_bounded_number_of_items_each_unit_once_per_
     small = stream_items(5, [7, 8])
     assert [item["count"] for item in small] == [1] * 10  # a small run: one unit per item, as many items as units
     monkeypatch.setattr(pipeline, "MAX_STREAM_ITEMS", 64)
-    for units, seeds in ((1000, list(range(3))), (15, list(range(64))), (1, list(range(100)))):
+    assert {item["count"] for item in stream_items(64, [0]) + stream_items(32, [0, 1])} == {1}  # at the bound
+    assert max(item["count"] for item in stream_items(65, [0])) == 2
+    for units, seeds in ((1000, list(range(3))), (15, list(range(64))), (1, list(range(100))), (65, [0])):
         items = stream_items(units, seeds)
-        assert len(items) <= 64 + len(seeds)  # the last run of an epoch may be short
-        assert all(item["count"] > 0 for item in items)
-        epochs = read(items, units)
-        assert all(sorted(epoch) == list(range(units)) for epoch in epochs)
+        assert len(items) <= max(64, len(seeds))
+        for seed in seeds:  # each epoch: consecutive runs, no gap, no overlap, every unit
+            runs = [(item["first"], item["count"]) for item in items if item["seed"] == seed]
+            assert [first for first, _ in runs] == [0, *(sum(runs[i][1] for i in range(k + 1))
+                                                         for k in range(len(runs) - 1))]
+            assert sum(count for _, count in runs) == units and min(count for _, count in runs) > 0
+        assert all(sorted(epoch) == list(range(units)) for epoch in read(items, units))
     assert read(stream_items(1000, [3, 4]), 1000) == [epoch_order(1000, s, True).tolist() for s in (3, 4)]
     assert epoch_order(4, 3, train=False).tolist() == [0, 1, 2, 3]
 

@@ -114,25 +114,28 @@ def _stream(where: str, paths: list[str], seeds: list[int], tasks: int | None, f
         fn_kwargs={**fn_kwargs, "rows": rows, "units": table})
 
 
-#: the most items (one Ray Data block each, put by the driver, ~1 ms apiece) a stream is cut into: a Kinetics-sized
+#: the items (one Ray Data block each, put by the driver, ~1 ms apiece) a stream is cut into, at most (or one per
+#: epoch, if more): a Kinetics-sized
 #: split (~15k shards) streamed for 64 epochs would otherwise be ~1M one-unit blocks before the first row moves
 #: (measured: 20k of them took the driver 21 s; that run's 1024 items 0.8 s)
 MAX_STREAM_ITEMS = 1024
 
 
-def stream_items(units: int, seeds: list[int]) -> list[dict[str, int]]:
+def stream_items(unit_count: int, seeds: list[int]) -> list[dict[str, int]]:
     """What the stream's tasks are handed: ``{"seed", "first", "count"}``, positions ``first`` ..
-    ``first + count`` of epoch ``seed``'s order of the ``units`` read units (:func:`epoch_order`). One unit per
-    item while the run's units number at most :data:`MAX_STREAM_ITEMS`, else runs of consecutive units (an
-    item never spans two epochs)."""
-    per_item = max(1, -(-units * len(seeds) // MAX_STREAM_ITEMS))
-    return [{"seed": seed, "first": first, "count": min(per_item, units - first)}
-            for seed in seeds for first in range(0, units, per_item)]
+    ``first + count`` of epoch ``seed``'s order of the split's ``unit_count`` read units (:func:`epoch_order`).
+    One unit per item while the run's units number at most :data:`MAX_STREAM_ITEMS`, else runs of consecutive
+    units, each epoch cut into its share of the items (an item never spans two epochs), so a stream is at most
+    ``max(MAX_STREAM_ITEMS, len(seeds))`` items."""
+    per_epoch = max(1, MAX_STREAM_ITEMS // len(seeds))
+    per_item = -(-unit_count // per_epoch)
+    return [{"seed": seed, "first": first, "count": min(per_item, unit_count - first)}
+            for seed in seeds for first in range(0, unit_count, per_item)]
 
 
-def epoch_order(units: int, seed: int, train: bool) -> np.ndarray:
+def epoch_order(unit_count: int, seed: int, train: bool) -> np.ndarray:
     """The order an epoch reads the split's read units in: shuffled by its seed when training, stored otherwise."""
-    return np.random.default_rng(seed).permutation(units) if train else np.arange(units)
+    return np.random.default_rng(seed).permutation(unit_count) if train else np.arange(unit_count)
 
 
 #: below this many shards per data task, a split is handed out by row group, so a small split (one shard of
@@ -164,9 +167,9 @@ def _read_and_preprocess(items: dict[str, np.ndarray], rows: int, units: dict[st
     same for every task) as preprocessed batches of ``rows`` rows, each unit with its epoch's seed (a
     generator: Ray Data streams each batch on while the next is read and made; a task holds one batch at a
     time)."""
-    meta, count = preprocess["meta"], len(units["path"])
-    for seed, first, span in zip(items["seed"], items["first"], items["count"], strict=True):
-        for k in epoch_order(count, int(seed), preprocess["train"])[int(first):int(first) + int(span)]:
+    meta, unit_count = preprocess["meta"], len(units["path"])
+    for seed, first, count in zip(items["seed"], items["first"], items["count"], strict=True):
+        for k in epoch_order(unit_count, int(seed), preprocess["train"])[int(first):int(first) + int(count)]:
             group = int(units["row_group"][k])
             # pre-buffered: fewer, larger reads on object storage
             with _open_shard(str(units["path"][k]), pre_buffer=True) as shard:

@@ -48,7 +48,8 @@ SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 #: rows per Parquet shard: big enough for efficient reads, small enough to stream
 ROWS_PER_SHARD = 512
-#: rows per shard of whole encoded videos (~1 MB each): a shard is one decode task's read (data/pipeline.py), so
+#: rows per shard of whole encoded videos (~1 MB each): a shard is one decode task's read (several in turn on a
+#: Kinetics-sized stream, data/pipeline.py MAX_STREAM_ITEMS), so
 #: small shards let many decode tasks run at once (experiments/bench_decode.py)
 ENCODED_ROWS_PER_SHARD = 16
 
