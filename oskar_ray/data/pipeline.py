@@ -104,7 +104,7 @@ def _stream(where: str, paths: list[str], seeds: list[int], tasks: int | None, f
     videos streamed for 20 epochs: 41 s). Rows are mixed further by the local shuffle buffer."""
     import ray.data
 
-    units = read_units(paths, tasks, epochs=len(seeds))
+    units = read_units(paths, tasks)
     if not units:
         raise ValueError(f"{where} lists no shards in its manifest: nothing to stream")
     items = stream_items(len(units), seeds)
@@ -138,22 +138,15 @@ def epoch_order(unit_count: int, seed: int, train: bool) -> np.ndarray:
     return np.random.default_rng(seed).permutation(unit_count) if train else np.arange(unit_count)
 
 
-#: below this many shards per data task over the whole stream (a split's shards times the epochs streamed), a
-#: split is handed out by row group, so a small split streamed once (one shard of 512 clips) still spreads over the
-#: tasks; above, by shard (no footer reads in the driver, fewer and longer tasks)
+#: below this many shards per data task, a split is handed out by row group, so a small split (one shard of
+#: 512 clips) still spreads over the tasks; above, by shard (no footer reads in the driver)
 SHARDS_PER_TASK = 2
 
 
-def read_units(paths: list[str], tasks: int | None, epochs: int = 1) -> list[dict[str, Any]]:
+def read_units(paths: list[str], tasks: int | None) -> list[dict[str, Any]]:
     """What one preprocessing task reads: ``{"path", "row_group"}``, a whole shard (``row_group`` -1) when the
-    stream has shards enough for its tasks, else each row group of each shard (the driver reads the footers).
-
-    A stream of several epochs counts each epoch's shards: the tasks take consecutive epochs side by side, so a
-    one-shard split streamed for dozens of epochs goes by shard. By row group, its tasks were a third the size,
-    and Ray Data's scheduling loop (ten rounds a second, ``ray_runtime.DataSchedulerPacer``) started three times
-    as many (300 clips, 20 epochs, the stream alone: 10.5-10.7 s and 1.56-1.70 ms of machine CPU a sample; by
-    shard 6.0-6.5 s and 1.22-1.43 ms)."""
-    if len(paths) * epochs >= SHARDS_PER_TASK * (tasks or os.cpu_count() or 1):
+    split has shards enough for its tasks, else each row group of each shard (the driver reads the footers)."""
+    if len(paths) >= SHARDS_PER_TASK * (tasks or os.cpu_count() or 1):
         return [{"path": path, "row_group": -1} for path in paths]
     units = []
     for path in paths:
