@@ -115,9 +115,8 @@ def _stream(where: str, paths: list[str], seeds: list[int], tasks: int | None, f
 
 
 #: the items (one Ray Data block each, put by the driver, ~1 ms apiece) a stream is cut into, at most (or one per
-#: epoch, if more): a Kinetics-sized
-#: split (~15k shards) streamed for 64 epochs would otherwise be ~1M one-unit blocks before the first row moves
-#: (measured: 20k of them took the driver 21 s; that run's 1024 items 0.8 s)
+#: epoch, if more): a Kinetics-sized split (~15k shards) streamed for 64 epochs would otherwise be ~1M one-unit
+#: blocks before the first row moves (measured: 20k of them took the driver 21 s; that run's 1024 items 0.8 s)
 MAX_STREAM_ITEMS = 1024
 
 
