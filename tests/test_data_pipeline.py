@@ -144,9 +144,8 @@ def test_read_tasks_cover_every_row_once_by_shard_or_by_row_group_and_read_uris(
     kwargs = {"cfg": cfg, "meta": meta, "train": True, "with_masks": True, "modalities": {}, "rows": MAP_BATCH_SIZE}
     seen = []
     for units in (by_group, by_shard, uris):
-        table = {"path": [u["path"] for u in units], "row_group": [u["row_group"] for u in units]}
         items = {"seed": np.array([0, 0]), "first": np.array([0, 1]), "count": np.array([1, len(units) - 1])}
-        batches = list(_read_and_preprocess(items, units=table, **kwargs))
+        batches = list(_read_and_preprocess(items, units=units, **kwargs))
         assert all(0 < len(b["video"]) <= MAP_BATCH_SIZE for b in batches) and batches[0]["video"].dtype == np.float32
         assert sum(len(b["video"]) for b in batches) == store.split_info(synth_dir, "pretrain")["samples"]
         # each row's preprocessing is keyed by its id and the seed: the same rows, however the split is cut
@@ -163,7 +162,6 @@ def test_the_read_tasks_follow_each_epochs_order_of_the_units(synth_dir, monkeyp
     monkeypatch.setattr(pipeline, "_ray_preprocess", lambda batch, **_: batch["id"].tolist())
     meta = DatasetMeta.load(synth_dir, "pretrain")
     units = read_units(store.split_paths(synth_dir, "pretrain"), tasks=8)  # by row group: several units
-    table = {"path": [u["path"] for u in units], "row_group": [u["row_group"] for u in units]}
     ids = [pq.ParquetFile(u["path"]).read_row_group(u["row_group"], columns=["id"]).column("id").to_pylist()
            for u in units]
     half = len(units) // 2
@@ -174,7 +172,7 @@ def test_the_read_tasks_follow_each_epochs_order_of_the_units(synth_dir, monkeyp
     for seed, train in ((3, True), (other, True), (3, False)):
         items = {"seed": np.array([seed, seed]), "first": np.array([0, half]),
                  "count": np.array([half, len(units) - half])}
-        read = [i for batch in _read_and_preprocess(items, units=table, rows=64, meta=meta, train=train)
+        read = [i for batch in _read_and_preprocess(items, units=units, rows=64, meta=meta, train=train)
                 for i in batch]
         assert read == [i for k in epoch_order(len(units), seed, train) for i in ids[k]]
         seen[seed, train] = read

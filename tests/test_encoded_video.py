@@ -103,7 +103,7 @@ def test_a_run_streams_its_epochs_of_encoded_videos_through_ray_data_each_video_
     kwargs = {"cfg": cfg, "meta": DatasetMeta.load(tmp_path / "ds", "pretrain"), "train": True,
               "with_masks": False, "modalities": {}, "rows": ENCODED_MAP_BATCH_SIZE}
     two_epochs = {"seed": np.array([11, 12]), "first": np.array([0, 0]), "count": np.array([1, 1])}
-    batches = list(_read_and_preprocess(two_epochs, units={"path": [shard], "row_group": [-1]}, **kwargs))
+    batches = list(_read_and_preprocess(two_epochs, units=[{"path": shard, "row_group": -1}], **kwargs))
     assert [len(b["video"]) for b in batches] == [8, 2, 8, 2]
     assert not np.array_equal(batches[0]["video"], batches[2]["video"])  # the same rows, each epoch's own seed
 

@@ -108,10 +108,9 @@ def _stream(where: str, paths: list[str], seeds: list[int], tasks: int | None, f
     if not units:
         raise ValueError(f"{where} lists no shards in its manifest: nothing to stream")
     items = stream_items(len(units), seeds)
-    table = {"path": [u["path"] for u in units], "row_group": [u["row_group"] for u in units]}
     return ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         _read_and_preprocess, batch_size=1, num_cpus=cpus, concurrency=tasks,
-        fn_kwargs={**fn_kwargs, "rows": rows, "units": table})
+        fn_kwargs={**fn_kwargs, "rows": rows, "units": units})
 
 
 #: the items (one Ray Data block each, put by the driver, ~1 ms apiece) a stream is cut into, at most (or one per
@@ -160,18 +159,18 @@ def _open_shard(path: str, **options) -> pq.ParquetFile:
     return pq.ParquetFile(inner, filesystem=filesystem, **options)
 
 
-def _read_and_preprocess(items: dict[str, np.ndarray], rows: int, units: dict[str, list],
+def _read_and_preprocess(items: dict[str, np.ndarray], rows: int, units: list[dict[str, Any]],
                          **preprocess) -> Iterator[dict[str, np.ndarray]]:
-    """The rows of the read units the given :func:`stream_items` name (``units``: the split's unit table, the
-    same for every task) as preprocessed batches of ``rows`` rows, each unit with its epoch's seed (a
+    """The rows of the read units the given :func:`stream_items` name (``units``: the split's :func:`read_units`,
+    the same for every task) as preprocessed batches of ``rows`` rows, each unit with its epoch's seed (a
     generator: Ray Data streams each batch on while the next is read and made; a task holds one batch at a
     time)."""
-    meta, unit_count = preprocess["meta"], len(units["path"])
+    meta = preprocess["meta"]
     for seed, first, count in zip(items["seed"], items["first"], items["count"], strict=True):
-        for k in epoch_order(unit_count, int(seed), preprocess["train"])[int(first):int(first) + int(count)]:
-            group = int(units["row_group"][k])
+        for k in epoch_order(len(units), int(seed), preprocess["train"])[int(first):int(first) + int(count)]:
+            path, group = units[k]["path"], units[k]["row_group"]
             # pre-buffered: fewer, larger reads on object storage
-            with _open_shard(str(units["path"][k]), pre_buffer=True) as shard:
+            with _open_shard(path, pre_buffer=True) as shard:
                 for part in shard.iter_batches(batch_size=rows, row_groups=None if group < 0 else [group],
                                                columns=meta.read_columns):
                     yield _ray_preprocess({name: part.column(name).to_numpy(zero_copy_only=False)
