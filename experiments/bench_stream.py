@@ -5,20 +5,21 @@ Runbook::
     python experiments/bench_data.py --stream                   # tiny recipe, 120 steps, built-in benchmark
     python experiments/bench_data.py --stream --set data.max_memory_mb=1024 --set data.max_cpus=0
 
-Two measurements of the tiny recipe's training step, side by side in one run, on the same split of the
-built-in benchmark (synthesised into ``data/`` if absent):
+Measurements of the tiny recipe's training step, side by side in one run, on the same split of the built-in
+benchmark (synthesised into ``data/`` if absent):
 
-* streaming: ``oskar pretrain`` machinery (Ray Train, one worker, Ray Data reading and preprocessing the split
-  under the run's data budget: ``data.max_cpus``, ``data.max_memory_mb`` / the default window,
-  ``data.max_tasks``); the step time is the worker's logged ``samples_per_s`` (data wait included) after the
-  first ``--skip`` steps, averaged as step time;
-* pre-loaded: the same model step (``train_step``, same threads) in this process on batches of the same split
-  read and preprocessed before the clock starts;
-* pre-loaded in a Ray Train worker: the same, inside a one-worker ``TorchTrainer`` (no Ray Data): what the Ray
-  worker itself costs the step (its niceness, thread settings, the training thread), apart from the stream.
+* the stream's cost to the trainer (the goal's number): one Ray Train worker reading the run's stream under the
+  run's data budget (``data.max_cpus``, ``data.max_memory_mb`` / the default window, ``data.max_tasks``) trains
+  one model in alternating segments — steps on batches it took from the stream before the clock, and steps taking
+  the stream's next batch (data wait included) — so that both sides share the process, the model and the
+  machine's hour (sequential runs here drift by more than the effect: ±10 %);
+* ``oskar pretrain`` streaming: the whole machinery (health batch, logging, checkpoint); the step time is the
+  worker's logged ``samples_per_s`` after the first ``--skip`` steps, averaged as step time;
+* pre-loaded in this process: the same model step (``train_step``, same threads) without Ray.
 
-Goal (issue 29): streaming / pre-loaded <= 1.1. The third line splits a miss: a worker that matches the plain
-process puts the difference on the stream running beside the trainer (docs/results.md, "Ray's overhead").
+Goal (issue 29 point 3): the trainer's step streaming / on pre-loaded batches <= 1.1. The last two lines put the
+whole runs side by side: pretrain's worker against a plain process also counts what the Ray Train worker itself
+costs a step (Ray Train's helper actors on the same two cores; docs/results.md, "Ray's overhead").
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+#: interleaved measurement: segments per mode, steps per segment, and steps left out of each segment's timing
+#: (after a streaming segment the stream refills its window of batches)
+SEGMENTS, SEGMENT_STEPS, SETTLE_STEPS = 4, 25, 3
 
 
 def streaming_step_s(cfg, skip: int, workdir: Path) -> tuple[float, dict]:
@@ -69,33 +73,68 @@ def preloaded_step_s(cfg, skip: int) -> float:
     return (time.perf_counter() - started) / (cfg.train.steps - skip)
 
 
-def _preloaded_in_worker(config: dict) -> None:
+def _interleaved_in_worker(config: dict) -> None:
+    """One Ray Train worker, one model, the run's stream: segments of steps on batches it pre-loaded from the
+    stream and segments of steps taking the stream's next batch, alternating (ABBA, against the machine's drift)."""
+    import json
+
+    import ray.train
+    import torch
+
     from oskar_ray.config import config_from_dict
+    from oskar_ray.data.pipeline import iter_train_batches
+    from oskar_ray.model import Oskar
+    from oskar_ray.train import build_optimizer, train_step
+    from oskar_ray.train.step import seed_everything
 
     os.chdir(REPO)  # a Ray worker starts elsewhere; the built-in benchmark's path is relative to the repository
-    # Ray Train V2 hands back the metrics of checkpointed reports only: the step time travels in a file
-    step_s = preloaded_step_s(config_from_dict(config["cfg"]), config["skip"])
-    Path(config["out"]).write_text(str(step_s))
+    cfg, segments, length = config_from_dict(config["cfg"]), config["segments"], config["segment_steps"]
+    torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)  # what the run's worker gives torch
+    stream = iter_train_batches(ray.train.get_dataset_shard("train"), cfg, cfg.train.batch_size, train=True)
+    seed_everything(cfg.train.seed)
+    model = Oskar(cfg)
+    optimizer = build_optimizer(model, cfg)
+    loaded = [next(stream) for _ in range(length)]
+    for step in range(config["skip"]):
+        train_step(model, optimizer, loaded[step % length], step, cfg)
+    step, times = config["skip"], {"pre-loaded": [], "streaming": []}
+    for segment in range(segments):
+        for mode in ("pre-loaded", "streaming")[::1 if segment % 2 == 0 else -1]:
+            for k in range(length):
+                started = time.perf_counter()
+                batch = next(stream) if mode == "streaming" else loaded[k]
+                train_step(model, optimizer, batch, step, cfg)
+                step += 1
+                if k >= SETTLE_STEPS:
+                    times[mode].append(time.perf_counter() - started)
+    # Ray Train V2 hands back the metrics of checkpointed reports only: the times travel in a file
+    Path(config["out"]).write_text(json.dumps(times))
 
 
-def preloaded_in_ray_worker_step_s(cfg, skip: int, workdir: Path) -> float:
-    """The pre-loaded step inside a one-worker Ray Train run (same CPUs per worker, no Ray Data)."""
+def interleaved_step_s(cfg, skip: int, workdir: Path) -> dict[str, float]:
+    """Mean step time (s) on pre-loaded batches and on the stream, interleaved in one Ray Train worker that reads
+    the run's stream under the run's data budget (``start_ray``; one worker: the stream is not split)."""
+    import json
     import sys
 
     import ray.cloudpickle
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from oskar_ray.ray_runtime import init_ray
+    from oskar_ray.train.ray_trainer import start_ray, training_stream
 
-    init_ray()
+    start_ray(cfg)
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import experiments/
+    out = workdir / "interleaved.json"
     trainer = TorchTrainer(
-        _preloaded_in_worker, train_loop_config={"cfg": cfg.to_dict(), "skip": skip, "out": str(workdir / "step_s")},
+        _interleaved_in_worker,
+        train_loop_config={"cfg": cfg.to_dict(), "skip": skip, "segments": SEGMENTS, "segment_steps": SEGMENT_STEPS,
+                           "out": str(out)},
         scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
-        run_config=ray.train.RunConfig(name="preloaded", storage_path=str(workdir / "ray")))
+        run_config=ray.train.RunConfig(name="interleaved", storage_path=str(workdir / "ray")),
+        datasets={"train": training_stream(cfg)}, dataset_config=ray.train.DataConfig(datasets_to_split=[]))
     trainer.fit()
-    return float((workdir / "step_s").read_text())
+    return {mode: statistics.mean(times) for mode, times in json.loads(out.read_text()).items()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -114,16 +153,21 @@ def main(argv: list[str] | None = None) -> None:
     preloaded = preloaded_step_s(cfg, args.skip)
     with tempfile.TemporaryDirectory() as tmp:
         streaming, extra = streaming_step_s(cfg, args.skip, Path(tmp))
-        in_worker = preloaded_in_ray_worker_step_s(cfg, args.skip, Path(tmp))
+        interleaved = interleaved_step_s(cfg, args.skip, Path(tmp))
+    in_worker, worker_streaming = interleaved["pre-loaded"], interleaved["streaming"]
     print(f"{args.config}: training step after {args.skip} warm-up steps, {args.steps - args.skip} timed, batch "
           f"{cfg.train.batch_size}")
     print(f"  pre-loaded batches (this process):           {preloaded:.3f} s/step")
     print(f"  Ray Train + Ray Data streaming (data budget): {streaming:.3f} s/step "
           f"(data wait {extra['data_wait']:.1%})")
-    print(f"  pre-loaded batches in a Ray Train worker:     {in_worker:.3f} s/step")
-    print(f"streaming / pre-loaded: {streaming / preloaded:.2f} (goal <= 1.1); "
-          f"Ray worker, pre-loaded / this process: {in_worker / preloaded:.2f}; "
-          f"streaming / pre-loaded, both in a Ray Train worker (the stream alone): {streaming / in_worker:.2f}")
+    print(f"  one Ray Train worker reading the run's stream, {SEGMENTS} x {SEGMENT_STEPS - SETTLE_STEPS} timed "
+          f"steps of each, alternating:")
+    print(f"    pre-loaded batches:                         {in_worker:.3f} s/step")
+    print(f"    the stream's next batch:                    {worker_streaming:.3f} s/step")
+    print(f"the stream's cost to the trainer, streaming / pre-loaded in one worker: {worker_streaming / in_worker:.2f} "
+          f"(goal <= 1.1)")
+    print(f"whole runs: oskar pretrain streaming / pre-loaded in this process: {streaming / preloaded:.2f}; "
+          f"of which the Ray Train worker, pre-loaded / this process: {in_worker / preloaded:.2f}")
 
 
 if __name__ == "__main__":

@@ -4,9 +4,9 @@
 what single-process training and unit tests call directly on a pandas/numpy
 batch. Steps, per batch of stored rows:
 
-1. video: raw uint8 bytes → (T, 3, H, W) float32, uniform temporal resampling to
+1. video (``video_batch.py``): raw uint8 bytes → (T, 3, H, W) float32, uniform temporal resampling to
    ``modalities.video.frames`` (nearest spatial resampling if the stored size
-   differs) — or, for a split stored encoded, a clip decoded per visit
+   differs), a whole batch at a time — or, for a split stored encoded, a clip decoded per visit
    (``encoded_video.py``: random window + resized crop when training; undecodable
    rows counted in ``skipped_video``, short ones in ``padded_video``) — normalised per clip and
    channel (``data.video_norm=clip``: removes
@@ -39,9 +39,10 @@ import numpy as np
 
 from ..modalities import BUILTIN_MODALITIES, modality_class
 from . import store
-from .encoded_video import ENCODED, RAW, decode_row
+from .encoded_video import ENCODED, RAW
 from .readers.common import uniform_indices
 from .tokenizer import check_tokenizer, load_tokenizer
+from .video_batch import video_batch
 
 #: per-row counters of the data path (summed by the training loop into data/<counter> metrics)
 COUNTERS = ("skipped_video", "padded_video")
@@ -112,7 +113,7 @@ def preprocess_batch(rows: Any, cfg, meta: DatasetMeta, *, train: bool, rng: np.
     enabled = cfg.enabled_modalities
     spans = None  # the part of each clip an encoded video's window covers: the skeleton is cut to the same time
     if "video" in enabled:
-        out["video"], decoded, padded, spans = _videos(rows, cfg, meta, train, rng)
+        out["video"], decoded, padded, spans = video_batch(rows, cfg, meta, train=train, rng=rng)
     if "skeleton" in enabled:
         out["skeleton"] = _skeletons(rows, cfg, meta, augment, rng, spans)
     if "text" in enabled:
@@ -186,81 +187,6 @@ def _pick(items: Any, train: bool, rng: np.random.Generator) -> str:
     return str(items[int(rng.integers(len(items)))] if train else items[0])
 
 
-def _videos(rows: dict, cfg, meta: DatasetMeta, train: bool,
-            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(clips (B, T, 3, H, W) float32, decoded (B,), padded (B,), spans (B, 2): the [start, end) fraction of
-    each stored video its clip covers); absent or undecodable rows stay zeros."""
-    c, size = cfg.modalities["video"], len(rows["id"])
-    clips = np.zeros((size, c.frames, 3, c.height, c.width), np.float32)
-    decoded, padded = np.ones(size, bool), np.zeros(size, bool)
-    spans = np.tile(np.array([0.0, 1.0]), (size, 1))
-    for i, raw in enumerate(rows["video"]):
-        if raw is None or len(raw) == 0:
-            continue  # absent: zeros, present_video is false
-        if meta.video_storage == ENCODED:
-            clip = rows["clip"][i] if "clip" in rows else None
-            frames, decoded[i], padded[i], spans[i] = decode_row(raw, rows["attributes"][i], cfg, train=train,
-                                                                 rng=rng, clip=clip)
-            if frames is not None:
-                _normalise_frames(frames, cfg.data.video_norm, meta, out=clips[i], grid=True)
-            continue
-        clips[i] = _raw_clip(rows, i, raw, cfg, meta, train and cfg.data.augment, rng)
-    return clips, decoded, padded, spans
-
-
-def _raw_clip(rows: dict, i: int, raw: bytes, cfg, meta: DatasetMeta, augment: bool,
-              rng: np.random.Generator) -> np.ndarray:
-    c = cfg.modalities["video"]
-    frame_bytes = meta.height * meta.width * 3
-    if len(raw) % frame_bytes:
-        raise ValueError(f"{meta.root} split {meta.split} row {rows['id'][i]}: video has {len(raw)} "
-                         f"bytes, not a multiple of one {meta.height}x{meta.width}x3 frame")
-    frames = np.frombuffer(raw, np.uint8).reshape(-1, meta.height, meta.width, 3)
-    frames = frames[uniform_indices(len(frames), c.frames)]
-    if (meta.height, meta.width) != (c.height, c.width):
-        frames = frames[:, uniform_indices(meta.height, c.height)][:, :, uniform_indices(meta.width, c.width)]
-    if augment:
-        shift = max(1, c.height // 16)
-        frames = np.roll(frames, tuple(rng.integers(-shift, shift + 1, 2)), axis=(1, 2))
-    return _normalise_frames(frames, cfg.data.video_norm, meta, np.empty((c.frames, 3, c.height, c.width), np.float32))
-
-
-def _normalise_frames(frames: np.ndarray, mode: str, meta: DatasetMeta, out: np.ndarray,
-                      grid: bool = False) -> np.ndarray:
-    """uint8 ``(T, H, W, 3)`` frames → normalised float32 ``(T, 3, H, W)`` written into ``out``.
-
-    ``clip``: per-channel mean / std of the clip itself (the /255 scale cancels out; the std floor is 1e-3 of
-    the [0, 1] range), with ``grid`` (decoded encoded video) estimated on a grid of at most ~32 x 32 pixels per
-    frame (at 224^2 the full-pixel statistics cost a third of a clip's decode time); ``dataset``: the
-    manifest's statistics. Two passes over the output, no float copy of the input."""
-    if mode == "clip":
-        stride = max(1, min(frames.shape[1], frames.shape[2]) // 32) if grid else 1
-        mean, std = _channel_stats(frames[:, ::stride, ::stride])
-        scale = 1.0 / np.maximum(std, 255e-3)
-    else:
-        mean = np.asarray(meta.video_mean, np.float32) * 255.0
-        scale = 1.0 / (np.asarray(meta.video_std, np.float32) * 255.0)
-    scale = scale.astype(np.float32)[:, None, None]
-    np.multiply(frames.transpose(0, 3, 1, 2), scale, out=out)
-    out -= mean.astype(np.float32)[:, None, None] * scale
-    return out
-
-
-#: channel c's pixel values v count in histogram bin 256 c + v (:func:`_channel_stats`)
-_CHANNEL_OFFSETS = np.array([0, 256, 512], np.int32)
-_LEVELS = np.arange(256, dtype=np.float64)
-
-
-def _channel_stats(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and std of uint8 ``(..., 3)`` pixels, exactly, from one 768-bin histogram (a float
-    reduction over a channels-last clip costs ~5x more: it was half of a 32 x 32 clip's preprocessing)."""
-    histogram = np.bincount((pixels.reshape(-1, 3) + _CHANNEL_OFFSETS).ravel(), minlength=768).reshape(3, 256)
-    count = histogram.sum(axis=1)
-    mean = histogram @ _LEVELS / count
-    var = np.maximum(histogram @ (_LEVELS * _LEVELS) / count - mean * mean, 0.0)
-    return mean.astype(np.float32), np.sqrt(var).astype(np.float32)
-
-
 def _skeletons(rows: dict, cfg, meta: DatasetMeta, augment: bool, rng: np.random.Generator,
                spans: np.ndarray | None = None) -> np.ndarray:
     c = cfg.modalities["skeleton"]
@@ -268,6 +194,7 @@ def _skeletons(rows: dict, cfg, meta: DatasetMeta, augment: bool, rng: np.random
         raise ValueError(f"modalities.skeleton.joints ({c.joints}) differs from the dataset's "
                          f"{meta.joints} joints ({meta.root}/manifest.json shapes.joints)")
     out = np.zeros((len(rows["id"]), c.frames, c.joints, 3), np.float32)
+    present = []
     for i, raw in enumerate(rows["skeleton"]):
         if raw is None or len(raw) == 0:
             continue
@@ -275,10 +202,10 @@ def _skeletons(rows: dict, cfg, meta: DatasetMeta, augment: bool, rng: np.random
         if spans is not None:  # the video's window: the same stretch of time (ingest --frames sets the detail)
             start = min(int(spans[i, 0] * len(seq)), len(seq) - 1)
             seq = seq[start:max(start + 1, int(np.ceil(spans[i, 1] * len(seq))))]
-        seq = seq[uniform_indices(len(seq), c.frames)]
-        if augment:
-            seq = _jitter_skeleton(seq, rng)
-        out[i] = seq
+        out[i] = seq[uniform_indices(len(seq), c.frames)]
+        present.append(i)
+    if augment and present:
+        out[present] = _jitter_skeletons(out[present], rng)
     return out
 
 
@@ -308,12 +235,14 @@ def _added(name: str, rows: dict, cfg, meta: DatasetMeta, augment: bool,
     return {key: np.stack([np.asarray(s[key], dtype=empty[key].dtype) for s in samples]) for key in empty}
 
 
-def _jitter_skeleton(seq: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    angle = rng.uniform(-0.3, 0.3)
-    cos, sin = np.cos(angle), np.sin(angle)
-    rot = np.array([[cos, 0, sin], [0, 1, 0], [-sin, 0, cos]], np.float32)  # about the vertical axis
-    scale = rng.uniform(0.9, 1.1)
-    return (seq @ rot.T * scale + rng.normal(0, 0.01, seq.shape)).astype(np.float32)
+def _jitter_skeletons(seqs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``(N, T, J, 3)`` skeletons, each rotated about the vertical axis (±0.3 rad), scaled (0.9-1.1) and given
+    joint noise (std 0.01): one draw per clip, applied to the batch at once."""
+    angle, scale = rng.uniform(-0.3, 0.3, len(seqs)), rng.uniform(0.9, 1.1, len(seqs))
+    cos, sin, zero = np.cos(angle) * scale, np.sin(angle) * scale, np.zeros(len(seqs))
+    turn = np.stack([np.stack([cos, zero, sin], 1), np.stack([zero, scale, zero], 1),
+                     np.stack([-sin, zero, cos], 1)], 1)  # (N, 3, 3): rotation times scale
+    return (np.einsum("ntjk,nlk->ntjl", seqs, turn) + rng.normal(0, 0.01, seqs.shape)).astype(np.float32)
 
 
 def _tokenize(texts: list[str], cfg, meta: DatasetMeta) -> tuple[np.ndarray, np.ndarray]:

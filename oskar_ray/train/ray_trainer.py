@@ -84,7 +84,7 @@ def pretrain(cfg: OskarConfig, *, resume: str | None = None, fail_at_step: int |
         opening = None if relay.wanted(cfg.tracking.relay, uri) else \
             pool.submit(_open_run, cfg, name, resume, run_id, resume_changes)
         try:
-            _start_ray(cfg)
+            start_ray(cfg)
             clock.mark("ray_init")
             relay.start(uri, cfg.tracking.relay)
             client, run_id = opening.result() if opening else _open_run(cfg, name, resume, run_id, resume_changes)
@@ -120,7 +120,9 @@ def pretrain(cfg: OskarConfig, *, resume: str | None = None, fail_at_step: int |
                           storage.join(storage.resolve(cfg.train.output_dir), name))
 
 
-def _start_ray(cfg: OskarConfig) -> None:
+def start_ray(cfg: OskarConfig) -> None:
+    """Ray for one run of ``cfg``: the local (or joined) runtime, its worker group checked against the cluster,
+    and the data budget its datasets will carry (so build them after this)."""
     init_ray()
     check_workers_fit(cfg.train.num_workers, cfg.train.cpus_per_worker, cfg.train.use_gpu)
     need = task_cpus(cfg)
