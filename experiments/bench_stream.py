@@ -8,18 +8,22 @@ Runbook::
 Measurements of the tiny recipe's training step, side by side in one run, on the same split of the built-in
 benchmark (synthesised into ``data/`` if absent):
 
-* the stream's cost to the trainer (the goal's number): one Ray Train worker reading the run's stream under the
-  run's data budget (``data.max_cpus``, ``data.max_memory_mb`` / the default window, ``data.max_tasks``) trains
-  one model in alternating segments — steps on batches it took from the stream before the clock, and steps taking
-  the stream's next batch (data wait included) — so that both sides share the process, the model and the
-  machine's hour (sequential runs here drift by more than the effect: ±10 %);
-* ``oskar pretrain`` streaming: the whole machinery (health batch, logging, checkpoint); the step time is the
-  worker's logged ``samples_per_s`` after the first ``--skip`` steps, averaged as step time;
-* pre-loaded in this process: the same model step (``train_step``, same threads) without Ray.
+* ``oskar pretrain`` streaming: the whole machinery (Ray Train, one worker, Ray Data reading and preprocessing
+  the split under the run's data budget: ``data.max_cpus``, ``data.max_memory_mb`` / the default window,
+  ``data.max_tasks``; health batch, logging, checkpoint); the step time is the worker's logged ``samples_per_s``
+  (data wait included) after the first ``--skip`` steps, averaged as step time;
+* pre-loaded in this process: the same model step (``train_step``, same threads) without Ray, on batches read
+  and preprocessed before the clock;
+* interleaved in one Ray Train worker reading the run's stream under the same budget: one model trains in
+  alternating segments — steps on batches it took from the stream before the clock, and steps taking the
+  stream's next batch — so both sides share the process, the model and the machine's hour (sequential runs here
+  drift by more than the effect, ±10 %). The stream stays alive, backpressured, through the pre-loaded segments
+  (Ray Data's executor and iterator threads idle in the worker), so this ratio is the marginal cost of producing
+  batches: a lower bound on the stream's cost.
 
-Goal (issue 29 point 3): the trainer's step streaming / on pre-loaded batches <= 1.1. The last two lines put the
-whole runs side by side: pretrain's worker against a plain process also counts what the Ray Train worker itself
-costs a step (Ray Train's helper actors on the same two cores; docs/results.md, "Ray's overhead").
+Goal (issue 29 point 3): streaming / pre-loaded <= 1.1, the first line against the second. The interleaved
+ratio and "the Ray Train worker alone" (its pre-loaded segments against this process) split a miss between the
+stream's work and the Ray Train worker itself (docs/results.md, "Ray's overhead").
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-#: interleaved measurement: segments per mode, steps per segment, and steps left out of each segment's timing
+#: interleaved measurement: segment pairs, steps per segment, and steps left out of each segment's timing
 #: (after a streaming segment the stream refills its window of batches)
 SEGMENTS, SEGMENT_STEPS, SETTLE_STEPS = 4, 25, 3
 
@@ -74,8 +78,8 @@ def preloaded_step_s(cfg, skip: int) -> float:
 
 
 def _interleaved_in_worker(config: dict) -> None:
-    """One Ray Train worker, one model, the run's stream: segments of steps on batches it pre-loaded from the
-    stream and segments of steps taking the stream's next batch, alternating (ABBA, against the machine's drift)."""
+    """One Ray Train worker, one model, the run's stream: segments of steps on batches it took from the stream
+    before the clock and segments of steps taking the stream's next batch, alternating (ABBA, against drift)."""
     import json
 
     import ray.train
@@ -88,32 +92,44 @@ def _interleaved_in_worker(config: dict) -> None:
     from oskar_ray.train.step import seed_everything
 
     os.chdir(REPO)  # a Ray worker starts elsewhere; the built-in benchmark's path is relative to the repository
-    cfg, segments, length = config_from_dict(config["cfg"]), config["segments"], config["segment_steps"]
+    cfg = config_from_dict(config["cfg"])
     torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)  # what the run's worker gives torch
     stream = iter_train_batches(ray.train.get_dataset_shard("train"), cfg, cfg.train.batch_size, train=True)
     seed_everything(cfg.train.seed)
     model = Oskar(cfg)
     optimizer = build_optimizer(model, cfg)
-    loaded = [next(stream) for _ in range(length)]
+    loaded = [next(stream) for _ in range(SEGMENT_STEPS)]
     for step in range(config["skip"]):
-        train_step(model, optimizer, loaded[step % length], step, cfg)
-    step, times = config["skip"], {"pre-loaded": [], "streaming": []}
-    for segment in range(segments):
-        for mode in ("pre-loaded", "streaming")[::1 if segment % 2 == 0 else -1]:
-            for k in range(length):
-                started = time.perf_counter()
-                batch = next(stream) if mode == "streaming" else loaded[k]
-                train_step(model, optimizer, batch, step, cfg)
-                step += 1
-                if k >= SETTLE_STEPS:
-                    times[mode].append(time.perf_counter() - started)
+        train_step(model, optimizer, loaded[step % SEGMENT_STEPS], step, cfg)
+    times = _timed_segments(lambda batch, step: train_step(model, optimizer, batch, step, cfg), stream, loaded,
+                            config["skip"])
     # Ray Train V2 hands back the metrics of checkpointed reports only: the times travel in a file
     Path(config["out"]).write_text(json.dumps(times))
 
 
-def interleaved_step_s(cfg, skip: int, workdir: Path) -> dict[str, float]:
-    """Mean step time (s) on pre-loaded batches and on the stream, interleaved in one Ray Train worker that reads
-    the run's stream under the run's data budget (``start_ray``; one worker: the stream is not split)."""
+def _timed_segments(step_on, stream, loaded: list, first_step: int) -> list[dict]:
+    """Per segment: its mode, the seconds of each timed step (data wait included) and of each wait for the
+    stream's next batch."""
+    segments, step = [], first_step
+    for pair in range(SEGMENTS):
+        for mode in ("pre-loaded", "streaming")[::1 if pair % 2 == 0 else -1]:
+            segment = {"mode": mode, "steps": [], "waits": []}
+            for k in range(SEGMENT_STEPS):
+                started = time.perf_counter()
+                batch = next(stream) if mode == "streaming" else loaded[k]
+                waited = time.perf_counter() - started
+                step_on(batch, step)
+                step += 1
+                if k >= SETTLE_STEPS:
+                    segment["steps"].append(time.perf_counter() - started)
+                    segment["waits"].append(waited)
+            segments.append(segment)
+    return segments
+
+
+def interleaved_steps(cfg, skip: int, workdir: Path) -> list[dict]:
+    """The timed segments (:func:`_timed_segments`) of one Ray Train worker reading the run's stream under the
+    run's data budget (``start_ray``; one worker: the stream is not split). CPU configs only (no device sync)."""
     import json
     import sys
 
@@ -121,20 +137,42 @@ def interleaved_step_s(cfg, skip: int, workdir: Path) -> dict[str, float]:
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from oskar_ray.config import config_from_dict
     from oskar_ray.train.ray_trainer import start_ray, training_stream
 
+    # every timed step inside the run's schedule (EMA still moving) and its stream long enough for them all
+    cfg = config_from_dict(cfg.to_dict())
+    cfg.train.steps = skip + (2 * SEGMENTS + 1) * SEGMENT_STEPS
     start_ray(cfg)
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import experiments/
     out = workdir / "interleaved.json"
     trainer = TorchTrainer(
-        _interleaved_in_worker,
-        train_loop_config={"cfg": cfg.to_dict(), "skip": skip, "segments": SEGMENTS, "segment_steps": SEGMENT_STEPS,
-                           "out": str(out)},
+        _interleaved_in_worker, train_loop_config={"cfg": cfg.to_dict(), "skip": skip, "out": str(out)},
         scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
         run_config=ray.train.RunConfig(name="interleaved", storage_path=str(workdir / "ray")),
         datasets={"train": training_stream(cfg)}, dataset_config=ray.train.DataConfig(datasets_to_split=[]))
     trainer.fit()
-    return {mode: statistics.mean(times) for mode, times in json.loads(out.read_text()).items()}
+    return json.loads(out.read_text())
+
+
+def _report_interleaved(segments: list[dict]) -> tuple[float, float]:
+    """Print the interleaved measurement; (pre-loaded, streaming) mean step seconds."""
+    mean = {mode: statistics.mean(t for s in segments if s["mode"] == mode for t in s["steps"])
+            for mode in ("pre-loaded", "streaming")}
+    pairs = [statistics.mean(b["steps"] if b["mode"] == "streaming" else a["steps"]) /
+             statistics.mean(a["steps"] if b["mode"] == "streaming" else b["steps"])
+             for a, b in zip(segments[::2], segments[1::2], strict=True)]
+    streamed = [s for s in segments if s["mode"] == "streaming"]
+    wait = sum(sum(s["waits"]) for s in streamed) / sum(sum(s["steps"]) for s in streamed)
+    print(f"  one Ray Train worker reading the run's stream, {SEGMENTS} segments of {SEGMENT_STEPS - SETTLE_STEPS} "
+          f"timed steps each way, alternating:")
+    print(f"    pre-loaded batches (the stream alive, backpressured): {mean['pre-loaded']:.3f} s/step")
+    waits = ", ".join(f"{statistics.mean(s['waits']) * 1e3:.1f}" for s in streamed)
+    print(f"    the stream's next batch:                    {mean['streaming']:.3f} s/step (data wait {wait:.1%}; "
+          f"per segment: {waits} ms)")
+    print(f"  the marginal cost of producing batches, streaming / pre-loaded in one worker: "
+          f"{mean['streaming'] / mean['pre-loaded']:.2f} (segment pairs {min(pairs):.2f}-{max(pairs):.2f})")
+    return mean["pre-loaded"], mean["streaming"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -153,21 +191,15 @@ def main(argv: list[str] | None = None) -> None:
     preloaded = preloaded_step_s(cfg, args.skip)
     with tempfile.TemporaryDirectory() as tmp:
         streaming, extra = streaming_step_s(cfg, args.skip, Path(tmp))
-        interleaved = interleaved_step_s(cfg, args.skip, Path(tmp))
-    in_worker, worker_streaming = interleaved["pre-loaded"], interleaved["streaming"]
+        segments = interleaved_steps(cfg, args.skip, Path(tmp))
     print(f"{args.config}: training step after {args.skip} warm-up steps, {args.steps - args.skip} timed, batch "
           f"{cfg.train.batch_size}")
     print(f"  pre-loaded batches (this process):           {preloaded:.3f} s/step")
     print(f"  Ray Train + Ray Data streaming (data budget): {streaming:.3f} s/step "
           f"(data wait {extra['data_wait']:.1%})")
-    print(f"  one Ray Train worker reading the run's stream, {SEGMENTS} x {SEGMENT_STEPS - SETTLE_STEPS} timed "
-          f"steps of each, alternating:")
-    print(f"    pre-loaded batches:                         {in_worker:.3f} s/step")
-    print(f"    the stream's next batch:                    {worker_streaming:.3f} s/step")
-    print(f"the stream's cost to the trainer, streaming / pre-loaded in one worker: {worker_streaming / in_worker:.2f} "
-          f"(goal <= 1.1)")
-    print(f"whole runs: oskar pretrain streaming / pre-loaded in this process: {streaming / preloaded:.2f}; "
-          f"of which the Ray Train worker, pre-loaded / this process: {in_worker / preloaded:.2f}")
+    in_worker, _ = _report_interleaved(segments)
+    print(f"streaming / pre-loaded (oskar pretrain's worker / this process): {streaming / preloaded:.2f} "
+          f"(goal <= 1.1); the Ray Train worker alone, pre-loaded / this process: {in_worker / preloaded:.2f}")
 
 
 if __name__ == "__main__":

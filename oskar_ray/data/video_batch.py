@@ -4,19 +4,19 @@ Runbook::
 
     clips, decoded, padded, spans = video_batch(rows, cfg, meta, train=True, rng=rng)
 
-Raw rows (uint8 frames: the built-in benchmark) go a batch at a time: the rows of one stored length are
-stacked, resampled in time (and in space, if stored at another size) with one index, shifted together when
-training (``data.augment``: a roll of at most 1/16 of the frame each way, one offset per clip), then converted and
-normalised in a few whole-batch numpy passes. Done a row at a time this was most of the data path's CPU (0.42 of
-0.57 ms a sample on the tiny recipe), and on two cores what the data path takes is taken from the trainer's step
-(docs/results.md, "Ray's overhead"). Encoded rows are decoded one by one (encoded_video.py: random window and
+Raw rows (uint8 frames: the built-in benchmark) go a batch at a time: each row's kept frames (uniform in time)
+are stacked, resampled in space if stored at another size, shifted when training (``data.augment``: a roll of at
+most 1/16 of the frame each way, one offset per clip), then converted and normalised in a few whole-batch numpy
+passes. Done a row at a time this was most of the data path's CPU (0.42 of 0.57 ms a sample on the tiny recipe),
+and on two cores what the data path takes is taken from the trainer's step (docs/results.md, "Ray's overhead"). Encoded rows are decoded one by one (encoded_video.py: random window and
 resized crop when training) into the same batch. Absent rows stay zeros (their ``present_video`` is false);
 ``decoded`` is false where an encoded row failed to decode, ``padded`` where its window repeated its last frame,
 and ``spans`` holds the ``[start, end)`` fraction of each stored video its clip covers (the skeleton is cut to it).
 
 Normalisation (``data.video_norm``): ``clip`` — each clip and channel to mean 0 and std 1 by the clip's own
-statistics (std floor 1e-3 of the [0, 1] range; a decoded video estimates them on a grid of at most ~32 x 32
-pixels a frame: at 224^2 full-frame statistics cost a third of a decode); ``dataset`` — the manifest's statistics.
+statistics (std floor 1e-3 of the [0, 1] range; a decoded video estimates them on every k-th pixel each way,
+k = min(H, W) // 32, i.e. a grid of 32 to 63 pixels a side: at 224^2 full-frame statistics cost a third of a
+decode); ``dataset`` — the manifest's statistics.
 """
 
 from __future__ import annotations
@@ -60,35 +60,27 @@ def video_batch(rows: dict, cfg, meta: DatasetMeta, *, train: bool,
 def _raw_clips(rows: dict, cfg, meta: DatasetMeta, augment: bool, rng: np.random.Generator,
                clips: np.ndarray) -> None:
     """Raw rows' frames, resampled, shifted when ``augment``, normalised into ``clips`` (absent rows untouched)."""
-    c, raws = cfg.modalities["video"], rows["video"]
+    c, raws = cfg.modalities["video"], list(rows["video"])
     lengths = np.array([0 if raw is None else len(raw) for raw in raws], np.int64)
-    frame_bytes = meta.height * meta.width * 3
-    for i in np.flatnonzero(lengths % frame_bytes)[:1]:
-        raise ValueError(f"{meta.root} split {meta.split} row {rows['id'][i]}: video has {lengths[i]} "
+    bad = np.flatnonzero(lengths % (meta.height * meta.width * 3))
+    if bad.size:
+        raise ValueError(f"{meta.root} split {meta.split} row {rows['id'][bad[0]]}: video has {lengths[bad[0]]} "
                          f"bytes, not a multiple of one {meta.height}x{meta.width}x3 frame")
     present = np.flatnonzero(lengths)
-    if not len(present):
+    if not present.size:
         return
-    frames = np.empty((len(present), c.frames, c.height, c.width, 3), np.uint8)
-    for length in np.unique(lengths[present]):  # one stored length in the built-in benchmark: one group
-        group = np.flatnonzero(lengths[present] == length)
-        stored = np.frombuffer(b"".join(raws[present[k]] for k in group), np.uint8)
-        frames[group] = _resample(stored.reshape(len(group), -1, meta.height, meta.width, 3), c)
+    # only the kept frames are copied out of each row (a row may store many more than modalities.video.frames)
+    stored = [np.frombuffer(raws[i], np.uint8).reshape(-1, meta.height, meta.width, 3) for i in present]
+    frames = np.stack([clip[uniform_indices(len(clip), c.frames)] for clip in stored])
+    if (meta.height, meta.width) != (c.height, c.width):
+        frames = frames[:, :, uniform_indices(meta.height, c.height)][:, :, :, uniform_indices(meta.width, c.width)]
     if augment:
         frames = _shift(frames, rng, max(1, c.height // 16))
-    if len(present) == len(lengths):
+    if present.size == len(raws):
         normalise_clips(frames, cfg.data.video_norm, meta, out=clips)
     else:
-        clips[present] = normalise_clips(frames, cfg.data.video_norm, meta, out=np.empty_like(clips[present]))
-
-
-def _resample(stored: np.ndarray, c) -> np.ndarray:
-    """``(N, F, h, w, 3)`` stored frames → ``(N, T, H, W, 3)``: uniform in time, nearest in space."""
-    frames = stored[:, uniform_indices(stored.shape[1], c.frames)]
-    height, width = stored.shape[2:4]
-    if (height, width) != (c.height, c.width):
-        frames = frames[:, :, uniform_indices(height, c.height)][:, :, :, uniform_indices(width, c.width)]
-    return frames
+        out = np.empty((present.size, *clips.shape[1:]), np.float32)
+        clips[present] = normalise_clips(frames, cfg.data.video_norm, meta, out=out)
 
 
 def _shift(frames: np.ndarray, rng: np.random.Generator, most: int) -> np.ndarray:
@@ -109,8 +101,9 @@ def normalise_clips(frames: np.ndarray, mode: str, meta: Any, out: np.ndarray, g
     """uint8 ``(N, T, H, W, 3)`` frames → normalised float32 ``(N, T, 3, H, W)`` written into ``out`` (returned).
 
     ``clip`` statistics are taken on every ``grid``-th pixel each way, centred before the variance (no
-    cancellation for near-constant clips). Three passes over ``out`` in float32, channels-first so every
-    reduction runs over contiguous rows (a reduction over channels-last uint8 costs several times more)."""
+    cancellation for near-constant clips). Whole-batch passes over ``out`` in float32 (convert, mean, centre,
+    variance, scale), channels-first so every reduction runs over contiguous rows: a reduction over channels-last
+    uint8 costs several times more."""
     np.copyto(out, frames.transpose(0, 1, 4, 2, 3))
     if mode == "clip":
         sample = out[..., ::grid, ::grid]
