@@ -109,7 +109,7 @@ def _stream(where: str, paths: list[str], seeds: list[int], tasks: int | None, f
         raise ValueError(f"{where} lists no shards in its manifest: nothing to stream")
     items = stream_items(len(units), seeds)
     return ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-        _read_and_preprocess, batch_size=1, num_cpus=cpus, concurrency=tasks,
+        _read_and_preprocess, batch_size=1, num_cpus=cpus, compute=ray.data.TaskPoolStrategy(size=tasks),
         fn_kwargs={**fn_kwargs, "rows": rows, "units": units})
 
 

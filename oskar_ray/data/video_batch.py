@@ -7,11 +7,12 @@ Runbook::
 Raw rows (uint8 frames: the built-in benchmark) go a batch at a time: each row's kept frames (uniform in time)
 are stacked, resampled in space if stored at another size, shifted when training (``data.augment``: a roll of at
 most 1/16 of the frame each way, one offset per clip), then converted and normalised in a few whole-batch numpy
-passes. Done a row at a time this was most of the data path's CPU (0.42 of 0.57 ms a sample on the tiny recipe),
-and on two cores what the data path takes is taken from the trainer's step (docs/results.md, "Ray's overhead"). Encoded rows are decoded one by one (encoded_video.py: random window and
-resized crop when training) into the same batch. Absent rows stay zeros (their ``present_video`` is false);
-``decoded`` is false where an encoded row failed to decode, ``padded`` where its window repeated its last frame,
-and ``spans`` holds the ``[start, end)`` fraction of each stored video its clip covers (the skeleton is cut to it).
+passes. Done a row at a time this was most of the data path's CPU (0.57 -> 0.24-0.27 ms a sample on the tiny
+recipe; docs/results.md, "Ray's overhead", eighth pass). Encoded rows are decoded one by one (encoded_video.py:
+random window and resized crop when training) into the same batch. Absent rows stay zeros (their
+``present_video`` is false); ``decoded`` is false where an encoded row failed to decode, ``padded`` where its
+window repeated its last frame, and ``spans`` holds the ``[start, end)`` fraction of each stored video its clip
+covers (the skeleton is cut to it).
 
 Normalisation (``data.video_norm``): ``clip`` — each clip and channel to mean 0 and std 1 by the clip's own
 statistics (std floor 1e-3 of the [0, 1] range; a decoded video estimates them on every k-th pixel each way,
@@ -109,7 +110,9 @@ def normalise_clips(frames: np.ndarray, mode: str, meta: Any, out: np.ndarray, g
         sample = out[..., ::grid, ::grid]
         out -= sample.mean(axis=(1, 3, 4), keepdims=True)
         count = sample.shape[1] * sample.shape[3] * sample.shape[4]
-        std = np.sqrt(np.einsum("ntchw,ntchw->nc", sample, sample) / count)
+        # float32 sums a frame at a time, float64 across frames: no float32 accumulation over a whole long clip
+        squares = np.einsum("ntchw,ntchw->ntc", sample, sample).sum(axis=1, dtype=np.float64)
+        std = np.sqrt(squares / count).astype(np.float32)
         out *= (1.0 / np.maximum(std, STD_FLOOR))[:, None, :, None, None]
     else:
         out -= (np.asarray(meta.video_mean, np.float32) * 255.0)[:, None, None]
