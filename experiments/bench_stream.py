@@ -54,26 +54,38 @@ def streaming_step_s(cfg, skip: int, workdir: Path) -> tuple[float, dict]:
     return step_s, {"data_wait": statistics.mean(waits)}
 
 
-def preloaded_step_s(cfg, skip: int) -> float:
+def _warmed_up_step(cfg, warm_up: list):
+    """``step_on(batch, step)``: the run's model step (seeded model, its optimizer, the threads the run's worker
+    gives torch), after training on the ``warm_up`` batches."""
     import torch
 
-    from oskar_ray.data.pipeline import iterate_local
     from oskar_ray.model import Oskar
     from oskar_ray.train import build_optimizer, train_step
     from oskar_ray.train.step import seed_everything
 
+    torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
     seed_everything(cfg.train.seed)
-    torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)  # what the Ray worker gives torch
+    model = Oskar(cfg)
+    optimizer = build_optimizer(model, cfg)
+
+    def step_on(batch, step: int) -> None:
+        train_step(model, optimizer, batch, step, cfg)
+
+    for step, batch in enumerate(warm_up):
+        step_on(batch, step)
+    return step_on
+
+
+def preloaded_step_s(cfg, skip: int) -> float:
+    from oskar_ray.data.pipeline import iterate_local
+
     batches = iterate_local(cfg.data.path, cfg.data.train_split, cfg, cfg.train.batch_size, seed=1, train=True,
                             drop_last=True)
     loaded = [next(batches) for _ in range(cfg.train.steps)]
-    model = Oskar(cfg)
-    optimizer = build_optimizer(model, cfg)
-    for step, batch in enumerate(loaded[:skip]):
-        train_step(model, optimizer, batch, step, cfg)
+    step_on = _warmed_up_step(cfg, loaded[:skip])
     started = time.perf_counter()
     for step, batch in enumerate(loaded[skip:], start=skip):
-        train_step(model, optimizer, batch, step, cfg)
+        step_on(batch, step)
     return (time.perf_counter() - started) / (cfg.train.steps - skip)
 
 
@@ -83,28 +95,17 @@ def _interleaved_in_worker(config: dict) -> None:
     import json
 
     import ray.train
-    import torch
 
     from oskar_ray.config import config_from_dict
     from oskar_ray.data.pipeline import iter_train_batches
-    from oskar_ray.model import Oskar
-    from oskar_ray.train import build_optimizer, train_step
-    from oskar_ray.train.step import seed_everything
 
     os.chdir(REPO)  # a Ray worker starts elsewhere; the built-in benchmark's path is relative to the repository
-    cfg = config_from_dict(config["cfg"])
-    torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)  # what the run's worker gives torch
+    cfg, skip = config_from_dict(config["cfg"]), config["skip"]
     stream = iter_train_batches(ray.train.get_dataset_shard("train"), cfg, cfg.train.batch_size, train=True)
-    seed_everything(cfg.train.seed)
-    model = Oskar(cfg)
-    optimizer = build_optimizer(model, cfg)
     loaded = [next(stream) for _ in range(SEGMENT_STEPS)]
-    for step in range(config["skip"]):
-        train_step(model, optimizer, loaded[step % SEGMENT_STEPS], step, cfg)
-    times = _timed_segments(lambda batch, step: train_step(model, optimizer, batch, step, cfg), stream, loaded,
-                            config["skip"])
+    step_on = _warmed_up_step(cfg, [loaded[step % SEGMENT_STEPS] for step in range(skip)])
     # Ray Train V2 hands back the metrics of checkpointed reports only: the times travel in a file
-    Path(config["out"]).write_text(json.dumps(times))
+    Path(config["out"]).write_text(json.dumps(_timed_segments(step_on, stream, loaded, skip)))
 
 
 def _timed_segments(step_on, stream, loaded: list, first_step: int) -> list[dict]:
