@@ -50,6 +50,17 @@ INTERNAL_QUIET_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_DATA_LOG_LEVEL":
 INTERNAL_SPEED_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
 #: what every process of a run gets, unless the variable is exported already
 QUIET_ENV = {**DOCUMENTED_QUIET_ENV, **INTERNAL_QUIET_ENV, **INTERNAL_SPEED_ENV}
+#: what every process of a local cluster's runs gets in addition (read by Ray Train V2 2.60, not documented:
+#: tests/test_ray_runtime.py checks Ray still reads it): Ray Train's preemption watcher is one more actor process per
+#: run, watching for the preemption notices of cloud nodes — a local cluster's one machine gets none. Every Ray
+#: worker process wakes ~100 times a second (a 10-ms timer in Ray's task loop), and on 2 cores each wake-up holds
+#: back one of the trainer's two threads: ~2 % of the tiny step per idle actor (``experiments/bench_background.py``)
+LOCAL_CLUSTER_ENV_SWITCHES = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+#: Ray Data's autoscaling coordinator, which Ray Train V2's controller creates (a named, detached actor, get-if-exists)
+#: and waits for before it asks for its worker group: module and function, named as strings (``ray.data._internal``:
+#: not an API; tests/test_ray_runtime.py checks both still exist and the controller still calls it)
+TRAIN_COORDINATOR_FACTORY = ("ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator",
+                             "get_or_create_autoscaling_coordinator")
 
 #: how many worker processes a raylet starts at once: a raylet config (ray_config_def.h) read from the environment
 #: as ``RAY_<name>`` — an internal knob, not a public API: a Ray upgrade that drops it brings the warnings back
@@ -123,12 +134,37 @@ def init_ray(log_to_driver: bool = True, *, for_sweep: bool = False, trial_slots
         env[NO_DASHBOARD_ENV] = "1"
     if not address:
         env[LOCAL_CLUSTER_ENV] = "1"
+        env.update({k: os.environ.get(k, v) for k, v in LOCAL_CLUSTER_ENV_SWITCHES.items()})
     runtime_env = {"env_vars": env, "worker_process_setup_hook": f"{__name__}.setup_worker_process"}
     sized = {} if address or STARTUP_CONCURRENCY_ENV in os.environ else {
         STARTUP_CONCURRENCY_ENV: str(startup_concurrency(concurrent_trials))}  # read by the local raylet at start
     with _exported(sized):
         ray.init(address=address, logging_level="WARNING", runtime_env=runtime_env,
                  log_to_driver=log_to_driver, **kwargs)
+
+
+def prestart_train_coordinator() -> bool:
+    """Start, on a local cluster, the coordinator actor Ray Train's controller would create at ``fit()``: its
+    process then boots while the driver opens the MLflow run and builds the datasets, instead of after the
+    controller's own start, one actor after another (a no-op one-worker ``fit()`` on 2 cores: 9.1 -> 8.1 s, three
+    alternating pairs). Returns whether it was asked for: not on a joined cluster (the controller places it on its
+    own node), and not when a Ray upgrade has moved the factory (the controller then creates it, as before)."""
+    import ray
+
+    if not ray.is_initialized() or not _on_local_cluster():
+        return False
+    module, name = TRAIN_COORDINATOR_FACTORY
+    try:
+        factory = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return False
+    factory()  # returns the actor's handle at once; its process starts in the background
+    return True
+
+
+def _on_local_cluster() -> bool:
+    """A local Ray this project started (from its driver, or a sweep trial on it), not a joined cluster."""
+    return not os.environ.get("RAY_ADDRESS") or bool(os.environ.get(LOCAL_CLUSTER_ENV))
 
 
 def startup_concurrency(concurrent_trials: int) -> int:
@@ -297,8 +333,7 @@ def check_workers_fit(num_workers: int, cpus_per_worker: float, use_gpu: bool) -
     through ``$RAY_ADDRESS`` may grow (an autoscaler), so it is left to Ray."""
     import ray
 
-    local = not os.environ.get("RAY_ADDRESS") or os.environ.get(LOCAL_CLUSTER_ENV)
-    if not local or not ray.is_initialized():
+    if not _on_local_cluster() or not ray.is_initialized():
         return
     have = ray.cluster_resources()
     cpus, gpus = have.get("CPU", 0.0), have.get("GPU", 0.0)

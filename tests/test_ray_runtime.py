@@ -62,9 +62,34 @@ def test_the_undocumented_environment_switches_are_still_read_by_ray():
 
     sources = [p.read_text(errors="replace") for p in Path(ray.__file__).parent.rglob("*.py")
                if "tests" not in p.parts]
-    internal = {**ray_runtime.INTERNAL_QUIET_ENV, **ray_runtime.INTERNAL_SPEED_ENV}
+    internal = {**ray_runtime.INTERNAL_QUIET_ENV, **ray_runtime.INTERNAL_SPEED_ENV,
+                **ray_runtime.LOCAL_CLUSTER_ENV_SWITCHES}
     missing = [name for name in internal if not any(name in text for text in sources)]
     assert not missing, f"Ray no longer reads {missing}: update oskar_ray/ray_runtime.py"
+
+
+def test_the_coordinator_ray_train_waits_for_is_still_created_by_the_named_factory():
+    """``prestart_train_coordinator`` calls a Ray Data internal by name: a Ray upgrade that moves it, or a Ray Train
+    controller that no longer calls it, would silently lose the head start; this fails first, naming it."""
+    import ray
+
+    module, name = ray_runtime.TRAIN_COORDINATOR_FACTORY
+    assert callable(getattr(importlib.import_module(module), name, None)), f"{module}.{name} is gone"
+    train_v2 = Path(ray.__file__).parent / "train" / "v2"
+    callers = [p for p in train_v2.rglob("*.py") if "tests" not in p.parts and f"{name}(" in p.read_text()]
+    assert callers, f"Ray Train no longer calls {name}: update oskar_ray/ray_runtime.py"
+
+
+def test_a_run_on_the_local_cluster_starts_the_coordinator_ray_train_would_wait_for(ray_local, monkeypatch):
+    import ray
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert ray_runtime.prestart_train_coordinator()
+    # the name and namespace the controller's get-if-exists creation looks up (Ray 2.60)
+    assert ray.get_actor("AutoscalingCoordinator", namespace="AutoscalingCoordinator") is not None
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")  # a joined cluster: the controller places it itself
+    monkeypatch.delenv(ray_runtime.LOCAL_CLUSTER_ENV, raising=False)
+    assert not ray_runtime.prestart_train_coordinator()
 
 
 def test_in_ray_worker_is_false_in_the_driver_and_true_in_tasks_and_actors(ray_local, caplog):

@@ -233,6 +233,7 @@ def test_a_local_ray_is_quiet_knows_its_cluster_and_is_sized_for_its_trials():
     * without the dashboard's state API Ray Train's placement-group cleaner would log a warning every second of
       every run: its logger is silenced in every worker;
     * what auto-detects a cluster in a worker (the cleaner's state API client) finds its own, not another one;
+    * no run on it starts Ray Train's preemption watcher (a local machine is never preempted: one idle actor less);
     * the raylet warns each time its live worker processes pass 4x its start-up concurrency (the core count by
       default: 8 processes on 2 cores); a sweep trial alone runs ~10 (Ray Train V2's actors). ``init_ray``
       sizes it for the trials that run at once, so two trials' worth of worker processes print nothing."""
@@ -244,6 +245,7 @@ init_ray(concurrent_trials=2)
 print("level", ray.get(ray.remote(lambda: logging.getLogger(PLACEMENT_GROUP_CLEANER_LOGGER).level).remote()))
 address = ray.get(ray.remote(lambda: os.environ.get("RAY_ADDRESS")).remote())
 print("own address", address == ray.get_runtime_context().gcs_address)
+print("preemption watcher", ray.get(ray.remote(lambda: os.environ.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER")).remote()))
 
 @ray.remote(num_cpus=0.01)
 class Idle:
@@ -269,4 +271,5 @@ ray.shutdown()
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"level {logging.ERROR}" in done.stdout
     assert "own address True" in done.stdout
+    assert "preemption watcher 0" in done.stdout
     assert "worker processes have been started" not in done.stdout + done.stderr

@@ -38,7 +38,7 @@ from ..data.preprocess import rows_without_modalities
 from ..data.resolve import resolve_data
 from ..data.store import split_info
 from ..modalities import carried_modalities
-from ..ray_runtime import DATA_BLOCK_MB, budget_data, check_workers_fit, init_ray
+from ..ray_runtime import DATA_BLOCK_MB, budget_data, check_workers_fit, init_ray, prestart_train_coordinator
 from ..tracking import client_for, end_run, log_loss_curve, log_metrics, set_tags, start_run, tracking_uri
 from .checkpoint import WEIGHTS, latest_checkpoint, read_state
 from .timeline import Timeline
@@ -124,6 +124,7 @@ def start_ray(cfg: OskarConfig) -> None:
     """Ray for one run of ``cfg``: the local (or joined) runtime, its worker group checked against the cluster,
     and the data budget its datasets will carry (so build them after this)."""
     init_ray()
+    prestart_train_coordinator()
     check_workers_fit(cfg.train.num_workers, cfg.train.cpus_per_worker, cfg.train.use_gpu)
     need = task_cpus(cfg)
     if 0 < cfg.data.max_cpus < need:  # Ray Data would wait forever for a task it can never schedule

@@ -1,0 +1,205 @@
+"""What an idle Ray Train run's processes cost a training step on this machine (Linux).
+
+Runbook::
+
+    python experiments/bench_background.py                      # tiny recipe, 4 x 2 segments of 25 steps
+    python experiments/bench_background.py --set train.threads=1
+
+An idle one-worker Ray Train run, started as ``oskar pretrain`` starts one (``start_ray``: the local cluster,
+its environment; then the controller, its actors and the worker group, whose train function sleeps), runs in a
+subprocess. This process times the run's model step (``train_step``, the run's threads) on batches read before
+the clock, in alternating segments (ABBA, against the machine's drift): the idle run's processes running, and
+the same processes frozen with SIGSTOP, which stops them without ending them. It prints the wake-ups a second of
+each of those processes (context switches, ``/proc``) and the ratio of the two step times: what Ray's standing
+processes cost a trainer that has every core, before any data moves (the step inside ``oskar pretrain`` pays
+this on top of its stream; ``experiments/bench_stream.py`` measures the stream, docs/results.md the rest).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "experiments"))
+#: segment pairs, steps per segment, steps left out of each segment's timing (processes just thawed catch up)
+SEGMENTS, SEGMENT_STEPS, SETTLE_STEPS = 4, 25, 3
+#: seconds over which the idle run's wake-ups are counted
+CENSUS_S = 5.0
+
+
+def idle_run(config_path: str, overrides: list[str], ready: str) -> None:
+    """The subprocess: a one-worker Ray Train run whose train function says it runs, then sleeps until told."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from oskar_ray.config import load_config
+    from oskar_ray.train.ray_trainer import start_ray
+
+    cfg = load_config(config_path, overrides)
+    start_ray(cfg)
+
+    def sleep_until_told(config: dict) -> None:
+        Path(config["ready"]).write_text("running")
+        deadline = time.time() + 900
+        while Path(config["ready"]).exists() and time.time() < deadline:
+            time.sleep(1)
+
+    with tempfile.TemporaryDirectory() as storage:
+        TorchTrainer(sleep_until_told, train_loop_config={"ready": ready},
+                     scaling_config=ray.train.ScalingConfig(
+                         num_workers=1, resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
+                     run_config=ray.train.RunConfig(name="idle", storage_path=storage)).fit()
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            children.setdefault(int(stat[stat.rindex(")") + 2:].split()[1]), []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += children.get(pid, [])
+    return found
+
+
+def _name(pid: int) -> str:
+    """``ray::<actor>`` as Ray titles its workers; else the binary's name, or the script's for Python."""
+    try:
+        words = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+    except OSError:
+        return "?"
+    if words[0].startswith("ray::"):
+        return words[0].strip()
+    if Path(words[0]).name.startswith("python"):
+        scripts = [w for w in words[1:] if w.endswith(".py")]
+        return f"python {Path(scripts[0]).name}" if scripts else " ".join(words[:3])
+    return Path(words[0]).name
+
+
+def _context_switches(pid: int) -> int:
+    """Voluntary context switches of all the process's threads: each one a sleep, so one wake-up."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            status = (task / "status").read_text()
+        except OSError:
+            continue
+        total += sum(int(line.split()[1]) for line in status.splitlines() if line.startswith("voluntary_ctxt"))
+    return total
+
+
+def census(pids: list[int]) -> list[tuple[float, str]]:
+    """Wake-ups a second of each process over :data:`CENSUS_S` (while this process sleeps)."""
+    before = {pid: _context_switches(pid) for pid in pids if Path(f"/proc/{pid}").exists()}
+    time.sleep(CENSUS_S)
+    rates = [((_context_switches(pid) - n) / CENSUS_S, _name(pid)) for pid, n in before.items()
+             if Path(f"/proc/{pid}").exists()]
+    return sorted(rates, reverse=True)
+
+
+def _signal_all(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def timed_segments(step_on, batches: list, run_pid: int) -> dict[str, list[float]]:
+    """Mean step seconds per segment, with the idle run's processes running and frozen, ABBA."""
+    times: dict[str, list[float]] = {"running": [], "frozen": []}
+    step = SETTLE_STEPS
+    for pair in range(SEGMENTS):
+        for state in ("running", "frozen")[::1 if pair % 2 == 0 else -1]:
+            pids = _descendants(run_pid) if state == "frozen" else []
+            _signal_all(pids, signal.SIGSTOP)
+            try:
+                steps = []
+                for k in range(SEGMENT_STEPS):
+                    started = time.perf_counter()
+                    step_on(batches[k], step)
+                    step += 1
+                    if k >= SETTLE_STEPS:
+                        steps.append(time.perf_counter() - started)
+            finally:
+                _signal_all(pids, signal.SIGCONT)
+            times[state].append(statistics.mean(steps))
+    return times
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(REPO / "experiments/configs/tiny.yaml"))
+    parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE")
+    parser.add_argument("--idle-run", metavar="READY_FILE", help=argparse.SUPPRESS)  # the subprocess
+    args = parser.parse_args(argv)
+    os.chdir(REPO)  # the built-in benchmark's path is relative to the repository
+    if args.idle_run:
+        idle_run(args.config, args.overrides, args.idle_run)
+        return
+    from bench_stream import _warmed_up_step
+
+    from oskar_ray.config import load_config
+    from oskar_ray.data.pipeline import iterate_local
+    from oskar_ray.data.resolve import resolve_data
+
+    cfg = resolve_data(load_config(args.config, args.overrides))
+    cfg.train.steps = SETTLE_STEPS + 2 * SEGMENTS * SEGMENT_STEPS  # every timed step inside the run's schedule
+    stream = iterate_local(cfg.data.path, cfg.data.train_split, cfg, cfg.train.batch_size, seed=1, train=True,
+                           drop_last=True)
+    batches = [next(stream) for _ in range(SEGMENT_STEPS)]
+    step_on = _warmed_up_step(cfg, batches[:SETTLE_STEPS])
+    with tempfile.TemporaryDirectory() as tmp:
+        ready = Path(tmp) / "ready"
+        command = [sys.executable, __file__, "--config", args.config, "--idle-run", str(ready)]
+        command += [f"--set={override}" for override in args.overrides]
+        run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            while not ready.exists():
+                if run.poll() is not None:
+                    raise RuntimeError(f"the idle Ray Train run exited ({run.returncode}) before its train function")
+                time.sleep(0.5)
+            time.sleep(3)  # the controller's and the worker group's start-up done
+            rates = census(_descendants(run.pid))
+            times = timed_segments(step_on, batches, run.pid)
+        finally:
+            ready.unlink(missing_ok=True)
+            _signal_all(_descendants(run.pid), signal.SIGCONT)
+            try:
+                run.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(run.pid, signal.SIGKILL)
+    _report(args.config, rates, times)
+
+
+def _report(config: str, rates: list[tuple[float, str]], times: dict[str, list[float]]) -> None:
+    running, frozen = statistics.mean(times["running"]), statistics.mean(times["frozen"])
+    pairs = [a / b for a, b in zip(times["running"], times["frozen"], strict=True)]
+    print(f"{Path(config).relative_to(REPO) if Path(config).is_relative_to(REPO) else config}: the training step "
+          f"in this process on pre-loaded batches, {SEGMENTS} x 2 segments of {SEGMENT_STEPS - SETTLE_STEPS} timed "
+          f"steps, alternating")
+    print(f"  an idle one-worker Ray Train run's {len(rates)} processes running: {running:.3f} s/step "
+          f"({sum(r for r, _ in rates):.0f} wake-ups/s between them)")
+    print(f"  the same processes frozen (SIGSTOP):                 {frozen:.3f} s/step")
+    print(f"Ray's standing processes / none: {running / frozen:.2f} (segment pairs {min(pairs):.2f}-{max(pairs):.2f})")
+    print("wake-ups a second, by process:")
+    for rate, name in rates:
+        if rate >= 1:
+            print(f"  {rate:7.0f}  {name}")
+
+
+if __name__ == "__main__":
+    main()
