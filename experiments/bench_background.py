@@ -36,25 +36,28 @@ SEGMENTS, SEGMENT_STEPS, SETTLE_STEPS = 4, 25, 3
 CENSUS_S = 5.0
 
 
-def idle_run(config_path: str, overrides: list[str], ready: str) -> None:
-    """The subprocess: a one-worker Ray Train run whose train function says it runs, then sleeps until told."""
+def idle_run(config_path: str, overrides: list[str], folder: str) -> None:
+    """The subprocess: a one-worker Ray Train run whose train function writes ``ready`` in ``folder``, then sleeps
+    while ``keep`` is there (the benchmark removes it when done, or on its way out)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
     from oskar_ray.config import load_config
+    from oskar_ray.data.resolve import resolve_data
     from oskar_ray.train.ray_trainer import start_ray
 
-    cfg = load_config(config_path, overrides)
+    cfg = resolve_data(load_config(config_path, overrides))
     start_ray(cfg)
 
-    def sleep_until_told(config: dict) -> None:
-        Path(config["ready"]).write_text("running")
+    def sleep_while_kept(config: dict) -> None:
+        folder = Path(config["folder"])
+        (folder / "ready").write_text("running")
         deadline = time.time() + 900
-        while Path(config["ready"]).exists() and time.time() < deadline:
+        while (folder / "keep").exists() and time.time() < deadline:
             time.sleep(1)
 
     with tempfile.TemporaryDirectory() as storage:
-        TorchTrainer(sleep_until_told, train_loop_config={"ready": ready},
+        TorchTrainer(sleep_while_kept, train_loop_config={"folder": folder},
                      scaling_config=ray.train.ScalingConfig(
                          num_workers=1, resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
                      run_config=ray.train.RunConfig(name="idle", storage_path=storage)).fit()
@@ -94,21 +97,22 @@ def _name(pid: int) -> str:
 def _context_switches(pid: int) -> int:
     """Voluntary context switches of all the process's threads: each one a sleep, so one wake-up."""
     total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
             status = (task / "status").read_text()
-        except OSError:
-            continue
-        total += sum(int(line.split()[1]) for line in status.splitlines() if line.startswith("voluntary_ctxt"))
+            total += sum(int(line.split()[1]) for line in status.splitlines() if line.startswith("voluntary_ctxt"))
+    except OSError:  # the process (or a thread) ended meanwhile: Ray ends idle pooled workers after a second
+        return -1
     return total
 
 
 def census(pids: list[int]) -> list[tuple[float, str]]:
-    """Wake-ups a second of each process over :data:`CENSUS_S` (while this process sleeps)."""
-    before = {pid: _context_switches(pid) for pid in pids if Path(f"/proc/{pid}").exists()}
+    """Wake-ups a second of each process over :data:`CENSUS_S` (while this process sleeps); processes that
+    ended meanwhile are left out."""
+    before = {pid: _context_switches(pid) for pid in pids}
     time.sleep(CENSUS_S)
-    rates = [((_context_switches(pid) - n) / CENSUS_S, _name(pid)) for pid, n in before.items()
-             if Path(f"/proc/{pid}").exists()]
+    after = {pid: _context_switches(pid) for pid in before}
+    rates = [((after[pid] - n) / CENSUS_S, _name(pid)) for pid, n in before.items() if n >= 0 and after[pid] >= 0]
     return sorted(rates, reverse=True)
 
 
@@ -144,13 +148,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(REPO / "experiments/configs/tiny.yaml"))
     parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE")
-    parser.add_argument("--idle-run", metavar="READY_FILE", help=argparse.SUPPRESS)  # the subprocess
+    parser.add_argument("--idle-run", metavar="FOLDER", help=argparse.SUPPRESS)  # the subprocess
     args = parser.parse_args(argv)
+    args.config = str(Path(args.config).resolve())
     os.chdir(REPO)  # the built-in benchmark's path is relative to the repository
     if args.idle_run:
         idle_run(args.config, args.overrides, args.idle_run)
         return
-    from bench_stream import _warmed_up_step
+    # a SIGTERM (a timeout, CI) runs the clean-up below: the idle run must not be left frozen
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    from bench_stream import warmed_up_step
 
     from oskar_ray.config import load_config
     from oskar_ray.data.pipeline import iterate_local
@@ -161,27 +168,34 @@ def main(argv: list[str] | None = None) -> None:
     stream = iterate_local(cfg.data.path, cfg.data.train_split, cfg, cfg.train.batch_size, seed=1, train=True,
                            drop_last=True)
     batches = [next(stream) for _ in range(SEGMENT_STEPS)]
-    step_on = _warmed_up_step(cfg, batches[:SETTLE_STEPS])
+    step_on = warmed_up_step(cfg, batches[:SETTLE_STEPS])
     with tempfile.TemporaryDirectory() as tmp:
-        ready = Path(tmp) / "ready"
-        command = [sys.executable, __file__, "--config", args.config, "--idle-run", str(ready)]
+        folder, log = Path(tmp), Path(tmp) / "idle_run.log"
+        (folder / "keep").write_text("")
+        command = [sys.executable, __file__, "--config", args.config, "--idle-run", str(folder)]
         command += [f"--set={override}" for override in args.overrides]
-        run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local cluster: all descendants
+        with log.open("w") as out:
+            run = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:
-            while not ready.exists():
+            while not (folder / "ready").exists():
                 if run.poll() is not None:
-                    raise RuntimeError(f"the idle Ray Train run exited ({run.returncode}) before its train function")
+                    raise RuntimeError(f"the idle Ray Train run exited ({run.returncode}) before its train function:"
+                                       f"\n{log.read_text()[-3000:]}")
                 time.sleep(0.5)
             time.sleep(3)  # the controller's and the worker group's start-up done
             rates = census(_descendants(run.pid))
             times = timed_segments(step_on, batches, run.pid)
+            if run.poll() is not None:  # its "running" segments would have measured nothing
+                raise RuntimeError(f"the idle Ray Train run ended during the measurement:\n{log.read_text()[-3000:]}")
         finally:
-            ready.unlink(missing_ok=True)
+            (folder / "keep").unlink(missing_ok=True)
             _signal_all(_descendants(run.pid), signal.SIGCONT)
             try:
                 run.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 os.killpg(run.pid, signal.SIGKILL)
+                run.wait()
     _report(args.config, rates, times)
 
 

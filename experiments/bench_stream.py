@@ -54,7 +54,7 @@ def streaming_step_s(cfg, skip: int, workdir: Path) -> tuple[float, dict]:
     return step_s, {"data_wait": statistics.mean(waits)}
 
 
-def _warmed_up_step(cfg, warm_up: list):
+def warmed_up_step(cfg, warm_up: list):
     """``step_on(batch, step)``: the run's model step (seeded model, its optimizer, the threads the run's worker
     gives torch), after training on the ``warm_up`` batches."""
     import torch
@@ -82,7 +82,7 @@ def preloaded_step_s(cfg, skip: int) -> float:
     batches = iterate_local(cfg.data.path, cfg.data.train_split, cfg, cfg.train.batch_size, seed=1, train=True,
                             drop_last=True)
     loaded = [next(batches) for _ in range(cfg.train.steps)]
-    step_on = _warmed_up_step(cfg, loaded[:skip])
+    step_on = warmed_up_step(cfg, loaded[:skip])
     started = time.perf_counter()
     for step, batch in enumerate(loaded[skip:], start=skip):
         step_on(batch, step)
@@ -103,7 +103,7 @@ def _interleaved_in_worker(config: dict) -> None:
     cfg, skip = config_from_dict(config["cfg"]), config["skip"]
     stream = iter_train_batches(ray.train.get_dataset_shard("train"), cfg, cfg.train.batch_size, train=True)
     loaded = [next(stream) for _ in range(SEGMENT_STEPS)]
-    step_on = _warmed_up_step(cfg, [loaded[step % SEGMENT_STEPS] for step in range(skip)])
+    step_on = warmed_up_step(cfg, [loaded[step % SEGMENT_STEPS] for step in range(skip)])
     # Ray Train V2 hands back the metrics of checkpointed reports only: the times travel in a file
     Path(config["out"]).write_text(json.dumps(_timed_segments(step_on, stream, loaded, skip)))
 

@@ -9,12 +9,14 @@ Runbook::
 
 Everything this project asks of Ray's runtime is here, so a Ray upgrade is
 checked in one place. The public Ray API covers most of it; what has no public
-route is named below as a *string* (nothing private is imported) and checked by
+route is named below as a *string* (no private module is imported by name) and checked by
 ``tests/test_ray_runtime.py``, which fails loudly when a Ray upgrade moves or drops it:
 
 * :data:`STARTUP_CONCURRENCY_ENV` — a raylet config read from the environment;
-* :data:`INTERNAL_QUIET_ENV` — two Ray Train / Ray Data switches read from the
-  environment but not documented (a print patch and Ray Data's log level);
+* :data:`INTERNAL_QUIET_ENV`, :data:`INTERNAL_SPEED_ENV`, :data:`LOCAL_CLUSTER_ENV_SWITCHES` — Ray Train / Ray
+  Data switches read from the environment but not documented;
+* :data:`TRAIN_COORDINATOR_FACTORY` — the one internal *called*: Ray Data's factory of the actor Ray Train's
+  controller waits for (:func:`prestart_train_coordinator`; any failure there only forgoes the head start);
 * :data:`PLACEMENT_GROUP_CLEANER_LOGGER` and :data:`TRAIN_CONTEXT_MODULE` —
   the names of two Ray Train V2 loggers (not API: their messages are noise here).
 
@@ -50,15 +52,12 @@ INTERNAL_QUIET_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_DATA_LOG_LEVEL":
 INTERNAL_SPEED_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
 #: what every process of a run gets, unless the variable is exported already
 QUIET_ENV = {**DOCUMENTED_QUIET_ENV, **INTERNAL_QUIET_ENV, **INTERNAL_SPEED_ENV}
-#: what every process of a local cluster's runs gets in addition (read by Ray Train V2 2.60, not documented:
-#: tests/test_ray_runtime.py checks Ray still reads it): Ray Train's preemption watcher is one more actor process per
-#: run, watching for the preemption notices of cloud nodes — a local cluster's one machine gets none. Every Ray
-#: worker process wakes ~100 times a second (a 10-ms timer in Ray's task loop), and on 2 cores each wake-up holds
-#: back one of the trainer's two threads: ~2 % of the tiny step per idle actor (``experiments/bench_background.py``)
+#: in addition on a local cluster: no preemption watcher (it watches for cloud nodes' preemption notices). Every
+#: Ray worker process wakes ~100 times a second (a 10-ms timer in Ray's task loop); on 2 cores each wake-up holds
+#: back one of the trainer's two threads: ~2 % of the tiny step per idle actor (experiments/bench_background.py)
 LOCAL_CLUSTER_ENV_SWITCHES = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
-#: Ray Data's autoscaling coordinator, which Ray Train V2's controller creates (a named, detached actor, get-if-exists)
-#: and waits for before it asks for its worker group: module and function, named as strings (``ray.data._internal``:
-#: not an API; tests/test_ray_runtime.py checks both still exist and the controller still calls it)
+#: module and function of Ray Data's autoscaling coordinator (named, detached, get-if-exists), which Ray Train V2's
+#: controller creates and waits for before it asks for its worker group
 TRAIN_COORDINATOR_FACTORY = ("ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator",
                              "get_or_create_autoscaling_coordinator")
 
@@ -67,9 +66,9 @@ TRAIN_COORDINATOR_FACTORY = ("ray.data._internal.cluster_autoscaler.default_auto
 #: (tests/test_train_ray.py::test_a_local_ray_is_quiet_knows_its_cluster_and_is_sized_for_its_trials fails)
 STARTUP_CONCURRENCY_ENV = "RAY_worker_maximum_startup_concurrency"
 #: Python processes one running trial keeps: Ray Train V2's controller, dataset manager, synchronisation,
-#: preemption watcher and placement-group cleaner actors, the train worker, the Tune function, Ray Data's split
-#: coordinator (several workers only) and its preprocessing tasks, a stopped trial's evaluation (measured: 38 for
-#: 2 trials), with room
+#: placement-group cleaner (and on a joined cluster preemption watcher) actors, the train worker, the Tune function,
+#: Ray Data's split coordinator (several workers only) and its preprocessing tasks, a stopped trial's evaluation
+#: (measured: 38 for 2 trials), with room
 PROCESSES_PER_TRIAL = 20
 #: logical CPUs per physical core of a local sweep cluster (see init_ray)
 SWEEP_CPU_FACTOR = 2
@@ -144,21 +143,21 @@ def init_ray(log_to_driver: bool = True, *, for_sweep: bool = False, trial_slots
 
 
 def prestart_train_coordinator() -> bool:
-    """Start, on a local cluster, the coordinator actor Ray Train's controller would create at ``fit()``: its
-    process then boots while the driver opens the MLflow run and builds the datasets, instead of after the
-    controller's own start, one actor after another (a no-op one-worker ``fit()`` on 2 cores: 9.1 -> 8.1 s, three
-    alternating pairs). Returns whether it was asked for: not on a joined cluster (the controller places it on its
-    own node), and not when a Ray upgrade has moved the factory (the controller then creates it, as before)."""
+    """Create, on a local cluster, the coordinator actor Ray Train's controller would create at ``fit()``, so its
+    process boots while the driver opens the MLflow run and builds the datasets (a no-op one-worker ``fit()`` on 2
+    cores: 9.1 -> 8.2 s, six alternating pairs). Whether it was asked for: not on a joined cluster (the controller
+    places it on its own node); and a speed-up only, so any failure (a Ray upgrade moved it, the GCS timed out)
+    just leaves it to the controller, as before."""
     import ray
 
     if not ray.is_initialized() or not _on_local_cluster():
         return False
     module, name = TRAIN_COORDINATOR_FACTORY
     try:
-        factory = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
+        getattr(importlib.import_module(module), name)()  # the actor's handle at once; its process boots meanwhile
+    except Exception:  # noqa: BLE001 — see the docstring
+        logging.getLogger(__name__).debug("the autoscaling coordinator was not created ahead", exc_info=True)
         return False
-    factory()  # returns the actor's handle at once; its process starts in the background
     return True
 
 
@@ -226,50 +225,6 @@ def _drop_driver_task_id_warning() -> None:
     logger = logging.getLogger(RUNTIME_CONTEXT_LOGGER)
     if _is_not_task_id_warning not in logger.filters:
         logger.addFilter(_is_not_task_id_warning)
-
-
-def configure_tune_driver(save_every_s: int) -> None:
-    """The sweep driver's Tune settings (documented environment variables; an exported value wins).
-
-    Tune saves its experiment state at least every ``save_every_s`` seconds (what an interrupted sweep
-    resumes from); the early-stopping signal comes every ``eval.online_probe_every`` steps and other reports
-    lack it (the schedulers skip them), so Tune must not insist on it in every result; results come from
-    memory with Tune's file loggers off, so its warning that it cannot read them is noise.
-    """
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(save_every_s))
-    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
-    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-
-
-def concurrent_trials(trial_cpu: float, num_workers: int, cpus_per_worker: float, data_cpus: float,
-                      use_gpu: bool, threads: int, cap: int = 0) -> int:
-    """Trials that can train at once. On a cluster (``$RAY_ADDRESS``): its CPUs (and GPUs) over one trial's
-    reservation. Locally: physical cores over one trial's torch threads (the local sweep cluster declares
-    more logical CPUs than cores, see :func:`init_ray`). ``cap``: the sweep's own limit (0 = none)."""
-    import ray
-
-    if os.environ.get("RAY_ADDRESS"):
-        resources = ray.cluster_resources()
-        fit = int(resources.get("CPU", 1) // (trial_cpu + num_workers * cpus_per_worker + data_cpus))
-        if use_gpu:
-            fit = min(fit, int(resources.get("GPU", 0) // num_workers))
-    else:
-        fit = (os.cpu_count() or 1) // max(1, num_workers * max(threads, 1))
-    fit = max(1, fit)
-    return min(fit, cap) if cap else fit
-
-
-def trial_resources(trial_cpu: float, slotted: bool) -> tuple[dict[str, float], str]:
-    """A trial's Tune resources, and a note when a wanted :data:`TRIAL_SLOT` is missing on the cluster
-    (a cluster that does not declare it: trials then start as its CPUs/GPUs allow)."""
-    import ray
-
-    if not slotted:
-        return {"cpu": trial_cpu}, ""
-    if not ray.cluster_resources().get(TRIAL_SLOT):
-        return {"cpu": trial_cpu}, (f"the cluster has no {TRIAL_SLOT!r} resource: trials start as its CPUs/GPUs "
-                                    f"allow (declare it on the nodes to cap them)")
-    return {"cpu": trial_cpu, TRIAL_SLOT: 1}, ""
 
 
 #: Ray Data preprocessing tasks in flight per sweep trial (tune/trial.py; see budget_data)
@@ -391,20 +346,6 @@ def pace_data_scheduler() -> None:
     callbacks = getattr(DataContext.get_current(), EXECUTION_CALLBACKS_FIELD)
     if DataSchedulerPacer not in callbacks:
         callbacks.append(DataSchedulerPacer)
-
-
-def cpus_still_held(wait_s: float = 10.0) -> float:
-    """CPUs still reserved on the cluster after ``wait_s`` (Ray Train's placement-group cleaner polls every
-    few seconds): on a sweep's own local cluster, anything above 0 after the last trial is a leak."""
-    import time
-
-    import ray
-
-    total = ray.cluster_resources().get("CPU", 0.0)
-    deadline = time.time() + wait_s
-    while (held := total - ray.available_resources().get("CPU", 0.0)) > 1e-6 and time.time() < deadline:
-        time.sleep(1)
-    return max(0.0, held)
 
 
 @contextlib.contextmanager

@@ -80,14 +80,14 @@ def test_the_coordinator_ray_train_waits_for_is_still_created_by_the_named_facto
     assert callers, f"Ray Train no longer calls {name}: update oskar_ray/ray_runtime.py"
 
 
-def test_a_run_on_the_local_cluster_starts_the_coordinator_ray_train_would_wait_for(ray_local, monkeypatch):
-    import ray
-
+def test_the_coordinators_head_start_is_skipped_on_a_joined_cluster_and_never_fails_a_run(ray_local, monkeypatch):
+    """(That a run on a fresh local cluster creates it: tests/test_train_ray.py, the local-Ray subprocess test.)"""
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    assert ray_runtime.prestart_train_coordinator()
-    # the name and namespace the controller's get-if-exists creation looks up (Ray 2.60)
-    assert ray.get_actor("AutoscalingCoordinator", namespace="AutoscalingCoordinator") is not None
-    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")  # a joined cluster: the controller places it itself
+    for moved in [("oskar_ray.nowhere", "make"), ("math", "nowhere"), ("math", "sqrt")]:  # gone, gone, raises
+        monkeypatch.setattr(ray_runtime, "TRAIN_COORDINATOR_FACTORY", moved)
+        assert not ray_runtime.prestart_train_coordinator()
+    monkeypatch.setattr(ray_runtime, "TRAIN_COORDINATOR_FACTORY", ("builtins", "print"))  # would succeed if called
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")  # a joined cluster: the controller places it on its node
     monkeypatch.delenv(ray_runtime.LOCAL_CLUSTER_ENV, raising=False)
     assert not ray_runtime.prestart_train_coordinator()
 

@@ -53,7 +53,8 @@ SAVE_EVERY_S = 10
 def run_sweep(spec: SweepSpec, *, resume: str | None = None, report: bool = True) -> SweepOutcome:
     """Run (or resume) a sweep end to end; prints the best trial, the report and the mlflow ui command."""
     from .. import relay
-    from ..ray_runtime import configure_environment, configure_tune_driver, init_ray
+    from ..ray_runtime import configure_environment, init_ray
+    from .cluster import configure_tune_driver
 
     started = time.perf_counter()
     configure_environment()
@@ -100,7 +101,7 @@ def _stopped_trial_evaluator(spec: SweepSpec, setup: TrialSetup) -> StoppedTrial
 def warn_if_resources_held() -> None:
     """After the last trial every CPU of the sweep's own local cluster should be free again (a shared
     cluster's other jobs hold some); say so when a killed trial's placement group was not released."""
-    from ..ray_runtime import cpus_still_held
+    from .cluster import cpus_still_held
 
     held = cpus_still_held()
     if held > 1e-6:
@@ -221,7 +222,7 @@ def _parent_run(spec: SweepSpec, base, uri: str) -> str:
 
 def max_concurrent(spec: SweepSpec, cfg) -> int:
     """Trials at once: what the cluster (or this machine's cores) fits, capped by ``spec.max_concurrent``."""
-    from ..ray_runtime import concurrent_trials
+    from .cluster import concurrent_trials
 
     t = cfg.train
     return concurrent_trials(spec.trial_cpu, t.num_workers, t.cpus_per_worker, cfg.data.cpus_per_task, t.use_gpu,
@@ -235,7 +236,7 @@ def _trial_slots(spec: SweepSpec) -> int:
 
 
 def _trial_resources(spec: SweepSpec) -> dict[str, float]:
-    from ..ray_runtime import trial_resources
+    from .cluster import trial_resources
 
     resources, note = trial_resources(spec.trial_cpu, slotted=spec.scheduler.kind == "sha")
     if note:
