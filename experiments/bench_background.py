@@ -32,13 +32,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "experiments"))
 #: segment pairs, steps per segment, steps left out of each segment's timing (processes just thawed catch up)
 SEGMENTS, SEGMENT_STEPS, SETTLE_STEPS = 4, 25, 3
+#: steps trained before the first segment (allocator, thread pool, autograd caches)
+WARM_UP_STEPS = 3
 #: seconds over which the idle run's wake-ups are counted
 CENSUS_S = 5.0
 
 
-def idle_run(config_path: str, overrides: list[str], folder: str) -> None:
+def idle_run(config_path: str, overrides: list[str], folder: str, benchmark_pid: int) -> None:
     """The subprocess: a one-worker Ray Train run whose train function writes ``ready`` in ``folder``, then sleeps
-    while ``keep`` is there (the benchmark removes it when done, or on its way out)."""
+    while ``keep`` is there (the benchmark removes it when done, or on its way out) and the benchmark lives."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -52,12 +54,11 @@ def idle_run(config_path: str, overrides: list[str], folder: str) -> None:
     def sleep_while_kept(config: dict) -> None:
         folder = Path(config["folder"])
         (folder / "ready").write_text("running")
-        deadline = time.time() + 900
-        while (folder / "keep").exists() and time.time() < deadline:
+        while (folder / "keep").exists() and Path(f"/proc/{config['benchmark_pid']}").exists():
             time.sleep(1)
 
     with tempfile.TemporaryDirectory() as storage:
-        TorchTrainer(sleep_while_kept, train_loop_config={"folder": folder},
+        TorchTrainer(sleep_while_kept, train_loop_config={"folder": folder, "benchmark_pid": benchmark_pid},
                      scaling_config=ray.train.ScalingConfig(
                          num_workers=1, resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
                      run_config=ray.train.RunConfig(name="idle", storage_path=storage)).fit()
@@ -122,13 +123,15 @@ def _signal_all(pids: list[int], sig: int) -> None:
             os.kill(pid, sig)
 
 
-def timed_segments(step_on, batches: list, run_pid: int) -> dict[str, list[float]]:
-    """Mean step seconds per segment, with the idle run's processes running and frozen, ABBA."""
+def timed_segments(step_on, batches: list, run_pid: int, stopped: set[int]) -> dict[str, list[float]]:
+    """Mean step seconds per segment, with the idle run's processes running and frozen, ABBA. ``stopped``
+    collects every pid ever frozen (thawed again on the way out, even if no longer the run's descendant)."""
     times: dict[str, list[float]] = {"running": [], "frozen": []}
-    step = SETTLE_STEPS
+    step = WARM_UP_STEPS
     for pair in range(SEGMENTS):
         for state in ("running", "frozen")[::1 if pair % 2 == 0 else -1]:
             pids = _descendants(run_pid) if state == "frozen" else []
+            stopped.update(pids)
             _signal_all(pids, signal.SIGSTOP)
             try:
                 steps = []
@@ -153,10 +156,11 @@ def main(argv: list[str] | None = None) -> None:
     args.config = str(Path(args.config).resolve())
     os.chdir(REPO)  # the built-in benchmark's path is relative to the repository
     if args.idle_run:
-        idle_run(args.config, args.overrides, args.idle_run)
+        idle_run(args.config, args.overrides, args.idle_run, os.getppid())
         return
-    # a SIGTERM (a timeout, CI) runs the clean-up below: the idle run must not be left frozen
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    # a SIGTERM (a timeout, CI) or SIGHUP (a closed terminal) runs the clean-up below: nothing may stay frozen
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda signum, _: sys.exit(128 + signum))
     from bench_stream import warmed_up_step
 
     from oskar_ray.config import load_config
@@ -164,11 +168,11 @@ def main(argv: list[str] | None = None) -> None:
     from oskar_ray.data.resolve import resolve_data
 
     cfg = resolve_data(load_config(args.config, args.overrides))
-    cfg.train.steps = SETTLE_STEPS + 2 * SEGMENTS * SEGMENT_STEPS  # every timed step inside the run's schedule
+    cfg.train.steps = WARM_UP_STEPS + 2 * SEGMENTS * SEGMENT_STEPS  # every timed step inside the run's schedule
     stream = iterate_local(cfg.data.path, cfg.data.train_split, cfg, cfg.train.batch_size, seed=1, train=True,
                            drop_last=True)
     batches = [next(stream) for _ in range(SEGMENT_STEPS)]
-    step_on = warmed_up_step(cfg, batches[:SETTLE_STEPS])
+    step_on = warmed_up_step(cfg, batches[:WARM_UP_STEPS])
     with tempfile.TemporaryDirectory() as tmp:
         folder, log = Path(tmp), Path(tmp) / "idle_run.log"
         (folder / "keep").write_text("")
@@ -177,6 +181,9 @@ def main(argv: list[str] | None = None) -> None:
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local cluster: all descendants
         with log.open("w") as out:
             run = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        print(f"idle Ray Train run: process group {run.pid} (should this benchmark be killed: "
+              f"kill -CONT -- -{run.pid}; kill -- -{run.pid})", flush=True)
+        stopped: set[int] = set()
         try:
             while not (folder / "ready").exists():
                 if run.poll() is not None:
@@ -185,12 +192,12 @@ def main(argv: list[str] | None = None) -> None:
                 time.sleep(0.5)
             time.sleep(3)  # the controller's and the worker group's start-up done
             rates = census(_descendants(run.pid))
-            times = timed_segments(step_on, batches, run.pid)
+            times = timed_segments(step_on, batches, run.pid, stopped)
             if run.poll() is not None:  # its "running" segments would have measured nothing
                 raise RuntimeError(f"the idle Ray Train run ended during the measurement:\n{log.read_text()[-3000:]}")
         finally:
             (folder / "keep").unlink(missing_ok=True)
-            _signal_all(_descendants(run.pid), signal.SIGCONT)
+            _signal_all(sorted(stopped | set(_descendants(run.pid))), signal.SIGCONT)
             try:
                 run.wait(timeout=60)
             except subprocess.TimeoutExpired:

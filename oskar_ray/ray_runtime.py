@@ -7,9 +7,9 @@ Runbook::
     ray_runtime.init_ray(for_sweep=True, trial_slots=6, concurrent_trials=2)   # a local sweep cluster
     ray_runtime.in_ray_worker()                              # False in the driver, True in tasks and actors
 
-Everything this project asks of Ray's runtime is here, so a Ray upgrade is
-checked in one place. The public Ray API covers most of it; what has no public
-route is named below as a *string* (no private module is imported by name) and checked by
+Everything this project asks of Ray's runtime is here (a sweep's trial sizing aside: ``tune/cluster.py``), so a
+Ray upgrade is checked in one place. The public Ray API covers most of it; what has no public
+route is named below as a *string* (no private module appears in an import statement) and checked by
 ``tests/test_ray_runtime.py``, which fails loudly when a Ray upgrade moves or drops it:
 
 * :data:`STARTUP_CONCURRENCY_ENV` — a raylet config read from the environment;
@@ -23,10 +23,8 @@ route is named below as a *string* (no private module is imported by name) and c
 Everything else is public (``@PublicAPI``, or documented environment variables):
 ``ray.init`` (``runtime_env`` with ``env_vars`` and a ``worker_process_setup_hook``),
 ``ray.get_runtime_context()`` (``gcs_address``, ``get_task_id``),
-``ray.cluster_resources`` / ``available_resources``, ``ray.data.DataContext``
-resource limits, ``RAY_DATA_DISABLE_PROGRESS_BARS``, ``RAY_USAGE_STATS_ENABLED``,
-``TUNE_DISABLE_AUTO_CALLBACK_LOGGERS``, ``TUNE_GLOBAL_CHECKPOINT_S``,
-``TUNE_DISABLE_STRICT_METRIC_CHECKING``. Kept free of heavy imports at module
+``ray.cluster_resources``, ``ray.data.DataContext`` resource limits, ``RAY_DATA_DISABLE_PROGRESS_BARS``,
+``RAY_USAGE_STATS_ENABLED``, ``TUNE_DISABLE_AUTO_CALLBACK_LOGGERS``. Kept free of heavy imports at module
 level: Ray imports the setup hook in every worker process.
 """
 
@@ -52,9 +50,10 @@ INTERNAL_QUIET_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_DATA_LOG_LEVEL":
 INTERNAL_SPEED_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
 #: what every process of a run gets, unless the variable is exported already
 QUIET_ENV = {**DOCUMENTED_QUIET_ENV, **INTERNAL_QUIET_ENV, **INTERNAL_SPEED_ENV}
-#: in addition on a local cluster: no preemption watcher (it watches for cloud nodes' preemption notices). Every
-#: Ray worker process wakes ~100 times a second (a 10-ms timer in Ray's task loop); on 2 cores each wake-up holds
-#: back one of the trainer's two threads: ~2 % of the tiny step per idle actor (experiments/bench_background.py)
+#: in addition on a local cluster: no preemption watcher (it watches for cloud nodes' preemption notices): one idle
+#: actor process less. Every Ray worker process wakes ~100 times a second (a 10-ms timer in Ray's task loop), and on
+#: 2 cores each wake-up holds back one of the trainer's two threads (experiments/bench_background.py; freezing this
+#: actor alone: 1.02 on the tiny step, one run)
 LOCAL_CLUSTER_ENV_SWITCHES = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 #: module and function of Ray Data's autoscaling coordinator (named, detached, get-if-exists), which Ray Train V2's
 #: controller creates and waits for before it asks for its worker group
@@ -66,9 +65,9 @@ TRAIN_COORDINATOR_FACTORY = ("ray.data._internal.cluster_autoscaler.default_auto
 #: (tests/test_train_ray.py::test_a_local_ray_is_quiet_knows_its_cluster_and_is_sized_for_its_trials fails)
 STARTUP_CONCURRENCY_ENV = "RAY_worker_maximum_startup_concurrency"
 #: Python processes one running trial keeps: Ray Train V2's controller, dataset manager, synchronisation,
-#: placement-group cleaner (and on a joined cluster preemption watcher) actors, the train worker, the Tune function,
-#: Ray Data's split coordinator (several workers only) and its preprocessing tasks, a stopped trial's evaluation
-#: (measured: 38 for 2 trials), with room
+#: placement-group cleaner actors, the train worker, the Tune function, Ray Data's split coordinator (several
+#: workers only) and its preprocessing tasks, a stopped trial's evaluation (measured: 38 for 2 trials, when the
+#: preemption watcher still ran locally), with room
 PROCESSES_PER_TRIAL = 20
 #: logical CPUs per physical core of a local sweep cluster (see init_ray)
 SWEEP_CPU_FACTOR = 2
@@ -109,7 +108,7 @@ def init_ray(log_to_driver: bool = True, *, for_sweep: bool = False, trial_slots
     (:func:`setup_worker_process`); and sweeps declare :data:`SWEEP_CPU_FACTOR` logical CPUs per
     core, because each trial reserves CPUs for its driver and trainer and Ray
     Data would otherwise find none left for its tasks and hang (concurrency
-    is capped by physical cores instead, :func:`concurrent_trials`).
+    is capped by physical cores instead, ``tune.cluster.concurrent_trials``).
     ``trial_slots``: that many units of the custom resource :data:`TRIAL_SLOT`,
     one per running trial (a paused trial holds none). ``concurrent_trials``
     sizes the local raylet's worker start-up (:func:`startup_concurrency`).
@@ -145,9 +144,9 @@ def init_ray(log_to_driver: bool = True, *, for_sweep: bool = False, trial_slots
 def prestart_train_coordinator() -> bool:
     """Create, on a local cluster, the coordinator actor Ray Train's controller would create at ``fit()``, so its
     process boots while the driver opens the MLflow run and builds the datasets (a no-op one-worker ``fit()`` on 2
-    cores: 9.1 -> 8.2 s, six alternating pairs). Whether it was asked for: not on a joined cluster (the controller
-    places it on its own node); and a speed-up only, so any failure (a Ray upgrade moved it, the GCS timed out)
-    just leaves it to the controller, as before."""
+    cores: 9.1 -> 8.2 s, six alternating pairs). True once the actor is requested; False on a joined cluster (the
+    controller places it on its own node) and on any failure (a Ray upgrade moved it, the GCS timed out): a
+    speed-up only, so the controller then creates it, as before."""
     import ray
 
     if not ray.is_initialized() or not _on_local_cluster():

@@ -1,4 +1,4 @@
-"""The Ray runtime module: the only Ray internals the package names still exist; nothing private is imported."""
+"""The Ray runtime module: the only Ray internals the package names still exist; nothing private is imported by name."""
 
 from __future__ import annotations
 
@@ -78,6 +78,15 @@ def test_the_coordinator_ray_train_waits_for_is_still_created_by_the_named_facto
     train_v2 = Path(ray.__file__).parent / "train" / "v2"
     callers = [p for p in train_v2.rglob("*.py") if "tests" not in p.parts and f"{name}(" in p.read_text()]
     assert callers, f"Ray Train no longer calls {name}: update oskar_ray/ray_runtime.py"
+
+
+def test_a_runs_ray_asks_for_the_coordinators_head_start(ray_local, smoke_cfg, monkeypatch):
+    from oskar_ray.train import ray_trainer
+
+    asked = []
+    monkeypatch.setattr(ray_trainer, "prestart_train_coordinator", lambda: asked.append(1) or True)
+    ray_trainer.start_ray(smoke_cfg)
+    assert asked == [1]
 
 
 def test_the_coordinators_head_start_is_skipped_on_a_joined_cluster_and_never_fails_a_run(ray_local, monkeypatch):

@@ -234,7 +234,7 @@ def test_a_local_ray_is_quiet_knows_its_cluster_and_is_sized_for_its_trials():
       every run: its logger is silenced in every worker;
     * what auto-detects a cluster in a worker (the cleaner's state API client) finds its own, not another one;
     * no run on it starts Ray Train's preemption watcher (a local machine is never preempted: one idle actor less);
-    * a run's ``start_ray`` creates the coordinator actor Ray Train's controller would create and wait for;
+    * the coordinator actor Ray Train's controller would create and wait for is created ahead on it;
     * the raylet warns each time its live worker processes pass 4x its start-up concurrency (the core count by
       default: 8 processes on 2 cores); a sweep trial alone runs ~10 (Ray Train V2's actors). ``init_ray``
       sizes it for the trials that run at once, so two trials' worth of worker processes print nothing."""
@@ -249,9 +249,8 @@ print("own address", address == ray.get_runtime_context().gcs_address)
 # an actor with an environment of its own, as Ray Train's controller is created (it reads the switch)
 switch = ray.remote(lambda: os.environ.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"))
 print("preemption watcher", ray.get(switch.options(runtime_env={"env_vars": {"ANOTHER": "1"}}).remote()))
-from oskar_ray.config import load_config
-from oskar_ray.train.ray_trainer import start_ray
-start_ray(load_config(sys.argv[2]))  # a run's Ray: creates the coordinator Ray Train's controller waits for
+from oskar_ray.ray_runtime import prestart_train_coordinator
+prestart_train_coordinator()  # what a run's start_ray does next (test_ray_runtime.py checks it does)
 try:
     print("coordinator up", ray.get_actor("AutoscalingCoordinator", namespace="AutoscalingCoordinator") is not None)
 except ValueError:  # not there: no fit() ran on this fresh cluster, so start_ray did not create it
@@ -276,9 +275,8 @@ ray.shutdown()
     env.pop("RAY_ADDRESS", None)
     with tempfile.TemporaryDirectory(prefix="ray", dir="/tmp") as short:  # Ray's socket paths: < 107 characters
         env["RAY_TMPDIR"] = short
-        smoke = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "smoke.yaml"
-        done = subprocess.run([sys.executable, "-c", code, str(actors), str(smoke)], env=env, capture_output=True,
-                              text=True, timeout=300)
+        done = subprocess.run([sys.executable, "-c", code, str(actors)], env=env, capture_output=True, text=True,
+                              timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"level {logging.ERROR}" in done.stdout
     assert "own address True" in done.stdout

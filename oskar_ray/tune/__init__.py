@@ -14,7 +14,8 @@ function trainable), ``runner`` (Tuner / restore, parent run), ``schedulers``
 (synchronous successive halving / ASHA on steps, on Tune's public scheduler API),
 ``stopped_trials`` (every stopped trial evaluated at its stop checkpoint),
 ``decisions`` (what the scheduler decided, rebuilt from the runs), ``watchdog``
-(a stalled sweep errors instead of hanging), ``results`` (summary, MLflow,
+(a stalled sweep errors instead of hanging), ``cluster`` (trials at once, a trial's resources, Tune's
+driver settings, the CPU-leak check), ``results`` (summary, MLflow,
 report), ``flops`` (FLOPs per step from the config), ``cli`` (``oskar sweep
 SPEC.yaml`` and its flags). The signal the schedulers rank on is the online kNN
 probe pretraining reports (:mod:`oskar_ray.probes.online`).

@@ -8,7 +8,8 @@ Runbook::
     trial_resources(0.5, slotted=True)     # ({"cpu": 0.5, "oskar_trial_slot": 1}, "") on a local sweep cluster
 
 The cluster itself (started or joined, its environment, Ray Data's budget) is ``oskar_ray.ray_runtime``'s.
-Kept free of heavy imports at module level, like it.
+Public Ray API only (``ray.cluster_resources`` / ``available_resources``, the documented ``TUNE_GLOBAL_CHECKPOINT_S``
+and ``TUNE_DISABLE_STRICT_METRIC_CHECKING``); kept free of heavy imports at module level, like ``ray_runtime``.
 """
 
 from __future__ import annotations
