@@ -30,8 +30,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "experiments"))
-#: segment pairs, steps per segment, steps left out of each segment's timing (processes just thawed catch up)
-SEGMENTS, SEGMENT_STEPS, SETTLE_STEPS = 4, 25, 3
+# segments as bench_stream.py times them (pairs, steps each, steps left out after a switch: thawed processes catch up)
+from bench_stream import SEGMENT_STEPS, SEGMENTS, SETTLE_STEPS, abba, preloaded_batches, warmed_up_step  # noqa: E402
+
 #: steps trained before the first segment (allocator, thread pool, autograd caches)
 WARM_UP_STEPS = 3
 #: seconds over which the idle run's wake-ups are counted
@@ -128,22 +129,21 @@ def timed_segments(step_on, batches: list, run_pid: int, stopped: set[int]) -> d
     collects every pid ever frozen (thawed again on the way out, even if no longer the run's descendant)."""
     times: dict[str, list[float]] = {"running": [], "frozen": []}
     step = WARM_UP_STEPS
-    for pair in range(SEGMENTS):
-        for state in ("running", "frozen")[::1 if pair % 2 == 0 else -1]:
-            pids = _descendants(run_pid) if state == "frozen" else []
-            stopped.update(pids)
-            _signal_all(pids, signal.SIGSTOP)
-            try:
-                steps = []
-                for k in range(SEGMENT_STEPS):
-                    started = time.perf_counter()
-                    step_on(batches[k], step)
-                    step += 1
-                    if k >= SETTLE_STEPS:
-                        steps.append(time.perf_counter() - started)
-            finally:
-                _signal_all(pids, signal.SIGCONT)
-            times[state].append(statistics.mean(steps))
+    for state in abba(("running", "frozen")):
+        pids = _descendants(run_pid) if state == "frozen" else []
+        stopped.update(pids)
+        _signal_all(pids, signal.SIGSTOP)
+        try:
+            steps = []
+            for k in range(SEGMENT_STEPS):
+                started = time.perf_counter()
+                step_on(batches[k], step)
+                step += 1
+                if k >= SETTLE_STEPS:
+                    steps.append(time.perf_counter() - started)
+        finally:
+            _signal_all(pids, signal.SIGCONT)
+        times[state].append(statistics.mean(steps))
     return times
 
 
@@ -161,17 +161,12 @@ def main(argv: list[str] | None = None) -> None:
     # a SIGTERM (a timeout, CI) or SIGHUP (a closed terminal) runs the clean-up below: nothing may stay frozen
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda signum, _: sys.exit(128 + signum))
-    from bench_stream import warmed_up_step
-
     from oskar_ray.config import load_config
-    from oskar_ray.data.pipeline import iterate_local
     from oskar_ray.data.resolve import resolve_data
 
     cfg = resolve_data(load_config(args.config, args.overrides))
     cfg.train.steps = WARM_UP_STEPS + 2 * SEGMENTS * SEGMENT_STEPS  # every timed step inside the run's schedule
-    stream = iterate_local(cfg.data.path, cfg.data.train_split, cfg, cfg.train.batch_size, seed=1, train=True,
-                           drop_last=True)
-    batches = [next(stream) for _ in range(SEGMENT_STEPS)]
+    batches = preloaded_batches(cfg, SEGMENT_STEPS)
     step_on = warmed_up_step(cfg, batches[:WARM_UP_STEPS])
     with tempfile.TemporaryDirectory() as tmp:
         folder, log = Path(tmp), Path(tmp) / "idle_run.log"

@@ -76,12 +76,23 @@ def warmed_up_step(cfg, warm_up: list):
     return step_on
 
 
-def preloaded_step_s(cfg, skip: int) -> float:
+def preloaded_batches(cfg, count: int) -> list[dict]:
+    """The first ``count`` training batches of the run's split, read and preprocessed in this process."""
     from oskar_ray.data.pipeline import iterate_local
 
     batches = iterate_local(cfg.data.path, cfg.data.train_split, cfg, cfg.train.batch_size, seed=1, train=True,
                             drop_last=True)
-    loaded = [next(batches) for _ in range(cfg.train.steps)]
+    return [next(batches) for _ in range(count)]
+
+
+def abba(modes: tuple[str, str]):
+    """The modes of :data:`SEGMENTS` pairs of segments in ABBA order (against the machine's drift)."""
+    for pair in range(SEGMENTS):
+        yield from modes[::1 if pair % 2 == 0 else -1]
+
+
+def preloaded_step_s(cfg, skip: int) -> float:
+    loaded = preloaded_batches(cfg, cfg.train.steps)
     step_on = warmed_up_step(cfg, loaded[:skip])
     started = time.perf_counter()
     for step, batch in enumerate(loaded[skip:], start=skip):
@@ -112,19 +123,18 @@ def _timed_segments(step_on, stream, loaded: list, first_step: int) -> list[dict
     """Per segment: its mode, the seconds of each timed step (data wait included) and of each wait for the
     stream's next batch."""
     segments, step = [], first_step
-    for pair in range(SEGMENTS):
-        for mode in ("pre-loaded", "streaming")[::1 if pair % 2 == 0 else -1]:
-            segment = {"mode": mode, "steps": [], "waits": []}
-            for k in range(SEGMENT_STEPS):
-                started = time.perf_counter()
-                batch = next(stream) if mode == "streaming" else loaded[k]
-                waited = time.perf_counter() - started
-                step_on(batch, step)
-                step += 1
-                if k >= SETTLE_STEPS:
-                    segment["steps"].append(time.perf_counter() - started)
-                    segment["waits"].append(waited)
-            segments.append(segment)
+    for mode in abba(("pre-loaded", "streaming")):
+        segment = {"mode": mode, "steps": [], "waits": []}
+        for k in range(SEGMENT_STEPS):
+            started = time.perf_counter()
+            batch = next(stream) if mode == "streaming" else loaded[k]
+            waited = time.perf_counter() - started
+            step_on(batch, step)
+            step += 1
+            if k >= SETTLE_STEPS:
+                segment["steps"].append(time.perf_counter() - started)
+                segment["waits"].append(waited)
+        segments.append(segment)
     return segments
 
 
