@@ -4,6 +4,7 @@ Runbook::
 
     python experiments/bench_background.py                      # tiny recipe, 4 x 2 segments of 25 steps
     python experiments/bench_background.py --set train.threads=1
+    python experiments/bench_background.py --idle-class         # and segments with the run at SCHED_IDLE
 
 An idle one-worker Ray Train run, started as ``oskar pretrain`` starts one (``start_ray``: the local cluster,
 its environment; then the controller, its actors and the worker group, whose train function sleeps), runs in a
@@ -13,6 +14,12 @@ the same processes frozen with SIGSTOP, which stops them without ending them. It
 each of those processes (context switches, ``/proc``) and the ratio of the two step times: what Ray's standing
 processes cost a trainer that has every core, before any data moves (the step inside ``oskar pretrain`` pays
 this on top of its stream; ``experiments/bench_stream.py`` measures the stream, docs/results.md the rest).
+Beside each state it prints the idle run's CPU (all its processes, ``/proc/<pid>/stat``) as a share of one core.
+
+``--idle-class`` adds a third state: the idle run's processes running with every thread at ``SCHED_IDLE``, the
+class that never preempts a normal thread when it wakes up (set back to ``SCHED_OTHER`` after each segment; the
+benchmark refuses the option where this process may not set a thread back). It separates what the wake-ups take
+by preempting the trainer from what they cost whatever their priority.
 """
 
 from __future__ import annotations
@@ -37,6 +44,8 @@ from bench_stream import SEGMENT_STEPS, SEGMENTS, SETTLE_STEPS, abba, preloaded_
 WARM_UP_STEPS = 3
 #: seconds over which the idle run's wake-ups are counted
 CENSUS_S = 5.0
+#: the idle run's processes during a segment: as Ray runs them, stopped, or running at the lowest class
+RUNNING, FROZEN, IDLE_CLASS = "running", "frozen", "at SCHED_IDLE"
 
 
 def idle_run(config_path: str, overrides: list[str], folder: str, benchmark_pid: int) -> None:
@@ -124,15 +133,66 @@ def _signal_all(pids: list[int], sig: int) -> None:
             os.kill(pid, sig)
 
 
-def timed_segments(step_on, batches: list, run_pid: int, stopped: set[int]) -> dict[str, list[float]]:
-    """Mean step seconds per segment, with the idle run's processes running and frozen, ABBA. ``stopped``
-    collects every pid ever frozen (thawed again on the way out, even if no longer the run's descendant)."""
-    times: dict[str, list[float]] = {"running": [], "frozen": []}
+def _set_class(pids: list[int], policy: int) -> None:
+    """Every thread of ``pids`` to scheduling class ``policy`` (threads that ended meanwhile are skipped)."""
+    for pid in pids:
+        try:
+            threads = os.listdir(f"/proc/{pid}/task")
+        except OSError:  # the process ended: Ray ends idle pooled workers after a second
+            continue
+        for tid in threads:
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setscheduler(int(tid), policy, os.sched_param(0))
+
+
+def can_restore_normal_class() -> bool:
+    """Whether this process may set a thread from ``SCHED_IDLE`` back to ``SCHED_OTHER`` (root, or a nice value
+    inside ``RLIMIT_NICE``): tried on a thread of its own, never on the one that trains."""
+    import threading
+
+    result = []
+
+    def probe() -> None:
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe)
+    thread.start()
+    thread.join()
+    return result == [True]
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of ``pids`` so far, all threads (``/proc/<pid>/stat``)."""
+    ticks = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            ticks += sum(int(v) for v in stat[stat.rindex(")") + 2:].split()[11:13])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def timed_segments(step_on, batches: list, run_pid: int, stopped: set[int],
+                   states: tuple[str, ...] = (RUNNING, FROZEN)) -> tuple[dict, dict]:
+    """Mean step seconds per segment in each of ``states`` (ABBA), and the idle run's CPU in cores per segment.
+    ``stopped`` collects every pid ever frozen or demoted (restored on the way out, even if no longer the run's
+    descendant)."""
+    times: dict[str, list[float]] = {state: [] for state in states}
+    cores: dict[str, list[float]] = {state: [] for state in states}
     step = WARM_UP_STEPS
-    for state in abba(("running", "frozen")):
-        pids = _descendants(run_pid) if state == "frozen" else []
-        stopped.update(pids)
-        _signal_all(pids, signal.SIGSTOP)
+    for state in abba(states):
+        pids = _descendants(run_pid)
+        changed = pids if state != RUNNING else []
+        stopped.update(changed)
+        if state == FROZEN:
+            _signal_all(changed, signal.SIGSTOP)
+        elif state == IDLE_CLASS:
+            _set_class(changed, os.SCHED_IDLE)
+        cpu, wall = _cpu_seconds(pids), time.perf_counter()
         try:
             steps = []
             for k in range(SEGMENT_STEPS):
@@ -141,18 +201,27 @@ def timed_segments(step_on, batches: list, run_pid: int, stopped: set[int]) -> d
                 step += 1
                 if k >= SETTLE_STEPS:
                     steps.append(time.perf_counter() - started)
+            cores[state].append((_cpu_seconds(pids) - cpu) / (time.perf_counter() - wall))
         finally:
-            _signal_all(pids, signal.SIGCONT)
+            _signal_all(changed, signal.SIGCONT)
+            if state == IDLE_CLASS:
+                _set_class(changed, os.SCHED_OTHER)
         times[state].append(statistics.mean(steps))
-    return times
+    return times, cores
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(REPO / "experiments/configs/tiny.yaml"))
     parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE")
+    parser.add_argument("--idle-class", action="store_true",
+                        help="also time segments with the idle run's threads at SCHED_IDLE")
     parser.add_argument("--idle-run", metavar="FOLDER", help=argparse.SUPPRESS)  # the subprocess
     args = parser.parse_args(argv)
+    if args.idle_class and not can_restore_normal_class():
+        parser.error("--idle-class: this process may not set a thread back from SCHED_IDLE to SCHED_OTHER "
+                     "(needs root or CAP_SYS_NICE, or RLIMIT_NICE covering the nice value): the idle run would "
+                     "stay demoted")
     args.config = str(Path(args.config).resolve())
     os.chdir(REPO)  # the built-in benchmark's path is relative to the repository
     if args.idle_run:
@@ -187,30 +256,39 @@ def main(argv: list[str] | None = None) -> None:
                 time.sleep(0.5)
             time.sleep(3)  # the controller's and the worker group's start-up done
             rates = census(_descendants(run.pid))
-            times = timed_segments(step_on, batches, run.pid, stopped)
+            states = (RUNNING, IDLE_CLASS, FROZEN) if args.idle_class else (RUNNING, FROZEN)
+            times, cores = timed_segments(step_on, batches, run.pid, stopped, states)
             if run.poll() is not None:  # its "running" segments would have measured nothing
                 raise RuntimeError(f"the idle Ray Train run ended during the measurement:\n{log.read_text()[-3000:]}")
         finally:
             (folder / "keep").unlink(missing_ok=True)
-            _signal_all(sorted(stopped | set(_descendants(run.pid))), signal.SIGCONT)
+            everyone = sorted(stopped | set(_descendants(run.pid)))
+            _signal_all(everyone, signal.SIGCONT)
+            if args.idle_class:
+                _set_class(everyone, os.SCHED_OTHER)
             try:
                 run.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 os.killpg(run.pid, signal.SIGKILL)
                 run.wait()
-    _report(args.config, rates, times)
+    _report(args.config, rates, times, cores)
 
 
-def _report(config: str, rates: list[tuple[float, str]], times: dict[str, list[float]]) -> None:
-    running, frozen = statistics.mean(times["running"]), statistics.mean(times["frozen"])
-    pairs = [a / b for a, b in zip(times["running"], times["frozen"], strict=True)]
+def _report(config: str, rates: list[tuple[float, str]], times: dict[str, list[float]],
+            cores: dict[str, list[float]]) -> None:
+    step = {state: statistics.mean(values) for state, values in times.items()}
     print(f"{Path(config).relative_to(REPO) if Path(config).is_relative_to(REPO) else config}: the training step "
-          f"in this process on pre-loaded batches, {SEGMENTS} x 2 segments of {SEGMENT_STEPS - SETTLE_STEPS} timed "
-          f"steps, alternating")
-    print(f"  an idle one-worker Ray Train run's {len(rates)} processes running: {running:.3f} s/step "
-          f"({sum(r for r, _ in rates):.0f} wake-ups/s between them)")
-    print(f"  the same processes frozen (SIGSTOP):                 {frozen:.3f} s/step")
-    print(f"Ray's standing processes / none: {running / frozen:.2f} (segment pairs {min(pairs):.2f}-{max(pairs):.2f})")
+          f"in this process on pre-loaded batches, {SEGMENTS} x {len(times)} segments of "
+          f"{SEGMENT_STEPS - SETTLE_STEPS} timed steps, alternating")
+    print(f"  an idle one-worker Ray Train run's {len(rates)} processes ({sum(r for r, _ in rates):.0f} wake-ups/s "
+          "between them), and their CPU in cores:")
+    labels = {RUNNING: "running", IDLE_CLASS: "running, every thread at SCHED_IDLE", FROZEN: "frozen (SIGSTOP)"}
+    for state in times:
+        print(f"    {labels[state]:<38} {step[state]:.3f} s/step   {statistics.mean(cores[state]):.3f} cores")
+    for state in (s for s in times if s != FROZEN):
+        pairs = [a / b for a, b in zip(times[state], times[FROZEN], strict=True)]
+        what = "Ray's standing processes" + (" at SCHED_IDLE" if state == IDLE_CLASS else "")
+        print(f"{what} / none: {step[state] / step[FROZEN]:.2f} (segment pairs {min(pairs):.2f}-{max(pairs):.2f})")
     print("wake-ups a second, by process:")
     for rate, name in rates:
         if rate >= 1:

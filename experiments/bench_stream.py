@@ -85,8 +85,8 @@ def preloaded_batches(cfg, count: int) -> list[dict]:
     return [next(batches) for _ in range(count)]
 
 
-def abba(modes: tuple[str, str]):
-    """The modes of :data:`SEGMENTS` pairs of segments in ABBA order (against the machine's drift)."""
+def abba(modes: tuple[str, ...]):
+    """The modes of :data:`SEGMENTS` rounds of segments in ABBA order (ABCCBA for three; against the drift)."""
     for pair in range(SEGMENTS):
         yield from modes[::1 if pair % 2 == 0 else -1]
 
