@@ -37,7 +37,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "experiments"))
-# segments as bench_stream.py times them (pairs, steps each, steps left out after a switch: thawed processes catch up)
+# segments as bench_stream.py times them (rounds, steps each, steps left out after a switch: thawed processes catch up)
 from bench_stream import SEGMENT_STEPS, SEGMENTS, SETTLE_STEPS, abba, preloaded_batches, warmed_up_step  # noqa: E402
 
 #: steps trained before the first segment (allocator, thread pool, autograd caches)
@@ -133,16 +133,25 @@ def _signal_all(pids: list[int], sig: int) -> None:
             os.kill(pid, sig)
 
 
-def _set_class(pids: list[int], policy: int) -> None:
-    """Every thread of ``pids`` to scheduling class ``policy`` (threads that ended meanwhile are skipped)."""
+def _set_class(pids, policy: int, best_effort: bool = False) -> int:
+    """Every thread of ``pids`` to scheduling class ``policy`` (threads that ended meanwhile are skipped); returns
+    how many threads refused (``best_effort``: counted and skipped; else the first refusal raises)."""
+    refused = 0
     for pid in pids:
         try:
             threads = os.listdir(f"/proc/{pid}/task")
         except OSError:  # the process ended: Ray ends idle pooled workers after a second
             continue
         for tid in threads:
-            with contextlib.suppress(ProcessLookupError):
+            try:
                 os.sched_setscheduler(int(tid), policy, os.sched_param(0))
+            except ProcessLookupError:
+                pass
+            except OSError:
+                if not best_effort:
+                    raise
+                refused += 1
+    return refused
 
 
 def can_restore_normal_class() -> bool:
@@ -166,46 +175,55 @@ def can_restore_normal_class() -> bool:
     return result == [True]
 
 
-def _cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU seconds of ``pids`` so far, all threads (``/proc/<pid>/stat``)."""
-    ticks = 0
+def _cpu_ticks(pids: list[int]) -> dict[int, int]:
+    """User + system CPU ticks of each of ``pids`` so far, all its threads (``/proc/<pid>/stat`` fields 14-15);
+    processes that ended are left out."""
+    ticks = {}
     for pid in pids:
         with contextlib.suppress(OSError):
             stat = Path(f"/proc/{pid}/stat").read_text()
-            ticks += sum(int(v) for v in stat[stat.rindex(")") + 2:].split()[11:13])
-    return ticks / os.sysconf("SC_CLK_TCK")
+            ticks[pid] = sum(int(v) for v in stat[stat.rindex(")") + 2:].split()[11:13])
+    return ticks
 
 
-def timed_segments(step_on, batches: list, run_pid: int, stopped: set[int],
+def _cores_between(before: dict[int, int], after: dict[int, int], seconds: float) -> float:
+    """The CPU, in cores, of the processes alive at both reads."""
+    used = sum(after[pid] - ticks for pid, ticks in before.items() if pid in after)
+    return used / os.sysconf("SC_CLK_TCK") / seconds
+
+
+def timed_segments(step_on, batches: list, run_pid: int, touched: set[int],
                    states: tuple[str, ...] = (RUNNING, FROZEN)) -> tuple[dict, dict]:
-    """Mean step seconds per segment in each of ``states`` (ABBA), and the idle run's CPU in cores per segment.
-    ``stopped`` collects every pid ever frozen or demoted (restored on the way out, even if no longer the run's
-    descendant)."""
+    """Mean step seconds per segment in each of ``states`` (ABBA), and the idle run's CPU in cores per segment,
+    both after the settle steps. ``touched`` collects every pid ever frozen or demoted (thawed and restored on the
+    way out, even if no longer the run's descendant)."""
     times: dict[str, list[float]] = {state: [] for state in states}
     cores: dict[str, list[float]] = {state: [] for state in states}
     step = WARM_UP_STEPS
     for state in abba(states):
-        pids = _descendants(run_pid)
-        changed = pids if state != RUNNING else []
-        stopped.update(changed)
+        changed = _descendants(run_pid) if state != RUNNING else []
+        touched.update(changed)
         if state == FROZEN:
             _signal_all(changed, signal.SIGSTOP)
         elif state == IDLE_CLASS:
             _set_class(changed, os.SCHED_IDLE)
-        cpu, wall = _cpu_seconds(pids), time.perf_counter()
         try:
             steps = []
             for k in range(SEGMENT_STEPS):
+                if k == SETTLE_STEPS:
+                    cpu, wall = _cpu_ticks(_descendants(run_pid)), time.perf_counter()
                 started = time.perf_counter()
                 step_on(batches[k], step)
                 step += 1
                 if k >= SETTLE_STEPS:
                     steps.append(time.perf_counter() - started)
-            cores[state].append((_cpu_seconds(pids) - cpu) / (time.perf_counter() - wall))
+            cores[state].append(_cores_between(cpu, _cpu_ticks(list(cpu)), time.perf_counter() - wall))
         finally:
             _signal_all(changed, signal.SIGCONT)
-            if state == IDLE_CLASS:
-                _set_class(changed, os.SCHED_OTHER)
+            if state == IDLE_CLASS:  # with the processes forked meanwhile: they inherited the class
+                demoted = set(changed) | set(_descendants(run_pid))
+                touched.update(demoted)
+                _set_class(demoted, os.SCHED_OTHER)
         times[state].append(statistics.mean(steps))
     return times, cores
 
@@ -220,8 +238,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.idle_class and not can_restore_normal_class():
         parser.error("--idle-class: this process may not set a thread back from SCHED_IDLE to SCHED_OTHER "
-                     "(needs root or CAP_SYS_NICE, or RLIMIT_NICE covering the nice value): the idle run would "
-                     "stay demoted")
+                     "(needs root or CAP_SYS_NICE, or an RLIMIT_NICE of at least 20 minus its nice value): the idle "
+                     "run would stay demoted")
     args.config = str(Path(args.config).resolve())
     os.chdir(REPO)  # the built-in benchmark's path is relative to the repository
     if args.idle_run:
@@ -234,7 +252,9 @@ def main(argv: list[str] | None = None) -> None:
     from oskar_ray.data.resolve import resolve_data
 
     cfg = resolve_data(load_config(args.config, args.overrides))
-    cfg.train.steps = WARM_UP_STEPS + 2 * SEGMENTS * SEGMENT_STEPS  # every timed step inside the run's schedule
+    # thawed processes catch up in the segment after a frozen one: running and demoted segments take turns there
+    states = (RUNNING, FROZEN, IDLE_CLASS) if args.idle_class else (RUNNING, FROZEN)
+    cfg.train.steps = WARM_UP_STEPS + len(states) * SEGMENTS * SEGMENT_STEPS  # every timed step inside the schedule
     batches = preloaded_batches(cfg, SEGMENT_STEPS)
     step_on = warmed_up_step(cfg, batches[:WARM_UP_STEPS])
     with tempfile.TemporaryDirectory() as tmp:
@@ -247,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
             run = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         print(f"idle Ray Train run: process group {run.pid} (should this benchmark be killed: "
               f"kill -CONT -- -{run.pid}; kill -- -{run.pid})", flush=True)
-        stopped: set[int] = set()
+        touched: set[int] = set()
         try:
             while not (folder / "ready").exists():
                 if run.poll() is not None:
@@ -256,22 +276,32 @@ def main(argv: list[str] | None = None) -> None:
                 time.sleep(0.5)
             time.sleep(3)  # the controller's and the worker group's start-up done
             rates = census(_descendants(run.pid))
-            states = (RUNNING, IDLE_CLASS, FROZEN) if args.idle_class else (RUNNING, FROZEN)
-            times, cores = timed_segments(step_on, batches, run.pid, stopped, states)
-            if run.poll() is not None:  # its "running" segments would have measured nothing
+            times, cores = timed_segments(step_on, batches, run.pid, touched, states)
+            if run.poll() is not None:  # its running (and demoted) segments would have measured nothing
                 raise RuntimeError(f"the idle Ray Train run ended during the measurement:\n{log.read_text()[-3000:]}")
         finally:
-            (folder / "keep").unlink(missing_ok=True)
-            everyone = sorted(stopped | set(_descendants(run.pid)))
-            _signal_all(everyone, signal.SIGCONT)
-            if args.idle_class:
-                _set_class(everyone, os.SCHED_OTHER)
-            try:
-                run.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(run.pid, signal.SIGKILL)
-                run.wait()
+            _clean_up(run, folder, touched, restore_class=args.idle_class)
     _report(args.config, rates, times, cores)
+
+
+def _clean_up(run: subprocess.Popen, folder: Path, touched: set[int], restore_class: bool) -> None:
+    """Thaw and restore every process the benchmark touched, then end the idle run; a second SIGTERM or SIGHUP
+    cannot cut this short."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    (folder / "keep").unlink(missing_ok=True)
+    everyone = sorted(touched | set(_descendants(run.pid)))
+    _signal_all(everyone, signal.SIGCONT)
+    try:
+        refused = _set_class(everyone, os.SCHED_OTHER, best_effort=True) if restore_class else 0
+        if refused:
+            print(f"warning: {refused} threads of the idle run stayed at SCHED_IDLE (they end with it)", flush=True)
+    finally:
+        try:
+            run.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
 
 
 def _report(config: str, rates: list[tuple[float, str]], times: dict[str, list[float]],
