@@ -108,23 +108,40 @@ def _name(pid: int) -> str:
 def _context_switches(pid: int) -> int:
     """Voluntary context switches of all the process's threads: each one a sleep, so one wake-up."""
     total = 0
-    try:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            status = (task / "status").read_text()
-            total += sum(int(line.split()[1]) for line in status.splitlines() if line.startswith("voluntary_ctxt"))
-    except OSError:  # the process (or a thread) ended meanwhile: Ray ends idle pooled workers after a second
-        return -1
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        status = (task / "status").read_text()
+        total += sum(int(line.split()[1]) for line in status.splitlines() if line.startswith("voluntary_ctxt"))
     return total
+
+
+def _cpu_ticks(pid: int) -> int:
+    """User + system CPU ticks of the process so far, all its threads (``/proc/<pid>/stat`` fields 14-15)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return sum(int(v) for v in stat[stat.rindex(")") + 2:].split()[11:13])
+
+
+def _counts(pids, count) -> dict[int, int]:
+    """``count(pid)`` of each of ``pids``; processes that ended (or lost a thread while read) are left out: Ray
+    ends idle pooled workers after a second."""
+    counts = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            counts[pid] = count(pid)
+    return counts
+
+
+def _rates(before: dict[int, int], after: dict[int, int], seconds: float) -> dict[int, float]:
+    """Per second, of the processes counted at both reads."""
+    return {pid: (after[pid] - n) / seconds for pid, n in before.items() if pid in after}
 
 
 def census(pids: list[int]) -> list[tuple[float, str]]:
     """Wake-ups a second of each process over :data:`CENSUS_S` (while this process sleeps); processes that
     ended meanwhile are left out."""
-    before = {pid: _context_switches(pid) for pid in pids}
+    before = _counts(pids, _context_switches)
     time.sleep(CENSUS_S)
-    after = {pid: _context_switches(pid) for pid in before}
-    rates = [((after[pid] - n) / CENSUS_S, _name(pid)) for pid, n in before.items() if n >= 0 and after[pid] >= 0]
-    return sorted(rates, reverse=True)
+    rates = _rates(before, _counts(before, _context_switches), CENSUS_S)
+    return sorted(((rate, _name(pid)) for pid, rate in rates.items()), reverse=True)
 
 
 def _signal_all(pids: list[int], sig: int) -> None:
@@ -175,23 +192,6 @@ def can_restore_normal_class() -> bool:
     return result == [True]
 
 
-def _cpu_ticks(pids: list[int]) -> dict[int, int]:
-    """User + system CPU ticks of each of ``pids`` so far, all its threads (``/proc/<pid>/stat`` fields 14-15);
-    processes that ended are left out."""
-    ticks = {}
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            ticks[pid] = sum(int(v) for v in stat[stat.rindex(")") + 2:].split()[11:13])
-    return ticks
-
-
-def _cores_between(before: dict[int, int], after: dict[int, int], seconds: float) -> float:
-    """The CPU, in cores, of the processes alive at both reads."""
-    used = sum(after[pid] - ticks for pid, ticks in before.items() if pid in after)
-    return used / os.sysconf("SC_CLK_TCK") / seconds
-
-
 def timed_segments(step_on, batches: list, run_pid: int, touched: set[int],
                    states: tuple[str, ...] = (RUNNING, FROZEN)) -> tuple[dict, dict]:
     """Mean step seconds per segment in each of ``states`` (ABBA), and the idle run's CPU in cores per segment,
@@ -211,13 +211,14 @@ def timed_segments(step_on, batches: list, run_pid: int, touched: set[int],
             steps = []
             for k in range(SEGMENT_STEPS):
                 if k == SETTLE_STEPS:
-                    cpu, wall = _cpu_ticks(_descendants(run_pid)), time.perf_counter()
+                    cpu, wall = _counts(_descendants(run_pid), _cpu_ticks), time.perf_counter()
                 started = time.perf_counter()
                 step_on(batches[k], step)
                 step += 1
                 if k >= SETTLE_STEPS:
                     steps.append(time.perf_counter() - started)
-            cores[state].append(_cores_between(cpu, _cpu_ticks(list(cpu)), time.perf_counter() - wall))
+            ticks = _rates(cpu, _counts(cpu, _cpu_ticks), time.perf_counter() - wall)
+            cores[state].append(sum(ticks.values()) / os.sysconf("SC_CLK_TCK"))
         finally:
             _signal_all(changed, signal.SIGCONT)
             if state == IDLE_CLASS:  # with the processes forked meanwhile: they inherited the class
