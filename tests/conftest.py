@@ -1,4 +1,14 @@
-"""Shared fixtures: a session-wide local Ray, the real-data fixture folder, the smoke config, a tiny synth set."""
+"""Shared fixtures: a session-wide local Ray, the real-data fixture folder, the smoke config, a tiny synth set;
+and the suite's two lanes.
+
+Two lanes (pytest-xdist, ``-n 2 --dist loadgroup`` in pyproject.toml): every test is in one of two groups, so
+each of the two workers runs one group start to end. ``slow`` (Ray, multi-process, long in-process training:
+the ``slow`` marker or the ``ray_local`` fixture) runs one test at a time at normal priority, as it would
+alone; ``unit`` (everything else) runs beside it with one torch thread at ``SCHED_IDLE``, so it only takes CPU
+time the slow lane leaves idle (Ray's tests wait on process starts much of the time) and never preempts it.
+Two lanes at equal priority slowed each other (the in-process 100-step test 27 -> 219 s; docs/results.md).
+``pytest -p no:xdist`` runs the whole suite serially in one process, as before.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +18,50 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+#: the lane (xdist group) of Ray, multi-process and long tests, run at normal priority one at a time
+SLOW_LANE = "slow"
+#: the lane of every other test, run beside the slow lane on the CPU time it leaves idle
+UNIT_LANE = "unit"
+
+
+def _lane(item: pytest.Item) -> str:
+    return SLOW_LANE if item.get_closest_marker("slow") or "ray_local" in item.fixturenames else UNIT_LANE
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups into the node ids
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(_lane(item)))
+
+
+def _in_separate_lanes(item: pytest.Item) -> bool:
+    """Whether this process is an xdist worker that only ever runs one lane: two groups over two or more workers
+    under ``--dist loadgroup`` (which appends each test's group to its node id, the unit xdist schedules) give
+    each worker at most one group. (Then a worker never has to return from ``SCHED_IDLE``, which an unprivileged
+    process cannot do.)"""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    return workers >= 2 and item.nodeid.endswith(f"@{_lane(item)}")
+
+
+@pytest.fixture(autouse=True)
+def _unit_lane_yields_the_cores(request: pytest.FixtureRequest) -> None:
+    """In the unit lane's worker, before its first test: one torch thread (two lanes' thread pools spinning on 2
+    cores slowed both) and ``SCHED_IDLE`` for this thread and everything it starts (nice 19 where the platform
+    has no idle class). Once per worker; a lane never switches back."""
+    global _yielded
+    if _yielded or _lane(request.node) != UNIT_LANE or not _in_separate_lanes(request.node):
+        return
+    import torch
+
+    torch.set_num_threads(1)
+    if hasattr(os, "SCHED_IDLE"):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    else:
+        os.nice(19)
+    _yielded = True
+
+
+_yielded = False
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,35 @@
+"""The suite's two lanes (tests/conftest.py): when pytest-xdist runs it with ``--dist loadgroup`` over two
+workers, each test carries its lane as its xdist group, the unit lane runs at the idle scheduling class with one
+torch thread and the slow lane as it would alone. A pytest or xdist upgrade that stops xdist from seeing the
+groups (pytest 9.2 with xdist 3.8: every test spread over both workers at equal priority, slower than serial)
+fails here instead of silently slowing CI. Skipped when the suite runs in one process (``pytest -n 0``)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from conftest import SLOW_LANE, UNIT_LANE
+
+
+def _lanes_requested(config: pytest.Config) -> bool:
+    return int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")) >= 2 and bool(config.getvalue("loadgroup"))
+
+
+def test_a_unit_test_runs_in_the_unit_lane_at_the_idle_class_with_one_thread(request):
+    if not _lanes_requested(request.config):
+        pytest.skip("not run in lanes (pytest -n 0, or without --dist loadgroup)")
+    assert request.node.nodeid.endswith(f"@{UNIT_LANE}"), "xdist no longer reads the tests' groups"
+    if hasattr(os, "SCHED_IDLE"):
+        assert os.sched_getscheduler(0) == os.SCHED_IDLE
+    assert torch.get_num_threads() == 1
+
+
+@pytest.mark.slow
+def test_a_slow_test_runs_in_the_slow_lane_as_it_would_alone(request):
+    if not _lanes_requested(request.config):
+        pytest.skip("not run in lanes (pytest -n 0, or without --dist loadgroup)")
+    assert request.node.nodeid.endswith(f"@{SLOW_LANE}"), "xdist no longer reads the tests' groups"
+    if hasattr(os, "SCHED_IDLE"):
+        assert os.sched_getscheduler(0) != os.SCHED_IDLE
