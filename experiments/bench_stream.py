@@ -4,6 +4,7 @@ Runbook::
 
     python experiments/bench_data.py --stream                   # tiny recipe, 120 steps, built-in benchmark
     python experiments/bench_data.py --stream --set data.max_memory_mb=1024 --set data.max_cpus=0
+    python experiments/bench_data.py --stream --one-thread      # + both again with one torch thread, interleaved
 
 Measurements of the tiny recipe's training step, side by side in one run, on the same split of the built-in
 benchmark (synthesised into ``data/`` if absent):
@@ -19,7 +20,9 @@ benchmark (synthesised into ``data/`` if absent):
   stream's next batch — so both sides share the process, the model and the machine's hour (sequential runs here
   drift by more than the effect, ±10 %). The stream stays alive, backpressured, through the pre-loaded segments
   (Ray Data's executor and iterator threads idle in the worker), so this ratio is the marginal cost of producing
-  batches: a lower bound on the stream's cost.
+  batches: a lower bound on the stream's cost. ``--one-thread`` adds two more modes to the same segments, both
+  with one torch thread (a core left to the data path): what leaving the data path a core gives the ratio, and
+  what it costs the step.
 
 Goal (issue 29 point 3): streaming / pre-loaded <= 1.1, the first line against the second. The interleaved
 ratio and "the Ray Train worker alone" (its pre-loaded segments against this process) split a miss between the
@@ -39,6 +42,8 @@ REPO = Path(__file__).resolve().parents[1]
 #: interleaved measurement: segment pairs, steps per segment, and steps left out of each segment's timing
 #: (after a streaming segment the stream refills its window of batches)
 SEGMENTS, SEGMENT_STEPS, SETTLE_STEPS = 4, 25, 3
+#: the interleaved modes: where the batch comes from, and "@1" for one torch thread (else the run's threads)
+MODES, ONE_THREAD_MODES = ("pre-loaded", "streaming"), ("pre-loaded@1", "streaming@1")
 
 
 def streaming_step_s(cfg, skip: int, workdir: Path) -> tuple[float, dict]:
@@ -116,18 +121,22 @@ def _interleaved_in_worker(config: dict) -> None:
     loaded = [next(stream) for _ in range(SEGMENT_STEPS)]
     step_on = warmed_up_step(cfg, [loaded[step % SEGMENT_STEPS] for step in range(skip)])
     # Ray Train V2 hands back the metrics of checkpointed reports only: the times travel in a file
-    Path(config["out"]).write_text(json.dumps(_timed_segments(step_on, stream, loaded, skip)))
+    Path(config["out"]).write_text(json.dumps(_timed_segments(step_on, stream, loaded, skip, config["modes"])))
 
 
-def _timed_segments(step_on, stream, loaded: list, first_step: int) -> list[dict]:
+def _timed_segments(step_on, stream, loaded: list, first_step: int, modes: tuple[str, ...] = MODES) -> list[dict]:
     """Per segment: its mode, the seconds of each timed step (data wait included) and of each wait for the
     stream's next batch."""
+    import torch
+
+    threads = torch.get_num_threads()
     segments, step = [], first_step
-    for mode in abba(("pre-loaded", "streaming")):
+    for mode in abba(modes):
+        torch.set_num_threads(1 if mode.endswith("@1") else threads)
         segment = {"mode": mode, "steps": [], "waits": []}
         for k in range(SEGMENT_STEPS):
             started = time.perf_counter()
-            batch = next(stream) if mode == "streaming" else loaded[k]
+            batch = next(stream) if mode.startswith("streaming") else loaded[k]
             waited = time.perf_counter() - started
             step_on(batch, step)
             step += 1
@@ -135,10 +144,11 @@ def _timed_segments(step_on, stream, loaded: list, first_step: int) -> list[dict
                 segment["steps"].append(time.perf_counter() - started)
                 segment["waits"].append(waited)
         segments.append(segment)
+    torch.set_num_threads(threads)
     return segments
 
 
-def interleaved_steps(cfg, skip: int, workdir: Path) -> list[dict]:
+def interleaved_steps(cfg, skip: int, workdir: Path, modes: tuple[str, ...] = MODES) -> list[dict]:
     """The timed segments (:func:`_timed_segments`) of one Ray Train worker reading the run's stream under the
     run's data budget (``start_ray``; one worker: the stream is not split). CPU configs only (no device sync)."""
     import json
@@ -153,12 +163,12 @@ def interleaved_steps(cfg, skip: int, workdir: Path) -> list[dict]:
 
     # every timed step inside the run's schedule (EMA still moving) and its stream long enough for them all
     cfg = config_from_dict(cfg.to_dict())
-    cfg.train.steps = skip + (2 * SEGMENTS + 1) * SEGMENT_STEPS
+    cfg.train.steps = skip + (len(modes) * SEGMENTS + 1) * SEGMENT_STEPS
     start_ray(cfg)
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import experiments/
     out = workdir / "interleaved.json"
     trainer = TorchTrainer(
-        _interleaved_in_worker, train_loop_config={"cfg": cfg.to_dict(), "skip": skip, "out": str(out)},
+        _interleaved_in_worker, train_loop_config={"cfg": cfg.to_dict(), "skip": skip, "out": str(out), "modes": modes},
         scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
         run_config=ray.train.RunConfig(name="interleaved", storage_path=str(workdir / "ray")),
         datasets={"train": training_stream(cfg)}, dataset_config=ray.train.DataConfig(datasets_to_split=[]))
@@ -166,13 +176,22 @@ def interleaved_steps(cfg, skip: int, workdir: Path) -> list[dict]:
     return json.loads(out.read_text())
 
 
+def _pair_ratios(segments: list[dict], threads: str) -> list[float]:
+    """streaming / pre-loaded of each adjacent segment pair (ABBA order puts the two sources of one thread setting
+    side by side) at ``threads`` ("" the run's, "@1" one)."""
+    ratios = []
+    for a, b in zip(segments[::2], segments[1::2], strict=True):
+        stream, loaded = (a, b) if a["mode"].startswith("streaming") else (b, a)
+        if loaded["mode"] == f"pre-loaded{threads}":
+            ratios.append(statistics.mean(stream["steps"]) / statistics.mean(loaded["steps"]))
+    return ratios
+
+
 def _report_interleaved(segments: list[dict]) -> tuple[float, float]:
-    """Print the interleaved measurement; (pre-loaded, streaming) mean step seconds."""
+    """Print the interleaved measurement; (pre-loaded, streaming) mean step seconds at the run's threads."""
     mean = {mode: statistics.mean(t for s in segments if s["mode"] == mode for t in s["steps"])
-            for mode in ("pre-loaded", "streaming")}
-    pairs = [statistics.mean(b["steps"] if b["mode"] == "streaming" else a["steps"]) /
-             statistics.mean(a["steps"] if b["mode"] == "streaming" else b["steps"])
-             for a, b in zip(segments[::2], segments[1::2], strict=True)]
+            for mode in {s["mode"] for s in segments}}
+    pairs = _pair_ratios(segments, "")
     streamed = [s for s in segments if s["mode"] == "streaming"]
     wait = sum(sum(s["waits"]) for s in streamed) / sum(sum(s["steps"]) for s in streamed)
     print(f"  one Ray Train worker reading the run's stream, {SEGMENTS} segments of {SEGMENT_STEPS - SETTLE_STEPS} "
@@ -183,6 +202,12 @@ def _report_interleaved(segments: list[dict]) -> tuple[float, float]:
           f"per segment: {waits} ms)")
     print(f"  the marginal cost of producing batches, streaming / pre-loaded in one worker: "
           f"{mean['streaming'] / mean['pre-loaded']:.2f} (segment pairs {min(pairs):.2f}-{max(pairs):.2f})")
+    if "streaming@1" in mean:
+        one = _pair_ratios(segments, "@1")
+        print(f"  with one torch thread (a core left to the data path), the same segments: pre-loaded "
+              f"{mean['pre-loaded@1']:.3f}, streaming {mean['streaming@1']:.3f} s/step = "
+              f"{mean['streaming@1'] / mean['pre-loaded@1']:.2f} (segment pairs {min(one):.2f}-{max(one):.2f}); "
+              f"its streaming step {mean['streaming@1'] / mean['streaming']:.2f} x the run's threads' streaming step")
     return mean["pre-loaded"], mean["streaming"]
 
 
@@ -195,6 +220,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--skip", type=int, default=20, help="warm-up steps left out (a multiple of log_every)")
     parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE")
+    parser.add_argument("--one-thread", action="store_true",
+                        help="interleave the same two modes with one torch thread too (~2.5 min more)")
     args = parser.parse_args(argv)
     os.chdir(REPO)
     cfg = resolve_data(load_config(args.config, [f"train.steps={args.steps}", "train.log_every=10",
@@ -202,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     preloaded = preloaded_step_s(cfg, args.skip)
     with tempfile.TemporaryDirectory() as tmp:
         streaming, extra = streaming_step_s(cfg, args.skip, Path(tmp))
-        segments = interleaved_steps(cfg, args.skip, Path(tmp))
+        segments = interleaved_steps(cfg, args.skip, Path(tmp), MODES + ONE_THREAD_MODES if args.one_thread else MODES)
     print(f"{args.config}: training step after {args.skip} warm-up steps, {args.steps - args.skip} timed, batch "
           f"{cfg.train.batch_size}")
     print(f"  pre-loaded batches (this process):           {preloaded:.3f} s/step")
