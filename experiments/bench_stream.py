@@ -176,13 +176,13 @@ def interleaved_steps(cfg, skip: int, workdir: Path, modes: tuple[str, ...] = MO
     return json.loads(out.read_text())
 
 
-def _pair_ratios(segments: list[dict], threads: str) -> list[float]:
+def _pair_ratios(segments: list[dict], suffix: str) -> list[float]:
     """streaming / pre-loaded of each adjacent segment pair (ABBA order puts the two sources of one thread setting
-    side by side) at ``threads`` ("" the run's, "@1" one)."""
+    side by side) whose modes end in ``suffix`` ("" the run's threads, "@1" one)."""
     ratios = []
     for a, b in zip(segments[::2], segments[1::2], strict=True):
         stream, loaded = (a, b) if a["mode"].startswith("streaming") else (b, a)
-        if loaded["mode"] == f"pre-loaded{threads}":
+        if loaded["mode"] == f"pre-loaded{suffix}":
             ratios.append(statistics.mean(stream["steps"]) / statistics.mean(loaded["steps"]))
     return ratios
 

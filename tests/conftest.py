@@ -6,8 +6,9 @@ each of the two workers runs one group start to end. ``slow`` (Ray, multi-proces
 the ``slow`` marker or the ``ray_local`` fixture) runs one test at a time at normal priority, as it would
 alone; ``unit`` (everything else) runs beside it with one torch thread at ``SCHED_IDLE``, so it only takes CPU
 time the slow lane leaves idle (Ray's tests wait on process starts much of the time) and never preempts it.
-Two lanes at equal priority slowed each other (the in-process 100-step test 27 -> 219 s; docs/results.md).
-``pytest -p no:xdist`` runs the whole suite serially in one process, as before.
+At equal priority, two torch thread pools on 2 cores lose: the fast tests took 267 s over two workers against
+193 s in one (docs/results.md, "Eleventh pass"). ``pytest -n 0`` runs the whole suite in one process, one test
+at a time (also what ``--pdb`` needs).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 SLOW_LANE = "slow"
 #: the lane of every other test, run beside the slow lane on the CPU time it leaves idle
 UNIT_LANE = "unit"
+#: the lanes this session runs (after selection), and whether this worker has yielded the cores
+_LANES_RUN, _YIELDED = pytest.StashKey[set](), pytest.StashKey[bool]()
 
 
 def _lane(item: pytest.Item) -> str:
@@ -34,34 +37,41 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.add_marker(pytest.mark.xdist_group(_lane(item)))
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    session.config.stash[_LANES_RUN] = {_lane(item) for item in session.items}
+
+
 def _in_separate_lanes(item: pytest.Item) -> bool:
-    """Whether this process is an xdist worker that only ever runs one lane: two groups over two or more workers
-    under ``--dist loadgroup`` (which appends each test's group to its node id, the unit xdist schedules) give
-    each worker at most one group. (Then a worker never has to return from ``SCHED_IDLE``, which an unprivileged
-    process cannot do.)"""
+    """Whether this process is an xdist worker that only ever runs one lane while the other lane runs beside it:
+    both lanes selected, and two groups over two or more workers under ``--dist loadgroup`` (which appends each
+    test's group to its node id, the unit xdist schedules) give each worker at most one group. (So a worker never
+    has to return from ``SCHED_IDLE``, which an unprivileged process cannot do; and unit tests run alone keep
+    their threads.)"""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
-    return workers >= 2 and item.nodeid.endswith(f"@{_lane(item)}")
+    return (workers >= 2 and item.nodeid.endswith(f"@{_lane(item)}")
+            and item.config.stash.get(_LANES_RUN, set()) == {SLOW_LANE, UNIT_LANE})
 
 
-@pytest.fixture(autouse=True)
-def _unit_lane_yields_the_cores(request: pytest.FixtureRequest) -> None:
+@pytest.hookimpl(tryfirst=True)  # before any fixture of the test is set up
+def pytest_runtest_setup(item: pytest.Item) -> None:
     """In the unit lane's worker, before its first test: one torch thread (two lanes' thread pools spinning on 2
-    cores slowed both) and ``SCHED_IDLE`` for this thread and everything it starts (nice 19 where the platform
-    has no idle class). Once per worker; a lane never switches back."""
-    global _yielded
-    if _yielded or _lane(request.node) != UNIT_LANE or not _in_separate_lanes(request.node):
+    cores slowed both) and ``SCHED_IDLE`` for this thread and every thread and process it starts from then on
+    (nice 19 where the platform has no idle class). Once per worker; a lane never switches back."""
+    own_groups = {mark.args[0] if mark.args else mark.kwargs.get("name")
+                  for mark in item.iter_markers("xdist_group")} - {SLOW_LANE, UNIT_LANE}
+    if own_groups:  # a third group could reach the unit lane's worker after its own, and run there at SCHED_IDLE
+        pytest.fail(f"xdist_group {sorted(own_groups)}: tests/conftest.py gives every test its lane (slow or unit); "
+                    f"remove the test's own group", pytrace=False)
+    if item.config.stash.get(_YIELDED, False) or _lane(item) != UNIT_LANE or not _in_separate_lanes(item):
         return
     import torch
 
     torch.set_num_threads(1)
     if hasattr(os, "SCHED_IDLE"):
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    else:
+    elif hasattr(os, "nice"):
         os.nice(19)
-    _yielded = True
-
-
-_yielded = False
+    item.config.stash[_YIELDED] = True
 
 
 @pytest.fixture(scope="session")
