@@ -124,7 +124,7 @@ def _interleaved_in_worker(config: dict) -> None:
     Path(config["out"]).write_text(json.dumps(_timed_segments(step_on, stream, loaded, skip, config["modes"])))
 
 
-def _timed_segments(step_on, stream, loaded: list, first_step: int, modes: tuple[str, ...] = MODES) -> list[dict]:
+def _timed_segments(step_on, stream, loaded: list, first_step: int, modes: tuple[str, ...]) -> list[dict]:
     """Per segment: its mode, the seconds of each timed step (data wait included) and of each wait for the
     stream's next batch."""
     import torch

@@ -41,14 +41,13 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     session.config.stash[_LANES_RUN] = {_lane(item) for item in session.items}
 
 
-def _in_separate_lanes(item: pytest.Item) -> bool:
-    """Whether this process is an xdist worker that only ever runs one lane while the other lane runs beside it:
-    both lanes selected, and two groups over two or more workers under ``--dist loadgroup`` (which appends each
-    test's group to its node id, the unit xdist schedules) give each worker at most one group. (So a worker never
-    has to return from ``SCHED_IDLE``, which an unprivileged process cannot do; and unit tests run alone keep
-    their threads.)"""
+def _yields_the_cores(item: pytest.Item) -> bool:
+    """Whether ``item`` runs in the unit lane's worker while the slow lane runs beside it: both lanes selected,
+    and two groups over two or more workers under ``--dist loadgroup`` (which appends each test's group to its
+    node id, the unit xdist schedules) give each worker at most one group. (So a worker never has to return from
+    ``SCHED_IDLE``, which an unprivileged process cannot do; and unit tests run alone keep their threads.)"""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
-    return (workers >= 2 and item.nodeid.endswith(f"@{_lane(item)}")
+    return (workers >= 2 and item.nodeid.endswith(f"@{UNIT_LANE}")
             and item.config.stash.get(_LANES_RUN, set()) == {SLOW_LANE, UNIT_LANE})
 
 
@@ -62,7 +61,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if own_groups:  # a third group could reach the unit lane's worker after its own, and run there at SCHED_IDLE
         pytest.fail(f"xdist_group {sorted(own_groups)}: tests/conftest.py gives every test its lane (slow or unit); "
                     f"remove the test's own group", pytrace=False)
-    if item.config.stash.get(_YIELDED, False) or _lane(item) != UNIT_LANE or not _in_separate_lanes(item):
+    if item.config.stash.get(_YIELDED, False) or not _yields_the_cores(item):
         return
     import torch
 
