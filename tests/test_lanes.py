@@ -39,3 +39,21 @@ def test_a_slow_test_runs_in_the_slow_lane_as_it_would_alone(request):
     assert request.node.nodeid.endswith(f"@{SLOW_LANE}"), "xdist no longer reads the tests' groups"
     if hasattr(os, "SCHED_IDLE"):
         assert os.sched_getscheduler(0) != os.SCHED_IDLE
+
+
+def test_a_test_with_its_own_xdist_group_fails_with_the_reason(tmp_path):
+    """A third group could reach the unit lane's worker after its own and run there at SCHED_IDLE: refused."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    shutil.copy(Path(__file__).with_name("conftest.py"), tmp_path / "conftest.py")
+    (tmp_path / "test_own_group.py").write_text(
+        "import pytest\n\n\n@pytest.mark.xdist_group('db')\ndef test_in_its_own_group():\n    pass\n")
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")  # not this repository's addopts
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2", "--dist",
+                           "loadgroup", "-c", str(tmp_path / "pytest.ini"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stdout[-2000:]
+    assert "xdist_group ['db']" in done.stdout and "remove the test's own group" in done.stdout
