@@ -12,7 +12,7 @@ Ray upgrade is checked in one place. The public Ray API covers most of it; what 
 route is named below as a *string* (no private module appears in an import statement) and checked by
 ``tests/test_ray_runtime.py``, which fails loudly when a Ray upgrade moves or drops it:
 
-* :data:`STARTUP_CONCURRENCY_ENV` — a raylet config read from the environment;
+* :data:`STARTUP_CONCURRENCY_ENV`, :data:`IDLE_WORKER_GRACE_ENV` — raylet configs read from the environment;
 * :data:`INTERNAL_QUIET_ENV`, :data:`INTERNAL_SPEED_ENV`, :data:`LOCAL_CLUSTER_ENV_SWITCHES` — Ray Train / Ray
   Data switches read from the environment but not documented;
 * :data:`TRAIN_COORDINATOR_FACTORY` — the one internal *called*: Ray Data's factory of the actor Ray Train's
@@ -64,6 +64,13 @@ TRAIN_COORDINATOR_FACTORY = ("ray.data._internal.cluster_autoscaler.default_auto
 #: as ``RAY_<name>`` — an internal knob, not a public API: a Ray upgrade that drops it brings the warnings back
 #: (tests/test_train_ray.py::test_a_local_ray_is_quiet_knows_its_cluster_and_is_sized_for_its_trials fails)
 STARTUP_CONCURRENCY_ENV = "RAY_worker_maximum_startup_concurrency"
+#: how long the local raylet lets an idle worker process above its soft limit (the core count) live: a raylet config
+#: read from the environment, like the one above. Ray's 1 s ends a data task's worker each time the stream waits on
+#: the trainer for a second, and on 2 cores the stream's two workers plus Ray's two pre-started ones are over the
+#: limit: a small split (short tasks, gaps between them) restarted a worker every ~15 s, each start importing torch
+#: (~2.5 s of a core) beside the trainer, at half speed meanwhile (experiments/bench_data.py --dataset-size,
+#: docs/results.md "Twelfth pass"). A minute spans a backpressured stream's gaps and still frees a finished run's.
+IDLE_WORKER_GRACE_ENV, IDLE_WORKER_GRACE_MS = "RAY_idle_worker_killing_time_threshold_ms", 60_000
 #: Python processes one running trial keeps: Ray Train V2's controller, dataset manager, synchronisation,
 #: placement-group cleaner actors, the train worker, the Tune function, Ray Data's split coordinator (several
 #: workers only) and its preprocessing tasks, a stopped trial's evaluation (measured: 38 for 2 trials, when the
@@ -111,7 +118,8 @@ def init_ray(log_to_driver: bool = True, *, for_sweep: bool = False, trial_slots
     is capped by physical cores instead, ``tune.cluster.concurrent_trials``).
     ``trial_slots``: that many units of the custom resource :data:`TRIAL_SLOT`,
     one per running trial (a paused trial holds none). ``concurrent_trials``
-    sizes the local raylet's worker start-up (:func:`startup_concurrency`).
+    sizes the local raylet's worker start-up (:func:`startup_concurrency`); a local raylet also keeps idle
+    worker processes a minute (:data:`IDLE_WORKER_GRACE_ENV`).
     """
     import ray
 
@@ -134,8 +142,10 @@ def init_ray(log_to_driver: bool = True, *, for_sweep: bool = False, trial_slots
         env[LOCAL_CLUSTER_ENV] = "1"
         env.update({k: os.environ.get(k, v) for k, v in LOCAL_CLUSTER_ENV_SWITCHES.items()})
     runtime_env = {"env_vars": env, "worker_process_setup_hook": f"{__name__}.setup_worker_process"}
-    sized = {} if address or STARTUP_CONCURRENCY_ENV in os.environ else {
-        STARTUP_CONCURRENCY_ENV: str(startup_concurrency(concurrent_trials))}  # read by the local raylet at start
+    # read by the local raylet at start; an exported value wins
+    raylet = {STARTUP_CONCURRENCY_ENV: str(startup_concurrency(concurrent_trials)),
+              IDLE_WORKER_GRACE_ENV: str(IDLE_WORKER_GRACE_MS)}
+    sized = {} if address else {k: v for k, v in raylet.items() if k not in os.environ}
     with _exported(sized):
         ray.init(address=address, logging_level="WARNING", runtime_env=runtime_env,
                  log_to_driver=log_to_driver, **kwargs)

@@ -235,6 +235,8 @@ def test_a_local_ray_is_quiet_knows_its_cluster_and_is_sized_for_its_trials():
     * what auto-detects a cluster in a worker (the cleaner's state API client) finds its own, not another one;
     * no run on it starts Ray Train's preemption watcher (a local machine is never preempted: one idle actor less);
     * the coordinator actor Ray Train's controller would create and wait for is created ahead on it;
+    * an idle worker process outlives Ray's 1 s above the core count (a backpressured stream's gaps: restarting a
+      data worker imports torch beside the trainer);
     * the raylet warns each time its live worker processes pass 4x its start-up concurrency (the core count by
       default: 8 processes on 2 cores); a sweep trial alone runs ~10 (Ray Train V2's actors). ``init_ray``
       sizes it for the trials that run at once, so two trials' worth of worker processes print nothing."""
@@ -255,6 +257,16 @@ try:
     print("coordinator up", ray.get_actor("AutoscalingCoordinator", namespace="AutoscalingCoordinator") is not None)
 except ValueError:  # not there: no fit() ran on this fresh cluster, so start_ray did not create it
     print("coordinator up False")
+
+@ray.remote(num_cpus=0.01)
+def pid():
+    time.sleep(1.0)
+    return os.getpid()
+
+tasks = (os.cpu_count() or 1) + 3  # more worker processes than Ray keeps idle by default (the core count)
+first = set(ray.get([pid.remote() for _ in range(tasks)]))
+time.sleep(3)  # idle past Ray's default 1 s
+print("idle workers", len(first) > (os.cpu_count() or 1), first <= set(ray.get([pid.remote() for _ in range(tasks)])))
 
 @ray.remote(num_cpus=0.01)
 class Idle:
@@ -282,4 +294,5 @@ ray.shutdown()
     assert "own address True" in done.stdout
     assert "preemption watcher 0" in done.stdout
     assert "coordinator up True" in done.stdout
+    assert "idle workers True True" in done.stdout
     assert "worker processes have been started" not in done.stdout + done.stderr
