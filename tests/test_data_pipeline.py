@@ -268,10 +268,15 @@ def test_a_runs_stream_window_is_sized_from_its_batches_unless_set(smoke_cfg):
     from oskar_ray.data.pipeline import STREAM_BATCHES, stream_memory_mb
 
     small = stream_memory_mb(smoke_cfg, block_mb=16)
-    assert small == 64  # 8 batches of 32 smoke clips (~6.5 MB each) fit in 4 blocks
+    # a 256-clip shuffle buffer and 8 batches of 32 smoke clips (~0.19 MB each): more than 4 blocks of 16 MB
+    assert 95 < small < 100
+    smoke_cfg.data.shuffle_buffer = 32
+    assert stream_memory_mb(smoke_cfg, block_mb=16) == 64  # 288 clips fit in 4 blocks
     smoke_cfg.modalities["video"].height = smoke_cfg.modalities["video"].width = 224
     big = stream_memory_mb(smoke_cfg, block_mb=16)
-    clip = 16 * 3 * 224 * 224 * 4
-    assert STREAM_BATCHES * 32 * clip / 2**20 < big < 1.1 * STREAM_BATCHES * 32 * clip / 2**20
+    clip, clips = 16 * 3 * 224 * 224 * 4, STREAM_BATCHES * 32 + 32
+    assert clips * clip / 2**20 < big < 1.1 * clips * clip / 2**20
+    smoke_cfg.train.num_workers = 2  # each worker's buffer
+    assert (clips + 32) * clip / 2**20 < stream_memory_mb(smoke_cfg, block_mb=16) < 1.1 * (clips + 32) * clip / 2**20
     smoke_cfg.data.max_memory_mb = 300
     assert stream_memory_mb(smoke_cfg, block_mb=16) == 300

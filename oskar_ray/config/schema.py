@@ -116,9 +116,10 @@ class DataConfig:
     #: trial left at 0 takes 2 tasks' worth). A small dataset streams fastest uncapped: its whole stream is
     #: done early and the trainer then has the cores (docs/results.md, "dataset size")
     max_cpus: float = 0.0
-    #: object-store memory (MB) a run's stream may hold in flight (0: 8 training batches, at least 2 blocks per
-    #: data task, at most a quarter of the object store; oskar_ray/data/pipeline.py stream_memory_mb); a budget
-    #: above the object store, or under one 16 MB block, is refused at start
+    #: object-store memory (MB) a run's stream may hold in flight (0: each worker's shuffle buffer plus 8 training
+    #: batches, at least 2 blocks per data task, at most a quarter of the object store;
+    #: oskar_ray/data/pipeline.py stream_memory_mb); a budget above the object store, or under one 16 MB block, is
+    #: refused at start
     max_memory_mb: float = 0.0
     #: tasks in flight per data operator, reads and preprocessing (0: one per core on a local Ray, Ray decides on
     #: a cluster; oskar_ray/data/pipeline.py data_tasks)

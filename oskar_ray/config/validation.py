@@ -37,8 +37,8 @@ def validate(cfg: OskarConfig) -> None:
         raise ValueError(f"data.max_tasks must be >= 0 (0 = one per core on a single-node Ray, Ray decides on a "
                          f"cluster), got {cfg.data.max_tasks}")
     if cfg.data.max_memory_mb < 0 or 0 < cfg.data.max_memory_mb < 16:
-        raise ValueError(f"data.max_memory_mb must be 0 (a window of 8 training batches) or at least 16 (one "
-                         f"Ray Data block), got {cfg.data.max_memory_mb}")
+        raise ValueError(f"data.max_memory_mb must be 0 (a window of the shuffle buffer and 8 training batches) or "
+                         f"at least 16 (one Ray Data block), got {cfg.data.max_memory_mb}")
     if cfg.data.synth_pretrain_samples < 0:
         raise ValueError(f"data.synth_pretrain_samples must be >= 0 (0 = half of data.synth_samples), "
                          f"got {cfg.data.synth_pretrain_samples}")

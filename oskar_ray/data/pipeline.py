@@ -202,15 +202,20 @@ def stream_block_mb(cfg, floor_mb: float) -> float:
 
 
 def stream_memory_mb(cfg, block_mb: float) -> float:
-    """``data.max_memory_mb``, else the default window of a run's stream: :data:`STREAM_BATCHES` training
-    batches of preprocessed samples, at least :data:`STREAM_BLOCKS_PER_TASK` blocks per data task in flight.
+    """``data.max_memory_mb``, else the default window of a run's stream: each worker's local shuffle buffer
+    (``data.shuffle_buffer`` samples) plus :data:`STREAM_BATCHES` training batches of preprocessed samples, at
+    least :data:`STREAM_BLOCKS_PER_TASK` blocks per data task in flight.
     Left unbounded, Ray Data fills a quarter of the object store as fast as it can — on 2 cores, CPU taken from
     the trainer for samples needed minutes later (tiny recipe, 40 steps through Ray Train: the steps took
-    23.7 s against 14.5 s with this window, 10.7 s in one process; ``experiments/bench_train.py --overhead``)."""
+    23.7 s against 14.5 s with this window, 10.7 s in one process; ``experiments/bench_train.py --overhead``).
+    The shuffle buffers' blocks count against it: a window of 8 batches of 32 left a 256-sample buffer nothing to
+    run ahead with, and a small split's short tasks then kept the trainer waiting (docs/results.md, "Twelfth
+    pass")."""
     if cfg.data.max_memory_mb:
         return cfg.data.max_memory_mb
     blocks = max(4, STREAM_BLOCKS_PER_TASK * (data_tasks(cfg) or 2))
-    return max(STREAM_BATCHES * cfg.train.batch_size * sample_mb(cfg), blocks * block_mb)
+    samples = STREAM_BATCHES * cfg.train.batch_size + cfg.train.num_workers * cfg.data.shuffle_buffer
+    return max(samples * sample_mb(cfg), blocks * block_mb)
 
 
 def data_tasks(cfg) -> int | None:
