@@ -12,7 +12,8 @@ Ray upgrade is checked in one place. The public Ray API covers most of it; what 
 route is named below as a *string* (no private module appears in an import statement) and checked by
 ``tests/test_ray_runtime.py``, which fails loudly when a Ray upgrade moves or drops it:
 
-* :data:`STARTUP_CONCURRENCY_ENV`, :data:`IDLE_WORKER_GRACE_ENV` — raylet configs read from the environment;
+* :data:`STARTUP_CONCURRENCY_ENV`, :data:`IDLE_WORKER_GRACE_ENV`, :data:`PRESTART_ENV` — raylet configs read from
+  the environment;
 * :data:`INTERNAL_QUIET_ENV`, :data:`INTERNAL_SPEED_ENV`, :data:`LOCAL_CLUSTER_ENV_SWITCHES` — Ray Train / Ray
   Data switches read from the environment but not documented;
 * :data:`TRAIN_COORDINATOR_FACTORY` — the one internal *called*: Ray Data's factory of the actor Ray Train's
@@ -71,6 +72,11 @@ STARTUP_CONCURRENCY_ENV = "RAY_worker_maximum_startup_concurrency"
 #: (~2.5 s of a core) beside the trainer, at half speed meanwhile (experiments/bench_data.py --dataset-size,
 #: docs/results.md "Twelfth pass"). A minute spans a backpressured stream's gaps and still frees a finished run's.
 IDLE_WORKER_GRACE_ENV, IDLE_WORKER_GRACE_MS = "RAY_idle_worker_killing_time_threshold_ms", 60_000
+#: whether the local raylet starts a worker per core for the first driver: a raylet config read from the
+#: environment, like the two above. They start without this project's runtime environment (``init_ray``), so no
+#: task or actor of a run can use them: two idle processes on 2 cores, each waking ~100 times a second beside
+#: the trainer (docs/results.md, ninth pass), and ~0.3 s of a core each to boot while Ray starts. Off.
+PRESTART_ENV = "RAY_prestart_worker_first_driver"
 #: Python processes one running trial keeps: Ray Train V2's controller, dataset manager, synchronisation,
 #: placement-group cleaner actors, the train worker, the Tune function, Ray Data's split coordinator (several
 #: workers only) and its preprocessing tasks, a stopped trial's evaluation (measured: 38 for 2 trials, when the
@@ -119,7 +125,7 @@ def init_ray(log_to_driver: bool = True, *, for_sweep: bool = False, trial_slots
     ``trial_slots``: that many units of the custom resource :data:`TRIAL_SLOT`,
     one per running trial (a paused trial holds none). ``concurrent_trials``
     sizes the local raylet's worker start-up (:func:`startup_concurrency`); a local raylet also keeps idle
-    worker processes a minute (:data:`IDLE_WORKER_GRACE_ENV`).
+    worker processes a minute (:data:`IDLE_WORKER_GRACE_ENV`) and starts none ahead (:data:`PRESTART_ENV`).
     """
     import ray
 
@@ -144,7 +150,7 @@ def init_ray(log_to_driver: bool = True, *, for_sweep: bool = False, trial_slots
     runtime_env = {"env_vars": env, "worker_process_setup_hook": f"{__name__}.setup_worker_process"}
     # read by the local raylet at start; an exported value wins
     raylet = {STARTUP_CONCURRENCY_ENV: str(startup_concurrency(concurrent_trials)),
-              IDLE_WORKER_GRACE_ENV: str(IDLE_WORKER_GRACE_MS)}
+              IDLE_WORKER_GRACE_ENV: str(IDLE_WORKER_GRACE_MS), PRESTART_ENV: "0"}
     sized = {} if address else {k: v for k, v in raylet.items() if k not in os.environ}
     with _exported(sized):
         ray.init(address=address, logging_level="WARNING", runtime_env=runtime_env,

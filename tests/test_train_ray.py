@@ -236,7 +236,8 @@ def test_a_local_ray_is_quiet_knows_its_cluster_and_is_sized_for_its_trials():
     * no run on it starts Ray Train's preemption watcher (a local machine is never preempted: one idle actor less);
     * the coordinator actor Ray Train's controller would create and wait for is created ahead on it;
     * an idle worker process outlives Ray's 1 s above the core count (a backpressured stream's gaps: restarting a
-      data worker imports torch beside the trainer);
+      data worker imports torch beside the trainer), and none is started ahead (without the run's runtime
+      environment, no task of a run could use it);
     * the raylet warns each time its live worker processes pass 4x its start-up concurrency (the core count by
       default: 8 processes on 2 cores); a sweep trial alone runs ~10 (Ray Train V2's actors). ``init_ray``
       sizes it for the trials that run at once, so two trials' worth of worker processes print nothing."""
@@ -245,6 +246,10 @@ import logging, os, sys, time
 import ray
 from oskar_ray.ray_runtime import PLACEMENT_GROUP_CLEANER_LOGGER, init_ray
 init_ray(concurrent_trials=2)
+time.sleep(1)  # the raylet would have started its first driver's workers by now
+import psutil  # Ray's own copy, on the path once ray is imported
+prestarted = [p for p in psutil.Process().children(recursive=True) if p.name() == "ray::IDLE"]  # no task ran yet
+print("prestarted", len(prestarted))
 print("level", ray.get(ray.remote(lambda: logging.getLogger(PLACEMENT_GROUP_CLEANER_LOGGER).level).remote()))
 address = ray.get(ray.remote(lambda: os.environ.get("RAY_ADDRESS")).remote())
 print("own address", address == ray.get_runtime_context().gcs_address)
@@ -295,4 +300,5 @@ ray.shutdown()
     assert "preemption watcher 0" in done.stdout
     assert "coordinator up True" in done.stdout
     assert "idle workers True True" in done.stdout
+    assert "prestarted 0" in done.stdout
     assert "worker processes have been started" not in done.stdout + done.stderr
