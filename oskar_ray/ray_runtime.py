@@ -65,12 +65,13 @@ TRAIN_COORDINATOR_FACTORY = ("ray.data._internal.cluster_autoscaler.default_auto
 #: as ``RAY_<name>`` — an internal knob, not a public API: a Ray upgrade that drops it brings the warnings back
 #: (tests/test_train_ray.py::test_a_local_ray_is_quiet_knows_its_cluster_and_is_sized_for_its_trials fails)
 STARTUP_CONCURRENCY_ENV = "RAY_worker_maximum_startup_concurrency"
-#: how long the local raylet lets an idle worker process above its soft limit (the core count) live: a raylet config
-#: read from the environment, like the one above. Ray's 1 s ends a data task's worker each time the stream waits on
-#: the trainer for a second, and on 2 cores the stream's two workers plus Ray's two pre-started ones are over the
-#: limit: a small split (short tasks, gaps between them) restarted a worker every ~15 s, each start importing torch
-#: (~2.5 s of a core) beside the trainer, at half speed meanwhile (experiments/bench_data.py --dataset-size,
-#: docs/results.md "Twelfth pass"). A minute spans a backpressured stream's gaps and still frees a finished run's.
+#: how long the local raylet lets an idle worker process above its soft limit (its logical CPUs) live: a raylet
+#: config read from the environment, like the one above. Ray's 1 s ends a data task's worker each time the stream
+#: waits on the trainer for a second; on 2 cores the stream's two workers and Ray's two pre-started ones (before
+#: PRESTART_ENV) were over the limit, and a small split (short tasks, gaps between them) restarted a worker every
+#: ~15 s, each start importing torch (~2.5 s of a core) beside the trainer, at half speed meanwhile
+#: (experiments/bench_data.py --dataset-size, docs/results.md "Twelfth pass"). A minute spans a backpressured
+#: stream's gaps and still frees a finished run's workers.
 IDLE_WORKER_GRACE_ENV, IDLE_WORKER_GRACE_MS = "RAY_idle_worker_killing_time_threshold_ms", 60_000
 #: whether the local raylet starts a worker per core for the first driver: a raylet config read from the
 #: environment, like the two above. They start without this project's runtime environment (``init_ray``), so no

@@ -246,10 +246,11 @@ import logging, os, sys, time
 import ray
 from oskar_ray.ray_runtime import PLACEMENT_GROUP_CLEANER_LOGGER, init_ray
 init_ray(concurrent_trials=2)
-time.sleep(1)  # the raylet would have started its first driver's workers by now
+time.sleep(1)  # the raylet would have started its first driver's workers by now (booting, or booted: ray::IDLE)
 import psutil  # Ray's own copy, on the path once ray is imported
-prestarted = [p for p in psutil.Process().children(recursive=True) if p.name() == "ray::IDLE"]  # no task ran yet
-print("prestarted", len(prestarted))
+workers = [p for p in psutil.Process().children(recursive=True)  # no task ran yet: any worker is a pre-started one
+           if p.name() == "ray::IDLE" or any(arg.endswith("default_worker.py") for arg in p.cmdline()[:4])]
+print("prestarted", len(workers))
 print("level", ray.get(ray.remote(lambda: logging.getLogger(PLACEMENT_GROUP_CLEANER_LOGGER).level).remote()))
 address = ray.get(ray.remote(lambda: os.environ.get("RAY_ADDRESS")).remote())
 print("own address", address == ray.get_runtime_context().gcs_address)
@@ -263,15 +264,27 @@ try:
 except ValueError:  # not there: no fit() ran on this fresh cluster, so start_ray did not create it
     print("coordinator up False")
 
+import tempfile
+meeting = tempfile.mkdtemp()
+
 @ray.remote(num_cpus=0.01)
-def pid():
-    time.sleep(1.0)
+def meet(tasks):  # each task waits for all the others, so each holds a worker process of its own
+    open(os.path.join(meeting, str(os.getpid())), "w").close()
+    deadline = time.time() + 120
+    while len(os.listdir(meeting)) < tasks and time.time() < deadline:
+        time.sleep(0.05)
     return os.getpid()
 
-tasks = (os.cpu_count() or 1) + 3  # more worker processes than Ray keeps idle by default (the core count)
-first = set(ray.get([pid.remote() for _ in range(tasks)]))
+def alive(pid):
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+tasks = (os.cpu_count() or 1) + 3  # more idle workers than Ray keeps by default (its logical CPUs, the cores here)
+pids = set(ray.get([meet.remote(tasks) for _ in range(tasks)]))
 time.sleep(3)  # idle past Ray's default 1 s
-print("idle workers", len(first) > (os.cpu_count() or 1), first <= set(ray.get([pid.remote() for _ in range(tasks)])))
+print("idle workers", len(pids) == tasks, all(alive(pid) for pid in pids))
 
 @ray.remote(num_cpus=0.01)
 class Idle:

@@ -208,9 +208,10 @@ def stream_memory_mb(cfg, block_mb: float) -> float:
     Left unbounded, Ray Data fills a quarter of the object store as fast as it can — on 2 cores, CPU taken from
     the trainer for samples needed minutes later (tiny recipe, 40 steps through Ray Train: the steps took
     23.7 s against 14.5 s with this window, 10.7 s in one process; ``experiments/bench_train.py --overhead``).
-    The shuffle buffers' blocks count against it: a window of 8 batches of 32 left a 256-sample buffer nothing to
-    run ahead with, and a small split's short tasks then kept the trainer waiting (docs/results.md, "Twelfth
-    pass")."""
+    Sized with the shuffle buffers, so the stream runs ahead of the loaders by about what they hold back: 8
+    batches of 32 alone (about a 256-sample buffer's worth) let a small split's short tasks keep the trainer
+    waiting at times, 9-18 % of some 10-step windows; with the buffer's worth added, 0-1 %, as with a 32-sample
+    buffer in the old window (docs/results.md, "Twelfth pass")."""
     if cfg.data.max_memory_mb:
         return cfg.data.max_memory_mb
     blocks = max(4, STREAM_BLOCKS_PER_TASK * (data_tasks(cfg) or 2))
