@@ -265,7 +265,7 @@ except ValueError:  # not there: no fit() ran on this fresh cluster, so start_ra
     print("coordinator up False")
 
 import tempfile
-meeting = tempfile.mkdtemp()
+meeting = tempfile.mkdtemp(dir=os.environ["RAY_TMPDIR"])  # removed with the test's temporary directory
 
 @ray.remote(num_cpus=0.01)
 def meet(tasks):  # each task waits for all the others, so each holds a worker process of its own
