@@ -9,13 +9,15 @@ Runs both as subprocesses, one after the other, on the same config and dataset (
 ``data/``, synthesised on first use), each with its own SQLite MLflow store in a temporary directory, and
 times them from launch to exit (start-up, MLflow logging, artifacts included). Each run logs where its time
 went (``time/<stage>_s``, oskar_ray/train/timeline.py); the table puts the stages side by side, and
-"process" is what the stages do not cover (interpreter start, imports, config, exit).
+"process" is what the stages do not cover (interpreter start, imports, config, exit). Both do the same work:
+the same steps on the same data, the same health check (RankMe on the held-out batch) at the same steps, the
+config, loss curve and weights logged to MLflow.
 
 A third command times Ray's own floor the same way: the same driver start (``init_ray``, the project's runtime
 environment) and a one-worker ``TorchTrainer`` of the same size whose train function reports once and returns
 — what any one-worker Ray Train run costs on this machine before it does any work (``--ray-floor`` runs it
-alone). Added to the single-process run's own work (model, data, steps, artifacts), it is the least a Ray
-Train run can take on this machine, printed as a ratio beside the goal.
+alone). Added to the single-process run's own work (model, health batch, data, steps, artifacts), it is the least
+a Ray Train run can take on this machine, printed as a ratio beside the goal.
 
 Goal (issue 29): Ray / single process <= 1.5.
 """
@@ -35,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 STAGES = ["resolve_data", "ray_init", "tracking", "datasets", "worker_start", "model", "monitor", "data", "first_batch",
           "first_step", "steps", "wind_down", "artifacts"]
 #: what the single-process run does besides starting, tracking and exiting, which any Ray Train run does too
-WORK_STAGES = ["model", "data", "steps", "artifacts"]
+WORK_STAGES = ["model", "monitor", "data", "steps", "artifacts"]
 
 
 def run(local: bool, config: str, overrides: list[str], workdir: Path) -> tuple[float, dict[str, float]]:

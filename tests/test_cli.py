@@ -8,8 +8,9 @@ SMOKE = "experiments/configs/smoke.yaml"
 
 
 def test_local_pretrain_is_the_same_run_in_one_process(tmp_path, capsys, synth_dir):
-    """``--local``: the configured dataset, an MLflow run with the losses, throughput and stage times, the
-    resolved config and the weights (beside the run and as artifacts)."""
+    """``--local``: the configured dataset, an MLflow run with the losses, throughput, stage times and the Ray
+    worker's health check (at the last step here: ``eval.rankme_every`` 100), the resolved config, the loss
+    curve and the weights (beside the run and as artifacts)."""
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -26,9 +27,32 @@ def test_local_pretrain_is_the_same_run_in_one_process(tmp_path, capsys, synth_d
     (logged,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert logged.info.status == "FINISHED" and logged.data.tags["launcher"] == "local"
     assert [m.step for m in client.get_metric_history(logged.info.run_id, "loss")] == [2, 4]
-    assert {"samples_per_s", "time/tracking_s", "time/data_s", "time/steps_s"} <= set(logged.data.metrics)
+    assert {"samples_per_s", "time/tracking_s", "time/monitor_s", "time/data_s", "time/steps_s",
+            "health/video/rankme", "health/collapse_alarm"} <= set(logged.data.metrics)
+    assert [m.step for m in client.get_metric_history(logged.info.run_id, "health/video/std")] == [4]
+    assert "health.collapse_alarm" not in logged.data.tags
     artifacts = {a.path for a in client.list_artifacts(logged.info.run_id)}
-    assert {"config.yaml", "weights"} <= artifacts
+    assert {"config.yaml", "loss_curve.png", "weights"} <= artifacts
+
+
+def test_a_local_run_stops_on_a_fatal_collapse_alarm(tmp_path, capsys, synth_dir):
+    """``eval.collapse_fatal``: the local run stops at the step the alarm rises, as the Ray worker does — the
+    alarm tagged, the run FAILED with the reason, a clear error and exit code 2."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # every std reading is "low" against a threshold of 10: the alarm rises at the first check (patience 1)
+    sets = ["train.steps=6", "train.batch_size=4", "train.log_every=2", "eval.rankme_every=2",
+            "eval.collapse_std=10", "eval.collapse_patience=1", "eval.collapse_fatal=true",
+            f"train.output_dir={tmp_path}", "tracking.run_name=collapse", f"tracking.uri={uri}",
+            f"data.path={synth_dir}"]
+    assert main(["pretrain", "--local", "--config", SMOKE, *[a for s in sets for a in ("--set", s)]]) == 2
+    assert "representation collapse at step 2" in capsys.readouterr().err
+    client = MlflowClient(uri)
+    (logged,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert logged.info.status == "FAILED" and "representation collapse at step 2" in logged.data.tags["error"]
+    assert logged.data.tags["health.collapse_alarm"] == "step 2"
+    assert not (tmp_path / "collapse" / "weights.safetensors").exists()
 
 
 def test_bad_config_is_a_clear_error(capsys):

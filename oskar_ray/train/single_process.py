@@ -39,13 +39,14 @@ def train(
     batches: Iterable[dict] | None = None,
     model: Oskar | None = None,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> list[dict[str, float]]:
     """Run ``cfg.train.steps`` steps single-process; returns per-step metrics."""
     seed_everything(cfg.train.seed)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     model = model or Oskar(cfg)
-    optimizer = build_optimizer(model, cfg)
+    optimizer = optimizer or build_optimizer(model, cfg)
     stream = iter(batches if batches is not None else example_stream(model, cfg.train.batch_size, cfg.train.seed))
     history = []
     for step in range(cfg.train.steps):
@@ -88,14 +89,17 @@ def run_single_process(cfg: OskarConfig, run_dir: Path, batches: Iterable[dict] 
 def pretrain_local(cfg: OskarConfig, run_name: str = "") -> tuple[str, Path]:
     """``oskar pretrain --local``: the run ``oskar pretrain`` makes, in this one process and without Ray — the
     same dataset (the built-in benchmark synthesised on first use when ``data.path`` is empty) read row group by
-    row group, the same seed and steps, an MLflow run with the losses, ``samples_per_s`` and ``time/<stage>_s``
-    (no health checks, online probe or loss-curve artifact), the resolved config and the weights. For debugging
-    and for measuring what Ray costs (``experiments/bench_train.py --overhead``). Returns (run id, run dir)."""
+    row group, the same seed and steps, an MLflow run with the losses, ``samples_per_s``, ``time/<stage>_s``, the
+    same health check at the same steps (``health_check.py``: RankMe / std on the held-out batch, the collapse
+    alarm, fatal when ``eval.collapse_fatal``), the resolved config, the loss curve and the weights (no online
+    probe, no optimizer checkpoints). For debugging and for measuring what Ray costs on the same work
+    (``experiments/bench_train.py --overhead``). Returns (run id, run dir)."""
     from ..config import save_config
     from ..data.pipeline import iterate_local
     from ..data.resolve import resolve_data
     from ..data.store import split_info
-    from ..tracking import end_run, log_metrics, start_run
+    from ..tracking import end_run, log_loss_curve, log_metrics, start_run
+    from .health_check import HealthMonitor
     from .timeline import Timeline
 
     clock = Timeline()
@@ -118,14 +122,20 @@ def pretrain_local(cfg: OskarConfig, run_name: str = "") -> tuple[str, Path]:
     try:
         seed_everything(cfg.train.seed)  # before the weights are drawn, as the Ray worker does
         model = Oskar(cfg)
-        history = train(cfg, _timed(batches, clock), model=model,
-                        on_step=_logging(cfg, client, run_id, progress_printer(cfg, time.perf_counter())))
+        optimizer = build_optimizer(model, cfg)
+        clock.mark("model")
+        monitor = HealthMonitor.for_run(cfg, model, "cpu")
+        clock.mark("monitor")
+        history = train(cfg, _timed(batches, clock), model=model, optimizer=optimizer,
+                        on_step=_logging(cfg, client, run_id, progress_printer(cfg, time.perf_counter()),
+                                         _checking(cfg, client, run_id, model, monitor)))
         if len(history) < cfg.train.steps:
             raise RuntimeError(f"the stream of split {cfg.data.train_split!r} ended after {len(history)} of "
                                f"{cfg.train.steps} steps")
         clock.mark("steps")
         model.save_weights(run_dir / "weights.safetensors")
         client.log_artifact(run_id, str(run_dir / "config.yaml"))
+        log_loss_curve(client, run_id, run_dir / "loss_curve.png")
         client.log_artifact(run_id, str(run_dir / "weights.safetensors"), artifact_path="weights")
         clock.mark("artifacts")
         log_metrics(client, run_id, clock.durations(), step=len(history))
@@ -138,8 +148,7 @@ def pretrain_local(cfg: OskarConfig, run_name: str = "") -> tuple[str, Path]:
 
 
 def _timed(batches: Iterator[dict], clock) -> Iterator[dict]:
-    """The stream, with the model build and the first batch's wait marked as stages."""
-    clock.mark("model")
+    """The stream, with the first batch's wait marked as a stage."""
     first = next(batches, None)
     clock.mark("data")
     if first is not None:
@@ -147,8 +156,10 @@ def _timed(batches: Iterator[dict], clock) -> Iterator[dict]:
         yield from batches
 
 
-def _logging(cfg: OskarConfig, client, run_id: str, printer: Callable[[int, dict], None]):
-    """Log the step's metrics to MLflow at ``train.log_every`` (and the last step), then print the line."""
+def _logging(cfg: OskarConfig, client, run_id: str, printer: Callable[[int, dict], None],
+             check: Callable[[int], dict[str, float]]):
+    """At ``train.log_every`` (and the last step): ``check``'s metrics added, all logged to MLflow; then the
+    console line."""
     from ..tracking import log_metrics
 
     last = [time.perf_counter(), 0]  # time and step of the previous log
@@ -158,8 +169,28 @@ def _logging(cfg: OskarConfig, client, run_id: str, printer: Callable[[int, dict
         if cfg.train.log_every and (done % cfg.train.log_every == 0 or done == cfg.train.steps):
             now = time.perf_counter()
             rate = (done - last[1]) * cfg.train.batch_size / max(now - last[0], 1e-9)
-            last[:] = [now, done]
+            metrics.update(check(done))
+            last[:] = [time.perf_counter(), done]  # the check's time is not the steps'
             log_metrics(client, run_id, {**metrics, "samples_per_s": rate}, step=done)
         printer(step, metrics)
 
     return on_step
+
+
+def _checking(cfg: OskarConfig, client, run_id: str, model: Oskar, monitor) -> Callable[[int], dict[str, float]]:
+    """The Ray worker's health check at a log step (``worker_loop.py``): due at ``eval.rankme_every`` and the last
+    step, the alarm tagged on the run, and a collapse ends the run when ``eval.collapse_fatal``."""
+    from ..tracking import set_tags
+    from .health_check import due
+
+    def check(done: int) -> dict[str, float]:
+        if not due(done, cfg.eval.rankme_every, cfg):
+            return {}
+        metrics = monitor.check(model)
+        if metrics["health/collapse_alarm"]:
+            set_tags(client, run_id, {"health.collapse_alarm": f"step {done}"})
+            if cfg.eval.collapse_fatal:
+                raise RuntimeError(f"representation collapse at step {done}")
+        return metrics
+
+    return check

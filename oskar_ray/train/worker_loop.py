@@ -35,48 +35,19 @@ from ..config import OskarConfig, config_from_dict
 from ..data.preprocess import COUNTERS
 from ..modalities import adopt_modalities
 from ..model import Oskar, move_batch
-from ..probes.health import health_metrics
-from ..probes.online import OnlineProbe, held_out_source
+from ..probes.online import OnlineProbe
 from ..ray_runtime import quiet_train_worker_logs
 from ..tracking import client_for, log_metrics, set_tags
 from .checkpoint import TrainState, load_checkpoint, save_checkpoint
+from .health_check import HealthMonitor, due
 from .step import NonFiniteLossError, build_optimizer, progress_line, seed_everything, train_step, unwrap
 from .timeline import Timeline
-
-
-class HealthMonitor:
-    """RankMe/std on a fixed held-out batch; raises the collapse alarm after K low readings."""
-
-    def __init__(self, cfg: OskarConfig, batch: dict):
-        self.cfg, self.batch, self.low_streak = cfg, batch, 0
-
-    def check(self, model: Oskar) -> dict[str, float]:
-        model.eval()
-        metrics = health_metrics(model, self.batch)
-        stds = [v for k, v in metrics.items() if k.endswith("/std")]
-        self.low_streak = self.low_streak + 1 if stds and min(stds) < self.cfg.eval.collapse_std else 0
-        metrics["health/collapse_alarm"] = float(self.low_streak >= self.cfg.eval.collapse_patience)
-        return metrics
 
 
 def prepare_ddp(model: Oskar):
     """Ray's DDP wrapping. A batch may lack a modality key (or have no targets for a
     per-modality predictor), leaving those parameters without gradient: DDP must look."""
     return ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
-
-
-def _held_out_batch(cfg: OskarConfig, model: Oskar, device) -> dict:
-    """The health check's fixed batch: held-out clips of the dataset (its val split, or the carve of its train
-    split the online probe uses), else the first batch of the pretraining split — the dataset's own clips
-    either way; the model's example batch only when there is no dataset at all."""
-    from ..data.pipeline import iterate_local
-
-    if not cfg.data.path:
-        return move_batch(model.example_batch(cfg.eval.batch_size, seed=10_007), device)
-    source = held_out_source(cfg)
-    stored, rows = (source.stored, source.rows) if source is not None else (cfg.data.train_split, None)
-    return move_batch(next(iterate_local(cfg.data.path, stored, cfg, batch_size=cfg.eval.batch_size, rows=rows)),
-                      device)
 
 
 def _batches(cfg: OskarConfig, per_worker: int) -> Iterator[dict]:
@@ -219,7 +190,7 @@ def _run_steps(cfg, config, wrapped, optimizer, state: TrainState, rank: int, ba
     model = unwrap(wrapped)
     device = next(model.parameters()).device
     client = client_for(config["tracking_uri"]) if rank == 0 and state.run_id else None
-    monitor = HealthMonitor(cfg, _held_out_batch(cfg, model, device)) if rank == 0 else None
+    monitor = HealthMonitor.for_run(cfg, model, device) if rank == 0 else None
     probe, probe_off = OnlineProbe.from_config(cfg, device) if rank == 0 else (None, "")
     if probe_off and cfg.eval.online_probe_every > 0:  # asked for but impossible: say so, on the run too
         print(f"online probe off: {probe_off}", flush=True)
@@ -248,12 +219,12 @@ def _run_steps(cfg, config, wrapped, optimizer, state: TrainState, rank: int, ba
         done = step + 1
         clock.mark("first_step" if first else "steps")
         last = done == cfg.train.steps
-        log_now, probe_now = _due(done, cfg.train.log_every, cfg), _due(done, cfg.eval.online_probe_every, cfg)
+        log_now, probe_now = due(done, cfg.train.log_every, cfg), due(done, cfg.eval.online_probe_every, cfg)
         if probe_now and probe is not None:
             metrics.update(probe(model))
         if log_now:
             metrics.update(throughput.metrics())
-            if monitor is not None and _due(done, cfg.eval.rankme_every, cfg):
+            if monitor is not None and due(done, cfg.eval.rankme_every, cfg):
                 metrics.update(monitor.check(model))
             if rank == 0:
                 _log(client, state, cfg, metrics, done, started)
@@ -262,7 +233,7 @@ def _run_steps(cfg, config, wrapped, optimizer, state: TrainState, rank: int, ba
                 return
         elif probe_now and client is not None:
             log_metrics(client, state.run_id, {k: v for k, v in metrics.items() if k.startswith("probe/")}, done)
-        checkpoint_now = _due(done, cfg.train.checkpoint_every, cfg)
+        checkpoint_now = due(done, cfg.train.checkpoint_every, cfg)
         if log_now or probe_now or checkpoint_now or last:
             # the last report carries this worker's stages: the driver logs them with its own (ray_trainer.py)
             reported = _scalars({**metrics, **(clock.durations() if last else {})})
@@ -282,11 +253,6 @@ def _skip_trained_batches(batches: Iterator[dict], state: TrainState, stream_sta
     print(note, flush=True)
     if client is not None:
         set_tags(client, state.run_id, {"data.stream_restart": note})
-
-
-def _due(done: int, every: int, cfg: OskarConfig) -> bool:
-    """Whether a periodic action (every ``every`` steps, 0 = never) is due; all are due at the last step."""
-    return every > 0 and (done % every == 0 or done == cfg.train.steps)
 
 
 def _flag_from_rank0(value: float) -> bool:
