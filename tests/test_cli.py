@@ -1,5 +1,7 @@
 """The ``oskar`` command line: pretrain writes weights + resolved config; bad config → exit 2."""
 
+import pytest
+
 from oskar_ray.cli import main
 from oskar_ray.config import load_config
 from oskar_ray.model import Oskar
@@ -30,29 +32,41 @@ def test_local_pretrain_is_the_same_run_in_one_process(tmp_path, capsys, synth_d
     assert {"samples_per_s", "time/tracking_s", "time/monitor_s", "time/data_s", "time/steps_s",
             "health/video/rankme", "health/collapse_alarm"} <= set(logged.data.metrics)
     assert [m.step for m in client.get_metric_history(logged.info.run_id, "health/video/std")] == [4]
-    assert "health.collapse_alarm" not in logged.data.tags
     artifacts = {a.path for a in client.list_artifacts(logged.info.run_id)}
     assert {"config.yaml", "loss_curve.png", "weights"} <= artifacts
 
 
-def test_a_local_run_stops_on_a_fatal_collapse_alarm(tmp_path, capsys, synth_dir):
-    """``eval.collapse_fatal``: the local run stops at the step the alarm rises, as the Ray worker does — the
-    alarm tagged, the run FAILED with the reason, a clear error and exit code 2."""
+@pytest.mark.parametrize("fatal", [False, True])
+def test_a_local_collapse_alarm_is_tagged_and_stops_the_run_only_when_fatal(tmp_path, capsys, synth_dir, fatal):
+    """The Ray worker's health check mid-run: each check's readings logged at its step, the alarm tagged; with
+    ``eval.collapse_fatal`` the run stops after logging the step the alarm rose — FAILED with the reason, no
+    weights, a clear error and exit code 2 — else it trains on and finishes."""
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    # every std reading is "low" against a threshold of 10: the alarm rises at the first check (patience 1)
-    sets = ["train.steps=6", "train.batch_size=4", "train.log_every=2", "eval.rankme_every=2",
-            "eval.collapse_std=10", "eval.collapse_patience=1", "eval.collapse_fatal=true",
+    # every std reading is "low" against a threshold of 10 (that of L2-normalised features is at most 1): the
+    # alarm rises at the first check (patience 1)
+    sets = ["train.steps=4", "train.batch_size=4", "train.log_every=2", "eval.rankme_every=2",
+            "eval.collapse_std=10", "eval.collapse_patience=1", f"eval.collapse_fatal={str(fatal).lower()}",
             f"train.output_dir={tmp_path}", "tracking.run_name=collapse", f"tracking.uri={uri}",
             f"data.path={synth_dir}"]
-    assert main(["pretrain", "--local", "--config", SMOKE, *[a for s in sets for a in ("--set", s)]]) == 2
-    assert "representation collapse at step 2" in capsys.readouterr().err
+    code = main(["pretrain", "--local", "--config", SMOKE, *[a for s in sets for a in ("--set", s)]])
     client = MlflowClient(uri)
     (logged,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    assert logged.info.status == "FAILED" and "representation collapse at step 2" in logged.data.tags["error"]
-    assert logged.data.tags["health.collapse_alarm"] == "step 2"
-    assert not (tmp_path / "collapse" / "weights.safetensors").exists()
+    alarms = client.get_metric_history(logged.info.run_id, "health/collapse_alarm")
+    losses = client.get_metric_history(logged.info.run_id, "loss")
+    if fatal:
+        assert code == 2
+        assert "pretraining stopped: representation collapse at step 2" in capsys.readouterr().err
+        assert logged.info.status == "FAILED" and logged.data.tags["error"] == "representation collapse at step 2"
+        assert [(m.step, m.value) for m in alarms] == [(2, 1.0)] and [m.step for m in losses] == [2]
+        assert logged.data.tags["health.collapse_alarm"] == "step 2"
+        assert not (tmp_path / "collapse" / "weights.safetensors").exists()
+    else:
+        assert code == 0 and logged.info.status == "FINISHED"
+        assert sorted((m.step, m.value) for m in alarms) == [(2, 1.0), (4, 1.0)] and len(losses) == 2
+        assert logged.data.tags["health.collapse_alarm"] == "step 4"
+        assert (tmp_path / "collapse" / "weights.safetensors").is_file()
 
 
 def test_bad_config_is_a_clear_error(capsys):
@@ -73,8 +87,6 @@ def test_sweep_is_one_subcommand_with_the_sweep_scripts_flags(tmp_path, capsys):
 
 
 def test_a_resume_applies_safe_overrides_and_refuses_the_rest_naming_them(tmp_path, capsys):
-    import pytest
-
     from oskar_ray.config import save_config
     from oskar_ray.train.resume import resume_config
 

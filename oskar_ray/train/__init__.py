@@ -2,7 +2,8 @@
 
 ``step.py`` (one step), ``single_process.py`` (``oskar pretrain --local``, tests),
 ``ray_trainer.py`` (the driver: a ``TorchTrainer`` run, ``oskar pretrain``),
-``worker_loop.py`` (inside every Ray Train worker), ``checkpoint.py``, ``schedules.py``.
+``worker_loop.py`` (inside every Ray Train worker), ``health_check.py`` (the health check both loops run),
+``checkpoint.py``, ``schedules.py``.
 """
 
 from .schedules import lr_at, weight_decay_at

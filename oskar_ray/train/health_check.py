@@ -48,8 +48,10 @@ def held_out_batch(cfg: OskarConfig, model: Oskar, device) -> dict:
         return move_batch(model.example_batch(cfg.eval.batch_size, seed=10_007), device)
     source = held_out_source(cfg)
     stored, rows = (source.stored, source.rows) if source is not None else (cfg.data.train_split, None)
-    return move_batch(next(iterate_local(cfg.data.path, stored, cfg, batch_size=cfg.eval.batch_size, rows=rows)),
-                      device)
+    batch = next(iterate_local(cfg.data.path, stored, cfg, batch_size=cfg.eval.batch_size, rows=rows), None)
+    if batch is None:
+        raise ValueError(f"{cfg.data.path}: split {stored!r} gave no clips for the health check's held-out batch")
+    return move_batch(batch, device)
 
 
 def due(done: int, every: int, cfg: OskarConfig) -> bool:

@@ -18,12 +18,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..config import OskarConfig
 from ..model import Oskar
 from .step import build_optimizer, progress_line, seed_everything, train_step
+
+if TYPE_CHECKING:
+    from .health_check import HealthMonitor
 
 
 def example_stream(model: Oskar, batch_size: int, seed: int) -> Iterator[dict]:
@@ -41,12 +45,14 @@ def train(
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     optimizer: torch.optim.Optimizer | None = None,
 ) -> list[dict[str, float]]:
-    """Run ``cfg.train.steps`` steps single-process; returns per-step metrics."""
+    """Run ``cfg.train.steps`` steps single-process; returns per-step metrics. ``optimizer``: one over ``model``'s
+    parameters (built here when None; pass the model with it)."""
     seed_everything(cfg.train.seed)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     model = model or Oskar(cfg)
-    optimizer = optimizer or build_optimizer(model, cfg)
+    if optimizer is None:
+        optimizer = build_optimizer(model, cfg)
     stream = iter(batches if batches is not None else example_stream(model, cfg.train.batch_size, cfg.train.seed))
     history = []
     for step in range(cfg.train.steps):
@@ -72,6 +78,14 @@ def progress_printer(cfg: OskarConfig, started: float):
         print(progress_line(done, cfg.train.steps, metrics, rate, eta), flush=True)
 
     return on_step
+
+
+class RunStopped(RuntimeError):
+    """A run ended itself, as the Ray worker ends one (a fatal health alarm): ``reason`` is the run's error tag."""
+
+    def __init__(self, reason: str, run_id: str):
+        super().__init__(f"pretraining stopped: {reason} (MLflow run {run_id} marked FAILED)")
+        self.reason = reason
 
 
 def run_single_process(cfg: OskarConfig, run_dir: Path, batches: Iterable[dict] | None = None) -> list[dict]:
@@ -124,7 +138,7 @@ def pretrain_local(cfg: OskarConfig, run_name: str = "") -> tuple[str, Path]:
         model = Oskar(cfg)
         optimizer = build_optimizer(model, cfg)
         clock.mark("model")
-        monitor = HealthMonitor.for_run(cfg, model, "cpu")
+        monitor = HealthMonitor.for_run(cfg, model, next(model.parameters()).device)
         clock.mark("monitor")
         history = train(cfg, _timed(batches, clock), model=model, optimizer=optimizer,
                         on_step=_logging(cfg, client, run_id, progress_printer(cfg, time.perf_counter()),
@@ -140,7 +154,7 @@ def pretrain_local(cfg: OskarConfig, run_name: str = "") -> tuple[str, Path]:
         clock.mark("artifacts")
         log_metrics(client, run_id, clock.durations(), step=len(history))
     except BaseException as err:
-        end_run(client, run_id, error=f"{type(err).__name__}: {err}")
+        end_run(client, run_id, error=err.reason if isinstance(err, RunStopped) else f"{type(err).__name__}: {err}")
         raise
     end_run(client, run_id)
     print(f"saved {run_dir / 'weights.safetensors'} ({clock.summary()})", flush=True)
@@ -157,40 +171,47 @@ def _timed(batches: Iterator[dict], clock) -> Iterator[dict]:
 
 
 def _logging(cfg: OskarConfig, client, run_id: str, printer: Callable[[int, dict], None],
-             check: Callable[[int], dict[str, float]]):
-    """At ``train.log_every`` (and the last step): ``check``'s metrics added, all logged to MLflow; then the
-    console line."""
+             check: Callable[[int, dict], str]):
+    """At ``train.log_every`` (and the last step): ``check`` adds its metrics, all are logged to MLflow and the
+    console line printed; then the run stops if ``check`` said why it must (:class:`RunStopped`). The logged
+    ``samples_per_s`` counts the steps' time only, as the Ray worker's does."""
     from ..tracking import log_metrics
 
-    last = [time.perf_counter(), 0]  # time and step of the previous log
+    last = [time.perf_counter(), 0]  # time and step where the current window of steps started
 
     def on_step(step: int, metrics: dict[str, float]) -> None:
         done = step + 1
-        if cfg.train.log_every and (done % cfg.train.log_every == 0 or done == cfg.train.steps):
-            now = time.perf_counter()
-            rate = (done - last[1]) * cfg.train.batch_size / max(now - last[0], 1e-9)
-            metrics.update(check(done))
-            last[:] = [time.perf_counter(), done]  # the check's time is not the steps'
+        log_now = cfg.train.log_every and (done % cfg.train.log_every == 0 or done == cfg.train.steps)
+        stop = ""
+        if log_now:
+            rate = (done - last[1]) * cfg.train.batch_size / max(time.perf_counter() - last[0], 1e-9)
+            stop = check(done, metrics)
             log_metrics(client, run_id, {**metrics, "samples_per_s": rate}, step=done)
         printer(step, metrics)
+        if stop:
+            print(f"stopping: {stop}", flush=True)
+            raise RunStopped(stop, run_id)
+        if log_now:
+            last[:] = [time.perf_counter(), done]
 
     return on_step
 
 
-def _checking(cfg: OskarConfig, client, run_id: str, model: Oskar, monitor) -> Callable[[int], dict[str, float]]:
+def _checking(cfg: OskarConfig, client, run_id: str, model: Oskar,
+              monitor: HealthMonitor) -> Callable[[int, dict], str]:
     """The Ray worker's health check at a log step (``worker_loop.py``): due at ``eval.rankme_every`` and the last
-    step, the alarm tagged on the run, and a collapse ends the run when ``eval.collapse_fatal``."""
+    step, its metrics added to the step's, the alarm tagged on the run; returns why the run must stop ("" if it
+    goes on): a collapse when ``eval.collapse_fatal``."""
     from ..tracking import set_tags
     from .health_check import due
 
-    def check(done: int) -> dict[str, float]:
+    def check(done: int, metrics: dict[str, float]) -> str:
         if not due(done, cfg.eval.rankme_every, cfg):
-            return {}
-        metrics = monitor.check(model)
-        if metrics["health/collapse_alarm"]:
-            set_tags(client, run_id, {"health.collapse_alarm": f"step {done}"})
-            if cfg.eval.collapse_fatal:
-                raise RuntimeError(f"representation collapse at step {done}")
-        return metrics
+            return ""
+        metrics.update(monitor.check(model))
+        if not metrics["health/collapse_alarm"]:
+            return ""
+        set_tags(client, run_id, {"health.collapse_alarm": f"step {done}"})
+        return f"representation collapse at step {done}" if cfg.eval.collapse_fatal else ""
 
     return check
