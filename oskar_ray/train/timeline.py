@@ -11,8 +11,8 @@ Runbook::
 (``worker_start``: Ray Train's controller, placement group and worker process; ``model``; ``monitor``: the
 health batch and online probe; ``first_batch``: Ray Data's first block; ``first_step``; ``steps``). Both are
 logged to the run as ``time/<stage>_s`` metrics; ``experiments/bench_train.py --overhead`` prints them
-beside the single-process run (``oskar pretrain --local``: ``tracking``, ``model``, ``monitor`` (the health
-batch), ``data``, ``steps``, ``artifacts``). The wall clock (``time.time``) is what processes on one machine
+beside the single-process run (``oskar pretrain --local``: ``resolve_data``, ``tracking``, ``model``, ``monitor``
+(the health batch), ``data``, ``steps``, ``artifacts``). The wall clock (``time.time``) is what processes on one machine
 share; across nodes the stages that span the driver and a worker read as accurate as the clocks are
 synchronised.
 """
