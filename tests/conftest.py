@@ -8,7 +8,7 @@ alone; ``unit`` (everything else) runs beside it with one torch thread at ``SCHE
 time the slow lane leaves idle (Ray's tests wait on process starts much of the time) and never preempts it.
 At equal priority, two torch thread pools on 2 cores lose: the fast tests took 267 s over two workers against
 193 s in one (docs/results.md, "Eleventh pass"). ``pytest -n 0`` runs the whole suite in one process, one test
-at a time (also what ``--pdb`` needs).
+at a time (also what ``--pdb`` needs); ``--lf`` reruns what failed in either mode.
 """
 
 from __future__ import annotations
@@ -39,6 +39,37 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     session.config.stash[_LANES_RUN] = {_lane(item) for item in session.items}
+
+
+def _lane_ids(nodeid: str) -> set[str]:
+    """A test's ids in either mode: in lanes xdist appends ``@<lane>``, in one process (``pytest -n 0``) not."""
+    base = nodeid
+    for lane in (SLOW_LANE, UNIT_LANE):
+        base = base.removesuffix(f"@{lane}")
+    return {base, *(f"{base}@{lane}" for lane in (SLOW_LANE, UNIT_LANE))}
+
+
+class _LastFailedInEitherMode:
+    """``--lf`` / ``--ff`` find a test that failed in the other mode (pytest's record keeps the id it failed
+    under: ``pytest -n 0 --lf`` after a lanes run otherwise matched nothing and ran the whole suite), and a test
+    that passes leaves the record under every id, so no alias reruns it."""
+
+    def __init__(self, last_failed) -> None:
+        self.record = last_failed.lastfailed  # pytest's LFPlugin: it filters by and saves this dict
+        if last_failed.active:
+            self.record.update((alias, True) for nodeid in list(self.record) for alias in _lane_ids(nodeid))
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if (report.when == "call" and report.passed) or report.skipped:
+            for alias in _lane_ids(report.nodeid):
+                self.record.pop(alias, None)
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's cache plugin has read the record
+def pytest_configure(config: pytest.Config) -> None:
+    last_failed = config.pluginmanager.get_plugin("lfplugin")
+    if last_failed is not None:
+        config.pluginmanager.register(_LastFailedInEitherMode(last_failed), "oskar-last-failed-either-mode")
 
 
 def _yields_the_cores(item: pytest.Item) -> bool:

@@ -57,3 +57,36 @@ def test_a_test_with_its_own_xdist_group_fails_with_the_reason(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stdout[-2000:]
     assert "xdist_group ['db']" in done.stdout and "remove the test's own group" in done.stdout
+
+
+def test_last_failed_reruns_what_failed_in_either_mode_and_forgets_what_passed(tmp_path):
+    """``--lf`` after a lanes run, in one process (``pytest -n 0``): only the failure reruns (pytest's record keeps
+    the lane's id, ``...@unit``, which one process does not produce: it ran the whole suite); and the other way
+    round; a rerun that passes empties the record."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    shutil.copy(Path(__file__).with_name("conftest.py"), tmp_path / "conftest.py")
+    (tmp_path / "test_flaky.py").write_text(
+        "from pathlib import Path\n\n\ndef test_fails_until_fixed():\n"
+        "    assert Path(__file__).with_name('fixed').exists()\n\n\ndef test_passes():\n    pass\n")
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")  # not this repository's addopts
+
+    def run(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-c", str(tmp_path / "pytest.ini"), *args,
+                               str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        return done.stdout.strip().splitlines()[-1]
+
+    def only_the_failure(summary: str) -> bool:  # the whole file reruns when --lf matches nothing: "1 failed, 1 passed"
+        return summary.startswith("1 failed") and "passed" not in summary
+
+    lanes = ("-n", "2", "--dist", "loadgroup")
+    assert run(*lanes).startswith("1 failed, 1 passed")
+    assert only_the_failure(run("-n", "0", "--lf"))
+    assert only_the_failure(run(*lanes, "--lf"))
+    (tmp_path / "fixed").touch()
+    assert run("-n", "0", "--lf").startswith("1 passed")
+    assert json.loads((tmp_path / ".pytest_cache" / "v" / "cache" / "lastfailed").read_text()) == {}
