@@ -15,8 +15,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from _pytest.cacheprovider import LFPlugin
 
 REPO = Path(__file__).resolve().parents[1]
 #: the lane (xdist group) of Ray, multi-process and long tests, run at normal priority one at a time
@@ -50,19 +54,31 @@ def _lane_ids(nodeid: str) -> set[str]:
 
 
 class _LastFailedInEitherMode:
-    """``--lf`` / ``--ff`` find a test that failed in the other mode (pytest's record keeps the id it failed
-    under: ``pytest -n 0 --lf`` after a lanes run otherwise matched nothing and ran the whole suite), and a test
-    that passes leaves the record under every id, so no alias reruns it."""
+    """pytest keys its last-failed record by the id a test failed under, and only lanes append ``@<lane>``: so
+    ``pytest -n 0 --lf`` after a lanes run matched nothing and ran the whole suite. Under ``--lf`` / ``--ff`` the
+    record gets each failed test's ids in the other mode for this session; a test's report leaves it recorded
+    under the id it just failed as, or under none once it passes; the added ids are not saved."""
 
-    def __init__(self, last_failed) -> None:
-        self.record = last_failed.lastfailed  # pytest's LFPlugin: it filters by and saves this dict
+    def __init__(self, last_failed: LFPlugin) -> None:
+        self.record = last_failed.lastfailed  # the dict pytest filters by and saves
+        self.added: set[str] = set()
         if last_failed.active:
-            self.record.update((alias, True) for nodeid in list(self.record) for alias in _lane_ids(nodeid))
+            for nodeid in [n for n in self.record if "::" in n]:  # tests, not modules that failed to collect
+                self.added |= _lane_ids(nodeid) - self.record.keys()
+            self.record.update(dict.fromkeys(self.added, True))
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if (report.when == "call" and report.passed) or report.skipped:
-            for alias in _lane_ids(report.nodeid):
-                self.record.pop(alias, None)
+        passed = (report.when == "call" and report.passed) or report.skipped
+        if not (passed or report.failed):
+            return
+        for nodeid in _lane_ids(report.nodeid) - (set() if passed else {report.nodeid}):
+            self.record.pop(nodeid, None)
+        self.added -= _lane_ids(report.nodeid)  # a failure is recorded by pytest under the id it ran as
+
+    @pytest.hookimpl(tryfirst=True)  # before pytest's cache plugin saves the record
+    def pytest_sessionfinish(self) -> None:
+        for nodeid in self.added:
+            self.record.pop(nodeid, None)
 
 
 @pytest.hookimpl(trylast=True)  # after pytest's cache plugin has read the record

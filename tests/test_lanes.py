@@ -60,10 +60,11 @@ def test_a_test_with_its_own_xdist_group_fails_with_the_reason(tmp_path):
 
 
 def test_last_failed_reruns_what_failed_in_either_mode_and_forgets_what_passed(tmp_path):
-    """``--lf`` after a lanes run, in one process (``pytest -n 0``): only the failure reruns (pytest's record keeps
-    the lane's id, ``...@unit``, which one process does not produce: it ran the whole suite); and the other way
-    round; a rerun that passes empties the record."""
+    """``--lf`` in one process (``pytest -n 0``) after a lanes run reruns only the failure (pytest's record keeps
+    the lane's id, ``...@unit``, which one process does not produce: it ran the whole suite), and in lanes after a
+    run in one process; the record keeps one id a failure, none once the test passes."""
     import json
+    import os
     import shutil
     import subprocess
     import sys
@@ -73,20 +74,28 @@ def test_last_failed_reruns_what_failed_in_either_mode_and_forgets_what_passed(t
     (tmp_path / "test_flaky.py").write_text(
         "from pathlib import Path\n\n\ndef test_fails_until_fixed():\n"
         "    assert Path(__file__).with_name('fixed').exists()\n\n\ndef test_passes():\n    pass\n")
-    (tmp_path / "pytest.ini").write_text("[pytest]\n")  # not this repository's addopts
+    # not this repository's addopts; the cache where this test reads it
+    (tmp_path / "pytest.ini").write_text("[pytest]\ncache_dir = .pytest_cache\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "TOX_"))}
+    failing = "test_flaky.py::test_fails_until_fixed"
 
-    def run(*args: str) -> str:
+    def run(*args: str) -> tuple[str, set[str]]:
+        """The summary line of a pytest run on the temporary suite, and the ids its record then holds."""
         done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-c", str(tmp_path / "pytest.ini"), *args,
-                               str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
-        return done.stdout.strip().splitlines()[-1]
-
-    def only_the_failure(summary: str) -> bool:  # the whole file reruns when --lf matches nothing: "1 failed, 1 passed"
-        return summary.startswith("1 failed") and "passed" not in summary
+                               str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+        lines = done.stdout.strip().splitlines() or [f"no output; stderr: {done.stderr[-2000:]}"]
+        record = json.loads((tmp_path / ".pytest_cache" / "v" / "cache" / "lastfailed").read_text())
+        return lines[-1], {nodeid.rpartition("/")[2] for nodeid in record}
 
     lanes = ("-n", "2", "--dist", "loadgroup")
-    assert run(*lanes).startswith("1 failed, 1 passed")
-    assert only_the_failure(run("-n", "0", "--lf"))
-    assert only_the_failure(run(*lanes, "--lf"))
+    summary, record = run(*lanes)
+    assert summary.startswith("1 failed, 1 passed") and record == {f"{failing}@unit"}, (summary, record)
+    # when --lf matches nothing the whole file reruns: "1 failed, 1 passed"
+    summary, record = run("-n", "0", "--lf")
+    assert summary.startswith("1 failed") and "passed" not in summary and record == {failing}, (summary, record)
+    summary, record = run(*lanes, "--lf")
+    assert summary.startswith("1 failed") and "passed" not in summary, (summary, record)
+    assert record == {f"{failing}@unit"}
     (tmp_path / "fixed").touch()
-    assert run("-n", "0", "--lf").startswith("1 passed")
-    assert json.loads((tmp_path / ".pytest_cache" / "v" / "cache" / "lastfailed").read_text()) == {}
+    summary, record = run("-n", "0", "--lf")
+    assert summary.startswith("1 passed") and record == set(), (summary, record)
