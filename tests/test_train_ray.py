@@ -1,6 +1,6 @@
 """Ray Train pretraining: learning + checkpoints + MLflow, DDP equivalence, EMA sync,
 fault tolerance and resume (one pair of runs), a real MLflow server (the learning run tracks to it), and the
-non-finite guard.
+runs that stop themselves (a non-finite loss, a fatal collapse alarm).
 
 All slow (real local Ray, ~30-60 s each on 2 cores); they still run in CI.
 """
@@ -184,12 +184,24 @@ def test_a_worker_failure_resumes_in_the_same_run_and_resume_continues_steps_sch
     assert min(lr) == 5 and max(lr) == 30
 
 
-def test_non_finite_loss_fails_the_run_with_a_clear_error(ray_local, synth_dir, tmp_path):
-    cfg = _cfg(tmp_path, synth_dir, "train.lr=1e30", "train.warmup_steps=0", "train.grad_clip=0")
-    with pytest.raises(RuntimeError, match="non-finite loss at step"):
-        pretrain(cfg, run_name="nan")
-    _, runs = _runs(cfg)
-    assert runs[0].info.status == "FAILED" and "non-finite" in runs[0].data.tags["error"]
+@pytest.mark.parametrize("overrides, reason", [
+    (("train.lr=1e30", "train.warmup_steps=0", "train.grad_clip=0"), "non-finite loss at step"),
+    # every std reading is "low" against 10 (that of L2-normalised features is at most 1): the first check alarms
+    (("eval.rankme_every=5", "eval.collapse_std=10", "eval.collapse_patience=1", "eval.collapse_fatal=true"),
+     "representation collapse at step 5"),
+], ids=["non-finite-loss", "fatal-collapse"])
+def test_a_run_that_stops_itself_fails_with_a_clear_error(ray_local, synth_dir, tmp_path, overrides, reason):
+    """The worker ends the run (no retry): the driver raises naming the reason, the MLflow run is FAILED with it;
+    a collapse is logged and tagged at its step first."""
+    cfg = _cfg(tmp_path, synth_dir, *overrides)
+    with pytest.raises(RuntimeError, match=f"pretraining stopped: {reason}"):
+        pretrain(cfg, run_name="stopped")
+    client, runs = _runs(cfg)
+    assert runs[0].info.status == "FAILED" and reason in runs[0].data.tags["error"]
+    if "collapse" in reason:
+        assert runs[0].data.tags["health.collapse_alarm"] == "step 5"
+        alarms = client.get_metric_history(runs[0].info.run_id, "health/collapse_alarm")
+        assert [(m.step, m.value) for m in alarms] == [(5, 1.0)]
 
 
 def _free_port() -> int:
