@@ -176,12 +176,13 @@ def _logging(cfg: OskarConfig, client, run_id: str, printer: Callable[[int, dict
     console line printed; then the run stops if ``check`` said why it must (:class:`RunStopped`). The logged
     ``samples_per_s`` counts the steps' time only, as the Ray worker's does."""
     from ..tracking import log_metrics
+    from .health_check import due
 
     last = [time.perf_counter(), 0]  # time and step where the current window of steps started
 
     def on_step(step: int, metrics: dict[str, float]) -> None:
         done = step + 1
-        log_now = cfg.train.log_every and (done % cfg.train.log_every == 0 or done == cfg.train.steps)
+        log_now = due(done, cfg.train.log_every, cfg)
         stop = ""
         if log_now:
             rate = (done - last[1]) * cfg.train.batch_size / max(time.perf_counter() - last[0], 1e-9)
