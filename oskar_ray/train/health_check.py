@@ -54,6 +54,16 @@ def held_out_batch(cfg: OskarConfig, model: Oskar, device) -> dict:
     return move_batch(batch, device)
 
 
+def alarm_tag(done: int) -> dict[str, str]:
+    """The run tag a raised collapse alarm sets (the last step it was raised at)."""
+    return {"health.collapse_alarm": f"step {done}"}
+
+
+def collapse_reason(done: int) -> str:
+    """Why a run stops on a fatal collapse alarm (``eval.collapse_fatal``): its error tag."""
+    return f"representation collapse at step {done}"
+
+
 def due(done: int, every: int, cfg: OskarConfig) -> bool:
     """Whether a periodic action (every ``every`` steps, 0 = never) is due; all are due at the last step."""
     return every > 0 and (done % every == 0 or done == cfg.train.steps)

@@ -41,6 +41,7 @@ from ..modalities import carried_modalities
 from ..ray_runtime import DATA_BLOCK_MB, budget_data, check_workers_fit, init_ray, prestart_train_coordinator
 from ..tracking import client_for, end_run, log_loss_curve, log_metrics, set_tags, start_run, tracking_uri
 from .checkpoint import WEIGHTS, latest_checkpoint, read_state
+from .step import RunStopped
 from .timeline import Timeline
 
 #: beyond this many epochs per stream the worker simply re-iterates the shard
@@ -108,7 +109,7 @@ def pretrain(cfg: OskarConfig, *, resume: str | None = None, fail_at_step: int |
     if error:
         if finish:
             end_run(client, run_id, error=error)
-        raise RuntimeError(f"pretraining stopped: {error} (MLflow run {run_id} marked FAILED)")
+        raise RunStopped(error, run_id)
     checkpoint = storage.to_uri(result.checkpoint.filesystem, result.checkpoint.path) if result.checkpoint else None
     _note_wind_down(clock, result.metrics or {})
     _log_artifacts(client, run_id, cfg, checkpoint if log_weights else None)

@@ -24,7 +24,7 @@ import torch
 
 from ..config import OskarConfig
 from ..model import Oskar
-from .step import build_optimizer, progress_line, seed_everything, train_step
+from .step import RunStopped, build_optimizer, progress_line, seed_everything, train_step
 
 if TYPE_CHECKING:
     from .health_check import HealthMonitor
@@ -78,14 +78,6 @@ def progress_printer(cfg: OskarConfig, started: float):
         print(progress_line(done, cfg.train.steps, metrics, rate, eta), flush=True)
 
     return on_step
-
-
-class RunStopped(RuntimeError):
-    """A run ended itself, as the Ray worker ends one (a fatal health alarm): ``reason`` is the run's error tag."""
-
-    def __init__(self, reason: str, run_id: str):
-        super().__init__(f"pretraining stopped: {reason} (MLflow run {run_id} marked FAILED)")
-        self.reason = reason
 
 
 def run_single_process(cfg: OskarConfig, run_dir: Path, batches: Iterable[dict] | None = None) -> list[dict]:
@@ -204,7 +196,7 @@ def _checking(cfg: OskarConfig, client, run_id: str, model: Oskar,
     step, its metrics added to the step's, the alarm tagged on the run; returns why the run must stop ("" if it
     goes on): a collapse when ``eval.collapse_fatal``."""
     from ..tracking import set_tags
-    from .health_check import due
+    from .health_check import alarm_tag, collapse_reason, due
 
     def check(done: int, metrics: dict[str, float]) -> str:
         if not due(done, cfg.eval.rankme_every, cfg):
@@ -212,7 +204,7 @@ def _checking(cfg: OskarConfig, client, run_id: str, model: Oskar,
         metrics.update(monitor.check(model))
         if not metrics["health/collapse_alarm"]:
             return ""
-        set_tags(client, run_id, {"health.collapse_alarm": f"step {done}"})
-        return f"representation collapse at step {done}" if cfg.eval.collapse_fatal else ""
+        set_tags(client, run_id, alarm_tag(done))
+        return collapse_reason(done) if cfg.eval.collapse_fatal else ""
 
     return check

@@ -33,6 +33,15 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN/inf: training stops rather than corrupt the weights."""
 
 
+class RunStopped(RuntimeError):
+    """A run ended itself (a non-finite loss, a fatal health alarm) and is marked FAILED: what either launcher
+    raises to its caller; ``reason`` is the run's error tag."""
+
+    def __init__(self, reason: str, run_id: str):
+        super().__init__(f"pretraining stopped: {reason} (MLflow run {run_id} marked FAILED)")
+        self.reason = reason
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)

@@ -39,7 +39,7 @@ from ..probes.online import OnlineProbe
 from ..ray_runtime import quiet_train_worker_logs
 from ..tracking import client_for, log_metrics, set_tags
 from .checkpoint import TrainState, load_checkpoint, save_checkpoint
-from .health_check import HealthMonitor, due
+from .health_check import HealthMonitor, alarm_tag, collapse_reason, due
 from .step import NonFiniteLossError, build_optimizer, progress_line, seed_everything, train_step, unwrap
 from .timeline import Timeline
 
@@ -229,7 +229,7 @@ def _run_steps(cfg, config, wrapped, optimizer, state: TrainState, rank: int, ba
             if rank == 0:
                 _log(client, state, cfg, metrics, done, started)
             if cfg.eval.collapse_fatal and _flag_from_rank0(metrics.get("health/collapse_alarm", 0.0)):
-                _report_error(client, state, f"representation collapse at step {done}", step)
+                _report_error(client, state, collapse_reason(done), step)
                 return
         elif probe_now and client is not None:
             log_metrics(client, state.run_id, {k: v for k, v in metrics.items() if k.startswith("probe/")}, done)
@@ -283,7 +283,7 @@ def _log(client, state: TrainState, cfg: OskarConfig, metrics: dict, done: int, 
     if client is not None:
         log_metrics(client, state.run_id, metrics, step=done)
         if metrics.get("health/collapse_alarm"):
-            set_tags(client, state.run_id, {"health.collapse_alarm": f"step {done}"})
+            set_tags(client, state.run_id, alarm_tag(done))
     elapsed = time.perf_counter() - started
     eta = elapsed / max(done - state.step, 1) * (cfg.train.steps - done)
     print(progress_line(done, cfg.train.steps, metrics, metrics["samples_per_s"], eta,
