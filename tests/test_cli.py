@@ -69,6 +69,23 @@ def test_a_local_collapse_alarm_is_tagged_and_stops_the_run_only_when_fatal(tmp_
         assert (tmp_path / "collapse" / "weights.safetensors").is_file()
 
 
+def test_a_local_non_finite_loss_fails_the_run_as_through_ray(tmp_path, capsys, synth_dir):
+    """The same end as the Ray run's (``test_train_ray.py``): exit code 2, ``pretraining stopped: non-finite loss
+    at step N``, the run FAILED with that reason as its error tag, no weights."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sets = ["train.steps=4", "train.batch_size=4", "train.lr=1e30", "train.warmup_steps=0", "train.grad_clip=0",
+            f"train.output_dir={tmp_path}", "tracking.run_name=diverged", f"tracking.uri={uri}",
+            f"data.path={synth_dir}"]
+    assert main(["pretrain", "--local", "--config", SMOKE, *[a for s in sets for a in ("--set", s)]]) == 2
+    assert "pretraining stopped: non-finite loss at step" in capsys.readouterr().err
+    client = MlflowClient(uri)
+    (logged,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert logged.info.status == "FAILED" and logged.data.tags["error"].startswith("non-finite loss at step")
+    assert not (tmp_path / "diverged" / "weights.safetensors").exists()
+
+
 def test_bad_config_is_a_clear_error(capsys):
     assert main(["pretrain", "--config", SMOKE, "--set", "budget.input_tokens=0"]) == 2
     assert "budget.input_tokens must be positive" in capsys.readouterr().err

@@ -24,7 +24,7 @@ import torch
 
 from ..config import OskarConfig
 from ..model import Oskar
-from .step import RunStopped, build_optimizer, progress_line, seed_everything, train_step
+from .step import NonFiniteLossError, RunStopped, build_optimizer, progress_line, seed_everything, train_step
 
 if TYPE_CHECKING:
     from .health_check import HealthMonitor
@@ -132,9 +132,8 @@ def pretrain_local(cfg: OskarConfig, run_name: str = "") -> tuple[str, Path]:
         clock.mark("model")
         monitor = HealthMonitor.for_run(cfg, model, next(model.parameters()).device)
         clock.mark("monitor")
-        history = train(cfg, _timed(batches, clock), model=model, optimizer=optimizer,
-                        on_step=_logging(cfg, client, run_id, progress_printer(cfg, time.perf_counter()),
-                                         _checking(cfg, client, run_id, model, monitor)))
+        history = _train_or_stop(cfg, _timed(batches, clock), model, optimizer, run_id,
+                                 _logging(cfg, client, run_id, _checking(cfg, client, run_id, model, monitor)))
         if len(history) < cfg.train.steps:
             raise RuntimeError(f"the stream of split {cfg.data.train_split!r} ended after {len(history)} of "
                                f"{cfg.train.steps} steps")
@@ -153,6 +152,17 @@ def pretrain_local(cfg: OskarConfig, run_name: str = "") -> tuple[str, Path]:
     return run_id, run_dir
 
 
+def _train_or_stop(cfg: OskarConfig, batches: Iterator[dict], model: Oskar, optimizer, run_id: str,
+                   on_step: Callable[[int, dict[str, float]], None]) -> list[dict[str, float]]:
+    """``train``, where a non-finite loss ends the run as the Ray worker ends it: :class:`RunStopped`, the loss's
+    message as the run's error tag."""
+    try:
+        return train(cfg, batches, model=model, optimizer=optimizer, on_step=on_step)
+    except NonFiniteLossError as err:
+        print(f"stopping: {err}", flush=True)
+        raise RunStopped(str(err), run_id) from err
+
+
 def _timed(batches: Iterator[dict], clock) -> Iterator[dict]:
     """The stream, with the first batch's wait marked as a stage."""
     first = next(batches, None)
@@ -162,15 +172,16 @@ def _timed(batches: Iterator[dict], clock) -> Iterator[dict]:
         yield from batches
 
 
-def _logging(cfg: OskarConfig, client, run_id: str, printer: Callable[[int, dict], None],
-             check: Callable[[int, dict], str]):
+def _logging(cfg: OskarConfig, client, run_id: str, check: Callable[[int, dict], str]):
     """At ``train.log_every`` (and the last step): ``check`` adds its metrics, all are logged to MLflow and the
-    console line printed; then the run stops if ``check`` said why it must (:class:`RunStopped`). The logged
-    ``samples_per_s`` counts the steps' time only, as the Ray worker's does."""
+    console line printed; then the run stops if ``check`` said why it must (:class:`RunStopped`). The logged and
+    printed ``samples_per_s`` is the window's since the last log step, counting the steps' time only, as the Ray
+    worker's is."""
     from ..tracking import log_metrics
     from .health_check import due
 
-    last = [time.perf_counter(), 0]  # time and step where the current window of steps started
+    started = time.perf_counter()
+    last = [started, 0]  # time and step where the current window of steps started
 
     def on_step(step: int, metrics: dict[str, float]) -> None:
         done = step + 1
@@ -180,7 +191,8 @@ def _logging(cfg: OskarConfig, client, run_id: str, printer: Callable[[int, dict
             rate = (done - last[1]) * cfg.train.batch_size / max(time.perf_counter() - last[0], 1e-9)
             stop = check(done, metrics)
             log_metrics(client, run_id, {**metrics, "samples_per_s": rate}, step=done)
-        printer(step, metrics)
+            eta = (time.perf_counter() - started) / done * (cfg.train.steps - done)
+            print(progress_line(done, cfg.train.steps, metrics, rate, eta), flush=True)
         if stop:
             print(f"stopping: {stop}", flush=True)
             raise RunStopped(stop, run_id)
