@@ -7,6 +7,7 @@ Runbook::
     python experiments/bench_data.py --dataset-size [--data-cpus 0.5]   # = experiments/bench_dataset_size.py
     python experiments/bench_data.py --decode [--size 224]              # = experiments/bench_decode.py
     python experiments/bench_data.py --stream                           # = experiments/bench_stream.py
+    python experiments/bench_data.py --pacer                            # = experiments/bench_pacer.py
 
 Prints, measured side by side in one run:
 
@@ -25,7 +26,9 @@ samples/s through Ray Train on a small dataset (many epochs) vs the built-in one
 path's CPU share on each (issue 27's goal: small / built-in >= 0.9). ``--decode`` runs
 ``experiments/bench_decode.py``: frames/s of Ray Data decoding encoded videos vs a tight PyAV loop (goal >= 0.8).
 ``--stream`` runs ``experiments/bench_stream.py``: the trainer's step with Ray Data streaming under the run's data
-budget vs the same step on pre-loaded batches (issue 29's goal: <= 1.1).
+budget vs the same step on pre-loaded batches (issue 29's goal: <= 1.1). ``--pacer`` runs
+``experiments/bench_pacer.py``: a fast consumer's rows/s under the scheduling loop's pacer vs Ray's loop alone
+(goal >= 0.9), and the loop's wake-ups with a slow one.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def main() -> int:
     for flag, module in (("--dataset-size", "bench_dataset_size"), ("--decode", "bench_decode"),
-                         ("--stream", "bench_stream")):
+                         ("--stream", "bench_stream"), ("--pacer", "bench_pacer")):
         if flag in sys.argv[1:]:
             sys.path.insert(0, str(Path(__file__).resolve().parent))
             __import__(module).main([a for a in sys.argv[1:] if a != flag])

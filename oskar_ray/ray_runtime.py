@@ -316,12 +316,17 @@ def check_workers_fit(num_workers: int, cpus_per_worker: float, use_gpu: bool) -
                          f"local Ray cluster has {gpus:g}")
 
 
-#: the shortest step of Ray Data's scheduling loop (see DataSchedulerPacer)
+#: the shortest step of Ray Data's scheduling loop once it has been idle a while (see DataSchedulerPacer)
 SCHEDULING_LOOP_PERIOD_S = 0.1
+#: the shortest idle step right after a step that moved data; doubled at each further idle step up to the period
+SCHEDULING_LOOP_FIRST_PERIOD_S = 0.01
 #: the DataContext field through which Ray Data 2.60 instantiates execution callbacks (``cls()``, then
 #: ``on_execution_step(executor)`` once per scheduling-loop step): a dataclass field of the public DataContext,
 #: not documented; tests/test_ray_runtime.py checks it still exists and that the pacer is called
 EXECUTION_CALLBACKS_FIELD = "custom_execution_callback_classes"
+#: the streaming executor's attribute holding its operators and their states (``{operator: OpState}``), read by
+#: the pacer to tell a step that moved data from one that spun; tests/test_ray_runtime.py checks it
+EXECUTOR_TOPOLOGY_FIELD = "_topology"
 
 
 class DataSchedulerPacer:
@@ -329,22 +334,32 @@ class DataSchedulerPacer:
     every operator is backpressured (the trainer has its prefetch window and nothing may start) the loop spins.
     In a training run it spins where the executor runs — the ``SplitCoordinator`` actor (several workers) or the
     train worker itself (one worker reads its stream unsplit): measured in the coordinator, 56 % of a core beside
-    a 2-thread trainer, whose step then took 2.4x its single-process time. A step of the loop lasts at least
-    :data:`SCHEDULING_LOOP_PERIOD_S` here (the sleep only fills what ``ray.wait`` did not; Ray's own wait is
-    0.1 s): ten scheduling rounds a second are plenty for blocks of tens of rows (tiny recipe through Ray Train:
-    35 -> 82 samples/s with a 20 ms period, at which the coordinator still took 10 % of a core; 0.1 s:
-    ``experiments/bench_data.py --stream``)."""
+    a 2-thread trainer, whose step then took 2.4x its single-process time. A step of the loop that moved nothing
+    (:func:`_stream_progress`, Ray's own ``NoProgressGuard`` definition) lasts at least
+    :data:`SCHEDULING_LOOP_FIRST_PERIOD_S`, doubled at each further idle step up to
+    :data:`SCHEDULING_LOOP_PERIOD_S` (the sleep only fills what ``ray.wait`` did not; Ray's own wait is 0.1 s),
+    so a backpressured loop wakes ~10-12 times a second (tiny recipe through Ray Train: 35 -> 82 samples/s).
+    A step that moved blocks is not slowed: pacing every step, as where the topology cannot be read (a Ray
+    upgrade), capped a fast consumer's stream at 0.09-0.13x Ray's loop (``experiments/bench_data.py --pacer``)."""
 
     def __init__(self) -> None:
         self._last = 0.0
+        self._progress: tuple | None = None
+        self._period = SCHEDULING_LOOP_PERIOD_S
 
     def before_execution_starts(self, executor) -> None:
         self._last = time.perf_counter()
 
     def on_execution_step(self, executor) -> None:
-        wait = self._last + SCHEDULING_LOOP_PERIOD_S - time.perf_counter()
-        if wait > 0:
-            time.sleep(wait)
+        progress = _stream_progress(executor)
+        if progress is not None and progress != self._progress:
+            self._period = SCHEDULING_LOOP_FIRST_PERIOD_S
+        else:
+            wait = self._last + self._period - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+            self._period = min(2 * self._period, SCHEDULING_LOOP_PERIOD_S)
+        self._progress = progress
         self._last = time.perf_counter()
 
     def after_execution_succeeds(self, executor) -> None:
@@ -352,6 +367,19 @@ class DataSchedulerPacer:
 
     def after_execution_fails(self, executor, error) -> None:
         pass
+
+
+def _stream_progress(executor) -> tuple | None:
+    """What changes whenever Ray Data's executor moves data — per operator: outputs taken, task outputs read,
+    tasks submitted, blocks queued in and out (Ray 2.60's ``NoProgressGuard`` counts the first and the last two)
+    — or None where the executor's topology (:data:`EXECUTOR_TOPOLOGY_FIELD`, not public) cannot be read."""
+    topology = getattr(executor, EXECUTOR_TOPOLOGY_FIELD, None)
+    try:
+        return tuple((op.metrics.num_outputs_taken, op.metrics.num_task_outputs_generated,
+                      op.metrics.num_tasks_submitted, state.total_enqueued_input_blocks(),
+                      state.total_enqueued_output_blocks()) for op, state in topology.items())
+    except AttributeError:
+        return None
 
 
 def pace_data_scheduler() -> None:

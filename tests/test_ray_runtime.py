@@ -142,6 +142,51 @@ def test_ray_data_still_calls_execution_callbacks_registered_in_the_data_context
     assert steps, "Ray Data no longer calls the execution callbacks of its DataContext"
 
 
+def test_the_pacer_holds_an_idle_loop_to_its_period_and_never_slows_a_step_that_moved_data(ray_local):
+    """A consumer that stops for a second (a CPU trainer's step): the backpressured loop wakes ~10 times a second,
+    not thousands. A step that moved blocks is not followed by a sleep: pacing every step capped a fast
+    consumer's stream (``experiments/bench_pacer.py``). The executor's progress must be readable: a Ray upgrade
+    that hides it would silently bring the cap back."""
+    import time
+
+    import numpy as np
+    import ray
+    from ray.data import DataContext
+
+    steps = []  # (progress, moved since the last step, seconds spent in the pacer, when)
+
+    class Recording(ray_runtime.DataSchedulerPacer):
+        def on_execution_step(self, executor) -> None:
+            before, started = self._progress, time.perf_counter()
+            super().on_execution_step(executor)
+            steps.append((self._progress, self._progress != before, time.perf_counter() - started, started))
+
+    def read(batch):
+        for _ in range(10):
+            yield {"x": np.ones((16, 16384), dtype=np.float32)}  # 1 MB blocks, 40 MB in all
+
+    context = DataContext.get_current()
+    callbacks = getattr(context, ray_runtime.EXECUTION_CALLBACKS_FIELD)
+    saved = (context.execution_options.resource_limits, context.target_max_block_size, list(callbacks))
+    ray_runtime.budget_data(0.0, 8.0)  # a window of 8 blocks: the stream backpressures while the consumer waits
+    callbacks[:] = [Recording]
+    try:
+        dataset = ray.data.from_items(list(range(4)), override_num_blocks=4).map_batches(
+            read, batch_size=1, concurrency=1, num_cpus=0.5)
+        batches = iter(dataset.iter_batches(batch_size=16, prefetch_batches=1))
+        next(batches)
+        stalled = time.perf_counter()
+        time.sleep(1.0)
+        resumed = time.perf_counter()
+        rest = sum(1 for _ in batches)
+    finally:
+        context.execution_options.resource_limits, context.target_max_block_size, callbacks[:] = saved
+    assert rest == 39 and steps and all(progress is not None for progress, *_ in steps)
+    # a step paced after it moved data would sleep most of a period
+    assert max(spent for _, moved, spent, _ in steps if moved) < ray_runtime.SCHEDULING_LOOP_PERIOD_S / 2
+    assert len([when for *_, when in steps if stalled <= when < resumed]) <= 15
+
+
 def test_a_data_budget_the_cluster_cannot_give_is_refused_with_the_numbers(ray_local):
     import ray
     from ray.data import DataContext

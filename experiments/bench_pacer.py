@@ -1,0 +1,151 @@
+"""Ray Data's scheduling loop under this project's pacer, against Ray's loop alone and a pacer that sleeps every step.
+
+Runbook::
+
+    python experiments/bench_data.py --pacer                  # = experiments/bench_pacer.py
+    python experiments/bench_data.py --pacer --rows 8 --row-kb 600 --reps 3
+
+Ray Data's streaming executor spins while every operator is backpressured (``ray_runtime.DataSchedulerPacer``),
+so every Ray run of this project paces it. A pacer must not also cap the stream for a consumer faster than ten
+loop steps a second (a GPU trainer). Side by side in one run, alternating, each mode on a fresh dataset whose
+tasks yield blocks of ``--rows`` rows at once (the data path is never the bottleneck), under the run's Ray Data
+settings (``ray_runtime.budget_data``: 16 MB blocks, a 64 MB window):
+
+* a fast consumer (takes 32-row batches as fast as they come): rows/s;
+* a slow consumer (a batch every 0.3 s, a CPU trainer's step): scheduling-loop steps a second and the CPU of
+  this process (where the executor's loop runs; the consumer sleeps) while it waits;
+
+for three modes: Ray's loop alone (no pacer), a pacer sleeping every step to 0.1 s (the previous one, and what
+the pacer falls back to when it cannot read the executor's progress), and ``DataSchedulerPacer``.
+Goal: the pacer's fast-consumer rows/s >= 0.9x Ray's loop alone, at the previous pacer's loop rate (~10 steps
+a second) with a slow consumer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+from oskar_ray import ray_runtime
+
+#: blocks each read task yields; tasks at once
+BLOCKS_PER_TASK, TASKS, SHARDS = 40, 2, 8
+SLOW_STEP_S, SLOW_BATCHES, BATCH = 0.3, 20, 32
+
+
+class _Counted:
+    steps: list[float] = []
+
+    def on_execution_step(self, executor) -> None:
+        _Counted.steps.append(time.perf_counter())
+        super().on_execution_step(executor)
+
+
+class Unpaced(_Counted, ray_runtime.DataSchedulerPacer):
+    def on_execution_step(self, executor) -> None:
+        _Counted.steps.append(time.perf_counter())
+
+
+class EveryStep(_Counted, ray_runtime.DataSchedulerPacer):
+    """The previous pacer: every step lasts at least the full period, whatever it moved."""
+
+    def on_execution_step(self, executor) -> None:
+        _Counted.steps.append(time.perf_counter())
+        wait = self._last + ray_runtime.SCHEDULING_LOOP_PERIOD_S - time.perf_counter()
+        if wait > 0:
+            time.sleep(wait)
+        self._last = time.perf_counter()
+
+
+class Pacer(_Counted, ray_runtime.DataSchedulerPacer):
+    pass
+
+
+MODES = {"Ray's loop alone": Unpaced, "pacer, every step": EveryStep, "DataSchedulerPacer": Pacer}
+
+
+def _dataset(rows: int, row_bytes: int):
+    import ray
+
+    def read(batch):
+        for _ in range(BLOCKS_PER_TASK):
+            yield {"x": np.ones((rows, row_bytes // 4), dtype=np.float32)}
+
+    return ray.data.from_items(list(range(SHARDS)), override_num_blocks=SHARDS).map_batches(
+        read, batch_size=1, concurrency=TASKS, num_cpus=1 / TASKS)
+
+
+def _use(mode) -> None:
+    from ray.data import DataContext
+
+    getattr(DataContext.get_current(), ray_runtime.EXECUTION_CALLBACKS_FIELD)[:] = [mode]
+
+
+def fast_rows_per_s(mode, rows: int, row_bytes: int) -> float:
+    _use(mode)
+    batches = iter(_dataset(rows, row_bytes).iter_batches(batch_size=BATCH, prefetch_batches=2))
+    next(batches)  # the stream's start is not the loop's pace
+    started, taken = time.perf_counter(), 0
+    for batch in batches:
+        taken += len(batch["x"])
+    return taken / (time.perf_counter() - started)
+
+
+def slow_loop(mode, rows: int, row_bytes: int) -> tuple[float, float]:
+    """Loop steps a second and this process's CPU (cores) while a slow consumer takes batches."""
+    _use(mode)
+    batches = iter(_dataset(rows, row_bytes).iter_batches(batch_size=BATCH, prefetch_batches=2))
+    for _ in range(3):
+        next(batches)
+    steps, wall, cpu = len(_Counted.steps), time.perf_counter(), time.process_time()
+    for _ in range(SLOW_BATCHES):
+        time.sleep(SLOW_STEP_S)
+        next(batches)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    rate = (len(_Counted.steps) - steps) / wall
+    for _ in batches:  # drain: the next mode starts on an idle cluster
+        pass
+    return rate, cpu / wall
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=64, help="rows per block a read task yields")
+    parser.add_argument("--row-kb", type=float, default=49, help="KiB per row (a tiny preprocessed clip: ~49)")
+    parser.add_argument("--reps", type=int, default=2, help="alternations of the modes")
+    args = parser.parse_args(argv)
+    import logging
+
+    import ray
+    import ray.data
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # a line per dataset would bury the table
+    ray_runtime.budget_data(0.0, 64.0)
+    row_bytes = int(args.row_kb * 1024)
+    fast = {name: [] for name in MODES}
+    slow = {name: [] for name in MODES}
+    for _ in range(args.reps):
+        for name, mode in MODES.items():
+            fast[name].append(fast_rows_per_s(mode, args.rows, row_bytes))
+            slow[name].append(slow_loop(mode, args.rows, row_bytes))
+    print(f"blocks of {args.rows} rows x {args.row_kb:g} KiB, {TASKS} read tasks, a 64 MB window; "
+          f"{args.reps} alternations")
+    base = statistics.mean(fast["Ray's loop alone"])
+    for name in MODES:
+        rates, loops = fast[name], slow[name]
+        print(f"  {name:20s} fast consumer {statistics.mean(rates):8.0f} rows/s ({statistics.mean(rates) / base:.2f}x "
+              f"Ray's loop; runs {', '.join(f'{r:.0f}' for r in rates)}); slow consumer: "
+              f"{statistics.mean(r for r, _ in loops):7.1f} loop steps/s, {statistics.mean(c for _, c in loops):.2f} "
+              f"cores")
+    ratio = statistics.mean(fast["DataSchedulerPacer"]) / base
+    print(f"DataSchedulerPacer / Ray's loop alone, fast consumer: {ratio:.2f} (goal >= 0.9)")
+    ray.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
