@@ -36,6 +36,7 @@ import importlib.util
 import logging
 import os
 import time
+import warnings
 
 #: documented Ray / Tune switches: one progress line per log step instead of a wall of Ray internals
 DOCUMENTED_QUIET_ENV = {"RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_USAGE_STATS_ENABLED": "0",
@@ -316,9 +317,9 @@ def check_workers_fit(num_workers: int, cpus_per_worker: float, use_gpu: bool) -
                          f"local Ray cluster has {gpus:g}")
 
 
-#: the shortest step of Ray Data's scheduling loop once it has been idle a while (see DataSchedulerPacer)
+#: the shortest step of Ray Data's scheduling loop once it has spun a while (see DataSchedulerPacer)
 SCHEDULING_LOOP_PERIOD_S = 0.1
-#: the shortest idle step right after a step that moved data; doubled at each further idle step up to the period
+#: the first spinning step's: short, since a step that pulls a block looks idle and its block is emitted next step
 SCHEDULING_LOOP_FIRST_PERIOD_S = 0.01
 #: the DataContext field through which Ray Data 2.60 instantiates execution callbacks (``cls()``, then
 #: ``on_execution_step(executor)`` once per scheduling-loop step): a dataclass field of the public DataContext,
@@ -331,16 +332,15 @@ EXECUTOR_TOPOLOGY_FIELD = "_topology"
 
 class DataSchedulerPacer:
     """Ray Data's streaming executor (2.60) polls with ``ray.wait(..., timeout=0.1)`` only while tasks run: once
-    every operator is backpressured (the trainer has its prefetch window and nothing may start) the loop spins.
-    In a training run it spins where the executor runs — the ``SplitCoordinator`` actor (several workers) or the
-    train worker itself (one worker reads its stream unsplit): measured in the coordinator, 56 % of a core beside
-    a 2-thread trainer, whose step then took 2.4x its single-process time. A step of the loop that moved nothing
-    (:func:`_stream_progress`, Ray's own ``NoProgressGuard`` definition) lasts at least
-    :data:`SCHEDULING_LOOP_FIRST_PERIOD_S`, doubled at each further idle step up to
-    :data:`SCHEDULING_LOOP_PERIOD_S` (the sleep only fills what ``ray.wait`` did not; Ray's own wait is 0.1 s),
-    so a backpressured loop wakes ~10-12 times a second (tiny recipe through Ray Train: 35 -> 82 samples/s).
-    A step that moved blocks is not slowed: pacing every step, as where the topology cannot be read (a Ray
-    upgrade), capped a fast consumer's stream at 0.09-0.13x Ray's loop (``experiments/bench_data.py --pacer``)."""
+    every operator is backpressured (the trainer has its prefetch window and nothing may start) the loop spins
+    where the executor runs (a ``SplitCoordinator`` actor, or a one-worker run's train worker): 56 % of a core
+    beside a 2-thread trainer, whose step took 2.4x (paced: 35 -> 82 samples/s). The pacer sleeps only in a spin:
+    a step that moved nothing (:func:`_stream_progress`) and returned before its period, which starts at
+    :data:`SCHEDULING_LOOP_FIRST_PERIOD_S` and doubles per spinning step up to :data:`SCHEDULING_LOOP_PERIOD_S`
+    (a backpressured loop wakes ~10 times a second). A step that moved data, or in which Ray's own wait took the
+    period (a block pulled there shows only at the next step), is not slowed and restarts the period: pacing every
+    step (the fallback where progress cannot be read) capped a fast consumer's stream at 0.09-0.13x Ray's loop
+    (``experiments/bench_data.py --pacer``)."""
 
     def __init__(self) -> None:
         self._last = 0.0
@@ -352,13 +352,14 @@ class DataSchedulerPacer:
 
     def on_execution_step(self, executor) -> None:
         progress = _stream_progress(executor)
+        wait = self._last + self._period - time.perf_counter()
         if progress is not None and progress != self._progress:
             self._period = SCHEDULING_LOOP_FIRST_PERIOD_S
-        else:
-            wait = self._last + self._period - time.perf_counter()
-            if wait > 0:
-                time.sleep(wait)
+        elif wait > 0:  # a fast step that moved nothing: the spin
+            time.sleep(wait)
             self._period = min(2 * self._period, SCHEDULING_LOOP_PERIOD_S)
+        else:  # Ray's own wait took the period: a step pulling a block looks idle until the next emits it
+            self._period = SCHEDULING_LOOP_FIRST_PERIOD_S
         self._progress = progress
         self._last = time.perf_counter()
 
@@ -372,13 +373,17 @@ class DataSchedulerPacer:
 def _stream_progress(executor) -> tuple | None:
     """What changes whenever Ray Data's executor moves data — per operator: outputs taken, task outputs read,
     tasks submitted, blocks queued in and out (Ray 2.60's ``NoProgressGuard`` counts the first and the last two)
-    — or None where the executor's topology (:data:`EXECUTOR_TOPOLOGY_FIELD`, not public) cannot be read."""
-    topology = getattr(executor, EXECUTOR_TOPOLOGY_FIELD, None)
+    — or None where the executor's topology (:data:`EXECUTOR_TOPOLOGY_FIELD`, not public) cannot be read: any
+    error here would fail the dataset (the executor's loop raises what its callbacks raise)."""
     try:
-        return tuple((op.metrics.num_outputs_taken, op.metrics.num_task_outputs_generated,
-                      op.metrics.num_tasks_submitted, state.total_enqueued_input_blocks(),
-                      state.total_enqueued_output_blocks()) for op, state in topology.items())
-    except AttributeError:
+        operators = getattr(executor, EXECUTOR_TOPOLOGY_FIELD).items()
+        return tuple((m.num_outputs_taken, m.num_task_outputs_generated, m.num_tasks_submitted,
+                      state.total_enqueued_input_blocks(), state.total_enqueued_output_blocks())
+                     for m, state in ((op.metrics, state) for op, state in operators))
+    except Exception as err:  # noqa: BLE001 - a Ray upgrade: pace every step, as before progress was read
+        warnings.warn(f"Ray Data's executor progress is unreadable ({type(err).__name__}: {err}): every scheduling "
+                      "step is paced, capping a fast consumer's stream (ray_runtime.DataSchedulerPacer)",
+                      RuntimeWarning, stacklevel=1)
         return None
 
 
