@@ -3,23 +3,24 @@
 Runbook::
 
     python experiments/bench_data.py --pacer                  # = experiments/bench_pacer.py
-    python experiments/bench_data.py --pacer --rows 8 --row-kb 600 --reps 3
+    python experiments/bench_data.py --pacer --rows 6 --row-kb 2352 --reps 1     # ViT-B-sized clips
 
-Ray Data's streaming executor spins while every operator is backpressured (``ray_runtime.DataSchedulerPacer``),
-so every Ray run of this project paces it. A pacer must not also cap the stream for a consumer faster than ten
-loop steps a second (a GPU trainer). Side by side in one run, alternating, each mode on a fresh dataset whose
-tasks yield blocks of ``--rows`` rows, under the run's Ray Data settings (``ray_runtime.budget_data``: 16 MB
-blocks, a 64 MB window):
+Ray Data's streaming executor spins while every operator is backpressured, so every Ray run of this project
+paces it (``oskar_ray/data_pacer.py``). A pacer must not also cap the stream for a consumer faster than ten loop
+steps a second (a GPU trainer). Side by side in one run, each mode on a fresh dataset whose two read tasks yield
+``--rows`` rows at a time (Ray merges yields into blocks of up to 16 MB), under the runs' Ray Data settings
+(``ray_runtime.budget_data``: 16 MB blocks, here a 64 MB window):
 
 * a fast consumer (takes 32-row batches as fast as they come): rows/s, with producers always ahead, and
-  data-bound (each read task taking ``--produce-ms`` a block: the consumer waits on every block);
+  data-bound (each read task sleeping ``--produce-ms`` before each yield: the consumer waits on the producers,
+  which are idle, not busy, meanwhile);
 * a slow consumer (a batch every 0.3 s, a CPU trainer's step): scheduling-loop steps a second and the CPU of
   this process (where the executor's loop runs; the consumer sleeps) while it waits;
 
-for three modes: Ray's loop alone (no pacer), a pacer sleeping every step to 0.1 s (the previous one, and what
-the pacer falls back to when it cannot read the executor's progress), and ``DataSchedulerPacer``.
-Goal: the pacer's fast-consumer rows/s >= 0.9x Ray's loop alone, both ways, at about the previous pacer's loop
-rate (~10 steps a second) with a slow consumer. The modes' order rotates between alternations, after a warm-up.
+for three modes: Ray's loop alone (no pacer), a pacer sleeping every step to 0.1 s (the previous one), and
+``DataSchedulerPacer``. Goal: the pacer's fast-consumer rows/s >= 0.9x Ray's loop alone, both ways, at about
+the previous pacer's loop rate with a slow consumer (~10 steps a second; more where its batches' blocks move in
+many steps). After a warm-up, the modes' order rotates between alternations (3 put each mode in each place).
 """
 
 from __future__ import annotations
@@ -30,10 +31,10 @@ import time
 
 import numpy as np
 
-from oskar_ray import ray_runtime
+from oskar_ray import data_pacer, ray_runtime
 
-#: blocks each read task yields; tasks at once
-BLOCKS_PER_TASK, TASKS, SHARDS = 40, 2, 8
+#: yields of each read task; read tasks at once; read tasks in all
+YIELDS_PER_TASK, TASKS, SHARDS = 40, 2, 8
 SLOW_STEP_S, SLOW_BATCHES, BATCH = 0.3, 20, 32
 
 
@@ -45,23 +46,23 @@ class _Counted:
         super().on_execution_step(executor)
 
 
-class Unpaced(_Counted, ray_runtime.DataSchedulerPacer):
+class Unpaced(_Counted, data_pacer.DataSchedulerPacer):
     def on_execution_step(self, executor) -> None:
         _Counted.steps.append(time.perf_counter())
 
 
-class EveryStep(_Counted, ray_runtime.DataSchedulerPacer):
+class EveryStep(_Counted, data_pacer.DataSchedulerPacer):
     """The previous pacer: every step lasts at least the full period, whatever it moved."""
 
     def on_execution_step(self, executor) -> None:
         _Counted.steps.append(time.perf_counter())
-        wait = self._last + ray_runtime.SCHEDULING_LOOP_PERIOD_S - time.perf_counter()
+        wait = self._last + data_pacer.SCHEDULING_LOOP_PERIOD_S - time.perf_counter()
         if wait > 0:
             time.sleep(wait)
         self._last = time.perf_counter()
 
 
-class Pacer(_Counted, ray_runtime.DataSchedulerPacer):
+class Pacer(_Counted, data_pacer.DataSchedulerPacer):
     pass
 
 
@@ -72,7 +73,7 @@ def _dataset(rows: int, row_bytes: int, produce_s: float = 0.0):
     import ray
 
     def read(batch):
-        for _ in range(BLOCKS_PER_TASK):
+        for _ in range(YIELDS_PER_TASK):
             time.sleep(produce_s)
             yield {"x": np.ones((rows, row_bytes // 4), dtype=np.float32)}
 
@@ -83,7 +84,7 @@ def _dataset(rows: int, row_bytes: int, produce_s: float = 0.0):
 def _use(mode) -> None:
     from ray.data import DataContext
 
-    getattr(DataContext.get_current(), ray_runtime.EXECUTION_CALLBACKS_FIELD)[:] = [mode]
+    getattr(DataContext.get_current(), data_pacer.EXECUTION_CALLBACKS_FIELD)[:] = [mode]
 
 
 def fast_rows_per_s(mode, rows: int, row_bytes: int, produce_s: float = 0.0) -> float:
@@ -119,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=64, help="rows per block a read task yields")
     parser.add_argument("--row-kb", type=float, default=49, help="KiB per row (a tiny preprocessed clip: ~49)")
     parser.add_argument("--produce-ms", type=float, default=20,
-                        help="the data-bound stream: ms a read task takes per block")
-    parser.add_argument("--reps", type=int, default=2, help="alternations of the modes (rotated each time)")
+                        help="the data-bound stream: ms a read task sleeps before each yield")
+    parser.add_argument("--reps", type=int, default=3, help="alternations of the modes (rotated each time)")
     args = parser.parse_args(argv)
     import logging
 
@@ -145,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _print(args, ahead: dict, bound: dict, slow: dict) -> None:
     mean = statistics.mean
-    print(f"blocks of {args.rows} rows x {args.row_kb:g} KiB, {TASKS} read tasks, a 64 MB window; {args.reps} "
-          f"alternations. Fast consumer, rows/s: the producers ahead / data-bound ({args.produce_ms:g} ms a block "
+    print(f"yields of {args.rows} rows x {args.row_kb:g} KiB, {TASKS} read tasks, a 64 MB window; {args.reps} "
+          f"alternations. Fast consumer, rows/s: the producers ahead / data-bound ({args.produce_ms:g} ms a yield "
           f"a task); slow consumer (a batch every {SLOW_STEP_S} s): loop steps/s, this process's cores")
     base = {"ahead": mean(ahead["Ray's loop alone"]), "bound": mean(bound["Ray's loop alone"])}
     for name in MODES:

@@ -19,7 +19,9 @@ route is named below as a *string* (no private module appears in an import state
 * :data:`TRAIN_COORDINATOR_FACTORY` — the one internal *called*: Ray Data's factory of the actor Ray Train's
   controller waits for (:func:`prestart_train_coordinator`; any failure there only forgoes the head start);
 * :data:`PLACEMENT_GROUP_CLEANER_LOGGER` and :data:`TRAIN_CONTEXT_MODULE` —
-  the names of two Ray Train V2 loggers (not API: their messages are noise here).
+  the names of two Ray Train V2 loggers (not API: their messages are noise here);
+* Ray Data's scheduling-loop pacer, with the two Ray Data internals it names, is its own module
+  (``data_pacer.py``), registered by :func:`budget_data`.
 
 Everything else is public (``@PublicAPI``, or documented environment variables):
 ``ray.init`` (``runtime_env`` with ``env_vars`` and a ``worker_process_setup_hook``),
@@ -35,8 +37,8 @@ import contextlib
 import importlib.util
 import logging
 import os
-import time
-import warnings
+
+from .data_pacer import pace_data_scheduler
 
 #: documented Ray / Tune switches: one progress line per log step instead of a wall of Ray internals
 DOCUMENTED_QUIET_ENV = {"RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_USAGE_STATS_ENABLED": "0",
@@ -267,7 +269,7 @@ def budget_data(cpus: float, memory_mb: float = 0.0, explicit: bool = True,
     ``explicit``: ``data/pipeline.py`` stream_memory_mb), never more than :data:`DATA_MEMORY_SHARE` of the
     cluster's object store unless explicit; 0 = that share. An explicit budget the cluster cannot give is
     refused with the numbers (Ray would wait forever). Also paces Ray Data's scheduling loop
-    (:class:`DataSchedulerPacer`)."""
+    (``data_pacer.DataSchedulerPacer``)."""
     import ray
     from ray.data import DataContext, ExecutionResources
 
@@ -286,7 +288,7 @@ def budget_data(cpus: float, memory_mb: float = 0.0, explicit: bool = True,
         cpu=cpus or None, gpu=old.gpu, object_store_memory=memory_mb * 2**20 if memory_mb else None,
         memory=old.memory)
     use_block_size(block_mb or DATA_BLOCK_MB)
-    pace_data_scheduler()
+    pace_data_scheduler()  # every Ray run's datasets: budgeted and paced together
     return {"cpu": cpus, "object_store_mb": memory_mb}
 
 
@@ -315,86 +317,6 @@ def check_workers_fit(num_workers: int, cpus_per_worker: float, use_gpu: bool) -
     if use_gpu and num_workers > gpus:
         raise ValueError(f"train.use_gpu with train.num_workers={num_workers} needs {num_workers} GPUs; this "
                          f"local Ray cluster has {gpus:g}")
-
-
-#: the shortest step of Ray Data's scheduling loop once it has spun a while (see DataSchedulerPacer)
-SCHEDULING_LOOP_PERIOD_S = 0.1
-#: the first spinning step's: short, since a step that pulls a block looks idle and its block is emitted next step
-SCHEDULING_LOOP_FIRST_PERIOD_S = 0.01
-#: the DataContext field through which Ray Data 2.60 instantiates execution callbacks (``cls()``, then
-#: ``on_execution_step(executor)`` once per scheduling-loop step): a dataclass field of the public DataContext,
-#: not documented; tests/test_ray_runtime.py checks it still exists and that the pacer is called
-EXECUTION_CALLBACKS_FIELD = "custom_execution_callback_classes"
-#: the streaming executor's attribute holding its operators and their states (``{operator: OpState}``), read by
-#: the pacer to tell a step that moved data from one that spun; tests/test_ray_runtime.py checks it
-EXECUTOR_TOPOLOGY_FIELD = "_topology"
-
-
-class DataSchedulerPacer:
-    """Ray Data's streaming executor (2.60) polls with ``ray.wait(..., timeout=0.1)`` only while tasks run: once
-    every operator is backpressured (the trainer has its prefetch window and nothing may start) the loop spins
-    where the executor runs (a ``SplitCoordinator`` actor, or a one-worker run's train worker): 56 % of a core
-    beside a 2-thread trainer, whose step took 2.4x (paced: 35 -> 82 samples/s). The pacer sleeps only in a spin:
-    a step that moved nothing (:func:`_stream_progress`) and returned before its period, which starts at
-    :data:`SCHEDULING_LOOP_FIRST_PERIOD_S` and doubles per spinning step up to :data:`SCHEDULING_LOOP_PERIOD_S`
-    (a backpressured loop wakes ~10 times a second). A step that moved data, or in which Ray's own wait took the
-    period (a block pulled there shows only at the next step), is not slowed and restarts the period: pacing every
-    step (the fallback where progress cannot be read) capped a fast consumer's stream at 0.09-0.13x Ray's loop
-    (``experiments/bench_data.py --pacer``)."""
-
-    def __init__(self) -> None:
-        self._last = 0.0
-        self._progress: tuple | None = None
-        self._period = SCHEDULING_LOOP_PERIOD_S
-
-    def before_execution_starts(self, executor) -> None:
-        self._last = time.perf_counter()
-
-    def on_execution_step(self, executor) -> None:
-        progress = _stream_progress(executor)
-        wait = self._last + self._period - time.perf_counter()
-        if progress is not None and progress != self._progress:
-            self._period = SCHEDULING_LOOP_FIRST_PERIOD_S
-        elif wait > 0:  # a fast step that moved nothing: the spin
-            time.sleep(wait)
-            self._period = min(2 * self._period, SCHEDULING_LOOP_PERIOD_S)
-        else:  # Ray's own wait took the period: a step pulling a block looks idle until the next emits it
-            self._period = SCHEDULING_LOOP_FIRST_PERIOD_S
-        self._progress = progress
-        self._last = time.perf_counter()
-
-    def after_execution_succeeds(self, executor) -> None:
-        pass
-
-    def after_execution_fails(self, executor, error) -> None:
-        pass
-
-
-def _stream_progress(executor) -> tuple | None:
-    """What changes whenever Ray Data's executor moves data — per operator: outputs taken, task outputs read,
-    tasks submitted, blocks queued in and out (Ray 2.60's ``NoProgressGuard`` counts the first and the last two)
-    — or None where the executor's topology (:data:`EXECUTOR_TOPOLOGY_FIELD`, not public) cannot be read: any
-    error here would fail the dataset (the executor's loop raises what its callbacks raise)."""
-    try:
-        operators = getattr(executor, EXECUTOR_TOPOLOGY_FIELD).items()
-        return tuple((m.num_outputs_taken, m.num_task_outputs_generated, m.num_tasks_submitted,
-                      state.total_enqueued_input_blocks(), state.total_enqueued_output_blocks())
-                     for m, state in ((op.metrics, state) for op, state in operators))
-    except Exception as err:  # noqa: BLE001 - a Ray upgrade: pace every step, as before progress was read
-        warnings.warn(f"Ray Data's executor progress is unreadable ({type(err).__name__}: {err}): every scheduling "
-                      "step is paced, capping a fast consumer's stream (ray_runtime.DataSchedulerPacer)",
-                      RuntimeWarning, stacklevel=1)
-        return None
-
-
-def pace_data_scheduler() -> None:
-    """Register :class:`DataSchedulerPacer` in this process's DataContext (datasets built afterwards carry it
-    to wherever their executor runs: the driver, a Ray Train ``SplitCoordinator``, a one-worker run's worker)."""
-    from ray.data import DataContext
-
-    callbacks = getattr(DataContext.get_current(), EXECUTION_CALLBACKS_FIELD)
-    if DataSchedulerPacer not in callbacks:
-        callbacks.append(DataSchedulerPacer)
 
 
 @contextlib.contextmanager

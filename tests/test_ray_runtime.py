@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from oskar_ray import ray_runtime
+from oskar_ray import data_pacer, ray_runtime
 
 PACKAGE = Path(__file__).resolve().parents[1] / "oskar_ray"
 
@@ -125,82 +125,6 @@ def test_startup_concurrency_grows_with_the_trials_that_run_at_once():
     assert four >= 2 * ray_runtime.PROCESSES_PER_TRIAL and four > one >= 1
 
 
-def test_ray_data_still_calls_execution_callbacks_registered_in_the_data_context(ray_local, monkeypatch):
-    """The pacer reaches Ray Data through an undocumented DataContext field: a Ray upgrade that drops it (or
-    stops calling its classes once per scheduling step) would bring back the spinning scheduler; this fails
-    first."""
-    import ray
-    from ray.data import DataContext
-
-    steps = []
-    original = ray_runtime.DataSchedulerPacer.on_execution_step
-    monkeypatch.setattr(ray_runtime.DataSchedulerPacer, "on_execution_step",
-                        lambda self, executor: (steps.append(1), original(self, executor)))
-    ray_runtime.pace_data_scheduler()
-    assert ray_runtime.DataSchedulerPacer in getattr(DataContext.get_current(), ray_runtime.EXECUTION_CALLBACKS_FIELD)
-    assert ray.data.range(64, override_num_blocks=4).map_batches(lambda b: b).count() == 64
-    assert steps, "Ray Data no longer calls the execution callbacks of its DataContext"
-
-
-def test_the_pacer_holds_an_idle_loop_to_its_period_and_never_slows_a_step_that_moved_data(ray_local):
-    """A consumer that stops for a second (a CPU trainer's step): the backpressured loop wakes ~10-15 times in it,
-    not thousands. A step that moved blocks is not followed by a sleep: pacing every step capped a fast
-    consumer's stream (``experiments/bench_pacer.py``). The executor's progress must be readable: a Ray upgrade
-    that hides it would silently bring the cap back."""
-    import time
-
-    import numpy as np
-    import ray
-    from ray.data import DataContext
-
-    steps = []  # (progress, moved since the last step, seconds spent in the pacer, when)
-
-    class Recording(ray_runtime.DataSchedulerPacer):
-        def on_execution_step(self, executor) -> None:
-            before, started = self._progress, time.perf_counter()
-            super().on_execution_step(executor)
-            steps.append((self._progress, self._progress != before, time.perf_counter() - started, started))
-
-    def read(batch):
-        for _ in range(10):
-            yield {"x": np.ones((16, 16384), dtype=np.float32)}  # 1 MB blocks, 40 MB in all
-
-    context = DataContext.get_current()
-    callbacks = getattr(context, ray_runtime.EXECUTION_CALLBACKS_FIELD)
-    saved = (context.execution_options.resource_limits, context.target_max_block_size, list(callbacks))
-    ray_runtime.budget_data(0.0, 8.0)  # a window of 8 blocks: the stream backpressures while the consumer waits
-    callbacks[:] = [Recording]
-    try:
-        dataset = ray.data.from_items(list(range(4)), override_num_blocks=4).map_batches(
-            read, batch_size=1, num_cpus=0.5, compute=ray.data.TaskPoolStrategy(size=1))
-        batches = iter(dataset.iter_batches(batch_size=16, prefetch_batches=1))
-        next(batches)
-        stalled = time.perf_counter()
-        time.sleep(1.0)
-        resumed = time.perf_counter()
-        rest = sum(1 for _ in batches)
-    finally:
-        context.execution_options.resource_limits, context.target_max_block_size, callbacks[:] = saved
-    assert rest == 39 and steps and all(progress is not None for progress, *_ in steps)
-    # a step paced after it moved data would sleep most of a period
-    assert max(spent for _, moved, spent, _ in steps if moved) < ray_runtime.SCHEDULING_LOOP_PERIOD_S / 2
-    assert len([when for *_, when in steps if stalled <= when < resumed]) <= 30  # unpaced: thousands
-
-
-def test_a_pacer_that_cannot_read_progress_warns_and_paces_every_step():
-    """A Ray upgrade that hides the executor's topology must not fail the dataset: the pacer warns and falls back
-    to full periods (as first built: no spin, but a capped stream)."""
-    import time
-
-    pacer = ray_runtime.DataSchedulerPacer()
-    pacer.before_execution_starts(object())
-    started = time.perf_counter()
-    with pytest.warns(RuntimeWarning, match="progress is unreadable"):
-        for _ in range(3):
-            pacer.on_execution_step(object())
-    assert time.perf_counter() - started >= 3 * ray_runtime.SCHEDULING_LOOP_PERIOD_S * 0.99
-
-
 def test_a_data_budget_the_cluster_cannot_give_is_refused_with_the_numbers(ray_local):
     import ray
     from ray.data import DataContext
@@ -218,7 +142,7 @@ def test_a_data_budget_the_cluster_cannot_give_is_refused_with_the_numbers(ray_l
         assert limits.cpu == 0.5 and 0 < budget["object_store_mb"] < 1e7
         assert limits.object_store_memory == pytest.approx(budget["object_store_mb"] * 2**20)
         assert context.target_max_block_size == ray_runtime.DATA_BLOCK_MB * 2**20
-        assert ray_runtime.DataSchedulerPacer in getattr(context, ray_runtime.EXECUTION_CALLBACKS_FIELD)
+        assert data_pacer.DataSchedulerPacer in getattr(context, data_pacer.EXECUTION_CALLBACKS_FIELD)
     finally:
         context.execution_options.resource_limits, context.target_max_block_size = saved
 
