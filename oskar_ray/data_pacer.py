@@ -12,11 +12,12 @@ ready output: once every operator is backpressured (the trainer holds its prefet
 its loop spins where the executor runs (a ``SplitCoordinator`` actor, or a one-worker run's train worker): 56 %
 of a core beside a 2-thread trainer, whose step took 2.4x (pacing it took the tiny trainer from 35 to 82
 samples/s). :class:`DataSchedulerPacer` sleeps only in a spin. Pacing every step instead, as first built,
-capped a fast consumer's stream at 0.08-0.13x Ray's loop (docs/results.md, "Fourteenth pass").
+capped a fast consumer's stream at 0.07-0.13x Ray's loop, 0.20-0.63x data-bound (docs/results.md, "Fourteenth
+pass").
 
-Two Ray Data internals are named here, as strings, each checked by ``tests/test_ray_runtime.py``:
+Two Ray Data internals are named here, as strings, each checked by ``tests/test_data_pacer.py``:
 :data:`EXECUTION_CALLBACKS_FIELD` (how the pacer reaches the executor) and :data:`EXECUTOR_TOPOLOGY_FIELD` (where
-it reads progress; unreadable, the pacer warns and paces every fast step, as first built).
+it reads progress; unreadable, the pacer warns and paces the fast steps, from a full period).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class DataSchedulerPacer:
       wakes ~10 times a second;
     * took its period mostly off the CPU — Ray's own ``ray.wait``, where a block may have been pulled: not slowed,
       and the period restarts, so the block is emitted at once;
-    * took its period on the CPU — a slow spin: the period doubles, so the next fast step sleeps."""
+    * took its period mostly on the CPU — a slow spin: the period doubles, so the next fast step sleeps."""
 
     def __init__(self) -> None:
         self._last = 0.0
@@ -65,7 +66,7 @@ class DataSchedulerPacer:
         elif wall < self._period:
             time.sleep(self._period - wall)
             self._period = min(2 * self._period, SCHEDULING_LOOP_PERIOD_S)
-        elif cpu < self._period / 2:
+        elif cpu < wall / 2:
             self._period = SCHEDULING_LOOP_FIRST_PERIOD_S
         else:
             self._period = min(2 * self._period, SCHEDULING_LOOP_PERIOD_S)
@@ -90,7 +91,7 @@ def stream_progress(executor) -> tuple | None:
                       state.total_enqueued_input_blocks(), state.total_enqueued_output_blocks())
                      for m, state in ((op.metrics, state) for op, state in operators))
     except Exception as err:  # any: a Ray upgrade must cost the pacer's precision, not the run
-        # the message is constant so that Python's default filter shows it once per process
+        # no error text in the message: Python's default filter then shows it once per process and error type
         warnings.warn(f"Ray Data's executor progress is unreadable ({type(err).__name__}): every fast scheduling "
                       "step is paced, capping a fast consumer's stream (oskar_ray/data_pacer.py)", RuntimeWarning,
                       stacklevel=1)

@@ -7,10 +7,10 @@ Runbook::
     ray_runtime.init_ray(for_sweep=True, trial_slots=6, concurrent_trials=2)   # a local sweep cluster
     ray_runtime.in_ray_worker()                              # False in the driver, True in tasks and actors
 
-Everything this project asks of Ray's runtime is here (a sweep's trial sizing aside: ``tune/cluster.py``), so a
-Ray upgrade is checked in one place. The public Ray API covers most of it; what has no public
-route is named below as a *string* (no private module appears in an import statement) and checked by
-``tests/test_ray_runtime.py``, which fails loudly when a Ray upgrade moves or drops it:
+Everything this project asks of Ray's runtime is here (a sweep's trial sizing aside: ``tune/cluster.py``; Ray
+Data's scheduling-loop pacer: ``data_pacer.py``), so a Ray upgrade is checked in two places. The public Ray API
+covers most of it; what has no public route is named below as a *string* (no private module appears in an import
+statement) and checked by ``tests/test_ray_runtime.py``, which fails loudly when a Ray upgrade moves or drops it:
 
 * :data:`STARTUP_CONCURRENCY_ENV`, :data:`IDLE_WORKER_GRACE_ENV`, :data:`PRESTART_ENV` — raylet configs read from
   the environment;
@@ -20,8 +20,8 @@ route is named below as a *string* (no private module appears in an import state
   controller waits for (:func:`prestart_train_coordinator`; any failure there only forgoes the head start);
 * :data:`PLACEMENT_GROUP_CLEANER_LOGGER` and :data:`TRAIN_CONTEXT_MODULE` —
   the names of two Ray Train V2 loggers (not API: their messages are noise here);
-* Ray Data's scheduling-loop pacer, with the two Ray Data internals it names, is its own module
-  (``data_pacer.py``), registered by :func:`budget_data`.
+* (the two Ray Data internals the pacer names are in ``data_pacer.py``, registered by :func:`budget_data`,
+  and checked by ``tests/test_data_pacer.py``).
 
 Everything else is public (``@PublicAPI``, or documented environment variables):
 ``ray.init`` (``runtime_env`` with ``env_vars`` and a ``worker_process_setup_hook``),

@@ -104,7 +104,7 @@ def test_slow_steps_that_move_nothing_are_paced_too(clock):
 
 def test_a_pacer_that_cannot_read_progress_warns_and_paces_every_fast_step(clock):
     """A Ray upgrade that hides the executor's topology must not fail the dataset: the pacer warns and paces
-    every fast step a full period (as first built: no spin, but a capped stream)."""
+    the fast steps, from a full period (as first built: no spin, but a capped stream)."""
     pacer = data_pacer.DataSchedulerPacer()
     pacer.before_execution_starts(object())
     with pytest.warns(RuntimeWarning, match="progress is unreadable"):
