@@ -38,31 +38,35 @@ YIELDS_PER_TASK, TASKS, SHARDS = 40, 2, 8
 SLOW_STEP_S, SLOW_BATCHES, BATCH = 0.3, 20, 32
 
 
-class _Counted:
+class _Counted(data_pacer.DataSchedulerPacer):
+    """Counts the loop's steps (all modes in one list: one mode runs at a time), then paces as :meth:`pace` does."""
+
     steps: list[float] = []
 
     def on_execution_step(self, executor) -> None:
         _Counted.steps.append(time.perf_counter())
+        self.pace(executor)
+
+    def pace(self, executor) -> None:
         super().on_execution_step(executor)
 
 
-class Unpaced(_Counted, data_pacer.DataSchedulerPacer):
-    def on_execution_step(self, executor) -> None:
-        _Counted.steps.append(time.perf_counter())
+class Unpaced(_Counted):
+    def pace(self, executor) -> None:
+        pass
 
 
-class EveryStep(_Counted, data_pacer.DataSchedulerPacer):
+class EveryStep(_Counted):
     """The previous pacer: every step lasts at least the full period, whatever it moved."""
 
-    def on_execution_step(self, executor) -> None:
-        _Counted.steps.append(time.perf_counter())
+    def pace(self, executor) -> None:
         wait = self._last + data_pacer.SCHEDULING_LOOP_PERIOD_S - time.perf_counter()
         if wait > 0:
             time.sleep(wait)
         self._last = time.perf_counter()
 
 
-class Pacer(_Counted, data_pacer.DataSchedulerPacer):
+class Pacer(_Counted):
     pass
 
 

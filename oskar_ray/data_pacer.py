@@ -86,10 +86,12 @@ def stream_progress(executor) -> tuple | None:
     — or None, with a warning, where the executor's topology cannot be read: an error raised here would fail the
     dataset (the executor's loop raises what its callbacks raise)."""
     try:
-        operators = getattr(executor, EXECUTOR_TOPOLOGY_FIELD).items()
-        return tuple((m.num_outputs_taken, m.num_task_outputs_generated, m.num_tasks_submitted,
-                      state.total_enqueued_input_blocks(), state.total_enqueued_output_blocks())
-                     for m, state in ((op.metrics, state) for op, state in operators))
+        progress = []
+        for op, state in getattr(executor, EXECUTOR_TOPOLOGY_FIELD).items():
+            m = op.metrics  # a property that builds its extras on each read
+            progress.append((m.num_outputs_taken, m.num_task_outputs_generated, m.num_tasks_submitted,
+                             state.total_enqueued_input_blocks(), state.total_enqueued_output_blocks()))
+        return tuple(progress)
     except Exception as err:  # any: a Ray upgrade must cost the pacer's precision, not the run
         # no error text in the message: Python's default filter then shows it once per process and error type
         warnings.warn(f"Ray Data's executor progress is unreadable ({type(err).__name__}): every fast scheduling "

@@ -68,9 +68,11 @@ def train(
 
 
 def progress_printer(cfg: OskarConfig, started: float):
+    from .health_check import due
+
     def on_step(step: int, metrics: dict[str, float]) -> None:
         done = step + 1
-        if done % cfg.train.log_every and done != cfg.train.steps:
+        if not due(done, cfg.train.log_every, cfg):
             return
         elapsed = time.perf_counter() - started
         rate = done * cfg.train.batch_size / elapsed
